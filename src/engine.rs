@@ -1,0 +1,406 @@
+//! The engine: a loaded model, its tokenizer and labels, and the batched forward pass.
+//!
+//! The engine is synchronous and owns its device. The daemon runs it on a dedicated thread;
+//! the CLI calls it directly.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::error::{EngineError, InputError, LoadError};
+use crate::loader::{weight_summary, HeadConfig, ModelDir, ProblemType};
+use crate::model::{
+    bert::{Bert, EncoderConfig},
+    deberta::DebertaV2,
+    distilbert::{DistilBert, DistilBertConfig},
+    electra::Electra,
+    modernbert::ModernBert,
+    roberta::Roberta,
+    Batch, SequenceClassifier,
+};
+use crate::tokenize::{Encoded, Input, TextTokenizer};
+
+/// The architectures (`architectures[0]` in config.json) this build can serve.
+pub const SUPPORTED: &[&str] = &[
+    "BertForSequenceClassification",
+    "DistilBertForSequenceClassification",
+    "RobertaForSequenceClassification",
+    "XLMRobertaForSequenceClassification",
+    "ElectraForSequenceClassification",
+    "ModernBertForSequenceClassification",
+    "DebertaV2ForSequenceClassification",
+];
+
+/// `--device auto|cpu|cuda[:N]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => Err(format!(
+                    "unknown device {s:?} (expected auto, cpu, cuda or cuda:N)"
+                )),
+            },
+        }
+    }
+}
+
+impl DeviceChoice {
+    pub fn open(self) -> Result<Device, LoadError> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto => {
+                if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                    Device::new_cuda(0).or(Ok(Device::Cpu))
+                } else {
+                    Ok(Device::Cpu)
+                }
+            }
+            DeviceChoice::Cuda(n) => {
+                if !cfg!(feature = "cuda") {
+                    return Err(LoadError::Device {
+                        device: format!("cuda:{n}"),
+                        message: "this binary was built without the `cuda` feature".into(),
+                    });
+                }
+                Device::new_cuda(n).map_err(|e| LoadError::Device {
+                    device: format!("cuda:{n}"),
+                    message: crate::error::one_line(&e),
+                })
+            }
+        }
+    }
+}
+
+/// `--dtype auto|f32|f16|bf16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DTypeChoice {
+    Auto,
+    Fixed(DType),
+}
+
+impl FromStr for DTypeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::Fixed(DType::F32)),
+            "f16" => Ok(Self::Fixed(DType::F16)),
+            "bf16" => Ok(Self::Fixed(DType::BF16)),
+            _ => Err(format!(
+                "unknown dtype {s:?} (expected auto, f32, f16 or bf16)"
+            )),
+        }
+    }
+}
+
+impl DTypeChoice {
+    /// F32 on CPU (no f16 arithmetic in AVX2), F16 on CUDA.
+    pub fn resolve(self, device: &Device) -> DType {
+        match self {
+            DTypeChoice::Fixed(d) => d,
+            DTypeChoice::Auto if device.is_cuda() => DType::F16,
+            DTypeChoice::Auto => DType::F32,
+        }
+    }
+}
+
+/// What `inspect` prints and the daemon reports as its model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub labels: Vec<String>,
+    pub problem_type: &'static str,
+    pub parameters: usize,
+    pub max_length: usize,
+    pub weight_dtype: String,
+    pub compute_dtype: String,
+    pub device: String,
+}
+
+/// One input's answer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    pub label: String,
+    pub score: f32,
+    /// Per-label scores in label order.
+    pub scores: Vec<(String, f32)>,
+    pub logits: Vec<f32>,
+    pub tokens: usize,
+}
+
+pub struct Engine {
+    model: Box<dyn SequenceClassifier>,
+    tokenizer: TextTokenizer,
+    head: HeadConfig,
+    info: ModelInfo,
+    device: Device,
+}
+
+fn parse_config<T: serde::de::DeserializeOwned>(dir: &ModelDir) -> Result<T, LoadError> {
+    T::deserialize(&dir.config).map_err(|e| LoadError::Config {
+        path: dir.config_path.clone(),
+        message: e.to_string(),
+    })
+}
+
+fn check(dir: &ModelDir, r: Result<(), String>) -> Result<(), LoadError> {
+    r.map_err(|message| LoadError::Config {
+        path: dir.config_path.clone(),
+        message,
+    })
+}
+
+fn build_model(dir: &ModelDir, vb: VarBuilder) -> Result<Box<dyn SequenceClassifier>, LoadError> {
+    let n = dir.head.labels.len();
+    let weights_err = |e: candle_core::Error| LoadError::Weights {
+        path: if dir.weight_files.len() == 1 {
+            dir.weight_files[0].clone()
+        } else {
+            dir.root.clone()
+        },
+        message: crate::error::one_line(&e),
+    };
+    let model: Box<dyn SequenceClassifier> = match dir.head.architecture.as_str() {
+        "BertForSequenceClassification" => {
+            let cfg: EncoderConfig = parse_config(dir)?;
+            check(dir, cfg.check())?;
+            Box::new(Bert::load(cfg, n, vb).map_err(weights_err)?)
+        }
+        "RobertaForSequenceClassification" | "XLMRobertaForSequenceClassification" => {
+            let cfg: EncoderConfig = parse_config(dir)?;
+            check(dir, cfg.check())?;
+            Box::new(Roberta::load(cfg, n, vb).map_err(weights_err)?)
+        }
+        "ElectraForSequenceClassification" => {
+            let cfg: EncoderConfig = parse_config(dir)?;
+            check(dir, cfg.check())?;
+            Box::new(Electra::load(cfg, n, vb).map_err(weights_err)?)
+        }
+        "DistilBertForSequenceClassification" => {
+            let cfg: DistilBertConfig = parse_config(dir)?;
+            check(dir, cfg.check())?;
+            Box::new(DistilBert::load(cfg, n, vb).map_err(weights_err)?)
+        }
+        "ModernBertForSequenceClassification" => {
+            let cfg = parse_config(dir)?;
+            Box::new(ModernBert::load(cfg, n, vb).map_err(weights_err)?)
+        }
+        "DebertaV2ForSequenceClassification" => {
+            let cfg: crate::model::deberta::Config = parse_config(dir)?;
+            check(dir, cfg.check())?;
+            Box::new(DebertaV2::load(cfg, n, vb).map_err(weights_err)?)
+        }
+        other => {
+            return Err(LoadError::UnknownArchitecture {
+                path: dir.config_path.clone(),
+                architecture: other.to_string(),
+                supported: SUPPORTED.join(", "),
+            })
+        }
+    };
+    Ok(model)
+}
+
+impl Engine {
+    /// Loads the model directory onto the chosen device in the chosen compute dtype.
+    pub fn load(root: &Path, device: DeviceChoice, dtype: DTypeChoice) -> Result<Self, LoadError> {
+        let dir = ModelDir::open(root)?;
+        if !SUPPORTED.contains(&dir.head.architecture.as_str()) {
+            return Err(LoadError::UnknownArchitecture {
+                path: dir.config_path.clone(),
+                architecture: dir.head.architecture.clone(),
+                supported: SUPPORTED.join(", "),
+            });
+        }
+        let device = device.open()?;
+        let dtype = dtype.resolve(&device);
+        let st = dir.map_weights()?;
+        let (parameters, weight_dtype) = weight_summary(&st);
+        let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone());
+        let model = build_model(&dir, vb)?;
+        let max_len = match dir.model_max_length {
+            Some(m) => m.min(model.max_positions()),
+            None => model.max_positions(),
+        };
+        let tokenizer = TextTokenizer::load(&dir.tokenizer_path, max_len, dir.head.pad_token_id)?;
+        if tokenizer.vocab_size() > model.vocab_size() {
+            return Err(LoadError::VocabTooLarge {
+                path: dir.tokenizer_path.clone(),
+                tokenizer: tokenizer.vocab_size(),
+                model: model.vocab_size(),
+            });
+        }
+        let info = ModelInfo {
+            architecture: dir.head.architecture.clone(),
+            labels: dir.head.labels.clone(),
+            problem_type: dir.head.problem_type.as_str(),
+            parameters,
+            max_length: max_len,
+            weight_dtype,
+            compute_dtype: format!("{dtype:?}").to_lowercase(),
+            device: device_name(&device),
+        };
+        Ok(Self {
+            model,
+            tokenizer,
+            head: dir.head,
+            info,
+            device,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn tokenize(&self, input: &Input, truncate: bool) -> Result<Encoded, InputError> {
+        self.tokenizer.encode(input, truncate)
+    }
+
+    /// Pads the inputs into one batch and uploads it in one go per tensor.
+    pub fn make_batch(&self, inputs: &[&Encoded]) -> Result<Batch, EngineError> {
+        let rows = inputs.len();
+        let cols = inputs.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
+        let scheme = self.model.position_scheme();
+        let types = self.model.uses_token_types();
+        let pad = self.tokenizer.pad_id();
+        let mut ids = Vec::with_capacity(rows * cols);
+        let mut mask = Vec::with_capacity(rows * cols);
+        let mut type_ids = Vec::with_capacity(rows * cols);
+        let mut positions = Vec::with_capacity(rows * cols);
+        for e in inputs {
+            for j in 0..cols {
+                let real = j < e.len();
+                ids.push(if real { e.ids[j] } else { pad });
+                mask.push(real as u32);
+                type_ids.push(if real && types { e.type_ids[j] } else { 0 });
+                positions.push(scheme.position(j, real));
+            }
+        }
+        let t = |v: Vec<u32>| Tensor::from_vec(v, (rows, cols), &self.device);
+        Ok(Batch {
+            input_ids: t(ids)?,
+            attention_mask: t(mask)?,
+            token_type_ids: t(type_ids)?,
+            position_ids: t(positions)?,
+            lengths: inputs.iter().map(|e| e.len()).collect(),
+        })
+    }
+
+    /// Logits for each input, as f32 on the host.
+    pub fn logits(&self, inputs: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = self.make_batch(inputs)?;
+        let logits = self.model.forward(&batch)?;
+        Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    }
+
+    /// Turns logits into labels and scores as transformers' pipelines do.
+    pub fn predict(&self, logits: Vec<f32>, tokens: usize) -> Prediction {
+        let scores = scores(&logits, self.head.problem_type);
+        let best = scores
+            .iter()
+            .enumerate()
+            .fold(0, |best, (i, s)| if *s > scores[best] { i } else { best });
+        let labels = &self.head.labels;
+        Prediction {
+            label: labels.get(best).cloned().unwrap_or_default(),
+            score: scores.get(best).copied().unwrap_or(f32::NAN),
+            scores: labels.iter().cloned().zip(scores.iter().copied()).collect(),
+            logits,
+            tokens,
+        }
+    }
+
+    /// Tokenizes, batches and classifies `inputs` in one forward pass.
+    pub fn classify(
+        &self,
+        inputs: &[Input],
+        truncate: bool,
+    ) -> Result<Vec<Result<Prediction, InputError>>, EngineError> {
+        let encoded: Vec<Result<Encoded, InputError>> =
+            inputs.iter().map(|i| self.tokenize(i, truncate)).collect();
+        let ok: Vec<&Encoded> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
+        let mut logits = self.logits(&ok)?.into_iter();
+        Ok(encoded
+            .into_iter()
+            .map(|e| {
+                let e = e?;
+                let l = logits.next().unwrap_or_default();
+                Ok(self.predict(l, e.len()))
+            })
+            .collect())
+    }
+}
+
+fn device_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        Device::Metal(_) => "metal".into(),
+    }
+}
+
+/// Softmax (shifted by the true maximum, so large negative logits cannot overflow), sigmoid for
+/// multi-label models, identity for regression.
+pub fn scores(logits: &[f32], problem: ProblemType) -> Vec<f32> {
+    match problem {
+        ProblemType::Regression => logits.to_vec(),
+        ProblemType::MultiLabel => logits
+            .iter()
+            .map(|&x| (1.0 / (1.0 + (-(x as f64)).exp())) as f32)
+            .collect(),
+        ProblemType::SingleLabel => {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let exps: Vec<f64> = logits.iter().map(|&x| (x as f64 - max).exp()).collect();
+            let sum: f64 = exps.iter().sum();
+            exps.iter().map(|e| (e / sum) as f32).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_survives_huge_negative_logits() {
+        let s = scores(&[-1.0e30, 0.0, -5.0], ProblemType::SingleLabel);
+        assert!(s.iter().all(|v| v.is_finite()));
+        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(s[1] > s[2] && s[2] > s[0]);
+    }
+
+    #[test]
+    fn sigmoid_for_multi_label_is_independent() {
+        let s = scores(&[0.0, 100.0], ProblemType::MultiLabel);
+        assert!((s[0] - 0.5).abs() < 1e-6 && (s[1] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn device_and_dtype_flags_parse() {
+        assert_eq!("cuda:3".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(3)));
+        assert!("gpu".parse::<DeviceChoice>().is_err());
+        assert_eq!(
+            "bf16".parse::<DTypeChoice>(),
+            Ok(DTypeChoice::Fixed(DType::BF16))
+        );
+        assert_eq!(DTypeChoice::Auto.resolve(&Device::Cpu), DType::F32);
+    }
+}

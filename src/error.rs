@@ -1,0 +1,74 @@
+//! Error types of the engine. One enum per stage; the binary turns them into one line and an
+//! exit code, the daemon (later) into a typed status.
+
+use std::path::PathBuf;
+
+/// Why a model directory could not be loaded. Every variant names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: missing ({what})")]
+    Missing { path: PathBuf, what: &'static str },
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON: {message}")]
+    Json { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{path}: unsupported architecture {architecture:?} (supported: {supported})")]
+    UnknownArchitecture {
+        path: PathBuf,
+        architecture: String,
+        supported: String,
+    },
+    #[error("{path}: invalid weights: {message}")]
+    Weights { path: PathBuf, message: String },
+    #[error("{path}: invalid tokenizer: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("{path}: tokenizer has {tokenizer} ids but the model's embedding table has only {model} rows")]
+    VocabTooLarge {
+        path: PathBuf,
+        tokenizer: usize,
+        model: usize,
+    },
+    #[error("device {device}: {message}")]
+    Device { device: String, message: String },
+}
+
+/// Why one input could not be classified. The input is at fault, not the model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("input is {tokens} tokens long but the model accepts at most {max}, and truncation was refused")]
+    TooLong { tokens: usize, max: usize },
+    #[error("tokenizer failed: {0}")]
+    Tokenize(String),
+    #[error("token id {id} is outside the model's vocabulary of {vocab}")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("pre-tokenized input is empty")]
+    EmptyIds,
+}
+
+/// A failure of the forward pass. Cloneable so one failure can answer a whole batch.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("inference failed: {0}")]
+pub struct EngineError(pub String);
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        EngineError(one_line(&e))
+    }
+}
+
+/// A candle error as one line: candle appends a multi-line backtrace when RUST_BACKTRACE is set
+/// and repeats the path we already name, neither of which belongs in an operator's error line.
+pub fn one_line(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } | E::WithPath { inner, .. } => one_line(inner),
+        E::Context { inner, context } => format!("{context}: {}", one_line(inner)),
+        other => other.to_string().replace('\n', "; "),
+    }
+}

@@ -1,0 +1,302 @@
+//! Reading a Hugging Face model directory: config.json, the safetensors weights (single file or
+//! sharded with an index), tokenizer.json and tokenizer_config.json.
+//!
+//! Everything here validates before the model code sees it, so a bad directory ends in one
+//! [`LoadError`] naming the file, never in a panic deep inside candle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use serde_json::Value;
+
+use crate::error::LoadError;
+
+/// How scores are derived from logits; transformers' `problem_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemType {
+    /// Softmax over the labels.
+    SingleLabel,
+    /// Independent sigmoid per label.
+    MultiLabel,
+    /// One raw value, no squashing.
+    Regression,
+}
+
+impl ProblemType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemType::SingleLabel => "single_label_classification",
+            ProblemType::MultiLabel => "multi_label_classification",
+            ProblemType::Regression => "regression",
+        }
+    }
+}
+
+/// The parts of config.json common to every architecture.
+#[derive(Debug, Clone)]
+pub struct HeadConfig {
+    pub architecture: String,
+    pub labels: Vec<String>,
+    pub problem_type: ProblemType,
+    pub pad_token_id: Option<u32>,
+}
+
+/// A model directory whose files exist and whose JSON parses.
+#[derive(Debug)]
+pub struct ModelDir {
+    pub root: PathBuf,
+    pub config_path: PathBuf,
+    /// config.json, parsed; each architecture deserializes its own fields from it.
+    pub config: Value,
+    pub head: HeadConfig,
+    pub weight_files: Vec<PathBuf>,
+    pub tokenizer_path: PathBuf,
+    /// `model_max_length` from tokenizer_config.json, when it is a real limit.
+    pub model_max_length: Option<usize>,
+}
+
+fn read_json(path: &Path, what: &'static str) -> Result<Value, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => LoadError::Missing {
+            path: path.to_path_buf(),
+            what,
+        },
+        _ => LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    })?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| LoadError::Json {
+        path: path.to_path_buf(),
+        message: format!("not UTF-8 ({e})"),
+    })?;
+    serde_json::from_str(text).map_err(|e| LoadError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn config_err(path: &Path, message: impl Into<String>) -> LoadError {
+    LoadError::Config {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// `id2label` may be missing (labels default to LABEL_i), keyed by "0".."n-1", or (in hand-written
+/// configs) carry integer values inverted like `label2id`.
+fn parse_labels(config: &Value, path: &Path) -> Result<Vec<String>, LoadError> {
+    let num_labels =
+        match config.get("num_labels") {
+            Some(v) => Some(v.as_u64().filter(|n| *n >= 1).ok_or_else(|| {
+                config_err(path, format!("num_labels {v} is not a positive integer"))
+            })? as usize),
+            None => None,
+        };
+    let Some(map) = config.get("id2label") else {
+        let n = num_labels.unwrap_or(2);
+        return Ok((0..n).map(|i| format!("LABEL_{i}")).collect());
+    };
+    let obj = map
+        .as_object()
+        .ok_or_else(|| config_err(path, "id2label is not an object"))?;
+    let mut by_id = BTreeMap::new();
+    for (k, v) in obj {
+        let (id, name) = match (k.trim().parse::<usize>(), v) {
+            (Ok(id), Value::String(s)) => (id, s.clone()),
+            (Ok(id), Value::Number(n)) => (id, n.to_string()),
+            (Err(_), Value::Number(n)) => match n.as_u64() {
+                Some(id) => (id as usize, k.clone()),
+                None => {
+                    return Err(config_err(
+                        path,
+                        format!("id2label entry {k:?}: {n} is not an id"),
+                    ))
+                }
+            },
+            _ => {
+                return Err(config_err(
+                    path,
+                    format!("id2label entry {k:?} is not id → label"),
+                ))
+            }
+        };
+        if by_id.insert(id, name).is_some() {
+            return Err(config_err(path, format!("id2label has id {id} twice")));
+        }
+    }
+    let n = by_id.len();
+    if n == 0 {
+        return Err(config_err(path, "id2label is empty"));
+    }
+    if by_id.keys().copied().ne(0..n) {
+        return Err(config_err(path, "id2label ids are not 0..n-1"));
+    }
+    if let Some(expected) = num_labels {
+        if expected != n {
+            return Err(config_err(
+                path,
+                format!("num_labels is {expected} but id2label has {n} entries"),
+            ));
+        }
+    }
+    Ok(by_id.into_values().collect())
+}
+
+fn parse_head(config: &Value, path: &Path) -> Result<HeadConfig, LoadError> {
+    let architecture = config
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .and_then(|a| a.first())
+        .and_then(|a| a.as_str())
+        .ok_or_else(|| config_err(path, "no \"architectures\" entry naming the model class"))?
+        .to_string();
+    let labels = parse_labels(config, path)?;
+    let problem_type = match config.get("problem_type").and_then(|p| p.as_str()) {
+        Some("multi_label_classification") => ProblemType::MultiLabel,
+        Some("regression") => ProblemType::Regression,
+        Some("single_label_classification") => ProblemType::SingleLabel,
+        Some(other) => return Err(config_err(path, format!("unknown problem_type {other:?}"))),
+        None if labels.len() == 1 => ProblemType::Regression,
+        None => ProblemType::SingleLabel,
+    };
+    let pad_token_id = config
+        .get("pad_token_id")
+        .and_then(|v| v.as_u64())
+        .map(|v| v as u32);
+    Ok(HeadConfig {
+        architecture,
+        labels,
+        problem_type,
+        pad_token_id,
+    })
+}
+
+/// The weight files of the directory: `model.safetensors`, or the shards its index names.
+fn weight_files(root: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let single = root.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index_path = root.join("model.safetensors.index.json");
+    if !index_path.is_file() {
+        return Err(LoadError::Missing {
+            path: single,
+            what: "weights: neither model.safetensors nor model.safetensors.index.json",
+        });
+    }
+    let index = read_json(&index_path, "weights index")?;
+    let map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| config_err(&index_path, "no \"weight_map\" object"))?;
+    let mut files = BTreeSet::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            config_err(
+                &index_path,
+                format!("weight_map[{tensor:?}] is not a file name"),
+            )
+        })?;
+        // A shard name must stay inside the model directory.
+        if file.contains('/') || file.contains('\\') || file == ".." {
+            return Err(config_err(
+                &index_path,
+                format!("shard name {file:?} is not a plain file name"),
+            ));
+        }
+        files.insert(file.to_string());
+    }
+    if files.is_empty() {
+        return Err(config_err(&index_path, "weight_map is empty"));
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            let p = root.join(&f);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(LoadError::Missing {
+                    path: p,
+                    what: "weight shard named in model.safetensors.index.json",
+                })
+            }
+        })
+        .collect()
+}
+
+/// `model_max_length` is set to 1e30 by transformers when a tokenizer has no limit.
+fn model_max_length(root: &Path) -> Result<Option<usize>, LoadError> {
+    let path = root.join("tokenizer_config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let cfg = read_json(&path, "tokenizer config")?;
+    Ok(cfg
+        .get("model_max_length")
+        .and_then(|v| v.as_f64())
+        .filter(|v| *v >= 1.0 && *v < 1.0e9)
+        .map(|v| v as usize))
+}
+
+impl ModelDir {
+    pub fn open(root: &Path) -> Result<Self, LoadError> {
+        if !root.is_dir() {
+            return Err(LoadError::Missing {
+                path: root.to_path_buf(),
+                what: "model directory",
+            });
+        }
+        let config_path = root.join("config.json");
+        let config = read_json(&config_path, "model config")?;
+        let head = parse_head(&config, &config_path)?;
+        let weight_files = weight_files(root)?;
+        let tokenizer_path = root.join("tokenizer.json");
+        if !tokenizer_path.is_file() {
+            return Err(LoadError::Missing {
+                path: tokenizer_path,
+                what: "tokenizer",
+            });
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            config_path,
+            model_max_length: model_max_length(root)?,
+            config,
+            head,
+            weight_files,
+            tokenizer_path,
+        })
+    }
+
+    /// Memory-maps every weight file, checking each header and that its data fits the file.
+    pub fn map_weights(&self) -> Result<MmapedSafetensors, LoadError> {
+        for path in &self.weight_files {
+            // Opened one by one first so the error names the broken file.
+            // SAFETY: the map is read-only; a file truncated underneath us while mapped is the
+            // operator's error, and the loader copies what it needs out of the map at load.
+            unsafe { MmapedSafetensors::new(path) }.map_err(|e| LoadError::Weights {
+                path: path.clone(),
+                message: crate::error::one_line(&e),
+            })?;
+        }
+        // SAFETY: as above.
+        unsafe { MmapedSafetensors::multi(&self.weight_files) }.map_err(|e| LoadError::Weights {
+            path: self.root.clone(),
+            message: crate::error::one_line(&e),
+        })
+    }
+}
+
+/// Summary of the stored tensors: total parameters and the dtype(s) they are stored in.
+pub fn weight_summary(st: &MmapedSafetensors) -> (usize, String) {
+    let mut params = 0usize;
+    let mut dtypes = BTreeSet::new();
+    for (_, view) in st.tensors() {
+        params += view.shape().iter().product::<usize>();
+        dtypes.insert(format!("{:?}", view.dtype()));
+    }
+    (params, dtypes.into_iter().collect::<Vec<_>>().join("+"))
+}

@@ -1,0 +1,213 @@
+//! BERT (`BertForSequenceClassification`) and the post-LN encoder that RoBERTa, XLM-RoBERTa and
+//! ELECTRA share with it.
+//!
+//! Mirrors transformers' `modeling_bert.py` / `configuration_bert.py`. Differences between the
+//! families are confined to embeddings (position offsets, ELECTRA's embedding projection) and the
+//! classification head, which live in their own files.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+use serde::Deserialize;
+
+use super::{
+    additive_key_mask, attention, embedding, first_token, Activation, Batch, LayerNorm, Linear,
+    SequenceClassifier,
+};
+
+fn default_act() -> Activation {
+    Activation::Gelu
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_max_pos() -> usize {
+    512
+}
+
+/// The fields of `BertConfig` (and RoBERTa's / ELECTRA's, which extend it) that shape the encoder.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EncoderConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: Activation,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    /// ELECTRA's embeddings may be narrower than the hidden size.
+    #[serde(default)]
+    pub embedding_size: Option<usize>,
+    /// Only "absolute" is supported; relative_key variants are refused at load.
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+impl EncoderConfig {
+    pub fn embedding_width(&self) -> usize {
+        self.embedding_size.unwrap_or(self.hidden_size)
+    }
+
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if let Some(p) = &self.position_embedding_type {
+            if p != "absolute" {
+                return Err(format!("position_embedding_type {p:?} is not supported"));
+            }
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Word + position + segment embeddings, then LayerNorm. Width is `embedding_width()`.
+pub struct Embeddings {
+    words: Embedding,
+    positions: Embedding,
+    token_types: Embedding,
+    norm: LayerNorm,
+}
+
+impl Embeddings {
+    pub fn load(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
+        let e = cfg.embedding_width();
+        Ok(Self {
+            words: embedding(cfg.vocab_size, e, vb.pp("word_embeddings"))?,
+            positions: embedding(cfg.max_position_embeddings, e, vb.pp("position_embeddings"))?,
+            token_types: embedding(cfg.type_vocab_size, e, vb.pp("token_type_embeddings"))?,
+            norm: LayerNorm::load(e, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+        })
+    }
+
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let x = self.words.forward(&batch.input_ids)?;
+        let x = (x + self.positions.forward(&batch.position_ids)?)?;
+        let x = (x + self.token_types.forward(&batch.token_type_ids)?)?;
+        self.norm.forward(&x)
+    }
+}
+
+struct Layer {
+    qkv: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    up: Linear,
+    down: Linear,
+    out_norm: LayerNorm,
+    heads: usize,
+    hidden: usize,
+    act: Activation,
+}
+
+impl Layer {
+    fn load(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let att = vb.pp("attention");
+        let q = Linear::load(h, h, att.pp("self").pp("query"))?;
+        let k = Linear::load(h, h, att.pp("self").pp("key"))?;
+        let v = Linear::load(h, h, att.pp("self").pp("value"))?;
+        Ok(Self {
+            qkv: Linear::fused(&[q, k, v])?,
+            attn_out: Linear::load(h, h, att.pp("output").pp("dense"))?,
+            attn_norm: LayerNorm::load(h, cfg.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
+            up: Linear::load(h, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            down: Linear::load(cfg.intermediate_size, h, vb.pp("output").pp("dense"))?,
+            out_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            heads: cfg.num_attention_heads,
+            hidden: h,
+            act: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let qkv = self.qkv.forward(x)?;
+        let h = self.hidden;
+        let q = qkv.narrow(2, 0, h)?;
+        let k = qkv.narrow(2, h, h)?;
+        let v = qkv.narrow(2, 2 * h, h)?;
+        let ctx = attention(&q, &k, &v, self.heads, mask)?;
+        let x = self
+            .attn_norm
+            .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        let inner = self.act.apply(&self.up.forward(&x)?)?;
+        self.out_norm.forward(&(self.down.forward(&inner)? + x)?)
+    }
+}
+
+/// The stack of post-LN transformer layers (`encoder.layer.N`).
+pub struct Encoder {
+    layers: Vec<Layer>,
+}
+
+impl Encoder {
+    pub fn load(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(cfg, vb.pp("layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    pub fn forward(&self, x: &Tensor, batch: &Batch) -> Result<Tensor> {
+        let mask = additive_key_mask(&batch.attention_mask, x.dtype())?;
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask)?;
+        }
+        Ok(x)
+    }
+}
+
+/// `BertForSequenceClassification`: encoder, tanh pooler over `[CLS]`, linear classifier.
+pub struct Bert {
+    embeddings: Embeddings,
+    encoder: Encoder,
+    pooler: Linear,
+    classifier: Linear,
+    cfg: EncoderConfig,
+}
+
+impl Bert {
+    pub fn load(cfg: EncoderConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let body = vb.pp("bert");
+        Ok(Self {
+            embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
+            encoder: Encoder::load(&cfg, body.pp("encoder"))?,
+            pooler: Linear::load(h, h, body.pp("pooler").pp("dense"))?,
+            classifier: Linear::load(h, num_labels, vb.pp("classifier"))?,
+            cfg,
+        })
+    }
+}
+
+impl SequenceClassifier for Bert {
+    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let x = self.embeddings.forward(batch)?;
+        let x = self.encoder.forward(&x, batch)?;
+        let pooled = self.pooler.forward(&first_token(&x)?)?.tanh()?;
+        self.classifier.forward(&pooled)
+    }
+    fn uses_token_types(&self) -> bool {
+        self.cfg.type_vocab_size > 1
+    }
+    fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+}

@@ -1,0 +1,718 @@
+//! DeBERTa-v2 / v3 (`DebertaV2ForSequenceClassification`).
+//!
+//! Mirrors transformers' `modeling_deberta_v2.py` / `configuration_deberta_v2.py`:
+//! disentangled self-attention (content→content plus content→position "c2p" and
+//! position→content "p2c" terms over log-bucketed relative positions), the optional
+//! convolution after the first layer, and the `ContextPooler` (dense + activation on `[CLS]`)
+//! in front of the classifier.
+//!
+//! Implementation notes:
+//! * Everything that does not depend on the input is computed once at load: the (normalised)
+//!   relative embeddings are projected through each layer's position key/query projections, and
+//!   the `1/sqrt(head_dim * scale_factor)` factor is folded into the query projection (which
+//!   scales content→content and c2p) and into the projected position queries (p2c). Scores are
+//!   therefore never formed unscaled, which keeps F16 clear of overflow.
+//! * The c2p/p2c `torch.gather` calls become one `index_select` over a flattened
+//!   `[query, 2*span]` score matrix with a `T*T` index built on the host per sequence length
+//!   (relative positions depend only on `T`).
+//! * Attention runs head-major (`[heads, batch, seq, head_dim]`) so the position projections,
+//!   shared by the whole batch, multiply every row of a head in a single matmul.
+//! * Only `[CLS]` of the last layer reaches the classifier, so the last layer computes its
+//!   query row 0 only (keys and values still span the whole sequence).
+//! * transformers masks with an outer-product `[B,1,T,T]` mask; for real query rows that is
+//!   exactly a key mask, and padded query rows never influence real ones, so an additive key
+//!   mask (finite, in the compute dtype) gives identical logits.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+use serde::{Deserialize, Deserializer};
+
+use super::{
+    additive_key_mask, embedding, first_token, Activation, Batch, LayerNorm, Linear,
+    SequenceClassifier,
+};
+
+fn default_act() -> Activation {
+    Activation::Gelu
+}
+fn default_conv_act() -> Activation {
+    Activation::Tanh
+}
+fn default_eps() -> f64 {
+    1e-7
+}
+fn default_max_pos() -> usize {
+    512
+}
+fn default_minus_one() -> i64 {
+    -1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> usize {
+    1
+}
+fn default_pad() -> Option<u32> {
+    Some(0)
+}
+
+/// `pos_att_type` is a list (`["p2c", "c2p"]`), a legacy `"p2c|c2p"` string, or null.
+fn de_pos_att_type<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let norm = |s: &str| s.trim().to_lowercase();
+    Ok(match Option::<Raw>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Raw::One(s)) => s.to_lowercase().split('|').map(norm).collect(),
+        Some(Raw::Many(v)) => v.iter().map(|s| norm(s)).collect(),
+    })
+}
+
+/// The fields of `DebertaV2Config` (plus the `getattr` extras the model reads) with
+/// transformers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: Activation,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub relative_attention: bool,
+    /// Values below 1 mean "use `max_position_embeddings`".
+    #[serde(default = "default_minus_one")]
+    pub max_relative_positions: i64,
+    /// Values below 1 disable log bucketing.
+    #[serde(default = "default_minus_one")]
+    pub position_buckets: i64,
+    #[serde(default, deserialize_with = "de_pos_att_type")]
+    pub pos_att_type: Vec<String>,
+    #[serde(default)]
+    pub share_att_key: bool,
+    /// `"none"` or `"layer_norm"` (a `|`-separated list in general).
+    #[serde(default)]
+    pub norm_rel_ebd: Option<String>,
+    #[serde(default = "default_true")]
+    pub position_biased_input: bool,
+    #[serde(default)]
+    pub embedding_size: Option<usize>,
+    #[serde(default = "default_pad")]
+    pub pad_token_id: Option<u32>,
+    #[serde(default)]
+    pub attention_head_size: Option<usize>,
+    /// 0 disables the convolution layer (DeBERTa-v2 xlarge/xxlarge use 3).
+    #[serde(default)]
+    pub conv_kernel_size: usize,
+    #[serde(default = "default_one")]
+    pub conv_groups: usize,
+    #[serde(default = "default_conv_act")]
+    pub conv_act: Activation,
+    #[serde(default)]
+    pub pooler_hidden_size: Option<usize>,
+    #[serde(default = "default_act")]
+    pub pooler_hidden_act: Activation,
+}
+
+impl Config {
+    fn has(&self, kind: &str) -> bool {
+        self.pos_att_type.iter().any(|p| p == kind)
+    }
+
+    fn c2p(&self) -> bool {
+        self.has("c2p")
+    }
+
+    fn p2c(&self) -> bool {
+        self.has("p2c")
+    }
+
+    /// `1 + [c2p] + [p2c]`, counted whether or not relative attention is on (as transformers does).
+    fn scale_factor(&self) -> usize {
+        1 + self.c2p() as usize + self.p2c() as usize
+    }
+
+    /// `max_relative_positions`, falling back to `max_position_embeddings`.
+    fn max_relative(&self) -> i64 {
+        if self.max_relative_positions < 1 {
+            self.max_position_embeddings as i64
+        } else {
+            self.max_relative_positions
+        }
+    }
+
+    /// Half the number of relative embeddings (`att_span` / `pos_ebd_size`).
+    fn att_span(&self) -> i64 {
+        if self.position_buckets > 0 {
+            self.position_buckets
+        } else {
+            self.max_relative()
+        }
+    }
+
+    fn norm_rel(&self) -> bool {
+        self.norm_rel_ebd
+            .as_deref()
+            .unwrap_or("none")
+            .to_lowercase()
+            .split('|')
+            .any(|s| s.trim() == "layer_norm")
+    }
+
+    fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if let Some(d) = self.attention_head_size {
+            if d * self.num_attention_heads != self.hidden_size {
+                return Err(format!(
+                    "attention_head_size {d} × {} heads != hidden_size {} is not supported",
+                    self.num_attention_heads, self.hidden_size
+                ));
+            }
+        }
+        if let Some(p) = self.pooler_hidden_size {
+            if p != self.hidden_size {
+                return Err(format!(
+                    "pooler_hidden_size {p} != hidden_size {} is not supported",
+                    self.hidden_size
+                ));
+            }
+        }
+        for p in &self.pos_att_type {
+            if p != "c2p" && p != "p2c" {
+                return Err(format!(
+                    "pos_att_type {p:?} is not supported (only c2p, p2c)"
+                ));
+            }
+        }
+        if self.relative_attention && self.position_buckets > 0 && self.position_buckets / 2 < 2 {
+            return Err(format!(
+                "position_buckets {} is too small",
+                self.position_buckets
+            ));
+        }
+        if self.conv_kernel_size > 0 {
+            if self.conv_kernel_size % 2 == 0 {
+                return Err(format!(
+                    "conv_kernel_size {} must be odd (transformers fails on even sizes too)",
+                    self.conv_kernel_size
+                ));
+            }
+            if self.conv_groups == 0 || self.hidden_size % self.conv_groups != 0 {
+                return Err(format!(
+                    "hidden_size {} is not a multiple of conv_groups {}",
+                    self.hidden_size, self.conv_groups
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// transformers' `make_log_bucket_position` for one relative distance, in f32 like torch.
+fn log_bucket(rel: i64, bucket_size: i64, max_position: i64) -> i64 {
+    let mid = bucket_size / 2;
+    let abs_pos = if rel < mid && rel > -mid {
+        mid - 1
+    } else {
+        rel.abs()
+    };
+    if abs_pos <= mid {
+        return rel;
+    }
+    let denom = (((max_position - 1) as f64 / mid as f64) as f32).ln();
+    let log_pos =
+        ((abs_pos as f32 / mid as f32).ln() / denom * (mid - 1) as f32).ceil() + mid as f32;
+    (log_pos * rel.signum() as f32) as i64
+}
+
+/// Flattened gather indices for c2p and p2c at sequence length `t`, ordered query-major so the
+/// first `q*t` entries serve a layer that only computes the first `q` query rows.
+///
+/// * c2p: `score[i, j] = c2p_att[i, clamp(rel(i, j) + span)]`, flat `i * 2span + ...`.
+/// * p2c: `score[i, j] = p2c_att[j, clamp(span - rel(j, i))]`, flat `j * 2span + ...`.
+fn relative_indices(t: usize, span: i64, buckets: i64, max_rel: i64) -> (Vec<u32>, Vec<u32>) {
+    let t_i = t as i64;
+    // rel(i, j) depends on i - j only: one value per distance in -(t-1)..=(t-1).
+    let rel: Vec<i64> = (-(t_i - 1)..t_i)
+        .map(|d| {
+            if buckets > 0 && max_rel > 0 {
+                log_bucket(d, buckets, max_rel)
+            } else {
+                d
+            }
+        })
+        .collect();
+    let rel_of = |i: usize, j: usize| rel[(i as i64 - j as i64 + t_i - 1) as usize];
+    let clamp = |x: i64| x.clamp(0, 2 * span - 1) as u32;
+    let width = 2 * span as u32;
+    let mut c2p = Vec::with_capacity(t * t);
+    let mut p2c = Vec::with_capacity(t * t);
+    for i in 0..t {
+        for j in 0..t {
+            c2p.push(i as u32 * width + clamp(rel_of(i, j) + span));
+            p2c.push(j as u32 * width + clamp(span - rel_of(j, i)));
+        }
+    }
+    (c2p, p2c)
+}
+
+/// Gather tables for one forward pass, on the model's device.
+struct RelIndex {
+    c2p: Tensor,
+    p2c: Tensor,
+}
+
+struct Embeddings {
+    words: Embedding,
+    positions: Option<Embedding>,
+    token_types: Option<Embedding>,
+    proj: Option<Linear>,
+    norm: LayerNorm,
+}
+
+impl Embeddings {
+    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let e = cfg.embedding_size.unwrap_or(cfg.hidden_size);
+        let h = cfg.hidden_size;
+        Ok(Self {
+            words: embedding(cfg.vocab_size, e, vb.pp("word_embeddings"))?,
+            positions: if cfg.position_biased_input {
+                Some(embedding(
+                    cfg.max_position_embeddings,
+                    e,
+                    vb.pp("position_embeddings"),
+                )?)
+            } else {
+                None
+            },
+            token_types: if cfg.type_vocab_size > 0 {
+                Some(embedding(
+                    cfg.type_vocab_size,
+                    e,
+                    vb.pp("token_type_embeddings"),
+                )?)
+            } else {
+                None
+            },
+            proj: if e != h {
+                Some(Linear::load_no_bias(e, h, vb.pp("embed_proj"))?)
+            } else {
+                None
+            },
+            norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+        })
+    }
+
+    /// `mask` is `[B, T, 1]` in the compute dtype (1 real, 0 padding).
+    fn forward(&self, batch: &Batch, mask: &Tensor) -> Result<Tensor> {
+        let mut x = self.words.forward(&batch.input_ids)?;
+        if let Some(p) = &self.positions {
+            x = (x + p.forward(&batch.position_ids)?)?;
+        }
+        if let Some(tt) = &self.token_types {
+            x = (x + tt.forward(&batch.token_type_ids)?)?;
+        }
+        if let Some(proj) = &self.proj {
+            x = proj.forward(&x)?;
+        }
+        self.norm.forward(&x)?.broadcast_mul(mask)
+    }
+}
+
+/// Disentangled self-attention plus the post-LN output and feed-forward blocks of one layer.
+struct Layer {
+    /// Query projection with `1/sqrt(head_dim * scale_factor)` folded in.
+    query: Linear,
+    /// Key and value projections fused.
+    kv: Linear,
+    /// `[heads, head_dim, 2*span]` projected relative keys (c2p), unscaled (the query carries it).
+    pos_key_t: Option<Tensor>,
+    /// `[heads, head_dim, 2*span]` projected relative queries (p2c), pre-scaled.
+    pos_query_t: Option<Tensor>,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    up: Linear,
+    down: Linear,
+    out_norm: LayerNorm,
+    heads: usize,
+    hidden: usize,
+    act: Activation,
+}
+
+/// `[B, L, heads*d]` → `[heads, B, L, d]`.
+fn heads_first(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, l, hd) = x.dims3()?;
+    x.reshape((b, l, heads, hd / heads))?
+        .permute((2, 0, 1, 3))?
+        .contiguous()
+}
+
+/// `[2*span, hidden]` relative embeddings through a projection → `[heads, head_dim, 2*span]`.
+fn project_positions(proj: &Linear, rel: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let (n, _) = rel.dims2()?;
+    let p = proj.forward(rel)?;
+    let hd = p.dim(1)?;
+    let p = p
+        .reshape((n, heads, hd / heads))?
+        .permute((1, 2, 0))?
+        .contiguous()?;
+    if scale == 1.0 {
+        Ok(p)
+    } else {
+        p.affine(scale, 0.0)
+    }
+}
+
+impl Layer {
+    fn load(cfg: &Config, rel: Option<&Tensor>, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let heads = cfg.num_attention_heads;
+        let att = vb.pp("attention");
+        let sa = att.pp("self");
+        let inv_scale = 1.0 / ((cfg.head_dim() as f32) * cfg.scale_factor() as f32).sqrt() as f64;
+
+        let q_vb = sa.pp("query_proj");
+        let q_w = q_vb.get((h, h), "weight")?;
+        let q_b = q_vb.get(h, "bias")?;
+        let query_raw = Linear::from_weights(q_w.clone(), Some(q_b.clone()))?;
+        let key = Linear::load(h, h, sa.pp("key_proj"))?;
+        let value = Linear::load(h, h, sa.pp("value_proj"))?;
+
+        let (mut pos_key_t, mut pos_query_t) = (None, None);
+        if let Some(rel) = rel {
+            if cfg.c2p() {
+                let pk = if cfg.share_att_key {
+                    key.clone()
+                } else {
+                    Linear::load(h, h, sa.pp("pos_key_proj"))?
+                };
+                pos_key_t = Some(project_positions(&pk, rel, heads, 1.0)?);
+            }
+            if cfg.p2c() {
+                let pq = if cfg.share_att_key {
+                    query_raw.clone()
+                } else {
+                    Linear::load(h, h, sa.pp("pos_query_proj"))?
+                };
+                pos_query_t = Some(project_positions(&pq, rel, heads, inv_scale)?);
+            }
+        }
+
+        Ok(Self {
+            query: Linear::from_weights(
+                q_w.affine(inv_scale, 0.0)?,
+                Some(q_b.affine(inv_scale, 0.0)?),
+            )?,
+            kv: Linear::fused(&[key, value])?,
+            pos_key_t,
+            pos_query_t,
+            attn_out: Linear::load(h, h, att.pp("output").pp("dense"))?,
+            attn_norm: LayerNorm::load(h, cfg.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
+            up: Linear::load(h, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            down: Linear::load(cfg.intermediate_size, h, vb.pp("output").pp("dense"))?,
+            out_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            heads,
+            hidden: h,
+            act: cfg.hidden_act,
+        })
+    }
+
+    /// `x`: `[B, T, H]`; returns `[B, q_len, H]` for the first `q_len` query rows.
+    /// `mask`: additive `[1, B, 1, T]`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        q_len: usize,
+        mask: &Tensor,
+        rel: Option<&RelIndex>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (heads, h) = (self.heads, self.hidden);
+        let d = h / heads;
+        let x_q = if q_len == t {
+            x.clone()
+        } else {
+            x.narrow(1, 0, q_len)?
+        };
+
+        let q = heads_first(&self.query.forward(&x_q)?, heads)?; // [heads, B, q, d], pre-scaled
+        let kv = self.kv.forward(x)?;
+        let k = heads_first(&kv.narrow(2, 0, h)?, heads)?; // [heads, B, T, d]
+        let v = heads_first(&kv.narrow(2, h, h)?, heads)?;
+
+        let mut scores = q.matmul(&k.t()?)?; // [heads, B, q, T]
+        if let Some(rel) = rel {
+            let n = q_len * t;
+            if let Some(pk) = &self.pos_key_t {
+                // [heads, B*q, d] x [heads, d, 2span] → gather along the flattened (i, r) axis.
+                let span2 = pk.dim(2)?;
+                let att = q.reshape((heads, b * q_len, d))?.matmul(pk)?;
+                let att = att.reshape((heads, b, q_len * span2))?;
+                let idx = rel.c2p.narrow(0, 0, n)?;
+                let c2p = att.index_select(&idx, 2)?.reshape((heads, b, q_len, t))?;
+                scores = (scores + c2p)?;
+            }
+            if let Some(pq) = &self.pos_query_t {
+                let span2 = pq.dim(2)?;
+                let att = k.reshape((heads, b * t, d))?.matmul(pq)?;
+                let att = att.reshape((heads, b, t * span2))?;
+                let idx = rel.p2c.narrow(0, 0, n)?;
+                let p2c = att.index_select(&idx, 2)?.reshape((heads, b, q_len, t))?;
+                scores = (scores + p2c)?;
+            }
+        }
+        let scores = scores.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = probs
+            .matmul(&v)? // [heads, B, q, d]
+            .permute((1, 2, 0, 3))?
+            .reshape((b, q_len, h))?;
+
+        let x = self
+            .attn_norm
+            .forward(&(self.attn_out.forward(&ctx)? + x_q)?)?;
+        let inner = self.act.apply(&self.up.forward(&x)?)?;
+        self.out_norm.forward(&(self.down.forward(&inner)? + x)?)
+    }
+}
+
+/// `ConvLayer`: a 1-D convolution over the embeddings added to the first layer's output.
+struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+    padding: usize,
+    groups: usize,
+    act: Activation,
+    norm: LayerNorm,
+}
+
+impl Conv {
+    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let k = cfg.conv_kernel_size;
+        Ok(Self {
+            weight: vb.pp("conv").get((h, h / cfg.conv_groups, k), "weight")?,
+            bias: vb.pp("conv").get(h, "bias")?.reshape((1, 1, h))?,
+            padding: (k - 1) / 2,
+            groups: cfg.conv_groups,
+            act: cfg.conv_act,
+            norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+        })
+    }
+
+    /// `embedded`: `[B, T, H]` encoder input; `residual`: `[B, q, H]` first-layer output rows;
+    /// `mask`: `[B, T, 1]`.
+    fn forward(&self, embedded: &Tensor, residual: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let q_len = residual.dim(1)?;
+        let out = embedded
+            .transpose(1, 2)?
+            .contiguous()?
+            .conv1d(&self.weight, self.padding, 1, 1, self.groups)?
+            .transpose(1, 2)?
+            .broadcast_add(&self.bias)?;
+        let out = out.broadcast_mul(mask)?;
+        let out = self.act.apply(&out)?;
+        let t = out.dim(1)?;
+        let (out, mask) = if q_len == t {
+            (out, mask.clone())
+        } else {
+            (out.narrow(1, 0, q_len)?, mask.narrow(1, 0, q_len)?)
+        };
+        self.norm.forward(&(residual + out)?)?.broadcast_mul(&mask)
+    }
+}
+
+/// `DebertaV2ForSequenceClassification`: DeBERTa encoder, `ContextPooler`, linear classifier.
+pub struct DebertaV2 {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    conv: Option<Conv>,
+    pooler: Linear,
+    classifier: Linear,
+    relative: bool,
+    dtype: DType,
+    device: Device,
+    cfg: Config,
+}
+
+impl DebertaV2 {
+    pub fn load(cfg: Config, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+        if let Err(e) = cfg.check() {
+            candle_core::bail!("unsupported DeBERTa-v2 config: {e}");
+        }
+        let h = cfg.hidden_size;
+        let body = vb.pp("deberta");
+        let enc = body.pp("encoder");
+
+        // Relative embeddings only matter when some position term is on.
+        let relative = cfg.relative_attention && (cfg.c2p() || cfg.p2c());
+        let rel = if relative {
+            let span = cfg.att_span() as usize;
+            let table = enc.pp("rel_embeddings").get((2 * span, h), "weight")?;
+            let table = if cfg.norm_rel() {
+                LayerNorm::load(h, cfg.layer_norm_eps, enc.pp("LayerNorm"))?.forward(&table)?
+            } else {
+                table
+            };
+            Some(table)
+        } else {
+            None
+        };
+
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(&cfg, rel.as_ref(), enc.pp("layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let conv = if cfg.conv_kernel_size > 0 {
+            Some(Conv::load(&cfg, enc.pp("conv"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
+            layers,
+            conv,
+            pooler: Linear::load(h, h, vb.pp("pooler").pp("dense"))?,
+            classifier: Linear::load(h, num_labels, vb.pp("classifier"))?,
+            relative,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+            cfg,
+        })
+    }
+
+    fn rel_index(&self, t: usize) -> Result<RelIndex> {
+        let (c2p, p2c) = relative_indices(
+            t,
+            self.cfg.att_span(),
+            self.cfg.position_buckets,
+            self.cfg.max_relative(),
+        );
+        Ok(RelIndex {
+            c2p: Tensor::from_vec(c2p, t * t, &self.device)?,
+            p2c: Tensor::from_vec(p2c, t * t, &self.device)?,
+        })
+    }
+}
+
+impl SequenceClassifier for DebertaV2 {
+    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let (b, t) = batch.input_ids.dims2()?;
+        let keep = batch
+            .attention_mask
+            .to_dtype(DType::F32)?
+            .to_dtype(self.dtype)?
+            .reshape((b, t, 1))?;
+        let key_mask =
+            additive_key_mask(&batch.attention_mask, self.dtype)?.reshape((1, b, 1, t))?;
+        let rel = if self.relative {
+            Some(self.rel_index(t)?)
+        } else {
+            None
+        };
+
+        let embedded = self.embeddings.forward(batch, &keep)?;
+        let mut x = embedded.clone();
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            // Only [CLS] of the last layer is read by the pooler.
+            let q_len = if i == last { 1 } else { t };
+            x = layer.forward(&x, q_len, &key_mask, rel.as_ref())?;
+            if i == 0 {
+                if let Some(conv) = &self.conv {
+                    x = conv.forward(&embedded, &x, &keep)?;
+                }
+            }
+        }
+        let pooled = self
+            .cfg
+            .pooler_hidden_act
+            .apply(&self.pooler.forward(&first_token(&x)?)?)?;
+        self.classifier.forward(&pooled)
+    }
+    fn uses_token_types(&self) -> bool {
+        self.cfg.type_vocab_size > 0
+    }
+    fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values from transformers' `make_log_bucket_position` (checked exhaustively for
+    /// |rel| <= 1500 against (256, 512), (16, 128), (8, 128), (256, 1024), (64, 256)).
+    #[test]
+    fn log_buckets_match_transformers() {
+        let rel = [
+            0, 1, -1, 7, 8, 9, -9, 127, 128, 129, -129, 200, 300, 511, -511, 512, 1000, -1000,
+        ];
+        let v3 = [
+            0, 1, -1, 7, 8, 9, -9, 127, 128, 129, -129, 169, 207, 255, -255, 256, 317, -317,
+        ];
+        let small = [
+            0, 1, -1, 7, 8, 9, -9, 18, 18, 18, -18, 19, 21, 23, -23, 23, 25, -25,
+        ];
+        for ((r, a), b) in rel.iter().zip(v3).zip(small) {
+            assert_eq!(log_bucket(*r, 256, 512), a, "rel {r}");
+            assert_eq!(log_bucket(*r, 16, 64), b, "rel {r}");
+        }
+    }
+
+    #[test]
+    fn pos_att_type_accepts_list_string_and_null() {
+        let base = r#""vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 16"#;
+        let parse = |extra: &str| -> Config {
+            serde_json::from_str(&format!("{{{base}{extra}}}")).unwrap()
+        };
+        assert_eq!(
+            parse(r#", "pos_att_type": "p2c|C2P""#).pos_att_type,
+            ["p2c", "c2p"]
+        );
+        assert_eq!(parse(r#", "pos_att_type": ["c2p"]"#).pos_att_type, ["c2p"]);
+        assert!(parse(r#", "pos_att_type": null"#).pos_att_type.is_empty());
+        let c = parse("");
+        assert!(c.pos_att_type.is_empty() && !c.relative_attention && c.position_biased_input);
+        assert_eq!(
+            (c.type_vocab_size, c.layer_norm_eps, c.att_span()),
+            (0, 1e-7, 512)
+        );
+        assert_eq!(c.scale_factor(), 1);
+    }
+
+    /// c2p and p2c gather indices for a short sequence without bucketing.
+    #[test]
+    fn relative_indices_follow_torch_gather() {
+        let (c2p, p2c) = relative_indices(3, 2, -1, 2);
+        // rel(i, j) = i - j; c2p[i][j] = i*4 + clamp(i - j + 2, 0, 3)
+        assert_eq!(c2p, [2, 1, 0, 7, 6, 5, 11, 11, 10]);
+        // p2c[i][j] = j*4 + clamp(2 - (j - i), 0, 3)
+        assert_eq!(p2c, [2, 5, 8, 3, 6, 9, 3, 7, 10]);
+    }
+}

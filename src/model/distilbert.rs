@@ -1,0 +1,154 @@
+//! DistilBERT (`DistilBertForSequenceClassification`): a BERT without segments or pooler, with
+//! its own weight names and a ReLU head over `[CLS]`.
+//!
+//! Mirrors transformers' `modeling_distilbert.py`. Unlike candle-transformers' version, the mask
+//! here has Hugging Face's meaning (1 = real token).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+use serde::Deserialize;
+
+use super::{
+    additive_key_mask, attention, embedding, first_token, Activation, Batch, LayerNorm, Linear,
+    SequenceClassifier,
+};
+
+// DistilBERT's LayerNorms are built with a fixed eps.
+const EPS: f64 = 1e-12;
+
+fn default_act() -> Activation {
+    Activation::Gelu
+}
+fn default_max_pos() -> usize {
+    512
+}
+
+/// The fields of transformers' `DistilBertConfig` that shape the network.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DistilBertConfig {
+    pub vocab_size: usize,
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub hidden_dim: usize,
+    #[serde(default = "default_act")]
+    pub activation: Activation,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub sinusoidal_pos_embds: bool,
+}
+
+impl DistilBertConfig {
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.n_heads == 0 || self.dim % self.n_heads != 0 {
+            return Err(format!(
+                "dim {} is not a multiple of n_heads {}",
+                self.dim, self.n_heads
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct Layer {
+    qkv: Linear,
+    out: Linear,
+    sa_norm: LayerNorm,
+    lin1: Linear,
+    lin2: Linear,
+    out_norm: LayerNorm,
+    heads: usize,
+    dim: usize,
+    act: Activation,
+}
+
+impl Layer {
+    fn load(cfg: &DistilBertConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.dim;
+        let att = vb.pp("attention");
+        let q = Linear::load(d, d, att.pp("q_lin"))?;
+        let k = Linear::load(d, d, att.pp("k_lin"))?;
+        let v = Linear::load(d, d, att.pp("v_lin"))?;
+        Ok(Self {
+            qkv: Linear::fused(&[q, k, v])?,
+            out: Linear::load(d, d, att.pp("out_lin"))?,
+            sa_norm: LayerNorm::load(d, EPS, vb.pp("sa_layer_norm"))?,
+            lin1: Linear::load(d, cfg.hidden_dim, vb.pp("ffn").pp("lin1"))?,
+            lin2: Linear::load(cfg.hidden_dim, d, vb.pp("ffn").pp("lin2"))?,
+            out_norm: LayerNorm::load(d, EPS, vb.pp("output_layer_norm"))?,
+            heads: cfg.n_heads,
+            dim: d,
+            act: cfg.activation,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let qkv = self.qkv.forward(x)?;
+        let d = self.dim;
+        let ctx = attention(
+            &qkv.narrow(2, 0, d)?,
+            &qkv.narrow(2, d, d)?,
+            &qkv.narrow(2, 2 * d, d)?,
+            self.heads,
+            mask,
+        )?;
+        let x = self.sa_norm.forward(&(self.out.forward(&ctx)? + x)?)?;
+        let inner = self.act.apply(&self.lin1.forward(&x)?)?;
+        self.out_norm.forward(&(self.lin2.forward(&inner)? + x)?)
+    }
+}
+
+pub struct DistilBert {
+    words: Embedding,
+    positions: Embedding,
+    norm: LayerNorm,
+    layers: Vec<Layer>,
+    pre_classifier: Linear,
+    classifier: Linear,
+    cfg: DistilBertConfig,
+}
+
+impl DistilBert {
+    pub fn load(cfg: DistilBertConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.dim;
+        let emb = vb.pp("distilbert").pp("embeddings");
+        let layers = (0..cfg.n_layers)
+            .map(|i| Layer::load(&cfg, vb.pp("distilbert.transformer.layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        // Sinusoidal tables are also stored in the checkpoint, so both variants load the same way.
+        Ok(Self {
+            words: embedding(cfg.vocab_size, d, emb.pp("word_embeddings"))?,
+            positions: embedding(
+                cfg.max_position_embeddings,
+                d,
+                emb.pp("position_embeddings"),
+            )?,
+            norm: LayerNorm::load(d, EPS, emb.pp("LayerNorm"))?,
+            layers,
+            pre_classifier: Linear::load(d, d, vb.pp("pre_classifier"))?,
+            classifier: Linear::load(d, num_labels, vb.pp("classifier"))?,
+            cfg,
+        })
+    }
+}
+
+impl SequenceClassifier for DistilBert {
+    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let x = (self.words.forward(&batch.input_ids)?
+            + self.positions.forward(&batch.position_ids)?)?;
+        let mut x = self.norm.forward(&x)?;
+        let mask = additive_key_mask(&batch.attention_mask, x.dtype())?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask)?;
+        }
+        let x = self.pre_classifier.forward(&first_token(&x)?)?.relu()?;
+        self.classifier.forward(&x)
+    }
+    fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+}

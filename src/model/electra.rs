@@ -1,0 +1,67 @@
+//! ELECTRA (`ElectraForSequenceClassification`): BERT's encoder behind embeddings that may be
+//! narrower than the hidden size (then projected up), and a GELU head over `[CLS]`.
+//!
+//! Mirrors transformers' `modeling_electra.py`.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::bert::{Embeddings, Encoder, EncoderConfig};
+use super::{first_token, Activation, Batch, Linear, SequenceClassifier};
+
+pub struct Electra {
+    embeddings: Embeddings,
+    project: Option<Linear>,
+    encoder: Encoder,
+    dense: Linear,
+    out_proj: Linear,
+    head_act: Activation,
+    cfg: EncoderConfig,
+}
+
+impl Electra {
+    pub fn load(cfg: EncoderConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let e = cfg.embedding_width();
+        let body = vb.pp("electra");
+        let head = vb.pp("classifier");
+        let project = if e != h {
+            Some(Linear::load(e, h, body.pp("embeddings_project"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
+            project,
+            encoder: Encoder::load(&cfg, body.pp("encoder"))?,
+            dense: Linear::load(h, h, head.pp("dense"))?,
+            out_proj: Linear::load(h, num_labels, head.pp("out_proj"))?,
+            // transformers' ElectraClassificationHead applies exact GELU whatever hidden_act says.
+            head_act: Activation::Gelu,
+            cfg,
+        })
+    }
+}
+
+impl SequenceClassifier for Electra {
+    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(batch)?;
+        if let Some(p) = &self.project {
+            x = p.forward(&x)?;
+        }
+        let x = self.encoder.forward(&x, batch)?;
+        let x = self
+            .head_act
+            .apply(&self.dense.forward(&first_token(&x)?)?)?;
+        self.out_proj.forward(&x)
+    }
+    fn uses_token_types(&self) -> bool {
+        self.cfg.type_vocab_size > 1
+    }
+    fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+}

@@ -1,0 +1,286 @@
+//! Model code, one file per architecture family.
+//!
+//! Every family implements [`SequenceClassifier`]: a padded batch in, one row of logits per text
+//! out. Masks are built here once per batch, in the compute dtype, with a finite "minus a lot"
+//! value so that F16/BF16 never see `0 × -inf` (the candle-transformers BERT bug) and never
+//! overflow to infinity when the score is added.
+
+pub mod bert;
+pub mod deberta;
+pub mod distilbert;
+pub mod electra;
+pub mod modernbert;
+pub mod roberta;
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+/// A tokenized, padded batch, already on the model's device. Uploaded once per batch.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[batch, seq]` u32 token ids, right-padded with the tokenizer's pad id.
+    pub input_ids: Tensor,
+    /// `[batch, seq]` u32, 1 for a real token and 0 for padding (Hugging Face's meaning).
+    pub attention_mask: Tensor,
+    /// `[batch, seq]` u32 segment ids (zeros where the model has no segments).
+    pub token_type_ids: Tensor,
+    /// `[batch, seq]` u32 absolute position ids, already offset as the model expects.
+    pub position_ids: Tensor,
+    /// Real (unpadded) length of each row.
+    pub lengths: Vec<usize>,
+}
+
+/// How a family numbers positions. RoBERTa-style models start at `pad_token_id + 1` and give
+/// padding the pad id itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionScheme {
+    FromZero,
+    AfterPadding { pad_token_id: u32 },
+}
+
+impl PositionScheme {
+    pub fn position(self, index: usize, real: bool) -> u32 {
+        match self {
+            PositionScheme::FromZero => index as u32,
+            PositionScheme::AfterPadding { pad_token_id } if real => {
+                pad_token_id + 1 + index as u32
+            }
+            PositionScheme::AfterPadding { pad_token_id } => pad_token_id,
+        }
+    }
+
+    /// How many positions the scheme spends before the first token.
+    pub fn offset(self) -> usize {
+        match self {
+            PositionScheme::FromZero => 0,
+            PositionScheme::AfterPadding { pad_token_id } => pad_token_id as usize + 1,
+        }
+    }
+}
+
+/// What the engine needs to know about a loaded architecture beyond its forward pass.
+pub trait SequenceClassifier: Send + Sync {
+    /// Logits, `[batch, num_labels]`, in the compute dtype.
+    fn forward(&self, batch: &Batch) -> Result<Tensor>;
+    fn position_scheme(&self) -> PositionScheme {
+        PositionScheme::FromZero
+    }
+    /// Whether the model reads `token_type_ids` (BERT-style segments); otherwise zeros are sent.
+    fn uses_token_types(&self) -> bool {
+        false
+    }
+    /// Longest sequence the position table (or rotary setup) allows, in tokens.
+    fn max_positions(&self) -> usize;
+    /// Rows of the word-embedding table; a tokenizer with more ids than this would index out of it.
+    fn vocab_size(&self) -> usize;
+}
+
+/// Hidden activations named in config.json (`hidden_act`, `classifier_activation`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact GELU (erf), what transformers calls "gelu".
+    Gelu,
+    #[serde(alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluNew,
+    Relu,
+    #[serde(alias = "swish")]
+    Silu,
+    Tanh,
+    Linear,
+}
+
+impl Activation {
+    pub fn apply(self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Gelu => xs.gelu_erf(),
+            Activation::GeluNew => xs.gelu(),
+            Activation::Relu => xs.relu(),
+            Activation::Silu => candle_nn::ops::silu(xs),
+            Activation::Tanh => xs.tanh(),
+            Activation::Linear => Ok(xs.clone()),
+        }
+    }
+}
+
+/// The value added to attention scores of padded keys: large enough to zero the key after
+/// softmax, small enough that score + mask stays finite in the dtype.
+pub fn mask_fill_value(dtype: DType) -> f64 {
+    match dtype {
+        // f16 tops out at 65504; half of it leaves room for any realistic score.
+        DType::F16 => -32_000.0,
+        _ => -1.0e30,
+    }
+}
+
+/// `[batch, 1, 1, seq]` additive mask in `dtype`: 0 for real keys, a large negative for padding.
+pub fn additive_key_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, t) = attention_mask.dims2()?;
+    let keep = attention_mask.to_dtype(DType::F32)?;
+    let masked = ((keep - 1.0)? * -mask_fill_value(dtype))?;
+    // (keep - 1) is 0 or -1; multiplying by -fill gives 0 or fill. Done in f32, then cast once.
+    masked.to_dtype(dtype)?.reshape((b, 1, 1, t))
+}
+
+/// A Linear layer whose weight is stored transposed and contiguous, so the per-request matmul
+/// streams rows of the weight instead of striding across them.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+
+    pub fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = vb.get(out_dim, "bias")?;
+        Self::from_weights(weight, Some(bias))
+    }
+
+    pub fn load_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        Self::from_weights(weight, None)
+    }
+
+    pub fn load_opt_bias(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        if bias {
+            Self::load(in_dim, out_dim, vb)
+        } else {
+            Self::load_no_bias(in_dim, out_dim, vb)
+        }
+    }
+
+    /// Several projections of the same input fused into one matmul (e.g. Q, K and V).
+    pub fn fused(parts: &[Linear]) -> Result<Self> {
+        let ws: Vec<&Tensor> = parts.iter().map(|p| &p.weight_t).collect();
+        let weight_t = Tensor::cat(&ws, 1)?.contiguous()?;
+        let bias = if parts.iter().all(|p| p.bias.is_some()) {
+            let bs: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
+            Some(Tensor::cat(&bs, 0)?)
+        } else {
+            None
+        };
+        Ok(Self { weight_t, bias })
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight_t.dim(1).unwrap_or(0)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dims = xs.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let flat = xs.reshape((rows, in_dim))?;
+        let mut out = flat.matmul(&self.weight_t)?;
+        if let Some(bias) = &self.bias {
+            out = out.broadcast_add(bias)?;
+        }
+        let mut out_dims = dims.to_vec();
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.weight_t.dim(1)?;
+        out.reshape(out_dims)
+    }
+}
+
+/// LayerNorm computed in f32 whatever the compute dtype: F16 variance over a few hundred
+/// features overflows or loses the mean otherwise.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: Some(vb.get(dim, "bias")?),
+            eps,
+        })
+    }
+
+    pub fn load_opt_bias(dim: usize, eps: f64, bias: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: if bias {
+                Some(vb.get(dim, "bias")?)
+            } else {
+                None
+            },
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dtype = xs.dtype();
+        let x = xs.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let normed = normed.to_dtype(dtype)?;
+        let out = normed.broadcast_mul(&self.weight)?;
+        match &self.bias {
+            Some(b) => out.broadcast_add(b),
+            None => Ok(out),
+        }
+    }
+}
+
+/// Multi-head scaled dot-product attention over `[batch, seq, heads*head_dim]` projections.
+/// `mask` is additive and broadcastable to `[batch, heads, seq, seq]`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let (b, t, hidden) = q.dims3()?;
+    let head_dim = hidden / heads;
+    let split = |x: &Tensor| -> Result<Tensor> {
+        x.reshape((b, t, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, hidden))
+}
+
+/// The hidden state of the first token of every row (`[CLS]` / `<s>`).
+pub fn first_token(hidden: &Tensor) -> Result<Tensor> {
+    hidden.narrow(1, 0, 1)?.squeeze(1)
+}
+
+/// Loads an embedding table and checks its width.
+pub fn embedding(rows: usize, dim: usize, vb: VarBuilder) -> Result<candle_nn::Embedding> {
+    let w = vb.get((rows, dim), "weight")?;
+    Ok(candle_nn::Embedding::new(w, dim))
+}
+
+/// Device-independent helper used by tests and the engine to make u32 tensors.
+pub fn u32_tensor(data: Vec<u32>, rows: usize, cols: usize, device: &Device) -> Result<Tensor> {
+    Tensor::from_vec(data, (rows, cols), device)
+}

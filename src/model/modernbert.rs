@@ -1,0 +1,537 @@
+//! ModernBERT (`ModernBertForSequenceClassification`).
+//!
+//! Mirrors transformers' `modeling_modernbert.py` / `configuration_modernbert.py` (5.x, eager/sdpa
+//! path; 4.x checkpoints load too): token embeddings + LayerNorm (no position table), pre-LN layers
+//! with a fused `Wqkv`, rotary position embeddings whose base differs between global
+//! ("full_attention") and local ("sliding_attention") layers, a bidirectional sliding window of
+//! `|i - j| <= local_attention / 2` on local layers, a GeGLU MLP, a final norm, then `cls` or
+//! `mean` pooling and the `dense → act → norm → classifier` head. Returns logits, not
+//! probabilities.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use super::{
+    first_token, mask_fill_value, Activation, Batch, LayerNorm, Linear, SequenceClassifier,
+};
+
+fn default_vocab() -> usize {
+    50368
+}
+fn default_hidden() -> usize {
+    768
+}
+fn default_intermediate() -> usize {
+    1152
+}
+fn default_layers() -> usize {
+    22
+}
+fn default_heads() -> usize {
+    12
+}
+fn default_gelu() -> Activation {
+    Activation::Gelu
+}
+fn default_max_pos() -> usize {
+    8192
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_every_n() -> usize {
+    3
+}
+
+const DEFAULT_GLOBAL_THETA: f64 = 160_000.0;
+const DEFAULT_LOCAL_THETA: f64 = 10_000.0;
+const DEFAULT_LOCAL_ATTENTION: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    #[default]
+    Cls,
+    Mean,
+}
+
+/// The fields of `ModernBertConfig` that shape the classifier, with transformers' defaults.
+///
+/// RoPE and the layer pattern come in two spellings: transformers 5 writes `layer_types` and
+/// `rope_parameters` (`{"full_attention": {"rope_theta": ..}, "sliding_attention": {..}}`);
+/// 4.x wrote `global_attn_every_n_layers`, `global_rope_theta` and `local_rope_theta`. The new
+/// spelling wins where both are present, as in transformers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    #[serde(default = "default_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "default_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "default_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "default_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "default_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "default_gelu")]
+    pub hidden_activation: Activation,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    pub norm_eps: f64,
+    #[serde(default)]
+    pub norm_bias: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default)]
+    pub classifier_bias: bool,
+    #[serde(default = "default_gelu")]
+    pub classifier_activation: Activation,
+    #[serde(default)]
+    pub classifier_pooling: Pooling,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    /// Total window of local layers (a key is visible when `|i - j| <= local_attention / 2`).
+    #[serde(default)]
+    pub local_attention: Option<usize>,
+    /// Half window, transformers 5's derived spelling; used only when `local_attention` is absent.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// transformers 5: "full_attention" / "sliding_attention", one per layer.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    /// transformers 4.x: every n-th layer (from 0) is global.
+    #[serde(default = "default_every_n")]
+    pub global_attn_every_n_layers: usize,
+    /// transformers 5: per layer type `{"rope_type": "default", "rope_theta": ..}`.
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
+    #[serde(default)]
+    pub global_rope_theta: Option<f64>,
+    #[serde(default)]
+    pub local_rope_theta: Option<f64>,
+}
+
+impl Config {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    pub fn local_window(&self) -> usize {
+        match (self.local_attention, self.sliding_window) {
+            (Some(total), _) => total,
+            (None, Some(half)) => half * 2,
+            (None, None) => DEFAULT_LOCAL_ATTENTION,
+        }
+    }
+
+    /// Whether each layer is local (sliding-window) attention.
+    pub fn sliding_layers(&self) -> std::result::Result<Vec<bool>, String> {
+        match &self.layer_types {
+            Some(types) => {
+                if types.len() != self.num_hidden_layers {
+                    return Err(format!(
+                        "layer_types has {} entries for {} layers",
+                        types.len(),
+                        self.num_hidden_layers
+                    ));
+                }
+                types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        "sliding_attention" => Ok(true),
+                        "full_attention" => Ok(false),
+                        other => Err(format!("layer type {other:?} is not supported")),
+                    })
+                    .collect()
+            }
+            None => {
+                let n = self.global_attn_every_n_layers;
+                if n == 0 {
+                    return Err("global_attn_every_n_layers must be positive".into());
+                }
+                Ok((0..self.num_hidden_layers).map(|i| i % n != 0).collect())
+            }
+        }
+    }
+
+    /// RoPE base of one layer type, from `rope_parameters` or the 4.x fields.
+    fn rope_theta(&self, sliding: bool) -> std::result::Result<f64, String> {
+        let (key, legacy, default) = if sliding {
+            (
+                "sliding_attention",
+                self.local_rope_theta,
+                DEFAULT_LOCAL_THETA,
+            )
+        } else {
+            (
+                "full_attention",
+                self.global_rope_theta,
+                DEFAULT_GLOBAL_THETA,
+            )
+        };
+        let params = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.as_object())
+            .and_then(|p| p.get(key))
+            .and_then(|p| p.as_object());
+        if let Some(params) = params {
+            if let Some(kind) = params.get("rope_type").and_then(|t| t.as_str()) {
+                if kind != "default" {
+                    return Err(format!("rope_type {kind:?} ({key}) is not supported"));
+                }
+            }
+            if let Some(theta) = params.get("rope_theta").and_then(|t| t.as_f64()) {
+                return Ok(theta);
+            }
+        }
+        Ok(legacy.unwrap_or(default))
+    }
+
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(format!(
+                "head_dim {} must be even for RoPE",
+                self.head_dim()
+            ));
+        }
+        self.sliding_layers()?;
+        self.rope_theta(true)?;
+        self.rope_theta(false)?;
+        Ok(())
+    }
+}
+
+struct Layer {
+    attn_norm: Option<LayerNorm>,
+    /// Fused Q/K/V; the Q columns are pre-scaled by `1/sqrt(head_dim)` so the F16 score matmul
+    /// never sees an unscaled product (RoPE is linear, so scaling before it is exact).
+    wqkv: Linear,
+    wo: Linear,
+    mlp_norm: LayerNorm,
+    /// GeGLU: `[input | gate]`, `2 * intermediate` wide.
+    wi: Linear,
+    mlp_out: Linear,
+    sliding: bool,
+    heads: usize,
+    head_dim: usize,
+    intermediate: usize,
+    act: Activation,
+}
+
+impl Layer {
+    fn load(cfg: &Config, index: usize, sliding: bool, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let head_dim = cfg.head_dim();
+        let attn = vb.pp("attn");
+        let wqkv = {
+            let qkv = attn.pp("Wqkv");
+            let w = qkv.get((3 * h, h), "weight")?;
+            let b = if cfg.attention_bias {
+                Some(qkv.get(3 * h, "bias")?)
+            } else {
+                None
+            };
+            let scale = 1.0 / (head_dim as f64).sqrt();
+            let scale_q = |t: &Tensor| -> Result<Tensor> {
+                let dtype = t.dtype();
+                let t = t.to_dtype(DType::F32)?;
+                let q = (t.narrow(0, 0, h)? * scale)?;
+                let rest = t.narrow(0, h, 2 * h)?;
+                Tensor::cat(&[&q, &rest], 0)?.to_dtype(dtype)
+            };
+            let b = b.as_ref().map(scale_q).transpose()?;
+            Linear::from_weights(scale_q(&w)?, b)?
+        };
+        let mlp = vb.pp("mlp");
+        Ok(Self {
+            attn_norm: if index == 0 {
+                None
+            } else {
+                Some(LayerNorm::load_opt_bias(
+                    h,
+                    cfg.norm_eps,
+                    cfg.norm_bias,
+                    vb.pp("attn_norm"),
+                )?)
+            },
+            wqkv,
+            wo: Linear::load_opt_bias(h, h, cfg.attention_bias, attn.pp("Wo"))?,
+            mlp_norm: LayerNorm::load_opt_bias(h, cfg.norm_eps, cfg.norm_bias, vb.pp("mlp_norm"))?,
+            wi: Linear::load_opt_bias(h, 2 * cfg.intermediate_size, cfg.mlp_bias, mlp.pp("Wi"))?,
+            mlp_out: Linear::load_opt_bias(cfg.intermediate_size, h, cfg.mlp_bias, mlp.pp("Wo"))?,
+            sliding,
+            heads: cfg.num_attention_heads,
+            head_dim,
+            intermediate: cfg.intermediate_size,
+            act: cfg.hidden_activation,
+        })
+    }
+
+    fn attention(&self, x: &Tensor, rope: &Rope, mask: &Tensor) -> Result<Tensor> {
+        let (b, t, hidden) = x.dims3()?;
+        let (nh, hd) = (self.heads, self.head_dim);
+        // [B, T, 3, H, D] -> [3, B, H, T, D], one copy.
+        let qkv = self
+            .wqkv
+            .forward(x)?
+            .reshape((b, t, 3, nh, hd))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        // Rotate Q and K together: [2B, H, T, D].
+        let qk = qkv.narrow(0, 0, 2)?.reshape((2 * b, nh, t, hd))?;
+        let qk = candle_nn::rotary_emb::rope(&qk, &rope.cos, &rope.sin)?;
+        let q = qk.narrow(0, 0, b)?;
+        let k = qk.narrow(0, b, b)?;
+        let v = qkv.get(2)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, hidden))?;
+        self.wo.forward(&ctx)
+    }
+
+    fn forward(&self, x: &Tensor, rope: &Rope, mask: &Tensor) -> Result<Tensor> {
+        let normed = match &self.attn_norm {
+            Some(norm) => norm.forward(x)?,
+            None => x.clone(),
+        };
+        let x = (x + self.attention(&normed, rope, mask)?)?;
+        let up = self.wi.forward(&self.mlp_norm.forward(&x)?)?;
+        let input = up.narrow(D::Minus1, 0, self.intermediate)?;
+        let gate = up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
+        let inner = (self.act.apply(&input)? * gate)?;
+        x + self.mlp_out.forward(&inner)?
+    }
+}
+
+/// Inverse frequencies of one RoPE base, computed in f32 as transformers does.
+fn inv_freq(theta: f64, head_dim: usize) -> Vec<f32> {
+    (0..head_dim)
+        .step_by(2)
+        .map(|i| 1.0f32 / (theta as f32).powf(i as f32 / head_dim as f32))
+        .collect()
+}
+
+/// cos/sin tables `[T, head_dim/2]` for one forward, in the compute dtype.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(inv_freq: &[f32], t: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for pos in 0..t {
+            for &f in inv_freq {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (t, half), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (t, half), device)?.to_dtype(dtype)?,
+        })
+    }
+}
+
+/// `ModernBertForSequenceClassification`.
+pub struct ModernBert {
+    tok_embeddings: candle_nn::Embedding,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    final_norm: LayerNorm,
+    head_dense: Linear,
+    head_norm: LayerNorm,
+    classifier: Linear,
+    global_inv_freq: Vec<f32>,
+    local_inv_freq: Vec<f32>,
+    /// Half window: key j is visible from query i on local layers when `|i - j| <= half_window`.
+    half_window: usize,
+    cfg: Config,
+}
+
+impl ModernBert {
+    pub fn load(cfg: Config, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+        cfg.check().map_err(candle_core::Error::msg)?;
+        let h = cfg.hidden_size;
+        let sliding = cfg.sliding_layers().map_err(candle_core::Error::msg)?;
+        let global_theta = cfg.rope_theta(false).map_err(candle_core::Error::msg)?;
+        let local_theta = cfg.rope_theta(true).map_err(candle_core::Error::msg)?;
+        let body = vb.pp("model");
+        let layers = sliding
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| Layer::load(&cfg, i, s, body.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let head = vb.pp("head");
+        // transformers' classifier is a plain nn.Linear: always biased, whatever classifier_bias
+        // says (that flag is head.dense's).
+        let classifier_bias = vb.pp("classifier").contains_tensor("bias");
+        Ok(Self {
+            tok_embeddings: super::embedding(
+                cfg.vocab_size,
+                h,
+                body.pp("embeddings").pp("tok_embeddings"),
+            )?,
+            emb_norm: LayerNorm::load_opt_bias(
+                h,
+                cfg.norm_eps,
+                cfg.norm_bias,
+                body.pp("embeddings").pp("norm"),
+            )?,
+            layers,
+            final_norm: LayerNorm::load_opt_bias(
+                h,
+                cfg.norm_eps,
+                cfg.norm_bias,
+                body.pp("final_norm"),
+            )?,
+            head_dense: Linear::load_opt_bias(h, h, cfg.classifier_bias, head.pp("dense"))?,
+            head_norm: LayerNorm::load_opt_bias(h, cfg.norm_eps, cfg.norm_bias, head.pp("norm"))?,
+            classifier: Linear::load_opt_bias(h, num_labels, classifier_bias, vb.pp("classifier"))?,
+            global_inv_freq: inv_freq(global_theta, cfg.head_dim()),
+            local_inv_freq: inv_freq(local_theta, cfg.head_dim()),
+            half_window: cfg.local_window() / 2,
+            cfg,
+        })
+    }
+
+    /// Additive masks `(global [B,1,1,T], local [B,1,T,T])` in `dtype`. Padding and band are
+    /// combined as 0/1 "keep" factors first, so a masked score gets the fill value once, never
+    /// twice (two F16 fills plus a score could overflow to -inf).
+    fn masks(&self, attention_mask: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let (b, t) = attention_mask.dims2()?;
+        let fill = -mask_fill_value(dtype);
+        let keep = attention_mask.to_dtype(DType::F32)?.reshape((b, 1, 1, t))?;
+        let global = ((&keep - 1.0)? * fill)?.to_dtype(dtype)?;
+        if t <= self.half_window + 1 {
+            // Every pair is within the window.
+            return Ok((global.clone(), global));
+        }
+        let w = self.half_window;
+        let band: Vec<f32> = (0..t)
+            .flat_map(|i| (0..t).map(move |j| if i.abs_diff(j) <= w { 1.0 } else { 0.0 }))
+            .collect();
+        let band = Tensor::from_vec(band, (1, 1, t, t), attention_mask.device())?;
+        let local = ((keep.broadcast_mul(&band)? - 1.0)? * fill)?.to_dtype(dtype)?;
+        Ok((global, local))
+    }
+
+    fn pool(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        match self.cfg.classifier_pooling {
+            Pooling::Cls => first_token(hidden),
+            Pooling::Mean => {
+                // Summed in f32: F16 sums over thousands of tokens can overflow.
+                let dtype = hidden.dtype();
+                let keep = attention_mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
+                let sum = hidden.to_dtype(DType::F32)?.broadcast_mul(&keep)?.sum(1)?;
+                let count = keep.sum(1)?;
+                sum.broadcast_div(&count)?.to_dtype(dtype)
+            }
+        }
+    }
+}
+
+impl SequenceClassifier for ModernBert {
+    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let x = self.tok_embeddings.forward(&batch.input_ids)?;
+        let mut x = self.emb_norm.forward(&x)?;
+        let (dtype, device) = (x.dtype(), x.device().clone());
+        let t = x.dim(1)?;
+        let (global_mask, local_mask) = self.masks(&batch.attention_mask, dtype)?;
+        let global_rope = Rope::new(&self.global_inv_freq, t, dtype, &device)?;
+        let local_rope = Rope::new(&self.local_inv_freq, t, dtype, &device)?;
+        for layer in &self.layers {
+            x = if layer.sliding {
+                layer.forward(&x, &local_rope, &local_mask)?
+            } else {
+                layer.forward(&x, &global_rope, &global_mask)?
+            };
+        }
+        let x = self.final_norm.forward(&x)?;
+        let pooled = self.pool(&x, &batch.attention_mask)?;
+        let pooled = self.head_dense.forward(&pooled)?;
+        let pooled = self
+            .head_norm
+            .forward(&self.cfg.classifier_activation.apply(&pooled)?)?;
+        self.classifier.forward(&pooled)
+    }
+    fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_spellings() {
+        // transformers 4.x (e.g. answerdotai/ModernBERT-base).
+        let old: Config = serde_json::from_str(
+            r#"{"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 7,
+                "global_rope_theta": 160000.0, "local_rope_theta": 10000.0,
+                "global_attn_every_n_layers": 3, "local_attention": 128}"#,
+        )
+        .unwrap();
+        old.check().unwrap();
+        assert_eq!(
+            old.sliding_layers().unwrap(),
+            vec![false, true, true, false, true, true, false]
+        );
+        assert_eq!(old.rope_theta(false).unwrap(), 160_000.0);
+        assert_eq!(old.rope_theta(true).unwrap(), 10_000.0);
+        assert_eq!(old.local_window() / 2, 64);
+        assert_eq!(old.hidden_activation, Activation::Gelu);
+        assert_eq!(old.classifier_pooling, Pooling::Cls);
+
+        // transformers 5: layer_types / rope_parameters win over the legacy fields.
+        let new: Config = serde_json::from_str(
+            r#"{"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 3,
+                "layer_types": ["full_attention", "sliding_attention", "full_attention"],
+                "global_attn_every_n_layers": 3, "local_rope_theta": 1.0,
+                "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 80000.0},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 500.0}},
+                "local_attention": 8, "classifier_pooling": "mean"}"#,
+        )
+        .unwrap();
+        new.check().unwrap();
+        assert_eq!(new.sliding_layers().unwrap(), vec![false, true, false]);
+        assert_eq!(new.rope_theta(false).unwrap(), 80_000.0);
+        assert_eq!(new.rope_theta(true).unwrap(), 500.0);
+        assert_eq!(new.local_window() / 2, 4);
+
+        // Nothing given: transformers' defaults.
+        let bare: Config = serde_json::from_str(r#"{"num_hidden_layers": 4}"#).unwrap();
+        assert_eq!(
+            bare.sliding_layers().unwrap(),
+            vec![false, true, true, false]
+        );
+        assert_eq!(bare.rope_theta(false).unwrap(), DEFAULT_GLOBAL_THETA);
+        assert_eq!(bare.rope_theta(true).unwrap(), DEFAULT_LOCAL_THETA);
+        assert_eq!(bare.local_window(), 128);
+
+        let scaled: Config = serde_json::from_str(
+            r#"{"num_hidden_layers": 1,
+                "rope_parameters": {"full_attention": {"rope_type": "yarn", "rope_theta": 1.0}}}"#,
+        )
+        .unwrap();
+        assert!(scaled.check().is_err());
+    }
+}

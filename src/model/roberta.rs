@@ -1,0 +1,61 @@
+//! RoBERTa and XLM-RoBERTa (`RobertaForSequenceClassification`,
+//! `XLMRobertaForSequenceClassification`): BERT's encoder with positions that start after the
+//! padding id, no segments, and a two-layer tanh head over `<s>`.
+//!
+//! Mirrors transformers' `modeling_roberta.py`; XLM-R's checkpoint layout is identical.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::bert::{Embeddings, Encoder, EncoderConfig};
+use super::{first_token, Batch, Linear, PositionScheme, SequenceClassifier};
+
+pub struct Roberta {
+    embeddings: Embeddings,
+    encoder: Encoder,
+    dense: Linear,
+    out_proj: Linear,
+    cfg: EncoderConfig,
+    pad_token_id: u32,
+}
+
+impl Roberta {
+    pub fn load(cfg: EncoderConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let body = vb.pp("roberta");
+        let head = vb.pp("classifier");
+        Ok(Self {
+            embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
+            encoder: Encoder::load(&cfg, body.pp("encoder"))?,
+            dense: Linear::load(h, h, head.pp("dense"))?,
+            out_proj: Linear::load(h, num_labels, head.pp("out_proj"))?,
+            pad_token_id: cfg.pad_token_id.unwrap_or(1),
+            cfg,
+        })
+    }
+}
+
+impl SequenceClassifier for Roberta {
+    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let x = self.embeddings.forward(batch)?;
+        let x = self.encoder.forward(&x, batch)?;
+        let x = self.dense.forward(&first_token(&x)?)?.tanh()?;
+        self.out_proj.forward(&x)
+    }
+    fn position_scheme(&self) -> PositionScheme {
+        PositionScheme::AfterPadding {
+            pad_token_id: self.pad_token_id,
+        }
+    }
+    fn uses_token_types(&self) -> bool {
+        self.cfg.type_vocab_size > 1
+    }
+    fn max_positions(&self) -> usize {
+        self.cfg
+            .max_position_embeddings
+            .saturating_sub(self.position_scheme().offset())
+    }
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+}

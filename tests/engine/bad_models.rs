@@ -1,0 +1,224 @@
+//! Every broken model directory ends in one error naming the file and the problem, never a
+//! panic; checked through the library and through the binary's exit code and stderr.
+
+use std::path::Path;
+use std::process::Command;
+
+use classifyd::engine::{DTypeChoice, DeviceChoice, Engine};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn load_error(dir: &Path) -> String {
+    match Engine::load(dir, DeviceChoice::Cpu, DTypeChoice::Auto) {
+        Ok(_) => panic!("{} loaded but should not", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_mentions(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "{msg:?} does not mention {p:?}");
+    }
+}
+
+fn edit_json(path: &Path, f: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn missing_files_are_named() {
+    for (file, what) in [
+        ("config.json", "missing"),
+        ("model.safetensors", "neither model.safetensors nor"),
+        ("tokenizer.json", "missing (tokenizer)"),
+    ] {
+        let dir = scratch_copy("bert");
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+        assert_mentions(&load_error(dir.path()), &[file, what]);
+    }
+    assert_mentions(
+        &load_error(Path::new("/nonexistent/model")),
+        &["/nonexistent/model", "missing"],
+    );
+}
+
+#[test]
+fn missing_shard_is_named() {
+    let dir = scratch_copy("bert-multilabel");
+    let shard = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with("model-") && n.ends_with(".safetensors"))
+        .expect("a shard");
+    std::fs::remove_file(dir.path().join(&shard)).unwrap();
+    assert_mentions(&load_error(dir.path()), &[&shard, "weight shard"]);
+}
+
+#[test]
+fn unknown_architecture_lists_supported_ones() {
+    let dir = scratch_copy("bert");
+    edit_json(&dir.path().join("config.json"), |c| {
+        c["architectures"] = serde_json::json!(["GPT2ForSequenceClassification"]);
+    });
+    assert_mentions(
+        &load_error(dir.path()),
+        &[
+            "config.json",
+            "GPT2ForSequenceClassification",
+            "BertForSequenceClassification",
+        ],
+    );
+}
+
+#[test]
+fn shape_mismatch_names_tensor_and_file() {
+    let dir = scratch_copy("bert");
+    edit_json(&dir.path().join("config.json"), |c| {
+        let i = c["intermediate_size"].as_u64().unwrap();
+        c["intermediate_size"] = serde_json::json!(i + 8);
+    });
+    assert_mentions(
+        &load_error(dir.path()),
+        &["model.safetensors", "shape mismatch", "intermediate"],
+    );
+}
+
+#[test]
+fn truncated_and_corrupt_weights_are_refused() {
+    let dir = scratch_copy("bert");
+    let weights = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    assert_mentions(
+        &load_error(dir.path()),
+        &["model.safetensors", "invalid weights"],
+    );
+
+    let mut garbage = bytes.clone();
+    garbage[8..64].fill(b'#');
+    std::fs::write(&weights, &garbage).unwrap();
+    assert_mentions(
+        &load_error(dir.path()),
+        &["model.safetensors", "invalid weights"],
+    );
+
+    // A header claiming more than the file holds.
+    let mut huge = bytes;
+    huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&weights, &huge).unwrap();
+    assert_mentions(
+        &load_error(dir.path()),
+        &["model.safetensors", "invalid weights"],
+    );
+}
+
+#[test]
+fn tokenizer_larger_than_embedding_table_is_refused() {
+    let dir = scratch_copy("bert");
+    let rows = {
+        let c: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        c["vocab_size"].as_u64().unwrap()
+    };
+    edit_json(&dir.path().join("tokenizer.json"), |t| {
+        t["model"]["vocab"]["zzzunseen"] = serde_json::json!(rows + 10);
+    });
+    assert_mentions(
+        &load_error(dir.path()),
+        &[
+            "tokenizer.json",
+            &format!("{} ids", rows + 11),
+            &format!("only {rows} rows"),
+        ],
+    );
+}
+
+#[test]
+fn non_utf8_and_broken_json_are_refused() {
+    let dir = scratch_copy("bert");
+    std::fs::write(
+        dir.path().join("config.json"),
+        b"{\"architectures\": [\"\xff\xfe\"]}",
+    )
+    .unwrap();
+    assert_mentions(&load_error(dir.path()), &["config.json", "not UTF-8"]);
+
+    std::fs::write(dir.path().join("config.json"), b"{\"architectures\": ").unwrap();
+    assert_mentions(&load_error(dir.path()), &["config.json", "not valid JSON"]);
+
+    let dir = scratch_copy("bert");
+    std::fs::write(dir.path().join("tokenizer.json"), b"\xff\xff\xff").unwrap();
+    assert_mentions(&load_error(dir.path()), &["tokenizer.json", "not UTF-8"]);
+
+    let dir = scratch_copy("bert");
+    std::fs::write(dir.path().join("tokenizer.json"), b"{\"version\": \"1.0\"}").unwrap();
+    assert_mentions(
+        &load_error(dir.path()),
+        &["tokenizer.json", "invalid tokenizer"],
+    );
+}
+
+#[test]
+fn bad_labels_are_refused() {
+    let dir = scratch_copy("bert");
+    edit_json(&dir.path().join("config.json"), |c| {
+        c["id2label"] = serde_json::json!({"0": "a", "2": "c"});
+    });
+    assert_mentions(&load_error(dir.path()), &["config.json", "id2label"]);
+}
+
+#[test]
+fn labels_default_and_integer_values_work() {
+    let dir = scratch_copy("bert");
+    edit_json(&dir.path().join("config.json"), |c| {
+        let o = c.as_object_mut().unwrap();
+        o.remove("id2label");
+        o.remove("label2id");
+        o.insert("num_labels".into(), serde_json::json!(3));
+    });
+    let e = Engine::load(dir.path(), DeviceChoice::Cpu, DTypeChoice::Auto).unwrap();
+    assert_eq!(e.info().labels, ["LABEL_0", "LABEL_1", "LABEL_2"]);
+
+    edit_json(&dir.path().join("config.json"), |c| {
+        c["id2label"] = serde_json::json!({"low": 0, "mid": 1, "high": 2});
+    });
+    let e = Engine::load(dir.path(), DeviceChoice::Cpu, DTypeChoice::Auto).unwrap();
+    assert_eq!(e.info().labels, ["low", "mid", "high"]);
+}
+
+#[test]
+fn binary_prints_one_error_line_and_exits_nonzero() {
+    let dir = scratch_copy("bert");
+    edit_json(&dir.path().join("config.json"), |c| {
+        c["hidden_size"] = serde_json::json!(64);
+    });
+    let truncated = scratch_copy("bert");
+    let weights = truncated.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..100]).unwrap();
+    for (dir, expect) in [
+        (dir.path(), "shape mismatch"),
+        (truncated.path(), "model.safetensors"),
+    ] {
+        // candle appends a backtrace to its errors when this is set; the line must stay one line.
+        let out = Command::new(env!("CARGO_BIN_EXE_classifyd"))
+            .env("RUST_BACKTRACE", "1")
+            .args(["classify", "--model"])
+            .arg(dir)
+            .arg("hello")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "stderr: {stderr}");
+        assert!(
+            stderr.contains(expect) && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}

@@ -1,0 +1,116 @@
+//! The `classifyd` binary on the committed default model.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn classifyd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_classifyd"))
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8(stdout.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn classify_arguments_prints_one_json_object_each() {
+    let out = classifyd()
+        .args(["classify", "--model"])
+        .arg(default_model())
+        .args(["what a wonderful film", "--", "--not-a-flag", ""])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["label"], "POSITIVE");
+    let p = lines[0]["scores"]["POSITIVE"].as_f64().unwrap();
+    let n = lines[0]["scores"]["NEGATIVE"].as_f64().unwrap();
+    assert!((p + n - 1.0).abs() < 1e-5 && (lines[0]["score"].as_f64().unwrap() - p).abs() < 1e-9);
+    assert_eq!(lines[0]["logits"].as_array().unwrap().len(), 2);
+    // [CLS] what a wonderful film [SEP]
+    assert_eq!(lines[0]["tokens"], 6);
+    // The empty string is a text like any other: [CLS] [SEP].
+    assert_eq!(lines[2]["tokens"], 2);
+}
+
+#[test]
+fn classify_reads_stdin_lines_and_pairs() {
+    let run = |args: &[&str], input: &[u8]| {
+        let mut child = classifyd()
+            .args(["classify", "--model"])
+            .arg(default_model())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(
+        &["--batch-size", "2"],
+        b"a delight from start to finish\nterrible\r\nfine\n",
+    );
+    assert!(out.status.success());
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["label"], "POSITIVE");
+    assert_eq!(lines[1]["label"], "NEGATIVE");
+
+    let out = run(&["--pair"], b"the plot\tis great\nno tab here\n\xff\xfe\n");
+    assert_eq!(out.status.code(), Some(2));
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["tokens"], 7);
+    assert!(lines[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("line 2: expected two texts"));
+    assert!(lines[2]["error"].as_str().unwrap().contains("not UTF-8"));
+
+    let long = format!("{}\n", "so good ".repeat(400));
+    let out = run(&["--no-truncate"], long.as_bytes());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(json_lines(&out.stdout)[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("at most 512"));
+}
+
+#[test]
+fn inspect_describes_the_model() {
+    let out = classifyd()
+        .args(["inspect", "--json", "--model"])
+        .arg(default_model())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["architecture"], "BertForSequenceClassification");
+    assert_eq!(info["labels"], serde_json::json!(["NEGATIVE", "POSITIVE"]));
+    assert_eq!(info["max_length"], 512);
+    assert_eq!(info["weight_dtype"], "F16");
+    let params = info["parameters"].as_u64().unwrap();
+    assert!((22_000_000..23_000_000).contains(&params), "{params}");
+
+    let out = classifyd()
+        .args(["classify", "--device", "gpu", "--model"])
+        .arg(default_model())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap rejects a bad flag value");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device"));
+}

@@ -1,0 +1,80 @@
+//! Shared helpers: fixture paths and golden files.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::DType;
+use classifyd::engine::{DTypeChoice, DeviceChoice, Engine};
+use classifyd::tokenize::Input;
+use serde_json::Value;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+pub fn default_model() -> PathBuf {
+    repo().join("models/sentiment-minilm")
+}
+
+pub fn load(dir: &Path, dtype: DType) -> Engine {
+    Engine::load(dir, DeviceChoice::Cpu, DTypeChoice::Fixed(dtype))
+        .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
+}
+
+pub fn golden(dir: &Path) -> Value {
+    let path = dir.join("golden.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("golden.json parses")
+}
+
+pub fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
+
+pub fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("integer") as u32)
+        .collect()
+}
+
+/// The input a golden case describes.
+pub fn case_input(case: &Value) -> Input {
+    let text = case["text"].as_str().expect("text").to_string();
+    match case.get("text_pair").and_then(|p| p.as_str()) {
+        Some(pair) => Input::Pair(text, pair.to_string()),
+        None => Input::Text(text),
+    }
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "logit counts differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+pub fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(0, |best, (i, x)| if *x > v[best] { i } else { best })
+}
+
+/// A scratch copy of a fixture directory that a test may break.
+pub fn scratch_copy(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(fixture(name)).expect("fixture exists") {
+        let entry = entry.expect("dir entry");
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).expect("copy");
+    }
+    tmp
+}

@@ -1,0 +1,7 @@
+//! Engine behaviour through the public surface: real model files, the real binary.
+
+mod bad_models;
+mod cli;
+mod default_model;
+mod helpers;
+mod parity;

@@ -1,0 +1,127 @@
+//! Parity with transformers: every fixture's golden logits (made by scripts/make_fixtures.py),
+//! one text at a time and in one padded batch, in F32; F16 and BF16 finite with F32's argmax.
+
+use candle_core::DType;
+use classifyd::tokenize::Encoded;
+
+use crate::helpers::*;
+
+const F32_TOL: f32 = 1e-4;
+
+fn check_fixture(name: &str) {
+    let dir = fixture(name);
+    let golden = golden(&dir);
+    let cases = golden["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 8, "{name}: too few golden cases");
+    let engine = load(&dir, DType::F32);
+    let info = engine.info();
+    assert_eq!(
+        info.architecture,
+        golden["architecture"].as_str().unwrap(),
+        "{name}"
+    );
+    assert_eq!(
+        info.max_length as u64,
+        golden["max_length"].as_u64().unwrap(),
+        "{name}"
+    );
+    let labels: Vec<String> = golden["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(info.labels, labels, "{name}");
+    assert_eq!(
+        info.problem_type,
+        golden["problem_type"].as_str().unwrap(),
+        "{name}"
+    );
+
+    // Tokenization matches transformers', id for id.
+    let encoded: Vec<Encoded> = cases
+        .iter()
+        .map(|c| {
+            let e = engine.tokenize(&case_input(c), true).expect("tokenizes");
+            assert_eq!(
+                e.ids,
+                u32s(&c["input_ids"]),
+                "{name}: ids of {:?}",
+                c["text"]
+            );
+            e
+        })
+        .collect();
+    assert!(
+        encoded.iter().any(|e| e.len() == info.max_length),
+        "{name}: no case reaches max_length, truncation untested"
+    );
+
+    // One at a time.
+    for (c, e) in cases.iter().zip(&encoded) {
+        let got = engine.logits(&[e]).expect("forward").remove(0);
+        let want = f32s(&c["logits"]);
+        let d = max_abs_diff(&got, &want);
+        assert!(
+            d <= F32_TOL,
+            "{name}: {:?}: |Δ| {d} (got {got:?}, want {want:?})",
+            c["text"]
+        );
+    }
+
+    // One padded batch of every case, mixed lengths.
+    let refs: Vec<&Encoded> = encoded.iter().collect();
+    let batched = engine.logits(&refs).expect("batched forward");
+    for ((c, got), want) in cases
+        .iter()
+        .zip(&batched)
+        .zip(golden["batch_logits"].as_array().unwrap())
+    {
+        let d = max_abs_diff(got, &f32s(&c["logits"]));
+        assert!(d <= F32_TOL, "{name}: batched {:?}: |Δ| {d}", c["text"]);
+        let d = max_abs_diff(got, &f32s(want));
+        assert!(
+            d <= F32_TOL,
+            "{name}: batched vs transformers' batch {:?}: |Δ| {d}",
+            c["text"]
+        );
+    }
+
+    // Half precisions: finite, same decision.
+    for dtype in [DType::F16, DType::BF16] {
+        let half = load(&dir, dtype);
+        let got = half.logits(&refs).expect("half forward");
+        for ((c, g), f) in cases.iter().zip(&got).zip(&batched) {
+            assert!(
+                g.iter().all(|x| x.is_finite()),
+                "{name} {dtype:?}: {:?} gave {g:?}",
+                c["text"]
+            );
+            assert_eq!(
+                argmax(g),
+                argmax(f),
+                "{name} {dtype:?}: {:?}: {g:?} vs {f:?}",
+                c["text"]
+            );
+        }
+    }
+}
+
+macro_rules! parity {
+    ($($test:ident => $fixture:literal),* $(,)?) => {
+        $(#[test] fn $test() { check_fixture($fixture); })*
+    };
+}
+
+parity! {
+    bert => "bert",
+    bert_multilabel_sharded => "bert-multilabel",
+    distilbert_bf16_weights => "distilbert",
+    roberta_f16_weights => "roberta",
+    xlm_roberta => "xlm-roberta",
+    electra => "electra",
+    modernbert_cls => "modernbert",
+    modernbert_mean => "modernbert-mean",
+    deberta_v2 => "deberta-v2",
+    deberta_v2_conv => "deberta-v2-conv",
+}
