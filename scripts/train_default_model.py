@@ -206,7 +206,8 @@ def train(model, tokenizer, train_set, args):
     labels = torch.tensor([y for _, y in train_set])
     cache = lower_forward(model, ids_list, k)
     t_cache = time.time() - t0
-    print(f"cached frozen layers 0..{k - 1} for {len(cache)} examples "
+    print(f"cached the output of the embeddings + {k} frozen layer(s) "
+          f"for {len(cache)} examples "
           f"({sum(len(x) for x in ids_list)} tokens) in {t_cache:.0f}s",
           flush=True)
 
@@ -368,11 +369,18 @@ def write_golden(out_dir: Path, test_set, golden_path: Path,
     acc = correct / len(test_set)
     print(f"F16 vs fp32 weights on the first {len(ref_logits)} held-out "
           f"cases: max |logit diff| {max_diff:.2e}, argmax flips {flips}")
-    golden = {"model": model_rel, "max_length": max_length, "labels": LABELS,
-              "accuracy": r7(acc), "cases": cases}
+    header = {"model": model_rel, "max_length": max_length,
+              "labels": LABELS, "accuracy": r7(acc)}
+
+    def dump(obj):
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+    # valid JSON with one case per line, so diffs stay readable
+    text = (dump(header)[:-1] + ',"cases":[\n'
+            + ",\n".join(dump(c) for c in cases) + "\n]}\n")
+    assert json.loads(text) == {**header, "cases": cases}
     golden_path.parent.mkdir(parents=True, exist_ok=True)
-    golden_path.write_text(json.dumps(golden, ensure_ascii=False) + "\n",
-                           encoding="utf-8")
+    golden_path.write_text(text, encoding="utf-8")
     return acc
 
 

@@ -8,8 +8,16 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
+use std::time::Duration;
+
+use crate::client::quic::{QuicClient, QuicClientConfig};
+use crate::client::{Client, UnixClient};
 use crate::engine::{DTypeChoice, DeviceChoice, Engine, Prediction};
+use crate::protocol::{pb, RequestLimits};
+use crate::queue::SchedulerConfig;
+use crate::server::{self, QuicOptions, ServeConfig};
 use crate::tokenize::Input;
+use crate::transport::{unix::UnixOptions, ConnectionLimits};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +36,94 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Classify the texts given as arguments, or each line of stdin when none are given.
     Classify(ClassifyArgs),
+    /// Serve classification over a Unix socket and/or QUIC until SIGTERM/SIGINT.
+    Serve(Box<ServeArgs>),
+    /// Write a development CA, server and client certificate for trying QUIC with mTLS.
+    Cert(CertArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    /// Directory to write ca.pem, server.pem, server-key.pem, client.pem, client-key.pem into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// DNS names or IP addresses the server certificate is valid for.
+    #[arg(long = "name", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Unix socket path to listen on.
+    #[arg(long, value_name = "PATH")]
+    pub uds: Option<PathBuf>,
+    /// Permission bits of the socket file, in octal.
+    #[arg(long, default_value = "660", value_parser = parse_mode)]
+    pub uds_mode: u32,
+    /// Group (name or gid) to give the socket file.
+    #[arg(long, value_name = "GROUP")]
+    pub uds_group: Option<String>,
+    /// Only peers with this uid may connect (repeatable; with --allow-gid, either matches).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uids: Vec<u32>,
+    /// Only peers with this gid may connect (repeatable).
+    #[arg(long = "allow-gid", value_name = "GID")]
+    pub allow_gids: Vec<u32>,
+    /// QUIC address to listen on, e.g. 127.0.0.1:4433.
+    #[arg(long, value_name = "HOST:PORT", requires_all = ["tls_cert", "tls_key"])]
+    pub quic: Option<std::net::SocketAddr>,
+    /// PEM certificate chain for QUIC.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for QUIC.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that QUIC client certificates must chain to.
+    #[arg(long, value_name = "FILE", conflicts_with = "allow_anonymous_loopback")]
+    pub client_ca: Option<PathBuf>,
+    /// Accept QUIC clients without a certificate; only on a loopback address.
+    #[arg(long)]
+    pub allow_anonymous_loopback: bool,
+    /// Requests waiting for the engine before new ones are answered OVERLOADED.
+    #[arg(long, default_value_t = 256)]
+    pub queue_capacity: usize,
+    /// Padded tokens (rows × longest row) one forward pass may take.
+    #[arg(long, default_value_t = 8192)]
+    pub max_batch_tokens: usize,
+    /// Rows one forward pass may take.
+    #[arg(long, default_value_t = 32)]
+    pub max_batch_size: usize,
+    /// Largest request frame accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_frame_bytes: usize,
+    /// Inputs one request may carry.
+    #[arg(long, default_value_t = 64)]
+    pub max_inputs: usize,
+    /// Bytes of text one input may carry.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_text_bytes: usize,
+    /// Requests in flight per connection; past it the connection is not read.
+    #[arg(long, default_value_t = 64)]
+    pub max_in_flight: usize,
+    /// Connections open at once, per listener.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds before an idle connection is closed.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM before they are answered
+    /// UNAVAILABLE.
+    #[arg(long, default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal permission mode like 660"))
 }
 
 #[derive(Debug, Args)]
@@ -53,9 +149,33 @@ pub struct InspectArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["model", "uds", "quic"])))]
 pub struct ClassifyArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
+    /// Classify in this process with the model in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long, default_value = "auto")]
+    pub dtype: DTypeChoice,
+    /// Ask a running daemon on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub uds: Option<PathBuf>,
+    /// Ask a running daemon over QUIC at this address.
+    #[arg(long, value_name = "HOST:PORT", requires = "ca")]
+    pub quic: Option<std::net::SocketAddr>,
+    /// CA (PEM) that the QUIC server's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM) for mTLS.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Name the server certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
     /// Read tab-separated text pairs (premise<TAB>hypothesis) from stdin.
     #[arg(long)]
     pub pair: bool,
@@ -74,6 +194,20 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Inspect(a) => inspect(a),
         Command::Classify(a) => classify(a),
+        Command::Serve(a) => serve(*a),
+        Command::Cert(a) => {
+            let pki = crate::cert::write_dev_pki(&a.out, &a.names)?;
+            for (what, path) in [
+                ("ca", &pki.ca),
+                ("server certificate", &pki.server),
+                ("server key", &pki.server_key),
+                ("client certificate", &pki.client),
+                ("client key", &pki.client_key),
+            ] {
+                println!("{what:<20} {}", path.display());
+            }
+            Ok(0)
+        }
     }
 }
 
@@ -123,11 +257,139 @@ fn parse_pair(line: &str) -> Result<Input, String> {
     }
 }
 
+/// Where `classify` sends its inputs.
+enum Backend {
+    Local(Box<Engine>),
+    Remote {
+        runtime: tokio::runtime::Runtime,
+        client: Client,
+        labels: Vec<String>,
+    },
+}
+
+impl Backend {
+    fn open(a: &ClassifyArgs) -> anyhow::Result<Self> {
+        if let Some(model) = &a.model {
+            return Ok(Backend::Local(Box::new(Engine::load(
+                model, a.device, a.dtype,
+            )?)));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = runtime.block_on(async {
+            anyhow::Ok(match (&a.uds, &a.quic) {
+                (Some(path), _) => Client::Unix(UnixClient::connect(path).await?),
+                (None, Some(addr)) => {
+                    let ca = a.ca.clone().context("--quic needs --ca")?;
+                    Client::Quic(
+                        QuicClient::connect(&QuicClientConfig {
+                            addr: *addr,
+                            server_name: a.server_name.clone(),
+                            ca,
+                            cert: a.cert.clone(),
+                            key: a.key.clone(),
+                        })
+                        .await?,
+                    )
+                }
+                (None, None) => bail!("give --model, --uds or --quic"),
+            })
+        })?;
+        let info = runtime.block_on(client.info())?;
+        let labels = match info.body {
+            Some(pb::response::Body::Info(i)) => i.labels,
+            _ => bail!(
+                "server answered the info request with {}: {}",
+                info.status,
+                info.message
+            ),
+        };
+        Ok(Backend::Remote {
+            runtime,
+            client,
+            labels,
+        })
+    }
+
+    /// One JSON line per input, in input order; an error object where an input failed.
+    fn classify(&self, inputs: &[Input], truncate: bool) -> anyhow::Result<Vec<Value>> {
+        match self {
+            Backend::Local(engine) => Ok(engine
+                .classify(inputs, truncate)?
+                .into_iter()
+                .map(|r| match r {
+                    Ok(p) => prediction_json(&p),
+                    Err(e) => json!({ "error": e.to_string() }),
+                })
+                .collect()),
+            Backend::Remote {
+                runtime,
+                client,
+                labels,
+            } => {
+                let options = pb::Options {
+                    top_k: 0,
+                    return_logits: true,
+                    no_truncate: !truncate,
+                };
+                // One request per input, pipelined, so one bad input fails alone.
+                let calls = inputs.iter().map(|input| {
+                    let wire = match input {
+                        Input::Text(t) => crate::client::text(t.clone()),
+                        Input::Pair(a, b) => crate::client::pair(a.clone(), b.clone()),
+                        Input::Ids(ids) => pb::Input {
+                            kind: Some(pb::input::Kind::Ids(pb::TokenIds { ids: ids.clone() })),
+                        },
+                    };
+                    client.classify(vec![wire], options)
+                });
+                let responses = runtime.block_on(futures::future::join_all(calls));
+                Ok(responses
+                    .into_iter()
+                    .map(|r| match r {
+                        Err(e) => json!({ "error": e.to_string() }),
+                        Ok(resp) => remote_json(resp, labels),
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+/// The same JSON as [`prediction_json`], from a daemon's response (scores back in label order).
+fn remote_json(resp: pb::Response, labels: &[String]) -> Value {
+    let status = pb::Status::try_from(resp.status).unwrap_or(pb::Status::Internal);
+    let result = match resp.body {
+        Some(pb::response::Body::Classify(mut c)) if status == pb::Status::Ok => c.results.pop(),
+        _ => None,
+    };
+    let Some(r) = result else {
+        return json!({ "error": format!("{}: {}", status.as_str_name(), resp.message) });
+    };
+    let scores: Map<String, Value> = labels
+        .iter()
+        .filter_map(|l| {
+            r.scores
+                .iter()
+                .find(|s| &s.label == l)
+                .map(|s| (l.clone(), json!(s.score)))
+        })
+        .collect();
+    json!({
+        "label": r.label,
+        "score": r.score,
+        "scores": scores,
+        "logits": r.logits,
+        "tokens": r.tokens,
+    })
+}
+
 fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
     if a.pair && !a.texts.is_empty() {
         bail!("--pair reads its pairs from stdin; give no TEXT arguments with it");
     }
-    let engine = load(&a.model)?;
+    let backend = Backend::open(&a)?;
     let truncate = !a.no_truncate;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failures = 0usize;
@@ -136,15 +398,13 @@ fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
             .iter()
             .filter_map(|c| c.as_ref().ok().cloned())
             .collect();
-        let mut results = engine.classify(&inputs, truncate)?.into_iter();
+        let mut results = backend.classify(&inputs, truncate)?.into_iter();
         for c in chunk {
             let line = match c {
                 Err(msg) => json!({ "error": msg }),
-                Ok(_) => match results.next() {
-                    Some(Ok(p)) => prediction_json(&p),
-                    Some(Err(e)) => json!({ "error": e.to_string() }),
-                    None => json!({ "error": "no result" }),
-                },
+                Ok(_) => results
+                    .next()
+                    .unwrap_or_else(|| json!({ "error": "no result" })),
             };
             if line.get("error").is_some() {
                 failures += 1;
@@ -179,4 +439,69 @@ fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
     }
     out.flush()?;
     Ok(if failures > 0 { 2 } else { 0 })
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<i32> {
+    let unix = match &a.uds {
+        None => None,
+        Some(path) => Some(UnixOptions {
+            path: path.clone(),
+            mode: a.uds_mode,
+            group: match &a.uds_group {
+                None => None,
+                Some(g) => Some(
+                    crate::transport::unix::group_id(g)
+                        .with_context(|| format!("--uds-group: no group named {g:?}"))?,
+                ),
+            },
+            allow_uids: a.allow_uids.clone(),
+            allow_gids: a.allow_gids.clone(),
+        }),
+    };
+    let quic = match (a.quic, &a.tls_cert, &a.tls_key) {
+        (Some(listen), Some(cert), Some(key)) => {
+            if a.client_ca.is_none() && !a.allow_anonymous_loopback {
+                bail!("--quic needs --client-ca (mTLS) or --allow-anonymous-loopback");
+            }
+            Some(QuicOptions {
+                listen,
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: a.client_ca.clone(),
+                allow_anonymous_loopback: a.allow_anonymous_loopback,
+            })
+        }
+        (Some(_), _, _) => bail!("--quic needs --tls-cert and --tls-key"),
+        (None, _, _) => None,
+    };
+    let cfg = ServeConfig {
+        model: a.model.model.clone(),
+        device: a.model.device,
+        dtype: a.model.dtype,
+        unix,
+        quic,
+        connections: ConnectionLimits {
+            max_connections: a.max_connections.max(1),
+            max_in_flight: a.max_in_flight.max(1),
+            max_frame_bytes: a.max_frame_bytes,
+            idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
+        },
+        requests: RequestLimits {
+            max_inputs: a.max_inputs.max(1),
+            max_text_bytes: a.max_text_bytes,
+        },
+        scheduler: SchedulerConfig {
+            queue_capacity: a.queue_capacity.max(1),
+            max_batch_tokens: a.max_batch_tokens.max(1),
+            max_batch_size: a.max_batch_size.max(1),
+        },
+        drain_timeout: Duration::from_secs(a.drain_timeout_secs),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("classifyd-io")
+        .enable_all()
+        .build()?;
+    runtime.block_on(server::run(cfg, server::stop_signal()))?;
+    Ok(0)
 }

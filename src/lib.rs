@@ -11,11 +11,27 @@
 //! - [`model`]: one file per architecture family, all behind
 //!   [`model::SequenceClassifier`].
 //! - [`error`]: typed errors for each stage.
-//! - [`cli`]: the `classifyd` binary's subcommands.
+//!
+//! The daemon, in the order a request travels (socket → frame → queue → batch → model → reply):
+//! - [`transport`]: Unix-socket and QUIC listeners; [`frame`]: the length prefix.
+//! - [`protocol`]: protobuf messages and their validation; [`service`]: one request end to end.
+//! - [`queue`], [`batcher`], [`worker`]: admission, batch selection, the engine thread.
+//! - [`server`]: start, ready, drain. [`client`]: the same protocol from the other side.
+//! - [`cli`]: the `classifyd` binary's subcommands; [`cert`]: a development PKI for QUIC.
 
+pub mod batcher;
+pub mod cert;
 pub mod cli;
+pub mod client;
 pub mod engine;
 pub mod error;
+pub mod frame;
 pub mod loader;
 pub mod model;
+pub mod protocol;
+pub mod queue;
+pub mod server;
+pub mod service;
 pub mod tokenize;
+pub mod transport;
+pub mod worker;

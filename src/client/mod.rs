@@ -1,0 +1,183 @@
+//! The client side of the protocol, for both transports. Used by `classifyd classify --uds/--quic`
+//! and by `classifyd bench`; also the reference for writing clients in other languages.
+
+pub mod quic;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use prost::Message;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+use tokio_util::codec::FramedRead;
+
+use crate::frame;
+use crate::protocol::{pb, VERSION};
+
+/// Largest response a client accepts.
+const MAX_RESPONSE: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    #[error("quic: {0}")]
+    Quic(String),
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<pb::Response>>>>;
+
+/// A pipelining Unix-socket client: many requests in flight on one connection, matched to
+/// their answers by id. Cheap to share behind an `Arc`.
+pub struct UnixClient {
+    write: tokio::sync::Mutex<OwnedWriteHalf>,
+    waiters: Waiters,
+    next_id: AtomicU64,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl UnixClient {
+    pub async fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                target: path.display().to_string(),
+                source,
+            })?;
+        let (read, write) = stream.into_split();
+        let waiters: Waiters = Arc::default();
+        let w = waiters.clone();
+        let reader = tokio::spawn(async move {
+            let mut frames = FramedRead::new(read, frame::codec(MAX_RESPONSE));
+            while let Some(Ok(bytes)) = frames.next().await {
+                let Ok(resp) = pb::Response::decode(bytes.freeze()) else {
+                    break;
+                };
+                let waiter = w.lock().ok().and_then(|mut m| m.remove(&resp.id));
+                if let Some(tx) = waiter {
+                    let _ = tx.send(resp);
+                }
+            }
+            // Connection gone: dropping the senders wakes every waiter with an error.
+            if let Ok(mut m) = w.lock() {
+                m.clear();
+            }
+        });
+        Ok(Self {
+            write: tokio::sync::Mutex::new(write),
+            waiters,
+            next_id: AtomicU64::new(1),
+            reader,
+        })
+    }
+
+    /// Sends `request` under a fresh id and waits for its answer.
+    pub async fn call(&self, mut request: pb::Request) -> Result<pb::Response, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        request.id = id;
+        request.version = VERSION;
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .map_err(|_| ClientError::Lost("client state poisoned".into()))?
+            .insert(id, tx);
+        let bytes = frame::encode(&request.encode_to_vec());
+        let written = self.write.lock().await.write_all(&bytes).await;
+        if let Err(e) = written {
+            if let Ok(mut m) = self.waiters.lock() {
+                m.remove(&id);
+            }
+            return Err(ClientError::Lost(e.to_string()));
+        }
+        rx.await
+            .map_err(|_| ClientError::Lost("connection closed before the answer".into()))
+    }
+}
+
+impl Drop for UnixClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Either transport behind one interface.
+pub enum Client {
+    Unix(UnixClient),
+    Quic(quic::QuicClient),
+}
+
+impl Client {
+    pub async fn call(&self, request: pb::Request) -> Result<pb::Response, ClientError> {
+        match self {
+            Client::Unix(c) => c.call(request).await,
+            Client::Quic(c) => {
+                let mut request = request;
+                request.version = VERSION;
+                let bytes = c
+                    .call(&request.encode_to_vec())
+                    .await
+                    .map_err(|e| ClientError::Quic(e.to_string()))?;
+                pb::Response::decode(bytes).map_err(|e| ClientError::Malformed(e.to_string()))
+            }
+        }
+    }
+
+    pub async fn classify(
+        &self,
+        inputs: Vec<pb::Input>,
+        options: pb::Options,
+    ) -> Result<pb::Response, ClientError> {
+        self.call(classify_request(inputs, options)).await
+    }
+
+    pub async fn info(&self) -> Result<pb::Response, ClientError> {
+        self.call(pb::Request {
+            version: VERSION,
+            id: 0,
+            body: Some(pb::request::Body::Info(pb::InfoRequest {})),
+        })
+        .await
+    }
+}
+
+/// A classify request for `inputs` with `options` and no deadline.
+pub fn classify_request(inputs: Vec<pb::Input>, options: pb::Options) -> pb::Request {
+    pb::Request {
+        version: VERSION,
+        id: 0,
+        body: Some(pb::request::Body::Classify(pb::ClassifyRequest {
+            inputs,
+            options: Some(options),
+            deadline_us: 0,
+            priority: pb::Priority::Normal as i32,
+        })),
+    }
+}
+
+pub fn text(t: impl Into<String>) -> pb::Input {
+    pb::Input {
+        kind: Some(pb::input::Kind::Text(t.into())),
+    }
+}
+
+pub fn pair(a: impl Into<String>, b: impl Into<String>) -> pb::Input {
+    pb::Input {
+        kind: Some(pb::input::Kind::Pair(pb::TextPair {
+            text: a.into(),
+            text_pair: b.into(),
+        })),
+    }
+}

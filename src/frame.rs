@@ -1,0 +1,83 @@
+//! Framing: every protobuf message on a stream is preceded by its length as a 4-byte big-endian
+//! unsigned integer. A length above the configured limit means the peer is broken or hostile;
+//! the stream cannot be resynchronised, so the connection is closed after one error response.
+
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// Bytes of the length prefix.
+pub const PREFIX_LEN: usize = 4;
+
+/// The codec for one direction of a stream, refusing frames longer than `max_frame` bytes.
+pub fn codec(max_frame: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(PREFIX_LEN)
+        .big_endian()
+        .max_frame_length(max_frame)
+        .new_codec()
+}
+
+/// Prefixes one encoded message with its length.
+pub fn encode(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PREFIX_LEN + message.len());
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// Why a stream stopped yielding frames.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Classifies an error from [`codec`] so callers can answer before closing.
+pub fn classify_io_error(e: std::io::Error, max: usize, declared: Option<usize>) -> FrameError {
+    // LengthDelimitedCodec reports an oversized frame as InvalidData and a mid-frame EOF as
+    // "bytes remaining on stream" (also an io::Error of kind Other).
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => FrameError::TooLong {
+            len: declared.unwrap_or(max + 1),
+            max,
+        },
+        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ if e.to_string().contains("bytes remaining") => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use tokio_util::codec::Decoder;
+
+    #[test]
+    fn round_trip_and_partial_frames() {
+        let mut c = codec(16);
+        let framed = encode(b"hello");
+        let mut buf = BytesMut::from(&framed[..3]);
+        assert!(
+            c.decode(&mut buf).unwrap().is_none(),
+            "incomplete prefix is not an error"
+        );
+        buf.extend_from_slice(&framed[3..]);
+        assert_eq!(&c.decode(&mut buf).unwrap().unwrap()[..], b"hello");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_reading_the_body() {
+        let mut c = codec(16);
+        let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        let err = c.decode(&mut buf).unwrap_err();
+        assert!(matches!(
+            classify_io_error(err, 16, None),
+            FrameError::TooLong { .. }
+        ));
+    }
+}

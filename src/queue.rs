@@ -1,0 +1,443 @@
+//! Admission between the async request handlers and the one engine thread: a bounded queue with
+//! priorities, deadlines and cancellation.
+//!
+//! Handlers never block: `submit` takes a std mutex for a few pointer moves and hands back a
+//! oneshot receiver. The worker (see [`crate::worker`]) sleeps on a condvar while there is
+//! nothing to do, so an idle worker starts a job the moment it is submitted.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use tokio::sync::{oneshot, Notify};
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::tokenize::Encoded;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Jobs waiting, not counting the batch being computed.
+    pub queue_capacity: usize,
+    /// Padded tokens (rows × longest row) per forward pass.
+    pub max_batch_tokens: usize,
+    /// Rows per forward pass.
+    pub max_batch_size: usize,
+}
+
+impl Default for SchedulerConfig {
+    /// Sized for a CPU: larger batches only add latency once the cores are saturated.
+    fn default() -> Self {
+        Self {
+            queue_capacity: 256,
+            max_batch_tokens: 8192,
+            max_batch_size: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Normal,
+    High,
+}
+
+/// One request's rows; they always run in the same forward pass.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub inputs: Vec<Encoded>,
+    pub priority: Priority,
+    pub deadline: Option<Instant>,
+    /// When the server read the request; the scheduler's queue time counts from `submit`.
+    pub received: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobOutput {
+    /// One row of logits per input, in input order.
+    pub logits: Vec<Vec<f32>>,
+    pub queue_us: u64,
+    pub inference_us: u64,
+    /// Rows in the forward pass this job shared.
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    #[error("deadline exceeded before the job was started")]
+    DeadlineExceeded,
+    #[error(transparent)]
+    Engine(EngineError),
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubmitError {
+    #[error("overloaded: {capacity} jobs already queued")]
+    Overloaded { capacity: usize },
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub batches: u64,
+    /// Jobs computed (not rows).
+    pub computed: u64,
+    pub rows: u64,
+    pub expired: u64,
+    pub cancelled: u64,
+    pub overloaded: u64,
+    pub queued: usize,
+    pub busy: bool,
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<JobOutput, JobError>>;
+
+pub(crate) struct Queued {
+    pub job: Job,
+    pub reply: Reply,
+    pub submitted: Instant,
+    pub arrival: u64,
+}
+
+impl Queued {
+    pub fn longest(&self) -> usize {
+        self.job.inputs.iter().map(Encoded::len).max().unwrap_or(0)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub queue: VecDeque<Queued>,
+    pub next_arrival: u64,
+    pub closed: bool,
+    pub stats: Stats,
+}
+
+impl State {
+    /// Answers and removes jobs nobody waits for or that can no longer be on time; they must
+    /// neither take a batch slot nor a queue slot.
+    pub fn sweep(&mut self, now: Instant) {
+        let stats = &mut self.stats;
+        self.queue.retain_mut(|q| {
+            if q.reply.is_closed() {
+                stats.cancelled += 1;
+                return false;
+            }
+            if q.job.deadline.is_some_and(|d| d <= now) {
+                stats.expired += 1;
+                // Replacing the sender lets this closure send without owning the queue entry.
+                let (dead, _) = oneshot::channel();
+                let _ = std::mem::replace(&mut q.reply, dead).send(Err(JobError::DeadlineExceeded));
+                return false;
+            }
+            true
+        });
+    }
+}
+
+pub(crate) struct Shared {
+    pub cfg: SchedulerConfig,
+    pub state: Mutex<State>,
+    /// The worker waits here for jobs or for close.
+    pub work: Condvar,
+    /// `drained()` waiters; notified whenever the queue shrinks or the worker goes idle.
+    pub idle: Notify,
+    #[cfg(test)]
+    pub gate: crate::worker::Gate,
+}
+
+impl Shared {
+    /// A panic elsewhere while holding the lock leaves the queue consistent (every mutation is a
+    /// single push, retain or drain), so the poisoned state is still usable.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.work.notify_all();
+        self.idle.notify_waiters();
+    }
+}
+
+/// Closes the queue when the last `Scheduler` clone goes, so the worker finishes what is queued
+/// and exits instead of sleeping forever.
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Handle>,
+}
+
+impl Scheduler {
+    /// Spawns the engine thread. If the OS refuses a thread the scheduler starts closed, so
+    /// every submit answers `ShuttingDown` instead of hanging; [`Scheduler::try_start`] reports it.
+    pub fn start(engine: Arc<Engine>, cfg: SchedulerConfig) -> Scheduler {
+        let (s, shared) = Self::unstarted(cfg);
+        if let Err(e) = crate::worker::spawn(engine, shared) {
+            tracing::error!("cannot spawn the engine thread: {e}");
+            s.close();
+        }
+        s
+    }
+
+    /// Like [`Scheduler::start`], but fails when the engine thread cannot be spawned.
+    pub fn try_start(engine: Arc<Engine>, cfg: SchedulerConfig) -> std::io::Result<Scheduler> {
+        let (s, shared) = Self::unstarted(cfg);
+        crate::worker::spawn(engine, shared)?;
+        Ok(s)
+    }
+
+    fn unstarted(cfg: SchedulerConfig) -> (Scheduler, Arc<Shared>) {
+        let shared = Arc::new(Shared {
+            cfg,
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            idle: Notify::new(),
+            #[cfg(test)]
+            gate: Default::default(),
+        });
+        let s = Scheduler {
+            inner: Arc::new(Handle(shared.clone())),
+        };
+        (s, shared)
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.0
+    }
+
+    pub fn submit(
+        &self,
+        job: Job,
+    ) -> Result<oneshot::Receiver<Result<JobOutput, JobError>>, SubmitError> {
+        let shared = self.shared();
+        let (reply, rx) = oneshot::channel();
+        let now = Instant::now();
+        let mut st = shared.lock();
+        if st.closed {
+            return Err(SubmitError::ShuttingDown);
+        }
+        if job.inputs.is_empty() {
+            // Nothing to compute; a zero-row pass would only skew the batch stats.
+            let _ = reply.send(Ok(JobOutput {
+                logits: Vec::new(),
+                queue_us: 0,
+                inference_us: 0,
+                batch_size: 0,
+            }));
+            return Ok(rx);
+        }
+        if st.queue.len() >= shared.cfg.queue_capacity {
+            // Dead entries should not turn live requests away.
+            st.sweep(now);
+        }
+        if st.queue.len() >= shared.cfg.queue_capacity {
+            st.stats.overloaded += 1;
+            return Err(SubmitError::Overloaded {
+                capacity: shared.cfg.queue_capacity,
+            });
+        }
+        let arrival = st.next_arrival;
+        st.next_arrival += 1;
+        st.queue.push_back(Queued {
+            job,
+            reply,
+            submitted: now,
+            arrival,
+        });
+        drop(st);
+        shared.work.notify_one();
+        Ok(rx)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let st = self.shared().lock();
+        Stats {
+            queued: st.queue.len(),
+            ..st.stats
+        }
+    }
+
+    /// Refuses new jobs; queued ones still run. Idempotent.
+    pub fn close(&self) {
+        self.shared().close();
+    }
+
+    /// Resolves once closed, with nothing queued and nothing computing.
+    pub async fn drained(&self) {
+        let shared = self.shared();
+        loop {
+            let notified = shared.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a notification between check and await is kept.
+            notified.as_mut().enable();
+            {
+                let st = shared.lock();
+                if st.closed && st.queue.is_empty() && !st.stats.busy {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Answers every job still waiting with `ShuttingDown`; the batch being computed finishes.
+    /// Does not close the queue by itself.
+    pub fn abort_queued(&self) {
+        let shared = self.shared();
+        let aborted: Vec<Queued> = shared.lock().queue.drain(..).collect();
+        for q in aborted {
+            let _ = q.reply.send(Err(JobError::ShuttingDown));
+        }
+        shared.idle.notify_waiters();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn gate(&self) -> &crate::worker::Gate {
+        &self.shared().gate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::tests::{encode, engine, held, job, Rx};
+    use futures::FutureExt;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn burst_beyond_capacity_is_refused_at_submit_and_nothing_is_lost() {
+        let e = engine();
+        let cfg = SchedulerConfig {
+            queue_capacity: 8,
+            ..SchedulerConfig::default()
+        };
+        let (s, first) = held(&e, cfg);
+        let row = encode(&e, "burst");
+        let mut admitted: Vec<Rx> = Vec::new();
+        let mut refused = 0;
+        for _ in 0..200 {
+            match s.submit(job(vec![row.clone()])) {
+                Ok(rx) => admitted.push(rx),
+                Err(SubmitError::Overloaded { capacity }) => {
+                    assert_eq!(capacity, 8);
+                    refused += 1;
+                }
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        // The held job is computing, so exactly the capacity is admitted.
+        assert_eq!((admitted.len(), refused), (8, 192));
+        assert_eq!(s.stats().overloaded, 192);
+        s.gate().open();
+        assert!(first.blocking_recv().expect("answered").is_ok());
+        for rx in admitted {
+            assert!(rx.blocking_recv().expect("answered").is_ok());
+        }
+        assert_eq!(s.stats().computed, 9);
+    }
+
+    #[test]
+    fn dead_entries_do_not_count_against_capacity() {
+        let e = engine();
+        let cfg = SchedulerConfig {
+            queue_capacity: 2,
+            ..SchedulerConfig::default()
+        };
+        let (s, first) = held(&e, cfg);
+        drop(s.submit(job(vec![encode(&e, "a")])).expect("admitted"));
+        drop(s.submit(job(vec![encode(&e, "b")])).expect("admitted"));
+        let live = s
+            .submit(job(vec![encode(&e, "c")]))
+            .expect("room after sweep");
+        assert_eq!(s.stats().cancelled, 2);
+        s.gate().open();
+        assert!(first.blocking_recv().expect("answered").is_ok());
+        assert!(live.blocking_recv().expect("answered").is_ok());
+    }
+
+    #[test]
+    fn close_refuses_new_jobs_and_drained_waits_for_queued_work() {
+        let e = engine();
+        let (s, first) = held(&e, SchedulerConfig::default());
+        let queued: Vec<Rx> = ["one", "two"]
+            .iter()
+            .map(|t| s.submit(job(vec![encode(&e, t)])).expect("admitted"))
+            .collect();
+        s.close();
+        assert!(matches!(
+            s.submit(job(vec![encode(&e, "late")])),
+            Err(SubmitError::ShuttingDown)
+        ));
+        // The worker is held mid-batch, so the drain cannot be complete.
+        assert!(s.drained().now_or_never().is_none());
+        s.gate().open();
+        block_on(s.drained());
+        assert!(first.blocking_recv().expect("answered").is_ok());
+        for rx in queued {
+            assert!(rx.blocking_recv().expect("answered").is_ok());
+        }
+        let st = s.stats();
+        assert_eq!((st.computed, st.queued, st.busy), (3, 0, false));
+    }
+
+    #[test]
+    fn abort_queued_answers_waiting_jobs_and_lets_the_running_one_finish() {
+        let e = engine();
+        let (s, first) = held(&e, SchedulerConfig::default());
+        let queued: Vec<Rx> = ["one", "two"]
+            .iter()
+            .map(|t| s.submit(job(vec![encode(&e, t)])).expect("admitted"))
+            .collect();
+        s.close();
+        s.abort_queued();
+        for rx in queued {
+            assert!(matches!(
+                rx.blocking_recv(),
+                Ok(Err(JobError::ShuttingDown))
+            ));
+        }
+        s.gate().open();
+        block_on(s.drained());
+        assert!(first.blocking_recv().expect("answered").is_ok());
+        assert_eq!(s.stats().computed, 1);
+    }
+
+    #[test]
+    fn idle_worker_starts_a_lone_job_at_once_and_empty_jobs_need_no_pass() {
+        let e = engine();
+        let s = Scheduler::start(e.clone(), SchedulerConfig::default());
+        let rx = s.submit(job(vec![encode(&e, "solo")])).expect("admitted");
+        assert_eq!(
+            rx.blocking_recv()
+                .expect("answered")
+                .expect("ok")
+                .batch_size,
+            1
+        );
+        let empty = s.submit(job(Vec::new())).expect("admitted");
+        assert!(empty
+            .blocking_recv()
+            .expect("answered")
+            .expect("ok")
+            .logits
+            .is_empty());
+        assert_eq!(s.stats().batches, 1);
+    }
+}

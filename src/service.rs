@@ -1,0 +1,228 @@
+//! One request, start to finish: decode → validate → tokenize → queue → (worker) → reply.
+//! Every path returns exactly one encoded response; nothing here fails or panics on input.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::engine::Engine;
+use crate::protocol::{self, pb, RequestLimits};
+use crate::queue::{Job, JobError, Priority, Scheduler, SubmitError};
+
+/// The model that answers, as responses name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelIdentity {
+    pub name: String,
+    /// Changes whenever the weight files change: their sizes and modification times.
+    pub revision: String,
+}
+
+impl ModelIdentity {
+    pub fn of(dir: &Path) -> Self {
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| dir.display().to_string());
+        // Size and mtime, not a content hash: hashing the weights would cost cold start time.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |v: u64| {
+            for b in v.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+            }
+        };
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        for f in files {
+            if f.extension().is_some_and(|e| e == "safetensors") {
+                if let Ok(m) = std::fs::metadata(&f) {
+                    feed(m.len());
+                    let mtime = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos() as u64);
+                    feed(mtime);
+                }
+            }
+        }
+        Self {
+            name,
+            revision: format!("{h:016x}"),
+        }
+    }
+}
+
+pub struct Service {
+    engine: Arc<Engine>,
+    scheduler: Scheduler,
+    limits: RequestLimits,
+    identity: ModelIdentity,
+    ready: AtomicBool,
+}
+
+impl Service {
+    pub fn new(
+        engine: Arc<Engine>,
+        scheduler: Scheduler,
+        limits: RequestLimits,
+        identity: ModelIdentity,
+    ) -> Self {
+        Self {
+            engine,
+            scheduler,
+            limits,
+            identity,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    pub fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+
+    /// Answers one request message (without its length prefix) with one response message.
+    pub async fn handle(&self, payload: Bytes) -> Vec<u8> {
+        let received = Instant::now();
+        let request = match protocol::decode_request(&payload) {
+            Ok(r) => r,
+            Err(r) => return protocol::status_response(r.id, r.status, r.message),
+        };
+        let id = request.id;
+        match request.body {
+            None => {
+                protocol::status_response(id, pb::Status::InvalidArgument, "request has no body")
+            }
+            Some(pb::request::Body::Info(_)) => self.info(id).encode_to_vec(),
+            Some(pb::request::Body::Classify(c)) => match self.classify(id, c, received).await {
+                Ok(r) => r.encode_to_vec(),
+                Err((status, message)) => protocol::status_response(id, status, message),
+            },
+        }
+    }
+
+    fn info(&self, id: u64) -> pb::Response {
+        let info = self.engine.info();
+        let stats = self.scheduler.stats();
+        pb::Response {
+            version: protocol::VERSION,
+            id,
+            status: pb::Status::Ok as i32,
+            message: String::new(),
+            body: Some(pb::response::Body::Info(pb::InfoResponse {
+                model: self.identity.name.clone(),
+                revision: self.identity.revision.clone(),
+                architecture: info.architecture.clone(),
+                labels: info.labels.clone(),
+                max_length: info.max_length as u32,
+                device: info.device.clone(),
+                dtype: info.compute_dtype.clone(),
+                ready: self.ready.load(Ordering::Acquire),
+                problem_type: info.problem_type.to_string(),
+                protocol_version: protocol::VERSION,
+                server_version: env!("CARGO_PKG_VERSION").to_string(),
+                batches: stats.batches,
+                computed: stats.computed,
+            })),
+        }
+    }
+
+    async fn classify(
+        &self,
+        id: u64,
+        req: pb::ClassifyRequest,
+        received: Instant,
+    ) -> Result<pb::Response, (pb::Status, String)> {
+        let invalid = |m: String| (pb::Status::InvalidArgument, m);
+        let inputs = protocol::inputs(&req, &self.limits).map_err(invalid)?;
+        let options = req.options.unwrap_or_default();
+        let truncate = !options.no_truncate;
+        let deadline = (req.deadline_us > 0)
+            .then(|| received.checked_add(Duration::from_micros(req.deadline_us)))
+            .flatten();
+        // Tokenized here, on the caller's task, so the engine thread only ever runs the model.
+        let encoded = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                self.engine
+                    .tokenize(input, truncate)
+                    .map_err(|e| invalid(format!("input {i}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tokenized = Instant::now();
+        let tokens: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
+        let priority = match pb::Priority::try_from(req.priority) {
+            Ok(pb::Priority::High) => Priority::High,
+            _ => Priority::Normal,
+        };
+        let job = Job {
+            inputs: encoded,
+            priority,
+            deadline,
+            received,
+        };
+        let rx = self.scheduler.submit(job).map_err(|e| match e {
+            SubmitError::Overloaded { capacity } => (
+                pb::Status::Overloaded,
+                format!("queue is full ({capacity} requests waiting); retry later"),
+            ),
+            SubmitError::ShuttingDown => {
+                (pb::Status::Unavailable, "server is shutting down".into())
+            }
+        })?;
+        let output = match rx.await {
+            Ok(Ok(out)) => out,
+            Ok(Err(JobError::DeadlineExceeded)) => {
+                return Err((
+                    pb::Status::DeadlineExceeded,
+                    format!("deadline of {} µs passed while queued", req.deadline_us),
+                ))
+            }
+            Ok(Err(JobError::ShuttingDown)) => {
+                return Err((pb::Status::Unavailable, "server is shutting down".into()))
+            }
+            Ok(Err(JobError::Engine(e))) => return Err((pb::Status::Internal, e.to_string())),
+            Err(_) => return Err((pb::Status::Internal, "engine worker stopped".into())),
+        };
+        let results = output
+            .logits
+            .into_iter()
+            .zip(tokens)
+            .map(|(logits, n)| protocol::result(self.engine.predict(logits, n), &options))
+            .collect();
+        let micros = |d: Duration| d.as_micros() as u64;
+        Ok(pb::Response {
+            version: protocol::VERSION,
+            id,
+            status: pb::Status::Ok as i32,
+            message: String::new(),
+            body: Some(pb::response::Body::Classify(pb::ClassifyResponse {
+                results,
+                model: self.identity.name.clone(),
+                revision: self.identity.revision.clone(),
+                timings: Some(pb::Timings {
+                    queue_us: output.queue_us,
+                    tokenize_us: micros(tokenized - received),
+                    inference_us: output.inference_us,
+                    total_us: micros(received.elapsed()),
+                    batch_size: output.batch_size,
+                }),
+            })),
+        })
+    }
+}

@@ -1,0 +1,28 @@
+//! Listeners. Each turns bytes from a socket into calls of [`crate::service::Service::handle`]
+//! and writes back what it returns; none of them knows what a request means.
+
+pub mod quic;
+pub mod tls;
+pub mod unix;
+
+/// Limits every listener applies to its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    /// Requests read but not yet answered, per connection; past it the connection is not read.
+    pub max_in_flight: usize,
+    pub max_frame_bytes: usize,
+    /// A connection with nothing in flight and nothing received for this long is closed.
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            max_in_flight: 64,
+            max_frame_bytes: 1 << 20,
+            idle_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}

@@ -1,0 +1,692 @@
+//! The QUIC listener: one bidirectional stream per request.
+//!
+//! A client opens a stream, writes one length-prefixed request (see [`crate::frame`]) and
+//! finishes its side; the server answers with one length-prefixed response and finishes its
+//! side. Streams run concurrently, so a slow request never holds up another; QUIC's stream limit
+//! (`max_streams_per_connection`) bounds the requests in flight per connection.
+//!
+//! TLS (mTLS, ALPN, no 0-RTT) is configured in [`super::tls`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::{Endpoint, RecvStream, SendStream, VarInt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info_span, warn, Instrument};
+
+use super::tls::TlsError;
+use crate::frame::{encode, PREFIX_LEN};
+
+/// Answers one request. `payload` is one encoded request message without its length prefix;
+/// the result is one encoded response message without its prefix. Never fails: errors are
+/// encoded as responses.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, payload: Bytes) -> impl Future<Output = Vec<u8>> + Send;
+}
+
+/// Application close code: the client is done with the connection.
+pub const CLOSE_DONE: VarInt = VarInt::from_u32(0);
+/// Application close code: the server is shutting down.
+pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(1);
+/// Stream error code: the request frame is longer than the server's `max_frame_bytes`, or the
+/// response longer than the client's limit.
+pub const STREAM_FRAME_TOO_LARGE: VarInt = VarInt::from_u32(1);
+/// Stream error code: the peer finished the stream in the middle of a frame.
+pub const STREAM_TRUNCATED: VarInt = VarInt::from_u32(2);
+
+/// Limits of the QUIC listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicLimits {
+    /// Connections (handshaking or established); further ones are refused before the handshake.
+    pub max_connections: usize,
+    /// Concurrent bidirectional streams, i.e. requests in flight, per connection. A client
+    /// opening more waits for a slot (QUIC flow control), it is not refused.
+    pub max_streams_per_connection: u32,
+    /// Largest request message accepted, prefix excluded; a longer one resets its stream.
+    pub max_frame_bytes: usize,
+    /// A connection that receives nothing for this long is closed (QUIC idle timeout).
+    pub idle_timeout: Duration,
+}
+
+impl Default for QuicLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_streams_per_connection: 64,
+            max_frame_bytes: 1 << 20,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl From<super::ConnectionLimits> for QuicLimits {
+    fn from(l: super::ConnectionLimits) -> Self {
+        Self {
+            max_connections: l.max_connections,
+            max_streams_per_connection: u32::try_from(l.max_in_flight.max(1)).unwrap_or(u32::MAX),
+            max_frame_bytes: l.max_frame_bytes,
+            idle_timeout: l.idle_timeout,
+        }
+    }
+}
+
+/// Why the QUIC listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot bind QUIC (UDP) on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds a UDP socket on `addr` and makes it a QUIC server endpoint. Needs a Tokio runtime.
+pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> Result<Endpoint, QuicError> {
+    Endpoint::server(config, addr).map_err(|source| QuicError::Bind { addr, source })
+}
+
+/// Builds the TLS configuration from the daemon's options and binds: what `serve` needs.
+pub fn listen(
+    opts: &crate::server::QuicOptions,
+    limits: &super::ConnectionLimits,
+) -> Result<Endpoint, QuicError> {
+    let config = super::tls::server_config(
+        &opts.cert,
+        &opts.key,
+        opts.client_ca.as_deref(),
+        opts.allow_anonymous_loopback,
+        opts.listen,
+        &QuicLimits::from(*limits),
+    )?;
+    bind(opts.listen, config)
+}
+
+/// [`serve`] with the daemon's [`crate::service::Service`] as the handler.
+pub async fn serve_service(
+    endpoint: Endpoint,
+    service: Arc<crate::service::Service>,
+    limits: super::ConnectionLimits,
+    shutdown: CancellationToken,
+) {
+    serve(
+        endpoint,
+        Arc::new(ServiceHandler(service)),
+        QuicLimits::from(limits),
+        shutdown,
+    )
+    .await
+}
+
+struct ServiceHandler(Arc<crate::service::Service>);
+
+impl Handler for ServiceHandler {
+    fn handle(&self, payload: Bytes) -> impl Future<Output = Vec<u8>> + Send {
+        self.0.handle(payload)
+    }
+}
+
+/// Serves QUIC connections on `endpoint` until `shutdown` is cancelled, then drains: no new
+/// connections or streams are accepted, streams already accepted are answered, every
+/// connection is closed with [`CLOSE_SHUTDOWN`], and this returns once the endpoint is idle.
+pub async fn serve<H: Handler>(
+    endpoint: Endpoint,
+    handler: Arc<H>,
+    limits: QuicLimits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    let mut refusals = RefusalLog::default();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(done) = connections.join_next(), if !connections.is_empty() => log_join(done),
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let remote = incoming.remote_address();
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    refusals.refused(remote, limits.max_connections);
+                    incoming.refuse();
+                    continue;
+                };
+                let span = info_span!("quic", remote = %remote);
+                connections.spawn(
+                    connection(incoming, handler.clone(), limits, shutdown.clone(), permit)
+                        .instrument(span),
+                );
+            }
+        }
+    }
+
+    // Draining: refuse newcomers promptly rather than letting their handshakes time out.
+    loop {
+        tokio::select! {
+            done = connections.join_next() => match done {
+                Some(done) => log_join(done),
+                None => break,
+            },
+            Some(incoming) = endpoint.accept() => incoming.refuse(),
+        }
+    }
+    endpoint.close(CLOSE_SHUTDOWN, b"server shutting down");
+    endpoint.wait_idle().await;
+}
+
+fn log_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            error!("quic task panicked: {e}");
+        }
+    }
+}
+
+/// Warns about refused connections at most once every ten seconds, with a count.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    since_last: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, remote: SocketAddr, max: usize) {
+        self.since_last += 1;
+        if self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            warn!(
+                "refusing quic connection from {remote}: {max} connections open \
+                 ({} refused since the previous warning, this one included)",
+                self.since_last
+            );
+            self.last = Some(Instant::now());
+            self.since_last = 0;
+        }
+    }
+}
+
+async fn connection<H: Handler>(
+    incoming: quinn::Incoming,
+    handler: Arc<H>,
+    limits: QuicLimits,
+    shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("quic handshake from {remote} failed: {e}");
+            return;
+        }
+    };
+    let conn = tokio::select! {
+        res = connecting => match res {
+            Ok(conn) => conn,
+            Err(e) => {
+                warn!("quic handshake from {remote} failed: {e}");
+                return;
+            }
+        },
+        // Dropping the handshake closes the connection.
+        _ = shutdown.cancelled() => return,
+    };
+    debug!("quic connection established");
+
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(done) = streams.join_next(), if !streams.is_empty() => log_join(done),
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    streams.spawn(
+                        stream(send, recv, handler.clone(), limits.max_frame_bytes)
+                            .in_current_span(),
+                    );
+                }
+                Err(e) => {
+                    debug!("quic connection ended: {e}");
+                    break;
+                }
+            },
+        }
+    }
+    let draining = shutdown.is_cancelled();
+    if draining {
+        // The peer may not open further streams; those it already opened and we have not
+        // accepted fail with the connection close below.
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(0));
+    }
+    while let Some(done) = streams.join_next().await {
+        log_join(done);
+    }
+    if draining {
+        conn.close(CLOSE_SHUTDOWN, b"server shutting down");
+    }
+}
+
+/// One request: read its frame, answer it, and wait until the peer has the whole answer.
+async fn stream<H: Handler>(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    handler: Arc<H>,
+    max_frame: usize,
+) {
+    let request = match read_frame(&mut recv, max_frame).await {
+        Ok(request) => request,
+        Err(e) => {
+            debug!("quic request stream refused: {e}");
+            let code = match e {
+                FrameReadError::TooLarge { .. } => STREAM_FRAME_TOO_LARGE,
+                FrameReadError::Truncated { .. } => STREAM_TRUNCATED,
+                FrameReadError::Read(_) => return,
+            };
+            let _ = recv.stop(code);
+            let _ = send.reset(code);
+            return;
+        }
+    };
+    drop(recv);
+    let response = handler.handle(request).await;
+    if let Err(e) = send.write_all(&encode(&response)).await {
+        debug!("quic response not sent: {e}");
+        return;
+    }
+    let _ = send.finish();
+    // Resolves once the peer acknowledged every byte, so that a connection closed right after
+    // (shutdown) cannot discard an answer still in flight.
+    let _ = send.stopped().await;
+}
+
+/// Why one frame could not be read from a stream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameReadError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("stream finished after {read} bytes, in the middle of a frame")]
+    Truncated { read: usize },
+    #[error(transparent)]
+    Read(#[from] quinn::ReadError),
+}
+
+/// Reads one length-prefixed frame, refusing a declared length above `max` before reading it.
+pub(crate) async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Bytes, FrameReadError> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    read_exact(recv, &mut prefix, 0).await?;
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max {
+        return Err(FrameReadError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len];
+    read_exact(recv, &mut body, PREFIX_LEN).await?;
+    Ok(Bytes::from(body))
+}
+
+async fn read_exact(
+    recv: &mut RecvStream,
+    buf: &mut [u8],
+    already: usize,
+) -> Result<(), FrameReadError> {
+    recv.read_exact(buf).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(n) => FrameReadError::Truncated { read: already + n },
+        quinn::ReadExactError::ReadError(e) => FrameReadError::Read(e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cert::{write_dev_pki, DevPki};
+    use crate::client::quic::{QuicClient, QuicClientConfig, QuicClientError};
+    use crate::transport::tls::{self, server_config};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tempfile::TempDir;
+    use tokio::sync::{mpsc, Notify};
+
+    const GUARD: Duration = Duration::from_secs(20);
+
+    async fn guard<T>(f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(GUARD, f).await.expect("hang guard")
+    }
+
+    /// Answers "echo:" + the request; requests starting with "hold" wait for `release`.
+    #[derive(Default)]
+    struct Echo {
+        started: AtomicUsize,
+        started_tx: Option<mpsc::UnboundedSender<()>>,
+        release: Notify,
+        released: std::sync::atomic::AtomicBool,
+    }
+
+    impl Echo {
+        fn open(&self) {
+            self.released.store(true, Ordering::SeqCst);
+            self.release.notify_waiters();
+        }
+    }
+
+    impl Handler for Echo {
+        async fn handle(&self, payload: Bytes) -> Vec<u8> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            if payload.starts_with(b"hold") {
+                if let Some(tx) = &self.started_tx {
+                    let _ = tx.send(());
+                }
+                loop {
+                    let notified = self.release.notified();
+                    if self.released.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    notified.await;
+                }
+            }
+            let mut out = b"echo:".to_vec();
+            out.extend_from_slice(&payload);
+            out
+        }
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn new_pki() -> (TempDir, DevPki) {
+        // Shows the server's log lines (handshake failures, refusals) with --nocapture.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("classifyd=debug")
+            .try_init();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = write_dev_pki(dir.path(), &[]).unwrap();
+        (dir, pki)
+    }
+
+    fn start(config: quinn::ServerConfig, handler: Arc<Echo>, limits: QuicLimits) -> Server {
+        let endpoint = bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(endpoint, handler, limits, shutdown.clone()));
+        Server {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    fn start_mtls(pki: &DevPki, handler: Arc<Echo>, limits: QuicLimits) -> Server {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let config = server_config(
+            &pki.server,
+            &pki.server_key,
+            Some(&pki.ca),
+            false,
+            listen,
+            &limits,
+        )
+        .unwrap();
+        start(config, handler, limits)
+    }
+
+    fn client_cfg(pki: &DevPki, addr: SocketAddr) -> QuicClientConfig {
+        QuicClientConfig {
+            addr,
+            server_name: "localhost".into(),
+            ca: pki.ca.clone(),
+            cert: Some(pki.client.clone()),
+            key: Some(pki.client_key.clone()),
+        }
+    }
+
+    /// Connects and makes one call: with TLS 1.3 the client may finish its handshake before
+    /// the server has checked the client's certificate, so a refusal can surface on either.
+    async fn connect_and_call(cfg: &QuicClientConfig) -> Result<Bytes, QuicClientError> {
+        let client = QuicClient::connect(cfg).await?;
+        client.call(b"hi").await
+    }
+
+    #[tokio::test]
+    async fn quic_round_trip_and_concurrent_calls_with_mtls() {
+        let (_dir, pki) = new_pki();
+        // Fewer streams than calls: the calls past the limit wait for a stream, none fails.
+        let limits = QuicLimits {
+            max_streams_per_connection: 8,
+            ..QuicLimits::default()
+        };
+        let server = start_mtls(&pki, Arc::default(), limits);
+        let client = guard(QuicClient::connect(&client_cfg(&pki, server.addr)))
+            .await
+            .unwrap();
+        assert_eq!(
+            &guard(client.call(b"hello")).await.unwrap()[..],
+            b"echo:hello"
+        );
+        assert_eq!(&guard(client.call(b"")).await.unwrap()[..], b"echo:");
+
+        let mut calls = JoinSet::new();
+        for i in 0..50 {
+            let client = client.clone();
+            calls.spawn(async move {
+                let request = format!("request {i}");
+                let answer = client.call(request.as_bytes()).await.unwrap();
+                assert_eq!(answer, format!("echo:{request}").as_bytes());
+            });
+        }
+        let answered = guard(async {
+            let mut n = 0;
+            while let Some(done) = calls.join_next().await {
+                done.unwrap();
+                n += 1;
+            }
+            n
+        })
+        .await;
+        assert_eq!(answered, 50);
+        client.close().await;
+        server.shutdown.cancel();
+        guard(server.task).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn quic_oversized_request_resets_its_stream_only() {
+        let (_dir, pki) = new_pki();
+        let limits = QuicLimits {
+            max_frame_bytes: 16,
+            ..QuicLimits::default()
+        };
+        let server = start_mtls(&pki, Arc::default(), limits);
+        let client = guard(QuicClient::connect(&client_cfg(&pki, server.addr)))
+            .await
+            .unwrap();
+        let err = guard(client.call(&[b'x'; 17])).await.unwrap_err();
+        assert!(err.to_string().contains("limit"), "{err}");
+        assert_eq!(
+            &guard(client.call(b"small")).await.unwrap()[..],
+            b"echo:small"
+        );
+        server.shutdown.cancel();
+        guard(server.task).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn quic_client_without_certificate_is_refused() {
+        let (_dir, pki) = new_pki();
+        let server = start_mtls(&pki, Arc::default(), QuicLimits::default());
+        let mut cfg = client_cfg(&pki, server.addr);
+        cfg.cert = None;
+        cfg.key = None;
+        let err = guard(connect_and_call(&cfg)).await.unwrap_err();
+        assert!(err.to_string().contains("no certificates"), "{err}");
+        // The server still serves authenticated clients.
+        let good = guard(connect_and_call(&client_cfg(&pki, server.addr)))
+            .await
+            .unwrap();
+        assert_eq!(&good[..], b"echo:hi");
+        server.shutdown.cancel();
+        guard(server.task).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn quic_client_cert_from_another_ca_is_refused() {
+        let (_dir, pki) = new_pki();
+        let (_other_dir, other) = new_pki();
+        let server = start_mtls(&pki, Arc::default(), QuicLimits::default());
+        let mut cfg = client_cfg(&pki, server.addr);
+        cfg.cert = Some(other.client.clone());
+        cfg.key = Some(other.client_key.clone());
+        let err = guard(connect_and_call(&cfg)).await.unwrap_err();
+        assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+        // And a client that does not trust the server's CA refuses the server.
+        let mut cfg = client_cfg(&pki, server.addr);
+        cfg.ca = other.ca.clone();
+        let err = guard(connect_and_call(&cfg)).await.unwrap_err();
+        assert!(matches!(err, QuicClientError::Handshake { .. }), "{err}");
+        server.shutdown.cancel();
+        guard(server.task).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn quic_wrong_alpn_is_refused() {
+        let (_dir, pki) = new_pki();
+        let server = start_mtls(&pki, Arc::default(), QuicLimits::default());
+        let mut tls = rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(tls::load_roots("ca", &pki.ca).unwrap())
+            .with_client_auth_cert(
+                tls::load_certs("client", &pki.client).unwrap(),
+                tls::load_key(&pki.client_key).unwrap(),
+            )
+            .unwrap();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connecting = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(crypto)),
+                server.addr,
+                "localhost",
+            )
+            .unwrap();
+        let result = guard(async {
+            let conn = connecting.await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&encode(b"hi"))
+                .await
+                .map_err(std::io::Error::from)?;
+            let mut buf = [0u8; 4];
+            recv.read_exact(&mut buf)
+                .await
+                .map_err(std::io::Error::other)?;
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })
+        .await;
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("protocol"), "{err}");
+        server.shutdown.cancel();
+        guard(server.task).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn quic_anonymous_loopback() {
+        let (_dir, pki) = new_pki();
+        let limits = QuicLimits::default();
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config =
+            server_config(&pki.server, &pki.server_key, None, true, listen, &limits).unwrap();
+        let server = start(config, Arc::default(), limits);
+        let mut cfg = client_cfg(&pki, server.addr);
+        cfg.cert = None;
+        cfg.key = None;
+        let answer = guard(connect_and_call(&cfg)).await.unwrap();
+        assert_eq!(&answer[..], b"echo:hi");
+        server.shutdown.cancel();
+        guard(server.task).await.unwrap();
+
+        let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let err =
+            server_config(&pki.server, &pki.server_key, None, true, any, &limits).unwrap_err();
+        assert!(
+            matches!(err, TlsError::AnonymousNotLoopback { .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn quic_connections_past_the_limit_are_refused() {
+        let (_dir, pki) = new_pki();
+        let limits = QuicLimits {
+            max_connections: 2,
+            ..QuicLimits::default()
+        };
+        let server = start_mtls(&pki, Arc::default(), limits);
+        let cfg = client_cfg(&pki, server.addr);
+        let a = guard(QuicClient::connect(&cfg)).await.unwrap();
+        let b = guard(QuicClient::connect(&cfg)).await.unwrap();
+        // Both established (server side) once each has been answered.
+        assert_eq!(&guard(a.call(b"a")).await.unwrap()[..], b"echo:a");
+        assert_eq!(&guard(b.call(b"b")).await.unwrap()[..], b"echo:b");
+        let err = guard(connect_and_call(&cfg)).await.unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
+        assert_eq!(&guard(a.call(b"a2")).await.unwrap()[..], b"echo:a2");
+        assert_eq!(&guard(b.call(b"b2")).await.unwrap()[..], b"echo:b2");
+        server.shutdown.cancel();
+        guard(server.task).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn quic_shutdown_answers_requests_in_flight_then_returns() {
+        let (_dir, pki) = new_pki();
+        let (tx, mut started) = mpsc::unbounded_channel();
+        let handler = Arc::new(Echo {
+            started_tx: Some(tx),
+            ..Echo::default()
+        });
+        let server = start_mtls(&pki, handler.clone(), QuicLimits::default());
+        let client = guard(QuicClient::connect(&client_cfg(&pki, server.addr)))
+            .await
+            .unwrap();
+        let mut calls = JoinSet::new();
+        for i in 0..5 {
+            let client = client.clone();
+            calls.spawn(async move { client.call(format!("hold {i}").as_bytes()).await });
+        }
+        for _ in 0..5 {
+            guard(started.recv()).await.unwrap();
+        }
+        server.shutdown.cancel();
+        // serve() cannot return while its requests are held.
+        tokio::task::yield_now().await;
+        assert!(!server.task.is_finished());
+        handler.open();
+        let mut answers = guard(async {
+            let mut answers = Vec::new();
+            while let Some(done) = calls.join_next().await {
+                answers.push(done.unwrap().unwrap());
+            }
+            answers
+        })
+        .await;
+        answers.sort();
+        let expected: Vec<Bytes> = (0..5)
+            .map(|i| Bytes::from(format!("echo:hold {i}")))
+            .collect();
+        assert_eq!(answers, expected);
+        guard(server.task).await.unwrap();
+        // The connection was closed by the server; further calls fail.
+        assert!(guard(client.call(b"late")).await.is_err());
+        assert_eq!(handler.started.load(Ordering::SeqCst), 5);
+    }
+}

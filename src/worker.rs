@@ -1,0 +1,408 @@
+//! The one thread that owns the engine: pick a batch, run one forward pass, answer each job.
+//!
+//! One thread because a forward pass already uses every core (or the whole GPU); two passes
+//! side by side would only make both slower and the tail longer.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::batcher::{self, Budget, Candidate};
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::queue::{JobError, JobOutput, Queued, Shared};
+use crate::tokenize::Encoded;
+
+pub(crate) fn spawn(engine: Arc<Engine>, shared: Arc<Shared>) -> std::io::Result<()> {
+    thread::Builder::new()
+        .name("classifyd-engine".into())
+        .spawn(move || {
+            let _exit = ExitGuard(&shared);
+            run(&engine, &shared);
+        })?;
+    Ok(())
+}
+
+/// However the worker ends, no caller may be left waiting on a job it will never run.
+struct ExitGuard<'a>(&'a Shared);
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        let orphans: Vec<Queued> = {
+            let mut st = self.0.lock();
+            st.closed = true;
+            st.stats.busy = false;
+            st.queue.drain(..).collect()
+        };
+        for q in orphans {
+            let _ = q.reply.send(Err(JobError::ShuttingDown));
+        }
+        self.0.idle.notify_waiters();
+    }
+}
+
+fn run(engine: &Engine, shared: &Shared) {
+    let budget = Budget {
+        max_tokens: shared.cfg.max_batch_tokens,
+        max_rows: shared.cfg.max_batch_size,
+    };
+    while let Some(batch) = next_batch(shared, budget) {
+        #[cfg(test)]
+        shared.gate.pass();
+        let (batch, outcome) = run_batch(engine, batch);
+        {
+            // Counted before answering, so a client holding its answer sees its job counted.
+            let mut st = shared.lock();
+            st.stats.batches += 1;
+            st.stats.computed += batch.len() as u64;
+            st.stats.rows += outcome.rows as u64;
+        }
+        answer(batch, outcome);
+        // Idle only after answering, so `drained()` never resolves ahead of a reply.
+        shared.lock().stats.busy = false;
+        shared.idle.notify_waiters();
+    }
+}
+
+/// Blocks until there is work, then takes it out of the queue and marks the worker busy.
+/// `None` once the queue is closed and empty.
+fn next_batch(shared: &Shared, budget: Budget) -> Option<Vec<Queued>> {
+    let mut st = shared.lock();
+    loop {
+        // Swept at pick time so a deadline is judged when the job would start, not when it
+        // arrived.
+        st.sweep(Instant::now());
+        if !st.queue.is_empty() {
+            break;
+        }
+        if st.closed {
+            return None;
+        }
+        st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+    }
+    let cands: Vec<Candidate> = st
+        .queue
+        .iter()
+        .map(|q| Candidate {
+            priority: q.job.priority,
+            len: q.longest(),
+            rows: q.job.inputs.len(),
+            arrival: q.arrival,
+        })
+        .collect();
+    let picked = batcher::select(&cands, budget);
+    let mut slots: Vec<Option<Queued>> = st.queue.drain(..).map(Some).collect();
+    let batch: Vec<Queued> = picked.iter().filter_map(|&i| slots[i].take()).collect();
+    st.queue = slots.into_iter().flatten().collect();
+    st.stats.busy = true;
+    Some(batch)
+}
+
+struct Outcome {
+    rows: usize,
+    started: Instant,
+    inference_us: u64,
+    logits: Result<Vec<Vec<f32>>, EngineError>,
+}
+
+/// One forward pass for all rows of all jobs.
+fn run_batch(engine: &Engine, batch: Vec<Queued>) -> (Vec<Queued>, Outcome) {
+    let inputs: Vec<&Encoded> = batch.iter().flat_map(|q| &q.job.inputs).collect();
+    let rows = inputs.len();
+    let started = Instant::now();
+    // A panic in a kernel must cost this batch, not every later request.
+    let logits = panic::catch_unwind(AssertUnwindSafe(|| engine.logits(&inputs)))
+        .unwrap_or_else(|p| Err(EngineError(format!("engine panicked: {}", panic_text(&*p)))))
+        .and_then(|l| match l.len() == rows {
+            true => Ok(l),
+            false => Err(EngineError(format!(
+                "engine returned {} rows of logits for {rows} inputs",
+                l.len()
+            ))),
+        });
+    let inference_us = micros(started.elapsed());
+    drop(inputs);
+    let outcome = Outcome {
+        rows,
+        started,
+        inference_us,
+        logits,
+    };
+    (batch, outcome)
+}
+
+/// Splits the logits back per job, in the order the rows were batched.
+fn answer(batch: Vec<Queued>, outcome: Outcome) {
+    let batch_size = u32::try_from(outcome.rows).unwrap_or(u32::MAX);
+    match outcome.logits {
+        Ok(logits) => {
+            let mut logits = logits.into_iter();
+            for q in batch {
+                let out = JobOutput {
+                    logits: logits.by_ref().take(q.job.inputs.len()).collect(),
+                    queue_us: micros(outcome.started.saturating_duration_since(q.submitted)),
+                    inference_us: outcome.inference_us,
+                    batch_size,
+                };
+                // The client may have gone during the pass; nothing else to do for it.
+                let _ = q.reply.send(Ok(out));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(rows = outcome.rows, "batch failed: {e}");
+            for q in batch {
+                let _ = q.reply.send(Err(JobError::Engine(e.clone())));
+            }
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown panic")
+}
+
+/// Lets tests hold the worker between picking a batch and computing it, so "while the worker is
+/// busy" is a state they can reach without sleeps.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Gate {
+    /// (batches allowed through, batches picked so far); `usize::MAX` permits means open.
+    state: std::sync::Mutex<(usize, usize)>,
+    cv: std::sync::Condvar,
+}
+
+#[cfg(test)]
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, usize)> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+    fn pass(&self) {
+        let mut g = self.lock();
+        g.1 += 1;
+        self.cv.notify_all();
+        while g.0 == 0 {
+            g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+        }
+        if g.0 != usize::MAX {
+            g.0 -= 1;
+        }
+    }
+    pub fn shut(&self) {
+        self.lock().0 = 0;
+    }
+    pub fn open(&self) {
+        self.lock().0 = usize::MAX;
+        self.cv.notify_all();
+    }
+    /// Lets exactly one more batch through.
+    pub fn step(&self) {
+        self.lock().0 += 1;
+        self.cv.notify_all();
+    }
+    /// Waits until the worker has picked its `n`th batch.
+    pub fn wait_batches(&self, n: usize) {
+        let mut g = self.lock();
+        while g.1 < n {
+            g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::engine::{DTypeChoice, DeviceChoice};
+    use crate::queue::{Job, Priority, Scheduler, SchedulerConfig};
+    use crate::tokenize::Input;
+    use std::path::Path;
+
+    pub fn engine() -> Arc<Engine> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert");
+        Arc::new(Engine::load(&dir, DeviceChoice::Cpu, DTypeChoice::Auto).expect("fixture loads"))
+    }
+
+    pub fn encode(engine: &Engine, text: &str) -> Encoded {
+        engine
+            .tokenize(&Input::Text(text.into()), true)
+            .expect("tokenizes")
+    }
+
+    pub fn job(inputs: Vec<Encoded>) -> Job {
+        Job {
+            inputs,
+            priority: Priority::Normal,
+            deadline: None,
+            received: Instant::now(),
+        }
+    }
+
+    /// A scheduler whose worker has picked a first job and is held before computing it.
+    pub fn held(engine: &Arc<Engine>, cfg: SchedulerConfig) -> (Scheduler, Rx) {
+        let s = Scheduler::start(engine.clone(), cfg);
+        s.gate().shut();
+        let first = s
+            .submit(job(vec![encode(engine, "hold")]))
+            .expect("admitted");
+        s.gate().wait_batches(1);
+        (s, first)
+    }
+
+    pub type Rx = tokio::sync::oneshot::Receiver<Result<JobOutput, JobError>>;
+
+    fn sentence(i: usize) -> String {
+        let words = [
+            "good", "bad", "film", "the", "was", "not", "very", "plot", "actors",
+        ];
+        (0..1 + i % 13)
+            .map(|k| words[(i * 7 + k) % words.len()])
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn concurrent_submits_match_each_computed_alone() {
+        let e = engine();
+        let s = Scheduler::start(e.clone(), SchedulerConfig::default());
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let (s, e) = (s.clone(), e.clone());
+                thread::spawn(move || {
+                    let mut answered = Vec::new();
+                    for j in 0..16 {
+                        let rows: Vec<Encoded> = (0..1 + j % 3)
+                            .map(|r| encode(&e, &sentence(t * 100 + j * 3 + r)))
+                            .collect();
+                        let rx = s.submit(job(rows.clone())).expect("admitted");
+                        answered.push((rows, rx));
+                    }
+                    answered
+                        .into_iter()
+                        .map(|(rows, rx)| {
+                            (rows, rx.blocking_recv().expect("answered").expect("ok"))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut jobs = 0;
+        let mut rows = 0;
+        for h in handles {
+            for (inputs, out) in h.join().expect("thread") {
+                assert_eq!(out.logits.len(), inputs.len());
+                for (row, got) in inputs.iter().zip(&out.logits) {
+                    let alone = e.logits(&[row]).expect("alone");
+                    for (a, b) in alone[0].iter().zip(got) {
+                        assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+                    }
+                }
+                jobs += 1;
+                rows += inputs.len() as u64;
+            }
+        }
+        let st = s.stats();
+        assert_eq!((st.computed, st.rows), (jobs, rows));
+        assert_eq!((st.expired, st.cancelled, st.overloaded), (0, 0, 0));
+    }
+
+    #[test]
+    fn arrivals_while_busy_share_the_next_batch_minus_expired_and_cancelled() {
+        let e = engine();
+        let (s, first) = held(&e, SchedulerConfig::default());
+        let expired = s
+            .submit(Job {
+                deadline: Some(Instant::now()),
+                ..job(vec![encode(&e, "late")])
+            })
+            .expect("admitted");
+        drop(s.submit(job(vec![encode(&e, "gone")])).expect("admitted"));
+        let waiting: Vec<Rx> = (0..4)
+            .map(|i| {
+                s.submit(job(vec![encode(&e, &sentence(i))]))
+                    .expect("admitted")
+            })
+            .collect();
+        assert_eq!(s.stats().queued, 6);
+        s.gate().open();
+        assert_eq!(
+            first
+                .blocking_recv()
+                .expect("answered")
+                .expect("ok")
+                .batch_size,
+            1
+        );
+        assert!(matches!(
+            expired.blocking_recv(),
+            Ok(Err(JobError::DeadlineExceeded))
+        ));
+        for rx in waiting {
+            assert_eq!(
+                rx.blocking_recv()
+                    .expect("answered")
+                    .expect("ok")
+                    .batch_size,
+                4
+            );
+        }
+        let st = s.stats();
+        assert_eq!((st.batches, st.computed, st.rows), (2, 5, 5));
+        assert_eq!((st.expired, st.cancelled, st.queued), (1, 1, 0));
+    }
+
+    #[test]
+    fn engine_error_fails_its_batch_and_the_worker_goes_on() {
+        let e = engine();
+        let (s, first) = held(&e, SchedulerConfig::default());
+        let bad = Encoded {
+            ids: vec![2, 1_000_000, 3],
+            type_ids: vec![0; 3],
+        };
+        let bad = s.submit(job(vec![bad])).expect("admitted");
+        let bystander = s.submit(job(vec![encode(&e, "fine")])).expect("admitted");
+        s.gate().open();
+        assert!(first.blocking_recv().expect("answered").is_ok());
+        assert!(matches!(bad.blocking_recv(), Ok(Err(JobError::Engine(_)))));
+        assert!(matches!(
+            bystander.blocking_recv(),
+            Ok(Err(JobError::Engine(_)))
+        ));
+        let after = s.submit(job(vec![encode(&e, "again")])).expect("admitted");
+        assert!(after.blocking_recv().expect("answered").is_ok());
+    }
+
+    #[test]
+    fn high_priority_overtakes_older_normal_jobs() {
+        let e = engine();
+        let cfg = SchedulerConfig {
+            max_batch_size: 1,
+            ..SchedulerConfig::default()
+        };
+        let (s, first) = held(&e, cfg);
+        let normal = s.submit(job(vec![encode(&e, "normal")])).expect("admitted");
+        let high = s
+            .submit(Job {
+                priority: Priority::High,
+                ..job(vec![encode(&e, "high")])
+            })
+            .expect("admitted");
+        s.gate().step();
+        s.gate().wait_batches(2);
+        // The second batch is picked and held; whatever is still queued lost the race.
+        s.abort_queued();
+        s.gate().open();
+        assert!(first.blocking_recv().expect("answered").is_ok());
+        assert!(high.blocking_recv().expect("answered").is_ok());
+        assert!(matches!(
+            normal.blocking_recv(),
+            Ok(Err(JobError::ShuttingDown))
+        ));
+    }
+}

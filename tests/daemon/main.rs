@@ -1,0 +1,8 @@
+//! The daemon through its sockets: a real `classifyd serve` process, real Unix sockets and real
+//! QUIC on loopback, real signals.
+
+mod faults;
+mod harness;
+mod lifecycle;
+mod quic;
+mod uds;
