@@ -11,17 +11,7 @@ use classifyd::engine::{DTypeChoice, DeviceChoice, Engine};
 use classifyd::protocol::pb;
 use classifyd::tokenize::Input;
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn fixture(name: &str) -> PathBuf {
-    repo().join("tests/fixtures").join(name)
-}
-
-pub fn default_model() -> PathBuf {
-    repo().join("models/sentiment-minilm")
-}
+pub use crate::common::*;
 
 /// A `classifyd serve` child process; killed on drop if still running.
 pub struct Daemon {
@@ -177,14 +167,6 @@ pub fn info_body(r: pb::Response) -> pb::InfoResponse {
         Some(pb::response::Body::Info(i)) => i,
         other => panic!("not an info response: {other:?}"),
     }
-}
-
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Texts of mixed lengths, from the fixtures' golden cases and a few of our own.

@@ -1,6 +1,8 @@
 //! The daemon through its sockets: a real `classifyd serve` process, real Unix sockets and real
 //! QUIC on loopback, real signals.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod faults;
 mod harness;
 mod lifecycle;

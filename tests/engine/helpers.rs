@@ -1,23 +1,13 @@
 //! Shared helpers: fixture paths and golden files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::DType;
 use classifyd::engine::{DTypeChoice, DeviceChoice, Engine};
 use classifyd::tokenize::Input;
 use serde_json::Value;
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn fixture(name: &str) -> PathBuf {
-    repo().join("tests/fixtures").join(name)
-}
-
-pub fn default_model() -> PathBuf {
-    repo().join("models/sentiment-minilm")
-}
+pub use crate::common::*;
 
 pub fn load(dir: &Path, dtype: DType) -> Engine {
     Engine::load(dir, DeviceChoice::Cpu, DTypeChoice::Fixed(dtype))
@@ -53,14 +43,6 @@ pub fn case_input(case: &Value) -> Input {
         Some(pair) => Input::Pair(text, pair.to_string()),
         None => Input::Text(text),
     }
-}
-
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "logit counts differ");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 pub fn argmax(v: &[f32]) -> usize {

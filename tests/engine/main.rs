@@ -2,6 +2,8 @@
 
 mod bad_models;
 mod cli;
+#[path = "../common/mod.rs"]
+mod common;
 mod default_model;
 mod helpers;
 mod parity;
