@@ -13,6 +13,16 @@ is labelled by the sign of its mean human rating; sentences with
 |rating| < 0.5 are dropped.  A fixed-seed shuffle holds out 20 % as the test
 split, which is never trained on.
 
+Training: the classification head is BERT's [CLS] pooler + a linear layer.
+The word/position/type embeddings stay frozen (their output is computed once
+and reused every epoch); all six encoder layers, the pooler and the classifier
+are trained unless ``--freeze-layers N`` also freezes (and caches) the lowest
+N layers, which makes a run several times cheaper on a busy CPU.
+
+After training the weights are saved as F16, reloaded from disk, and every
+held-out sentence is run one at a time (no padding) to write the golden file
+with token ids and logits that the Rust tests compare against.
+
 Setup (once):
     pip install -r scripts/requirements-dev.txt
     pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d /work/py/vader
@@ -28,7 +38,6 @@ import argparse
 import io
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -396,8 +405,8 @@ def main():
                     "sentiment-minilm-heldout" / "golden.json")
     ap.add_argument("--seed", type=int, default=20261126)
     ap.add_argument("--test-frac", type=float, default=0.2)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--freeze-layers", type=int, default=3,
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--freeze-layers", type=int, default=0,
                     help="encoder layers (from the bottom) kept frozen, "
                          "along with the embeddings")
     ap.add_argument("--batch-size", type=int, default=32)
