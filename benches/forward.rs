@@ -13,7 +13,8 @@ pub const TEXT: &str =
     "the film opens with a quiet scene in a small town where nothing much happens, \
     and yet every frame feels deliberate; the actors carry the story with restraint, the music \
     never tells you what to feel, and by the end the slow pace has earned its emotional payoff \
-    in a way few recent dramas manage";
+    in a way few recent dramas manage, and the final scene lingers in the mind long after the \
+    credits have rolled";
 
 /// `[CLS]`, the first `n - 2` word pieces, `[SEP]`.
 fn exactly(engine: &Engine, n: usize) -> Encoded {

@@ -172,11 +172,20 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
 /// Lets tests hold the worker between picking a batch and computing it, so "while the worker is
 /// busy" is a state they can reach without sleeps.
 #[cfg(test)]
-#[derive(Default)]
 pub(crate) struct Gate {
     /// (batches allowed through, batches picked so far); `usize::MAX` permits means open.
     state: std::sync::Mutex<(usize, usize)>,
     cv: std::sync::Condvar,
+}
+
+#[cfg(test)]
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            state: std::sync::Mutex::new((usize::MAX, 0)),
+            cv: std::sync::Condvar::new(),
+        }
+    }
 }
 
 #[cfg(test)]

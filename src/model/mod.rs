@@ -9,10 +9,11 @@ pub mod bert;
 pub mod deberta;
 pub mod distilbert;
 pub mod electra;
+pub mod gelu;
 pub mod modernbert;
 pub mod roberta;
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -94,7 +95,7 @@ pub enum Activation {
 impl Activation {
     pub fn apply(self, xs: &Tensor) -> Result<Tensor> {
         match self {
-            Activation::Gelu => xs.gelu_erf(),
+            Activation::Gelu => gelu::gelu_erf(xs),
             Activation::GeluNew => xs.gelu(),
             Activation::Relu => xs.relu(),
             Activation::Silu => candle_nn::ops::silu(xs),
@@ -198,51 +199,40 @@ impl Module for Linear {
     }
 }
 
-/// LayerNorm computed in f32 whatever the compute dtype: F16 variance over a few hundred
-/// features overflows or loses the mean otherwise.
+/// LayerNorm through candle's fused kernel, which accumulates in f32 whatever the compute dtype
+/// (F16 variance over a few hundred features would overflow or lose the mean otherwise) and
+/// makes one pass instead of the eight tensor ops of the textbook formula.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
-    bias: Option<Tensor>,
-    eps: f64,
+    /// Zeros when the checkpoint has no bias, so one kernel serves both.
+    bias: Tensor,
+    eps: f32,
 }
 
 impl LayerNorm {
     pub fn load(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(dim, "weight")?,
-            bias: Some(vb.get(dim, "bias")?),
-            eps,
-        })
+        Self::load_opt_bias(dim, eps, true, vb)
     }
 
     pub fn load_opt_bias(dim: usize, eps: f64, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get(dim, "weight")?;
+        let bias = if bias {
+            vb.get(dim, "bias")?
+        } else {
+            weight.zeros_like()?
+        };
         Ok(Self {
-            weight: vb.get(dim, "weight")?,
-            bias: if bias {
-                Some(vb.get(dim, "bias")?)
-            } else {
-                None
-            },
-            eps,
+            weight,
+            bias,
+            eps: eps as f32,
         })
     }
 }
 
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dtype = xs.dtype();
-        let x = xs.to_dtype(DType::F32)?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        let normed = normed.to_dtype(dtype)?;
-        let out = normed.broadcast_mul(&self.weight)?;
-        match &self.bias {
-            Some(b) => out.broadcast_add(b),
-            None => Ok(out),
-        }
+        candle_nn::ops::layer_norm(&xs.contiguous()?, &self.weight, &self.bias, self.eps)
     }
 }
 
