@@ -35,6 +35,9 @@ impl Encoded {
 
 pub struct TextTokenizer {
     tokenizer: Tokenizer,
+    /// The same tokenizer without truncation, to measure a refused input exactly; built once
+    /// here so the refusal path does not clone a whole vocabulary per request.
+    untruncated: Tokenizer,
     max_len: usize,
     vocab: usize,
     pad_id: u32,
@@ -57,6 +60,10 @@ impl TextTokenizer {
         let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| err(e.to_string()))?;
         // Padding is ours (per batch); truncation is set once so overflow tells us it happened.
         tokenizer.with_padding(None);
+        let mut untruncated = tokenizer.clone();
+        untruncated
+            .with_truncation(None)
+            .map_err(|e| err(e.to_string()))?;
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: max_len,
@@ -82,6 +89,7 @@ impl TextTokenizer {
             .unwrap_or(0);
         Ok(Self {
             tokenizer,
+            untruncated,
             max_len,
             vocab,
             pad_id,
@@ -124,8 +132,7 @@ impl TextTokenizer {
     }
 
     fn untruncated_len(&self, input: &Input) -> Option<usize> {
-        let mut t = self.tokenizer.clone();
-        t.with_truncation(None).ok()?;
+        let t = &self.untruncated;
         let e = match input {
             Input::Text(s) => t.encode(s.as_str(), true),
             Input::Pair(a, b) => t.encode((a.as_str(), b.as_str()), true),
