@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// UNAVAILABLE.
     #[arg(long, default_value_t = 10)]
     pub drain_timeout_secs: u64,
+    /// Test-only hook for the systemd watchdog tests (tests/daemon/systemd.rs): the engine
+    /// thread stops beating for good this many seconds after start, like a hung device.
+    #[arg(long, value_name = "SECS", hide = true)]
+    pub test_stall_worker_after_secs: Option<f64>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -494,6 +498,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<i32> {
             queue_capacity: a.queue_capacity.max(1),
             max_batch_tokens: a.max_batch_tokens.max(1),
             max_batch_size: a.max_batch_size.max(1),
+            stall_worker_after: a
+                .test_stall_worker_after_secs
+                .and_then(|s| Duration::try_from_secs_f64(s).ok()),
+            ..SchedulerConfig::default()
         },
         drain_timeout: Duration::from_secs(a.drain_timeout_secs),
     };

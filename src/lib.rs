@@ -16,7 +16,8 @@
 //! - [`transport`]: Unix-socket and QUIC listeners; [`frame`]: the length prefix.
 //! - [`protocol`]: protobuf messages and their validation; [`service`]: one request end to end.
 //! - [`queue`], [`batcher`], [`worker`]: admission, batch selection, the engine thread.
-//! - [`server`]: start, ready, drain. [`client`]: the same protocol from the other side.
+//! - [`server`]: start, ready, drain; [`systemd`]: readiness, watchdog and socket activation
+//!   under systemd. [`client`]: the same protocol from the other side.
 //! - [`cli`]: the `classifyd` binary's subcommands; [`cert`]: a development PKI for QUIC.
 
 pub mod batcher;
@@ -32,6 +33,7 @@ pub mod protocol;
 pub mod queue;
 pub mod server;
 pub mod service;
+pub mod systemd;
 pub mod tokenize;
 pub mod transport;
 pub mod worker;

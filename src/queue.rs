@@ -6,8 +6,9 @@
 //! nothing to do, so an idle worker starts a job the moment it is submitted.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
@@ -23,6 +24,12 @@ pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Rows per forward pass.
     pub max_batch_size: usize,
+    /// How often an idle worker wakes to beat its heartbeat ([`Scheduler::heartbeat_age`]);
+    /// a busy one beats around every batch.
+    pub idle_heartbeat: Duration,
+    /// Test-only (`serve --test-stall-worker-after-secs`): the worker stops for good this long
+    /// after start, without beating, as a hung device would. Never set in production.
+    pub stall_worker_after: Option<Duration>,
 }
 
 impl Default for SchedulerConfig {
@@ -32,6 +39,8 @@ impl Default for SchedulerConfig {
             queue_capacity: 256,
             max_batch_tokens: 8192,
             max_batch_size: 32,
+            idle_heartbeat: Duration::from_secs(1),
+            stall_worker_after: None,
         }
     }
 }
@@ -145,6 +154,10 @@ pub(crate) struct Shared {
     pub work: Condvar,
     /// `drained()` waiters; notified whenever the queue shrinks or the worker goes idle.
     pub idle: Notify,
+    /// When the scheduler was created; the heartbeat counts from here.
+    pub epoch: Instant,
+    /// Milliseconds after `epoch` at which the worker last showed it was alive.
+    pub heartbeat_ms: AtomicU64,
     #[cfg(test)]
     pub gate: crate::worker::Gate,
 }
@@ -156,11 +169,26 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The worker is alive: called on every turn of its loop and around every batch.
+    pub fn beat(&self) {
+        self.heartbeat_ms
+            .store(millis(self.epoch.elapsed()), Ordering::Relaxed);
+    }
+
+    pub fn heartbeat_age(&self) -> Duration {
+        let beat = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(beat)
+    }
+
     pub fn close(&self) {
         self.lock().closed = true;
         self.work.notify_all();
         self.idle.notify_waiters();
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Closes the queue when the last `Scheduler` clone goes, so the worker finishes what is queued
@@ -203,6 +231,8 @@ impl Scheduler {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             idle: Notify::new(),
+            epoch: Instant::now(),
+            heartbeat_ms: AtomicU64::new(0),
             #[cfg(test)]
             gate: Default::default(),
         });
@@ -266,6 +296,14 @@ impl Scheduler {
             queued: st.queue.len(),
             ..st.stats
         }
+    }
+
+    /// How long ago the engine thread last showed it was alive. An idle worker beats every
+    /// [`SchedulerConfig::idle_heartbeat`], a busy one before and after each forward pass, so a
+    /// large age means a hung forward pass (or device) or a wedged worker. The systemd watchdog
+    /// ([`crate::systemd`]) is fed only while this stays small.
+    pub fn heartbeat_age(&self) -> Duration {
+        self.shared().heartbeat_age()
     }
 
     /// Refuses new jobs; queued ones still run. Idempotent.

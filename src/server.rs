@@ -14,6 +14,7 @@ use crate::error::LoadError;
 use crate::protocol::RequestLimits;
 use crate::queue::{Scheduler, SchedulerConfig};
 use crate::service::{ModelIdentity, Service};
+use crate::systemd;
 use crate::tokenize::Input;
 use crate::transport::{self, unix::UnixOptions, ConnectionLimits};
 
@@ -55,6 +56,8 @@ pub enum ServerError {
     Config(String),
     #[error("warm-up failed: {0}")]
     WarmUp(String),
+    #[error("socket activation: {0}")]
+    SocketActivation(std::io::Error),
 }
 
 /// Runs one forward pass per batch-size bucket the scheduler can form, so the first real
@@ -101,7 +104,13 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     let (engine, warm_runs) = engine;
     let engine = Arc::new(engine);
     let identity = ModelIdentity::of(&cfg.model);
-    let scheduler = Scheduler::start(engine.clone(), cfg.scheduler);
+    let watchdog = systemd::watchdog_interval();
+    let mut sched_cfg = cfg.scheduler;
+    if let Some(w) = watchdog {
+        // An idle worker must beat several times per watchdog interval.
+        sched_cfg.idle_heartbeat = sched_cfg.idle_heartbeat.min(w / 4);
+    }
+    let scheduler = Scheduler::start(engine.clone(), sched_cfg);
     let service = Arc::new(Service::new(
         engine.clone(),
         scheduler.clone(),
@@ -111,21 +120,53 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
 
     let token = CancellationToken::new();
     let mut listeners = tokio::task::JoinSet::new();
+    let mut serving_on = Vec::new();
     if let Some(opts) = &cfg.unix {
-        let listener = transport::unix::bind(opts)?;
-        info!("listening on unix socket {}", opts.path.display());
+        // With socket activation systemd bound the socket, set its mode and owner and removes
+        // it; --uds then only names it.
+        let inherited =
+            systemd::inherited_unix_listener().map_err(ServerError::SocketActivation)?;
+        let (listener, owns_path) = match inherited {
+            Some(l) => {
+                if let Some(addr) = l
+                    .local_addr()
+                    .ok()
+                    .filter(|a| a.as_pathname() != Some(&opts.path))
+                {
+                    warn!(
+                        "the socket from systemd is {addr:?}, not --uds {}",
+                        opts.path.display()
+                    );
+                }
+                let l =
+                    tokio::net::UnixListener::from_std(l).map_err(ServerError::SocketActivation)?;
+                info!(
+                    "listening on unix socket {} (from systemd)",
+                    opts.path.display()
+                );
+                (l, false)
+            }
+            None => {
+                let l = transport::unix::bind(opts)?;
+                info!("listening on unix socket {}", opts.path.display());
+                (l, true)
+            }
+        };
+        serving_on.push(opts.path.display().to_string());
         listeners.spawn(transport::unix::serve(
             listener,
             service.clone(),
             opts.clone(),
             cfg.connections,
             token.clone(),
+            owns_path,
         ));
     }
     if let Some(q) = &cfg.quic {
         let endpoint = transport::quic::listen(q, &cfg.connections)
             .map_err(|e| ServerError::Quic(e.to_string()))?;
         info!("listening on quic {}", q.listen);
+        serving_on.push(format!("quic {}", q.listen));
         listeners.spawn(transport::quic::serve_service(
             endpoint,
             service.clone(),
@@ -144,9 +185,24 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         startup_ms = started.elapsed().as_millis() as u64,
         "ready"
     );
+    let status = format!(
+        "{} on {} ({}), serving on {}",
+        identity.name,
+        info.device,
+        info.compute_dtype,
+        serving_on.join(" and ")
+    );
+    systemd::ready(&status);
+    let mut notifiers = Vec::new();
+    if let Some(interval) = watchdog {
+        info!("feeding the systemd watchdog ({interval:?}) from the engine heartbeat");
+        notifiers.push(systemd::spawn_watchdog(scheduler.clone(), interval));
+    }
+    notifiers.extend(systemd::spawn_status(scheduler.clone(), status));
 
     shutdown.await;
     info!("stop signal: draining");
+    systemd::stopping();
     service.set_ready(false);
     token.cancel();
     let drained = async { while listeners.join_next().await.is_some() {} };
@@ -165,6 +221,9 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     }
     scheduler.close();
     scheduler.drained().await;
+    for n in notifiers {
+        n.abort();
+    }
     info!("drained; exiting");
     Ok(())
 }

@@ -47,10 +47,13 @@ fn run(engine: &Engine, shared: &Shared) {
         max_tokens: shared.cfg.max_batch_tokens,
         max_rows: shared.cfg.max_batch_size,
     };
-    while let Some(batch) = next_batch(shared, budget) {
+    let stall_at = shared.cfg.stall_worker_after.map(|d| shared.epoch + d);
+    while let Some(batch) = next_batch(shared, budget, stall_at) {
+        shared.beat();
         #[cfg(test)]
         shared.gate.pass();
         let (batch, outcome) = run_batch(engine, batch);
+        shared.beat();
         {
             // Counted before answering, so a client holding its answer sees its job counted.
             let mut st = shared.lock();
@@ -66,10 +69,18 @@ fn run(engine: &Engine, shared: &Shared) {
 }
 
 /// Blocks until there is work, then takes it out of the queue and marks the worker busy.
-/// `None` once the queue is closed and empty.
-fn next_batch(shared: &Shared, budget: Budget) -> Option<Vec<Queued>> {
+/// `None` once the queue is closed and empty. Beats the heartbeat at least every
+/// `idle_heartbeat` while waiting.
+fn next_batch(shared: &Shared, budget: Budget, stall_at: Option<Instant>) -> Option<Vec<Queued>> {
     let mut st = shared.lock();
+    // Never 0: wait_timeout(0) would spin.
+    let heartbeat = shared.cfg.idle_heartbeat.max(Duration::from_millis(10));
     loop {
+        if stall_at.is_some_and(|at| Instant::now() >= at) {
+            drop(st);
+            stall();
+        }
+        shared.beat();
         // Swept at pick time so a deadline is judged when the job would start, not when it
         // arrived.
         st.sweep(Instant::now());
@@ -79,7 +90,11 @@ fn next_batch(shared: &Shared, budget: Budget) -> Option<Vec<Queued>> {
         if st.closed {
             return None;
         }
-        st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+        st = shared
+            .work
+            .wait_timeout(st, heartbeat)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
     let cands: Vec<Candidate> = st
         .queue
@@ -97,6 +112,15 @@ fn next_batch(shared: &Shared, budget: Budget) -> Option<Vec<Queued>> {
     st.queue = slots.into_iter().flatten().collect();
     st.stats.busy = true;
     Some(batch)
+}
+
+/// Test-only (`--test-stall-worker-after-secs`): stop for good without beating, holding no lock,
+/// the way a forward pass stuck on a hung device looks from outside.
+fn stall() -> ! {
+    tracing::warn!("test hook: the engine thread stalls now (--test-stall-worker-after-secs)");
+    loop {
+        thread::park();
+    }
 }
 
 struct Outcome {

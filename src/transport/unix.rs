@@ -91,13 +91,15 @@ pub fn group_id(name: &str) -> Option<u32> {
 }
 
 /// Accepts connections until `shutdown` fires, then waits for every connection to answer what
-/// it had read and close.
+/// it had read and close. Removes the socket file at the end when `owns_path` (it was bound by
+/// [`bind`]); one inherited from systemd belongs to the socket unit and stays.
 pub async fn serve(
     listener: UnixListener,
     service: Arc<Service>,
     opts: UnixOptions,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
+    owns_path: bool,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let opts = Arc::new(opts);
@@ -138,6 +140,9 @@ pub async fn serve(
         while connections.try_join_next().is_some() {}
     }
     while connections.join_next().await.is_some() {}
+    if !owns_path {
+        return;
+    }
     if let Err(e) = std::fs::remove_file(&opts.path) {
         debug!("removing {}: {e}", opts.path.display());
     }

@@ -1,7 +1,9 @@
 //! Starting and stopping a real daemon, and talking to it.
 
+use std::ffi::OsString;
 use std::io::Read;
-use std::os::unix::process::ExitStatusExt;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +14,15 @@ use classifyd::protocol::pb;
 use classifyd::tokenize::Input;
 
 pub use crate::common::*;
+
+/// What [`Daemon::spawn`] adds to a plain start.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// Extra environment variables.
+    pub env: Vec<(&'static str, OsString)>,
+    /// A listening socket handed over as systemd's socket activation does.
+    pub listen_fd: Option<BorrowedFd<'a>>,
+}
 
 /// A `classifyd serve` child process; killed on drop if still running.
 pub struct Daemon {
@@ -29,11 +40,63 @@ impl Daemon {
 
     /// As [`Daemon::start`], listening on `socket` when given.
     pub fn start_at(model: &Path, socket: Option<&Path>, extra: &[&str]) -> Daemon {
+        let mut d = Self::spawn(model, socket, extra, Launch::default());
+        d.wait_ready();
+        d
+    }
+
+    /// Starts a daemon as [`Daemon::start_at`] does, with `launch`'s additions, and returns at
+    /// once, without waiting for it to be ready.
+    pub fn spawn(model: &Path, socket: Option<&Path>, extra: &[&str], launch: Launch) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = socket.map_or_else(|| dir.path().join("classifyd.sock"), Path::to_path_buf);
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_classifyd"))
+        let bin = env!("CARGO_BIN_EXE_classifyd");
+        let mut cmd = match launch.listen_fd {
+            None => Command::new(bin),
+            Some(fd) => {
+                // systemd's socket activation: the socket at fd 3, LISTEN_FDS=1 and LISTEN_PID
+                // the daemon's pid, which only the child knows; `sh` learns it as $$ and execs
+                // the daemon in its place.
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
+                    .arg(bin)
+                    .env("LISTEN_FDS", "1");
+                let raw = fd.as_raw_fd();
+                // SAFETY: dup2 and fcntl are async-signal-safe; nothing is allocated.
+                unsafe {
+                    c.pre_exec(move || {
+                        let rc = if raw == 3 {
+                            // dup2 onto itself would keep close-on-exec set.
+                            libc::fcntl(3, libc::F_SETFD, 0)
+                        } else {
+                            libc::dup2(raw, 3)
+                        };
+                        if rc < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                c
+            }
+        };
+        // Hermetic, even where the tests themselves run under systemd.
+        for var in [
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+        ] {
+            cmd.env_remove(var);
+        }
+        if launch.listen_fd.is_none() {
+            cmd.env_remove("LISTEN_FDS");
+        }
+        let child = cmd
             .arg("serve")
             .arg("--model")
             .arg(model)
@@ -41,22 +104,22 @@ impl Daemon {
             .arg(&socket)
             .args(extra)
             .env("CLASSIFYD_LOG", "info")
+            .envs(launch.env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .unwrap();
-        let mut d = Daemon {
+        Daemon {
             child: Some(child),
             _dir: dir,
             socket,
             stderr_path,
-        };
-        d.wait_ready();
-        d
+        }
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the daemon logged `ready` and its socket exists (hang guard: 120 s).
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -76,6 +139,11 @@ impl Daemon {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// The exit status, if the daemon has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().unwrap().try_wait().unwrap()
     }
 
     pub fn pid(&self) -> i32 {

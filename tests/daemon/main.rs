@@ -7,4 +7,5 @@ mod faults;
 mod harness;
 mod lifecycle;
 mod quic;
+mod systemd;
 mod uds;
