@@ -54,6 +54,7 @@ fn bench_model(c: &mut Criterion, name: &str, model: PathBuf) {
         requests: RequestLimits::default(),
         scheduler: SchedulerConfig::default(),
         drain_timeout: Duration::from_secs(5),
+        metrics_addr: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::spawn(move || {

@@ -117,6 +117,9 @@ pub struct ServeArgs {
     /// UNAVAILABLE.
     #[arg(long, default_value_t = 10)]
     pub drain_timeout_secs: u64,
+    /// Serve Prometheus metrics, /healthz and /readyz over HTTP on this (loopback) address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Test-only hook for the systemd watchdog tests (tests/daemon/systemd.rs): the engine
     /// thread stops beating for good this many seconds after start, like a hung device.
     #[arg(long, value_name = "SECS", hide = true)]
@@ -504,6 +507,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<i32> {
             ..SchedulerConfig::default()
         },
         drain_timeout: Duration::from_secs(a.drain_timeout_secs),
+        metrics_addr: a.metrics_addr,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

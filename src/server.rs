@@ -42,6 +42,8 @@ pub struct ServeConfig {
     /// How long in-flight requests may take to finish after a stop signal before they are
     /// answered UNAVAILABLE.
     pub drain_timeout: Duration,
+    /// Loopback HTTP listener for Prometheus metrics and health probes; off when `None`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
