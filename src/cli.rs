@@ -8,16 +8,12 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
-use std::time::Duration;
-
 use crate::client::quic::{QuicClient, QuicClientConfig};
 use crate::client::{Client, UnixClient};
 use crate::engine::{DTypeChoice, DeviceChoice, Engine, Prediction};
-use crate::protocol::{pb, RequestLimits};
-use crate::queue::SchedulerConfig;
-use crate::server::{self, QuicOptions, ServeConfig};
+use crate::protocol::pb;
+use crate::server;
 use crate::tokenize::Input;
-use crate::transport::{unix::UnixOptions, ConnectionLimits};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,8 +22,19 @@ use crate::transport::{unix::UnixOptions, ConnectionLimits};
     about = "Low-latency transformer text classification"
 )]
 pub struct Cli {
+    /// Log lines as `text` (compact; plain under the journal) or `json` (one object a line);
+    /// also CLASSIFYD_LOG_FORMAT.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +45,9 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Serve classification over a Unix socket and/or QUIC until SIGTERM/SIGINT.
     Serve(Box<ServeArgs>),
+    /// Check a `serve` configuration (--config FILE and/or flags) without serving: the file,
+    /// the model, the TLS files and the addresses; prints the effective settings.
+    CheckConfig(Box<ServeArgs>),
     /// Write a development CA, server and client certificate for trying QUIC with mTLS.
     Cert(CertArgs),
 }
@@ -54,14 +64,26 @@ pub struct CertArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
+    /// TOML file whose keys are these flags' long names with `_` for `-`; flags win over it,
+    /// and relative paths in it are relative to its directory.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json); required
+    /// unless the config file names it.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// auto (CUDA when built with it and present), cpu, cuda or cuda:N [default: auto].
+    #[arg(long, value_parser = parse_device)]
+    pub device: Option<String>,
+    /// auto (F32 on CPU, F16 on CUDA), f32, f16 or bf16 [default: auto].
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<String>,
     /// Unix socket path to listen on.
     #[arg(long, value_name = "PATH")]
     pub uds: Option<PathBuf>,
-    /// Permission bits of the socket file, in octal.
-    #[arg(long, default_value = "660", value_parser = parse_mode)]
-    pub uds_mode: u32,
+    /// Permission bits of the socket file, in octal [default: 660].
+    #[arg(long, value_parser = crate::config::parse_mode)]
+    pub uds_mode: Option<u32>,
     /// Group (name or gid) to give the socket file.
     #[arg(long, value_name = "GROUP")]
     pub uds_group: Option<String>,
@@ -71,8 +93,8 @@ pub struct ServeArgs {
     /// Only peers with this gid may connect (repeatable).
     #[arg(long = "allow-gid", value_name = "GID")]
     pub allow_gids: Vec<u32>,
-    /// QUIC address to listen on, e.g. 127.0.0.1:4433.
-    #[arg(long, value_name = "HOST:PORT", requires_all = ["tls_cert", "tls_key"])]
+    /// QUIC address to listen on, e.g. 127.0.0.1:4433 (needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "HOST:PORT")]
     pub quic: Option<std::net::SocketAddr>,
     /// PEM certificate chain for QUIC.
     #[arg(long, value_name = "FILE")]
@@ -86,37 +108,37 @@ pub struct ServeArgs {
     /// Accept QUIC clients without a certificate; only on a loopback address.
     #[arg(long)]
     pub allow_anonymous_loopback: bool,
-    /// Requests waiting for the engine before new ones are answered OVERLOADED.
-    #[arg(long, default_value_t = 256)]
-    pub queue_capacity: usize,
-    /// Padded tokens (rows × longest row) one forward pass may take.
-    #[arg(long, default_value_t = 8192)]
-    pub max_batch_tokens: usize,
-    /// Rows one forward pass may take.
-    #[arg(long, default_value_t = 32)]
-    pub max_batch_size: usize,
-    /// Largest request frame accepted, in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
-    pub max_frame_bytes: usize,
-    /// Inputs one request may carry.
-    #[arg(long, default_value_t = 64)]
-    pub max_inputs: usize,
-    /// Bytes of text one input may carry.
-    #[arg(long, default_value_t = 64 * 1024)]
-    pub max_text_bytes: usize,
-    /// Requests in flight per connection; past it the connection is not read.
-    #[arg(long, default_value_t = 64)]
-    pub max_in_flight: usize,
-    /// Connections open at once, per listener.
-    #[arg(long, default_value_t = 256)]
-    pub max_connections: usize,
-    /// Seconds before an idle connection is closed.
-    #[arg(long, default_value_t = 60)]
-    pub idle_timeout_secs: u64,
+    /// Requests waiting for the engine before new ones are answered OVERLOADED [default: 256].
+    #[arg(long)]
+    pub queue_capacity: Option<usize>,
+    /// Padded tokens (rows × longest row) one forward pass may take [default: 8192].
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
+    /// Rows one forward pass may take [default: 32].
+    #[arg(long)]
+    pub max_batch_size: Option<usize>,
+    /// Largest request frame accepted, in bytes [default: 1048576].
+    #[arg(long)]
+    pub max_frame_bytes: Option<usize>,
+    /// Inputs one request may carry [default: 64].
+    #[arg(long)]
+    pub max_inputs: Option<usize>,
+    /// Bytes of text one input may carry [default: 65536].
+    #[arg(long)]
+    pub max_text_bytes: Option<usize>,
+    /// Requests in flight per connection; past it the connection is not read [default: 64].
+    #[arg(long)]
+    pub max_in_flight: Option<usize>,
+    /// Connections open at once, per listener [default: 256].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Seconds before an idle connection is closed [default: 60].
+    #[arg(long)]
+    pub idle_timeout_secs: Option<u64>,
     /// Seconds in-flight requests get to finish after SIGTERM before they are answered
-    /// UNAVAILABLE.
-    #[arg(long, default_value_t = 10)]
-    pub drain_timeout_secs: u64,
+    /// UNAVAILABLE [default: 10].
+    #[arg(long)]
+    pub drain_timeout_secs: Option<u64>,
     /// Serve Prometheus metrics, /healthz and /readyz over HTTP on this (loopback) address.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -126,11 +148,12 @@ pub struct ServeArgs {
     pub test_stall_worker_after_secs: Option<f64>,
 }
 
-fn parse_mode(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s, 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("{s:?} is not an octal permission mode like 660"))
+fn parse_device(s: &str) -> Result<String, String> {
+    s.parse::<DeviceChoice>().map(|_| s.to_string())
+}
+
+fn parse_dtype(s: &str) -> Result<String, String> {
+    s.parse::<DTypeChoice>().map(|_| s.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +225,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Inspect(a) => inspect(a),
         Command::Classify(a) => classify(a),
         Command::Serve(a) => serve(*a),
+        Command::CheckConfig(a) => {
+            print!("{}", crate::config::check(&a)?);
+            Ok(0)
+        }
         Command::Cert(a) => {
             let pki = crate::cert::write_dev_pki(&a.out, &a.names)?;
             for (what, path) in [
@@ -449,66 +476,7 @@ fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<i32> {
-    let unix = match &a.uds {
-        None => None,
-        Some(path) => Some(UnixOptions {
-            path: path.clone(),
-            mode: a.uds_mode,
-            group: match &a.uds_group {
-                None => None,
-                Some(g) => Some(
-                    crate::transport::unix::group_id(g)
-                        .with_context(|| format!("--uds-group: no group named {g:?}"))?,
-                ),
-            },
-            allow_uids: a.allow_uids.clone(),
-            allow_gids: a.allow_gids.clone(),
-        }),
-    };
-    let quic = match (a.quic, &a.tls_cert, &a.tls_key) {
-        (Some(listen), Some(cert), Some(key)) => {
-            if a.client_ca.is_none() && !a.allow_anonymous_loopback {
-                bail!("--quic needs --client-ca (mTLS) or --allow-anonymous-loopback");
-            }
-            Some(QuicOptions {
-                listen,
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: a.client_ca.clone(),
-                allow_anonymous_loopback: a.allow_anonymous_loopback,
-            })
-        }
-        (Some(_), _, _) => bail!("--quic needs --tls-cert and --tls-key"),
-        (None, _, _) => None,
-    };
-    let cfg = ServeConfig {
-        model: a.model.model.clone(),
-        device: a.model.device,
-        dtype: a.model.dtype,
-        unix,
-        quic,
-        connections: ConnectionLimits {
-            max_connections: a.max_connections.max(1),
-            max_in_flight: a.max_in_flight.max(1),
-            max_frame_bytes: a.max_frame_bytes,
-            idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
-        },
-        requests: RequestLimits {
-            max_inputs: a.max_inputs.max(1),
-            max_text_bytes: a.max_text_bytes,
-        },
-        scheduler: SchedulerConfig {
-            queue_capacity: a.queue_capacity.max(1),
-            max_batch_tokens: a.max_batch_tokens.max(1),
-            max_batch_size: a.max_batch_size.max(1),
-            stall_worker_after: a
-                .test_stall_worker_after_secs
-                .and_then(|s| Duration::try_from_secs_f64(s).ok()),
-            ..SchedulerConfig::default()
-        },
-        drain_timeout: Duration::from_secs(a.drain_timeout_secs),
-        metrics_addr: a.metrics_addr,
-    };
+    let cfg = crate::config::Settings::resolve(&a)?.serve_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("classifyd-io")

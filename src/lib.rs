@@ -17,17 +17,20 @@
 //! - [`protocol`]: protobuf messages and their validation; [`service`]: one request end to end.
 //! - [`queue`], [`batcher`], [`worker`]: admission, batch selection, the engine thread.
 //! - [`server`]: start, ready, drain; [`systemd`]: readiness, watchdog and socket activation
-//!   under systemd. [`client`]: the same protocol from the other side.
-//! - [`cli`]: the `classifyd` binary's subcommands; [`cert`]: a development PKI for QUIC.
+//!   under systemd; [`metrics`]: Prometheus metrics and health probes. [`client`]: the same protocol from the other side.
+//! - [`cli`]: the `classifyd` binary's subcommands; [`config`]: the `serve --config` file;
+//!   [`cert`]: a development PKI for QUIC.
 
 pub mod batcher;
 pub mod cert;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod queue;

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
@@ -158,9 +158,14 @@ pub(crate) struct Shared {
     pub epoch: Instant,
     /// Milliseconds after `epoch` at which the worker last showed it was alive.
     pub heartbeat_ms: AtomicU64,
+    /// Told about every forward pass, on the engine thread (see [`Scheduler::observe_batches`]).
+    pub observer: OnceLock<BatchObserver>,
     #[cfg(test)]
     pub gate: crate::worker::Gate,
 }
+
+/// Called with (rows, padded tokens) after each forward pass; must be cheap.
+pub type BatchObserver = Box<dyn Fn(usize, usize) + Send + Sync>;
 
 impl Shared {
     /// A panic elsewhere while holding the lock leaves the queue consistent (every mutation is a
@@ -233,6 +238,7 @@ impl Scheduler {
             idle: Notify::new(),
             epoch: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
+            observer: OnceLock::new(),
             #[cfg(test)]
             gate: Default::default(),
         });
@@ -288,6 +294,11 @@ impl Scheduler {
         drop(st);
         shared.work.notify_one();
         Ok(rx)
+    }
+
+    /// Installs the one observer of forward passes (metrics); later calls are ignored.
+    pub fn observe_batches(&self, observer: BatchObserver) {
+        let _ = self.shared().observer.set(observer);
     }
 
     pub fn stats(&self) -> Stats {

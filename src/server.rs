@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::engine::{DTypeChoice, DeviceChoice, Engine};
 use crate::error::LoadError;
+use crate::metrics::{self, Metrics, ModelLabels};
 use crate::protocol::RequestLimits;
 use crate::queue::{Scheduler, SchedulerConfig};
 use crate::service::{ModelIdentity, Service};
@@ -93,6 +94,9 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
             "no listener: give --uds PATH and/or --quic ADDR".into(),
         ));
     }
+    if let Some(addr) = cfg.metrics_addr {
+        metrics::check_addr(addr).map_err(ServerError::Config)?;
+    }
     let started = Instant::now();
     let (model, device, dtype) = (cfg.model.clone(), cfg.device, cfg.dtype);
     let max_batch = cfg.scheduler.max_batch_size.max(1);
@@ -113,12 +117,33 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         sched_cfg.idle_heartbeat = sched_cfg.idle_heartbeat.min(w / 4);
     }
     let scheduler = Scheduler::start(engine.clone(), sched_cfg);
-    let service = Arc::new(Service::new(
+    let mut service = Service::new(
         engine.clone(),
         scheduler.clone(),
         cfg.requests,
         identity.clone(),
-    ));
+    );
+    let mut metrics_listener = None;
+    if let Some(addr) = cfg.metrics_addr {
+        let info = engine.info();
+        let m = Arc::new(Metrics::new(ModelLabels {
+            model: identity.name.clone(),
+            revision: identity.revision.clone(),
+            device: info.device.clone(),
+            dtype: info.compute_dtype.clone(),
+            architecture: info.architecture.clone(),
+        }));
+        let observer = m.clone();
+        scheduler.observe_batches(Box::new(move |rows, tokens| {
+            observer.record_batch(rows, tokens)
+        }));
+        service = service.with_metrics(m.clone());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServerError::Config(format!("--metrics-addr {addr}: {e}")))?;
+        metrics_listener = Some((listener, m));
+    }
+    let service = Arc::new(service);
 
     let token = CancellationToken::new();
     let mut listeners = tokio::task::JoinSet::new();
@@ -175,6 +200,12 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
             cfg.connections,
             token.clone(),
         ));
+    }
+    if let Some((listener, m)) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            info!("serving metrics on http://{addr}/metrics");
+        }
+        listeners.spawn(metrics::serve(listener, m, service.clone(), token.clone()));
     }
     service.set_ready(true);
     let info = engine.info();

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::engine::Engine;
+use crate::metrics::Metrics;
 use crate::protocol::{self, pb, RequestLimits};
 use crate::queue::{Job, JobError, Priority, Scheduler, SubmitError};
 
@@ -65,6 +66,7 @@ pub struct Service {
     limits: RequestLimits,
     identity: ModelIdentity,
     ready: AtomicBool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Service {
@@ -80,7 +82,18 @@ impl Service {
             limits,
             identity,
             ready: AtomicBool::new(false),
+            metrics: None,
         }
+    }
+
+    /// Records every classify answer into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -97,22 +110,47 @@ impl Service {
 
     /// Answers one request message (without its length prefix) with one response message.
     pub async fn handle(&self, payload: Bytes) -> Vec<u8> {
+        let _in_flight = self.metrics.as_deref().map(Metrics::in_flight);
         let received = Instant::now();
-        let request = match protocol::decode_request(&payload) {
-            Ok(r) => r,
-            Err(r) => return protocol::status_response(r.id, r.status, r.message),
-        };
-        let id = request.id;
-        match request.body {
-            None => {
-                protocol::status_response(id, pb::Status::InvalidArgument, "request has no body")
+        let (status, response) = match protocol::decode_request(&payload) {
+            Err(r) => (
+                r.status,
+                protocol::status_response(r.id, r.status, r.message),
+            ),
+            Ok(request) => {
+                let id = request.id;
+                match request.body {
+                    // Info is a probe, not a classify request: not counted.
+                    Some(pb::request::Body::Info(_)) => return self.info(id).encode_to_vec(),
+                    None => {
+                        let status = pb::Status::InvalidArgument;
+                        (
+                            status,
+                            protocol::status_response(id, status, "request has no body"),
+                        )
+                    }
+                    Some(pb::request::Body::Classify(c)) => {
+                        match self.classify(id, c, received).await {
+                            Ok(r) => {
+                                if let (Some(m), Some(pb::response::Body::Classify(c))) =
+                                    (&self.metrics, &r.body)
+                                {
+                                    m.record(pb::Status::Ok, c.timings.as_ref());
+                                }
+                                return r.encode_to_vec();
+                            }
+                            Err((status, message)) => {
+                                (status, protocol::status_response(id, status, message))
+                            }
+                        }
+                    }
+                }
             }
-            Some(pb::request::Body::Info(_)) => self.info(id).encode_to_vec(),
-            Some(pb::request::Body::Classify(c)) => match self.classify(id, c, received).await {
-                Ok(r) => r.encode_to_vec(),
-                Err((status, message)) => protocol::status_response(id, status, message),
-            },
+        };
+        if let Some(m) = &self.metrics {
+            m.record(status, None);
         }
+        response
     }
 
     fn info(&self, id: u64) -> pb::Response {

@@ -61,6 +61,9 @@ fn run(engine: &Engine, shared: &Shared) {
             st.stats.computed += batch.len() as u64;
             st.stats.rows += outcome.rows as u64;
         }
+        if let Some(observe) = shared.observer.get() {
+            observe(outcome.rows, outcome.padded_tokens);
+        }
         answer(batch, outcome);
         // Idle only after answering, so `drained()` never resolves ahead of a reply.
         shared.lock().stats.busy = false;
@@ -125,6 +128,8 @@ fn stall() -> ! {
 
 struct Outcome {
     rows: usize,
+    /// rows × longest row: what the forward pass computed, padding included.
+    padded_tokens: usize,
     started: Instant,
     inference_us: u64,
     logits: Result<Vec<Vec<f32>>, EngineError>,
@@ -134,6 +139,7 @@ struct Outcome {
 fn run_batch(engine: &Engine, batch: Vec<Queued>) -> (Vec<Queued>, Outcome) {
     let inputs: Vec<&Encoded> = batch.iter().flat_map(|q| &q.job.inputs).collect();
     let rows = inputs.len();
+    let padded_tokens = rows * inputs.iter().map(|e| e.len()).max().unwrap_or(0);
     let started = Instant::now();
     // A panic in a kernel must cost this batch, not every later request.
     let logits = panic::catch_unwind(AssertUnwindSafe(|| engine.logits(&inputs)))
@@ -149,6 +155,7 @@ fn run_batch(engine: &Engine, batch: Vec<Queued>) -> (Vec<Queued>, Outcome) {
     drop(inputs);
     let outcome = Outcome {
         rows,
+        padded_tokens,
         started,
         inference_us,
         logits,

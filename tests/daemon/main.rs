@@ -6,6 +6,7 @@ mod common;
 mod faults;
 mod harness;
 mod lifecycle;
+mod metrics;
 mod quic;
 mod systemd;
 mod uds;

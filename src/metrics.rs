@@ -1,0 +1,334 @@
+//! Prometheus metrics and health probes on an optional loopback HTTP listener
+//! (`serve --metrics-addr`).
+//!
+//! Recording is lock-free (atomics inside `prometheus-client`); the scrape reads the scheduler's
+//! [`Stats`] and the process RSS. The HTTP side is a deliberately tiny HTTP/1.1 responder: one
+//! request per connection, a size-limited and time-limited request head, `Connection: close`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::pb;
+use crate::queue::Stats;
+use crate::service::Service;
+
+/// Labels of `classifyd_model_info`.
+pub struct ModelLabels {
+    pub model: String,
+    pub revision: String,
+    pub device: String,
+    pub dtype: String,
+    pub architecture: String,
+}
+
+const STATUSES: [(pb::Status, &str); 6] = [
+    (pb::Status::Ok, "ok"),
+    (pb::Status::InvalidArgument, "invalid_argument"),
+    (pb::Status::Overloaded, "overloaded"),
+    (pb::Status::DeadlineExceeded, "deadline_exceeded"),
+    (pb::Status::Unavailable, "unavailable"),
+    (pb::Status::Internal, "internal"),
+];
+
+type StatusLabel = Vec<(&'static str, &'static str)>;
+
+pub struct Metrics {
+    registry: Registry,
+    /// One counter per status, indexed as [`STATUSES`]; clones of the family's, so recording
+    /// needs no family lookup (and no lock).
+    requests: Vec<Counter>,
+    queue: Histogram,
+    tokenize: Histogram,
+    inference: Histogram,
+    total: Histogram,
+    batch_rows: Histogram,
+    batch_tokens: Histogram,
+    in_flight: Gauge,
+    queue_depth: Gauge,
+    rss: Gauge,
+    batches: Counter,
+    computed: Counter,
+    /// Serialises scrapes, which turn the scheduler's absolute counts into counter increments.
+    scrape: Mutex<()>,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 25 µs × 2^19 ≈ 13 s.
+    Histogram::new(exponential_buckets(25e-6, 2.0, 20))
+}
+
+impl Metrics {
+    pub fn new(model: ModelLabels) -> Self {
+        let mut registry = Registry::default();
+        let family = Family::<StatusLabel, Counter>::default();
+        let requests = STATUSES
+            .iter()
+            .map(|(_, name)| family.get_or_create(&vec![("status", *name)]).clone())
+            .collect();
+        registry.register(
+            "classifyd_requests",
+            "Classify requests answered, by status",
+            family,
+        );
+        let m = Self {
+            requests,
+            queue: seconds_histogram(),
+            tokenize: seconds_histogram(),
+            inference: seconds_histogram(),
+            total: seconds_histogram(),
+            batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            batch_tokens: Histogram::new(exponential_buckets(16.0, 2.0, 16)),
+            in_flight: Gauge::default(),
+            queue_depth: Gauge::default(),
+            rss: Gauge::default(),
+            batches: Counter::default(),
+            computed: Counter::default(),
+            scrape: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        let reg = &mut registry;
+        let seconds = [
+            (
+                "classifyd_queue_seconds",
+                "Time OK requests waited in the queue",
+                &m.queue,
+            ),
+            (
+                "classifyd_tokenize_seconds",
+                "Time from receipt to tokenized, OK requests",
+                &m.tokenize,
+            ),
+            (
+                "classifyd_inference_seconds",
+                "Forward pass time of OK requests' batches",
+                &m.inference,
+            ),
+            (
+                "classifyd_request_seconds",
+                "Total time of OK requests, receipt to reply",
+                &m.total,
+            ),
+        ];
+        for (name, help, h) in seconds {
+            reg.register(name, help, h.clone());
+        }
+        reg.register(
+            "classifyd_batch_rows",
+            "Rows per forward pass",
+            m.batch_rows.clone(),
+        );
+        reg.register(
+            "classifyd_batch_padded_tokens",
+            "Padded tokens (rows x longest row) per forward pass",
+            m.batch_tokens.clone(),
+        );
+        reg.register(
+            "classifyd_requests_in_flight",
+            "Requests being handled",
+            m.in_flight.clone(),
+        );
+        reg.register(
+            "classifyd_queue_depth",
+            "Jobs waiting in the queue",
+            m.queue_depth.clone(),
+        );
+        reg.register("classifyd_batches", "Forward passes run", m.batches.clone());
+        reg.register(
+            "classifyd_computed",
+            "Jobs (requests) computed",
+            m.computed.clone(),
+        );
+        reg.register(
+            "classifyd_process_resident_memory_bytes",
+            "Resident set size of the process",
+            m.rss.clone(),
+        );
+        reg.register(
+            "classifyd_model",
+            "The model being served",
+            Info::new(vec![
+                ("model", model.model),
+                ("revision", model.revision),
+                ("device", model.device),
+                ("dtype", model.dtype),
+                ("architecture", model.architecture),
+            ]),
+        );
+        Self { registry, ..m }
+    }
+
+    /// One answered classify request; `timings` only for OK answers.
+    pub fn record(&self, status: pb::Status, timings: Option<&pb::Timings>) {
+        if let Some(i) = STATUSES.iter().position(|(s, _)| *s == status) {
+            self.requests[i].inc();
+        }
+        if let Some(t) = timings {
+            let secs = |us: u64| us as f64 / 1e6;
+            self.queue.observe(secs(t.queue_us));
+            self.tokenize.observe(secs(t.tokenize_us));
+            self.inference.observe(secs(t.inference_us));
+            self.total.observe(secs(t.total_us));
+        }
+    }
+
+    /// One forward pass; called on the engine thread.
+    pub fn record_batch(&self, rows: usize, padded_tokens: usize) {
+        self.batch_rows.observe(rows as f64);
+        self.batch_tokens.observe(padded_tokens as f64);
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, stats: Stats) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        self.queue_depth.set(stats.queued as i64);
+        self.batches
+            .inc_by(stats.batches.saturating_sub(self.batches.get()));
+        self.computed
+            .inc_by(stats.computed.saturating_sub(self.computed.get()));
+        self.rss.set(rss_bytes().unwrap_or(0) as i64);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Resident set size from /proc/self/statm (pages → bytes).
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Refuses addresses other hosts could reach: the metrics expose operational data.
+pub fn check_addr(addr: SocketAddr) -> Result<(), String> {
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(format!(
+            "--metrics-addr {addr} is not a loopback address; metrics expose operational data, \
+             so serve them on 127.0.0.1 or [::1] (and put a proxy in front if needed)"
+        ))
+    }
+}
+
+const MAX_HEAD: usize = 8 * 1024;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_CONNECTIONS: usize = 16;
+
+/// Answers scrapes and probes until `token` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    service: Arc<Service>,
+    token: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = tokio::select! {
+            _ = token.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("metrics accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Over the limit the connection is simply closed.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (metrics, service) = (metrics.clone(), service.clone());
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(HEAD_TIMEOUT, answer(stream, &metrics, &service)).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    service: &Service,
+) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let complete = loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            break true;
+        }
+        if head.len() > MAX_HEAD {
+            break false;
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break false;
+        }
+        head.extend_from_slice(&buf[..n]);
+    };
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next(), parts.next());
+    let path = target.map(|t| t.split('?').next().unwrap_or(t));
+    let (code, ctype, body) = match (complete, method, path) {
+        (false, ..) => (400, "text/plain", "bad request\n".to_string()),
+        (true, Some("GET"), Some("/metrics")) => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(service.scheduler().stats()),
+        ),
+        (true, Some("GET"), Some("/healthz")) => (200, "text/plain", "ok\n".to_string()),
+        (true, Some("GET"), Some("/readyz")) if service.is_ready() => {
+            (200, "text/plain", "ready\n".to_string())
+        }
+        (true, Some("GET"), Some("/readyz")) => (503, "text/plain", "not ready\n".to_string()),
+        (true, Some("GET"), _) => (404, "text/plain", "not found\n".to_string()),
+        _ => (405, "text/plain", "method not allowed\n".to_string()),
+    };
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let response = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,182 @@
+//! `classifyd serve --config` and `classifyd check-config`, run as the real binary on real
+//! files in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use classifyd::config::FileConfig;
+
+fn bert() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert")
+}
+
+fn classifyd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_classifyd"))
+        .args(args)
+        .env_remove("CLASSIFYD_LOG_FORMAT")
+        .output()
+        .expect("running classifyd")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A temporary directory holding `classifyd.toml` with a valid model and socket, plus `extra`.
+fn config_with(extra: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("classifyd.toml");
+    let text = format!(
+        "model = {:?}\nuds = \"classifyd.sock\"\n{extra}",
+        bert().display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+fn check(path: &Path, flags: &[&str]) -> Output {
+    let mut args = vec!["check-config", "--config", path.to_str().unwrap()];
+    args.extend(flags);
+    classifyd(&args)
+}
+
+/// Exit code 1 and exactly one `classifyd: error: FILE: ...` line containing every `needles`.
+fn assert_fails(out: &Output, path: &Path, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    let prefix = format!("classifyd: error: {}: ", path.display());
+    assert!(lines[0].starts_with(&prefix), "{err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "{n:?} not in {err}");
+    }
+}
+
+#[test]
+fn valid_file_is_ok_and_relative_paths_follow_the_file() {
+    let (dir, path) = config_with("queue_capacity = 7\nuds_mode = 640\n");
+    let out = check(&path, &[]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("ok: "), "{text}");
+    assert!(text.contains("BertForSequenceClassification"), "{text}");
+    assert!(text.contains("queue_capacity = 7\n"), "{text}");
+    assert!(text.contains("uds_mode = \"640\"\n"), "{text}");
+    let sock = dir.path().join("classifyd.sock");
+    assert!(
+        text.contains(&format!("uds = {:?}", sock.display().to_string())),
+        "{text}"
+    );
+}
+
+#[test]
+fn flags_win_over_the_file() {
+    let (_dir, path) = config_with("queue_capacity = 1\nmax_batch_size = 4\n");
+    let out = check(
+        &path,
+        &["--queue-capacity", "64", "--uds", "/tmp/flag.sock"],
+    );
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("queue_capacity = 64\n"), "{text}");
+    assert!(text.contains("max_batch_size = 4\n"), "{text}");
+    assert!(text.contains("uds = \"/tmp/flag.sock\"\n"), "{text}");
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_it() {
+    let (_dir, path) = config_with("queue_capacty = 5\n");
+    assert_fails(&check(&path, &[]), &path, &["queue_capacty", "line 3"]);
+}
+
+#[test]
+fn serve_refuses_an_unknown_key_too() {
+    let (_dir, path) = config_with("bogus_key = true\n");
+    let out = classifyd(&["serve", "--config", path.to_str().unwrap()]);
+    assert_fails(&out, &path, &["bogus_key"]);
+}
+
+#[test]
+fn missing_model_dir_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "model = \"no-such-model\"\nuds = \"s.sock\"\n").unwrap();
+    let missing = dir.path().join("no-such-model");
+    assert_fails(&check(&path, &[]), &path, &[&missing.display().to_string()]);
+}
+
+#[test]
+fn bad_toml_syntax_names_the_file() {
+    let (_dir, path) = config_with("max_inputs = [\n");
+    assert_fails(&check(&path, &[]), &path, &["line"]);
+}
+
+#[test]
+fn missing_quic_certificate_is_named() {
+    let (dir, path) = config_with(
+        "quic = \"127.0.0.1:4433\"\ntls_cert = \"server.pem\"\ntls_key = \"server-key.pem\"\n\
+         allow_anonymous_loopback = true\n",
+    );
+    let cert = dir.path().join("server.pem");
+    assert_fails(&check(&path, &[]), &path, &[&cert.display().to_string()]);
+}
+
+#[test]
+fn quic_with_real_certificates_is_ok() {
+    let (dir, path) = config_with(
+        "quic = \"127.0.0.1:4433\"\ntls_cert = \"pki/server.pem\"\n\
+         tls_key = \"pki/server-key.pem\"\nclient_ca = \"pki/ca.pem\"\n",
+    );
+    let pki = dir.path().join("pki");
+    let out = classifyd(&["cert", "--out", pki.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = check(&path, &[]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).contains("quic 127.0.0.1:4433"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn no_listener_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let text = format!("model = {:?}\n", bert().display().to_string());
+    std::fs::write(&path, text).unwrap();
+    assert_fails(&check(&path, &[]), &path, &["no listener"]);
+}
+
+#[test]
+fn bad_address_is_named() {
+    let (_dir, path) = config_with("metrics_addr = \"localhost\"\n");
+    assert_fails(&check(&path, &[]), &path, &["metrics_addr", "localhost"]);
+}
+
+#[test]
+fn shipped_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/classifyd.toml");
+    let file = FileConfig::from_path(&path).expect("systemd/classifyd.toml");
+    assert_eq!(
+        file.model.as_deref(),
+        Some(Path::new("/var/lib/classifyd/model"))
+    );
+    // The example and the unit agree on the socket.
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/classifyd.service"),
+    )
+    .unwrap();
+    let uds = file.uds.expect("uds in the example");
+    assert!(
+        unit.contains(&format!("--uds {}", uds.display())),
+        "classifyd.service does not pass --uds {}",
+        uds.display()
+    );
+    assert!(unit.contains("--config /etc/classifyd/classifyd.toml"));
+}
