@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::engine::{DTypeChoice, DeviceChoice, Engine};
 use crate::error::LoadError;
 use crate::metrics::{self, Metrics, ModelLabels};
 use crate::protocol::RequestLimits;
 use crate::queue::{Scheduler, SchedulerConfig};
-use crate::service::{ModelIdentity, Service};
+use crate::service::{Model, ModelIdentity, Service};
 use crate::systemd;
 use crate::tokenize::Input;
 use crate::transport::{self, unix::UnixOptions, ConnectionLimits};
@@ -86,6 +86,83 @@ fn warm_up(engine: &Engine, max_batch: usize) -> Result<usize, ServerError> {
     }
 }
 
+/// Loads the model directory and warms it up, on a blocking thread.
+async fn load_warm(
+    model: PathBuf,
+    device: DeviceChoice,
+    dtype: DTypeChoice,
+    max_batch: usize,
+) -> Result<(Engine, usize), ServerError> {
+    tokio::task::spawn_blocking(move || -> Result<(Engine, usize), ServerError> {
+        let engine = Engine::load(&model, device, dtype)?;
+        let runs = warm_up(&engine, max_batch)?;
+        Ok((engine, runs))
+    })
+    .await
+    .map_err(|e| ServerError::WarmUp(e.to_string()))?
+}
+
+/// `STATUS=` for `systemctl status`: the model, its revision and where it serves.
+fn status_line(model: &Model, serving_on: &str) -> String {
+    let info = model.engine.info();
+    format!(
+        "{} revision {} on {} ({}), serving on {serving_on}",
+        model.identity.name, model.identity.revision, info.device, info.compute_dtype
+    )
+}
+
+/// Reloads the model directory and swaps the new model in. On failure the old model keeps
+/// serving. Either way systemd hears `READY=1` again.
+async fn reload(
+    service: &Service,
+    cfg: &ServeConfig,
+    sched_cfg: SchedulerConfig,
+    serving_on: &str,
+) {
+    systemd::reloading();
+    let started = Instant::now();
+    let old = service.model();
+    info!(revision = %old.identity.revision, "SIGHUP: reloading {}", cfg.model.display());
+    let max_batch = cfg.scheduler.max_batch_size.max(1);
+    match load_warm(cfg.model.clone(), cfg.device, cfg.dtype, max_batch).await {
+        Ok((engine, warm_runs)) => {
+            let engine = Arc::new(engine);
+            let identity = ModelIdentity::of(&cfg.model);
+            let scheduler = Scheduler::start(engine.clone(), sched_cfg);
+            if let Some(m) = service.metrics() {
+                let observer = m.clone();
+                scheduler.observe_batches(Box::new(move |rows, tokens| {
+                    observer.record_batch(rows, tokens)
+                }));
+            }
+            let new = Arc::new(Model {
+                engine,
+                scheduler,
+                identity,
+            });
+            let status = status_line(&new, serving_on);
+            let revision = new.identity.revision.clone();
+            // The old model's scheduler closes once the requests still holding it finish.
+            drop(service.swap_model(new));
+            info!(
+                old_revision = %old.identity.revision,
+                revision = %revision,
+                warm_up_batches = warm_runs,
+                reload_ms = started.elapsed().as_millis() as u64,
+                "reloaded"
+            );
+            systemd::ready(&status);
+        }
+        Err(e) => {
+            error!(
+                "reload failed, still serving revision {}: {e}",
+                old.identity.revision
+            );
+            systemd::ready(&status_line(&old, serving_on));
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains. Returns once every accepted request has been
 /// answered and every listener is closed.
 pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
@@ -100,14 +177,7 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     let started = Instant::now();
     let (model, device, dtype) = (cfg.model.clone(), cfg.device, cfg.dtype);
     let max_batch = cfg.scheduler.max_batch_size.max(1);
-    let engine = tokio::task::spawn_blocking(move || -> Result<(Engine, usize), ServerError> {
-        let engine = Engine::load(&model, device, dtype)?;
-        let runs = warm_up(&engine, max_batch)?;
-        Ok((engine, runs))
-    })
-    .await
-    .map_err(|e| ServerError::WarmUp(e.to_string()))??;
-    let (engine, warm_runs) = engine;
+    let (engine, warm_runs) = load_warm(model, device, dtype, max_batch).await?;
     let engine = Arc::new(engine);
     let identity = ModelIdentity::of(&cfg.model);
     let watchdog = systemd::watchdog_interval();
@@ -117,12 +187,7 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         sched_cfg.idle_heartbeat = sched_cfg.idle_heartbeat.min(w / 4);
     }
     let scheduler = Scheduler::start(engine.clone(), sched_cfg);
-    let mut service = Service::new(
-        engine.clone(),
-        scheduler.clone(),
-        cfg.requests,
-        identity.clone(),
-    );
+    let mut service = Service::new(engine.clone(), scheduler, cfg.requests, identity.clone());
     let mut metrics_listener = None;
     if let Some(addr) = cfg.metrics_addr {
         let info = engine.info();
@@ -134,9 +199,11 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
             architecture: info.architecture.clone(),
         }));
         let observer = m.clone();
-        scheduler.observe_batches(Box::new(move |rows, tokens| {
-            observer.record_batch(rows, tokens)
-        }));
+        service
+            .scheduler()
+            .observe_batches(Box::new(move |rows, tokens| {
+                observer.record_batch(rows, tokens)
+            }));
         service = service.with_metrics(m.clone());
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -218,23 +285,44 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         startup_ms = started.elapsed().as_millis() as u64,
         "ready"
     );
-    let status = format!(
-        "{} on {} ({}), serving on {}",
-        identity.name,
-        info.device,
-        info.compute_dtype,
-        serving_on.join(" and ")
-    );
-    systemd::ready(&status);
+    let serving_on = serving_on.join(" and ");
+    systemd::ready(&status_line(&service.model(), &serving_on));
     let mut notifiers = Vec::new();
     if let Some(interval) = watchdog {
         info!("feeding the systemd watchdog ({interval:?}) from the engine heartbeat");
-        notifiers.push(systemd::spawn_watchdog(scheduler.clone(), interval));
+        let service = service.clone();
+        notifiers.push(systemd::spawn_watchdog(
+            move || service.scheduler(),
+            interval,
+        ));
     }
-    notifiers.extend(systemd::spawn_status(scheduler.clone(), status));
+    {
+        let (service, serving_on) = (service.clone(), serving_on.clone());
+        notifiers.extend(systemd::spawn_status(move || {
+            let model = service.model();
+            (status_line(&model, &serving_on), model.scheduler.clone())
+        }));
+    }
+    // Reloads run one at a time in this task; SIGHUPs arriving meanwhile coalesce into one more.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            let (service, cfg) = (service.clone(), cfg.clone());
+            notifiers.push(tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    reload(&service, &cfg, sched_cfg, &serving_on).await;
+                }
+            }));
+        }
+        Err(e) => warn!("cannot install a SIGHUP handler; reload is off: {e}"),
+    }
 
     shutdown.await;
+    // No reload may swap in a model after this point.
+    for n in &notifiers {
+        n.abort();
+    }
     info!("stop signal: draining");
+    let scheduler = service.scheduler();
     systemd::stopping();
     service.set_ready(false);
     token.cancel();
@@ -254,9 +342,6 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     }
     scheduler.close();
     scheduler.drained().await;
-    for n in notifiers {
-        n.abort();
-    }
     info!("drained; exiting");
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -60,11 +60,19 @@ impl ModelIdentity {
     }
 }
 
+/// Everything that belongs to one loaded model. A reload builds a new one and swaps it in;
+/// each request holds the one it started with, so in-flight requests finish on the old model
+/// and its scheduler closes (and its worker exits) when the last of them lets go.
+pub struct Model {
+    pub engine: Arc<Engine>,
+    pub scheduler: Scheduler,
+    pub identity: ModelIdentity,
+}
+
 pub struct Service {
-    engine: Arc<Engine>,
-    scheduler: Scheduler,
+    /// Read only to clone the `Arc`; written only by a reload.
+    model: RwLock<Arc<Model>>,
     limits: RequestLimits,
-    identity: ModelIdentity,
     ready: AtomicBool,
     metrics: Option<Arc<Metrics>>,
 }
@@ -77,10 +85,12 @@ impl Service {
         identity: ModelIdentity,
     ) -> Self {
         Self {
-            engine,
-            scheduler,
+            model: RwLock::new(Arc::new(Model {
+                engine,
+                scheduler,
+                identity,
+            })),
             limits,
-            identity,
             ready: AtomicBool::new(false),
             metrics: None,
         }
@@ -100,18 +110,39 @@ impl Service {
         self.ready.store(ready, Ordering::Release);
     }
 
-    pub fn scheduler(&self) -> &Scheduler {
-        &self.scheduler
+    /// The model serving now.
+    pub fn model(&self) -> Arc<Model> {
+        self.model
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    pub fn identity(&self) -> &ModelIdentity {
-        &self.identity
+    /// Makes `model` the one new requests use; returns the one it replaces.
+    pub fn swap_model(&self, model: Arc<Model>) -> Arc<Model> {
+        let mut cur = self.model.write().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *cur, model)
+    }
+
+    /// The current model's scheduler.
+    pub fn scheduler(&self) -> Scheduler {
+        self.model().scheduler.clone()
+    }
+
+    pub fn identity(&self) -> ModelIdentity {
+        self.model().identity.clone()
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     /// Answers one request message (without its length prefix) with one response message.
     pub async fn handle(&self, payload: Bytes) -> Vec<u8> {
         let _in_flight = self.metrics.as_deref().map(Metrics::in_flight);
         let received = Instant::now();
+        // One model for the whole request, even if a reload swaps it meanwhile.
+        let model = self.model();
         let (status, response) = match protocol::decode_request(&payload) {
             Err(r) => (
                 r.status,
@@ -121,7 +152,9 @@ impl Service {
                 let id = request.id;
                 match request.body {
                     // Info is a probe, not a classify request: not counted.
-                    Some(pb::request::Body::Info(_)) => return self.info(id).encode_to_vec(),
+                    Some(pb::request::Body::Info(_)) => {
+                        return self.info(&model, id).encode_to_vec()
+                    }
                     None => {
                         let status = pb::Status::InvalidArgument;
                         (
@@ -130,7 +163,7 @@ impl Service {
                         )
                     }
                     Some(pb::request::Body::Classify(c)) => {
-                        match self.classify(id, c, received).await {
+                        match self.classify(&model, id, c, received).await {
                             Ok(r) => {
                                 if let (Some(m), Some(pb::response::Body::Classify(c))) =
                                     (&self.metrics, &r.body)
@@ -153,17 +186,17 @@ impl Service {
         response
     }
 
-    fn info(&self, id: u64) -> pb::Response {
-        let info = self.engine.info();
-        let stats = self.scheduler.stats();
+    fn info(&self, model: &Model, id: u64) -> pb::Response {
+        let info = model.engine.info();
+        let stats = model.scheduler.stats();
         pb::Response {
             version: protocol::VERSION,
             id,
             status: pb::Status::Ok as i32,
             message: String::new(),
             body: Some(pb::response::Body::Info(pb::InfoResponse {
-                model: self.identity.name.clone(),
-                revision: self.identity.revision.clone(),
+                model: model.identity.name.clone(),
+                revision: model.identity.revision.clone(),
                 architecture: info.architecture.clone(),
                 labels: info.labels.clone(),
                 max_length: info.max_length as u32,
@@ -181,6 +214,7 @@ impl Service {
 
     async fn classify(
         &self,
+        model: &Model,
         id: u64,
         req: pb::ClassifyRequest,
         received: Instant,
@@ -197,7 +231,8 @@ impl Service {
             .iter()
             .enumerate()
             .map(|(i, input)| {
-                self.engine
+                model
+                    .engine
                     .tokenize(input, truncate)
                     .map_err(|e| invalid(format!("input {i}: {e}")))
             })
@@ -214,7 +249,7 @@ impl Service {
             deadline,
             received,
         };
-        let rx = self.scheduler.submit(job).map_err(|e| match e {
+        let rx = model.scheduler.submit(job).map_err(|e| match e {
             SubmitError::Overloaded { capacity } => (
                 pb::Status::Overloaded,
                 format!("queue is full ({capacity} requests waiting); retry later"),
@@ -241,7 +276,7 @@ impl Service {
             .logits
             .into_iter()
             .zip(tokens)
-            .map(|(logits, n)| protocol::result(self.engine.predict(logits, n), &options))
+            .map(|(logits, n)| protocol::result(model.engine.predict(logits, n), &options))
             .collect();
         let micros = |d: Duration| d.as_micros() as u64;
         Ok(pb::Response {
@@ -251,8 +286,8 @@ impl Service {
             message: String::new(),
             body: Some(pb::response::Body::Classify(pb::ClassifyResponse {
                 results,
-                model: self.identity.name.clone(),
-                revision: self.identity.revision.clone(),
+                model: model.identity.name.clone(),
+                revision: model.identity.revision.clone(),
                 timings: Some(pb::Timings {
                     queue_us: output.queue_us,
                     tokenize_us: micros(tokenized - received),

@@ -35,6 +35,20 @@ pub fn ready(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// `RELOADING=1` with `MONOTONIC_USEC=` (which `Type=notify-reload` requires): a reload
+/// begins. It ends with [`ready`] again, whether it worked or not.
+pub fn reloading() {
+    let mut states = vec![
+        NotifyState::Reloading,
+        NotifyState::Status("reloading the model"),
+    ];
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => states.push(now),
+        Err(e) => debug!("no monotonic clock for MONOTONIC_USEC: {e}"),
+    }
+    notify(&states);
+}
+
 /// `STOPPING=1`: the stop signal arrived and the drain begins.
 pub fn stopping() {
     notify(&[
@@ -52,14 +66,18 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// younger than `interval`: a forward pass stuck on a hung device or a wedged worker stops the
 /// pings, and systemd kills and restarts the service. (So `WatchdogSec=` must exceed the
 /// longest forward pass.)
-pub fn spawn_watchdog(scheduler: Scheduler, interval: Duration) -> JoinHandle<()> {
+/// `current` gives the scheduler serving now, which a reload replaces.
+pub fn spawn_watchdog(
+    current: impl Fn() -> Scheduler + Send + 'static,
+    interval: Duration,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stale = false;
         loop {
             tick.tick().await;
-            let age = scheduler.heartbeat_age();
+            let age = current().heartbeat_age();
             if age < interval {
                 if stale {
                     info!("engine heartbeat is back; feeding the systemd watchdog again");
@@ -78,15 +96,18 @@ pub fn spawn_watchdog(scheduler: Scheduler, interval: Duration) -> JoinHandle<()
 }
 
 /// Refreshes `STATUS=` every few seconds with `base` and the rate of computed requests, when
-/// running under systemd.
-pub fn spawn_status(scheduler: Scheduler, base: String) -> Option<JoinHandle<()>> {
+/// running under systemd. `current` gives the status base and the scheduler serving now.
+pub fn spawn_status(
+    current: impl Fn() -> (String, Scheduler) + Send + 'static,
+) -> Option<JoinHandle<()>> {
     if !under_systemd() {
         return None;
     }
     Some(tokio::spawn(async move {
-        let mut last = (Instant::now(), scheduler.stats().computed);
+        let mut last = (Instant::now(), current().1.stats().computed);
         loop {
             tokio::time::sleep(STATUS_EVERY).await;
+            let (base, scheduler) = current();
             let stats = scheduler.stats();
             let now = Instant::now();
             let secs = now.duration_since(last.0).as_secs_f64().max(1e-3);

@@ -8,5 +8,6 @@ mod harness;
 mod lifecycle;
 mod metrics;
 mod quic;
+mod reload;
 mod systemd;
 mod uds;

@@ -170,6 +170,19 @@ fn metrics_and_probes_over_loopback_http() {
     let (code, body) = get(addr, "/metrics").unwrap();
     assert_eq!(code, 200);
     let samples = parse(&body);
+    // And through an independent Prometheus text-format parser.
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("prometheus-parse reads the exposition");
+    for family in [
+        "classifyd_requests_total",
+        "classifyd_request_seconds",
+        "classifyd_model_info",
+    ] {
+        assert!(
+            scrape.samples.iter().any(|s| s.metric.starts_with(family)),
+            "prometheus-parse found no {family}"
+        );
+    }
 
     let requests = |s: &str| {
         value(

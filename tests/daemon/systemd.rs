@@ -121,7 +121,7 @@ fn classify_ok(daemon: &Daemon) {
 }
 
 #[test]
-fn ready_comes_when_it_answers_then_watchdog_pings_then_stopping_on_sigterm() {
+fn ready_then_watchdog_then_reloading_ready_on_sighup_then_stopping_on_sigterm() {
     let notify = NotifySocket::new();
     let mut daemon = Daemon::spawn(
         &fixture("bert"),
@@ -148,6 +148,16 @@ fn ready_comes_when_it_answers_then_watchdog_pings_then_stopping_on_sigterm() {
     // Due every 200 ms; at least 3 in 2 s leaves room for a loaded machine.
     let pings = notify.count("WATCHDOG=1", Duration::from_secs(2));
     assert!(pings >= 3, "{pings} WATCHDOG=1 in 2 s: {}", daemon.stderr());
+
+    // A reload is framed by RELOADING=1 (with the monotonic time systemd asks for) and READY=1.
+    daemon.signal(1);
+    let reloading = notify.wait_for(&mut daemon, "RELOADING=1", Duration::from_secs(60));
+    assert!(
+        reloading.iter().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading:?}"
+    );
+    notify.wait_for(&mut daemon, "READY=1", Duration::from_secs(120));
+    classify_ok(&daemon);
 
     daemon.signal(15);
     notify.wait_for(&mut daemon, "STOPPING=1", Duration::from_secs(60));

@@ -1,0 +1,182 @@
+//! SIGHUP reloads the model directory under load: no request fails, new requests name the new
+//! revision, and a broken new model leaves the old one serving.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use classifyd::client::{text, Client, UnixClient};
+use classifyd::protocol::pb;
+
+use crate::harness::*;
+
+/// Replaces `dir`'s files with `from`'s, each written under a temp name and renamed over, so
+/// the daemon never reads a half-written file.
+fn install(from: &Path, dir: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let src = entry.unwrap().path();
+        let name = src.file_name().unwrap().to_owned();
+        let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+        std::fs::copy(&src, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join(&name)).unwrap();
+    }
+}
+
+/// Keeps classifying until `stop`; counts answers and failures, and checks that every request
+/// started while `expected` names a revision is answered by that revision.
+struct Load {
+    stop: AtomicBool,
+    expected: Mutex<Option<String>>,
+    ok: AtomicU64,
+    failures: Mutex<Vec<String>>,
+}
+
+async fn client_loop(socket: std::path::PathBuf, load: Arc<Load>, c: usize) {
+    let client = Client::Unix(UnixClient::connect(&socket).await.unwrap());
+    let mut i = 0usize;
+    while !load.stop.load(Ordering::Acquire) {
+        i += 1;
+        let expected = load.expected.lock().unwrap().clone();
+        let t = format!("client {c} request {i}: the film was fine");
+        match client.classify(vec![text(t.as_str())], logits_opts()).await {
+            Ok(r) if status(&r) == pb::Status::Ok => {
+                let c = classify_body(r);
+                if let Some(want) = expected {
+                    if c.revision != want {
+                        load.failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("revision {} after reload to {want}", c.revision));
+                    }
+                }
+                load.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(r) => load
+                .failures
+                .lock()
+                .unwrap()
+                .push(format!("{:?}: {}", status(&r), r.message)),
+            Err(e) => load
+                .failures
+                .lock()
+                .unwrap()
+                .push(format!("transport: {e}")),
+        }
+    }
+}
+
+async fn revision(client: &Client) -> String {
+    let r = client
+        .classify(vec![text("probe")], logits_opts())
+        .await
+        .unwrap();
+    assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+    classify_body(r).revision
+}
+
+/// Polls until a response names a revision other than `old` (hang guard: 120 s).
+async fn wait_new_revision(client: &Client, daemon: &Daemon, old: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rev = revision(client).await;
+        if rev != old {
+            return rev;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new revision after SIGHUP: {}",
+            daemon.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn sighup_reloads_under_load_and_a_broken_model_keeps_the_old_one() {
+    let model = tempfile::tempdir().unwrap();
+    install(&fixture("bert"), model.path());
+    let mut daemon = Daemon::start(model.path(), &[]);
+    let load = Arc::new(Load {
+        stop: AtomicBool::new(false),
+        expected: Mutex::new(None),
+        ok: AtomicU64::new(0),
+        failures: Mutex::new(Vec::new()),
+    });
+    runtime().block_on(async {
+        let probe = daemon.client().await;
+        let mut current = revision(&probe).await;
+        let mut clients = tokio::task::JoinSet::new();
+        for c in 0..4 {
+            clients.spawn(client_loop(daemon.socket.clone(), load.clone(), c));
+        }
+        for (round, fixture_name) in ["xlm-roberta", "bert", "xlm-roberta"].iter().enumerate() {
+            *load.expected.lock().unwrap() = None;
+            install(&fixture(fixture_name), model.path());
+            daemon.signal(1);
+            let new = wait_new_revision(&probe, &daemon, &current).await;
+            assert_ne!(new, current, "round {round}");
+            *load.expected.lock().unwrap() = Some(new.clone());
+            let before = load.ok.load(Ordering::Relaxed);
+            // Let the clients get answers from the new model.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while load.ok.load(Ordering::Relaxed) < before + 8 {
+                assert!(Instant::now() < deadline, "clients stalled after reload");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            current = new;
+        }
+
+        // A truncated weight file: the reload fails and the old model keeps serving.
+        // (`expected` still names the current revision, so the clients check that too.)
+        let weights = model.path().join("model.safetensors");
+        let bytes = std::fs::read(&weights).unwrap();
+        let tmp = model.path().join(".model.safetensors.tmp");
+        std::fs::write(&tmp, &bytes[..bytes.len() / 2]).unwrap();
+        std::fs::rename(&tmp, &weights).unwrap();
+        daemon.signal(1);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !daemon.stderr().contains("reload failed") {
+            assert!(
+                Instant::now() < deadline,
+                "no reload failure logged: {}",
+                daemon.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            daemon
+                .stderr()
+                .contains(&format!("still serving revision {current}")),
+            "{}",
+            daemon.stderr()
+        );
+        let before = load.ok.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while load.ok.load(Ordering::Relaxed) < before + 8 {
+            assert!(
+                Instant::now() < deadline,
+                "clients stalled after failed reload"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(revision(&probe).await, current);
+
+        load.stop.store(true, Ordering::Release);
+        while let Some(r) = clients.join_next().await {
+            r.unwrap();
+        }
+    });
+    let failures = load.failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        load.ok.load(Ordering::Relaxed) + failures.len() as u64,
+        &failures[..failures.len().min(10)]
+    );
+    assert!(load.ok.load(Ordering::Relaxed) > 0);
+    daemon.signal(15);
+    let s = daemon.wait();
+    assert!(s.success(), "{}: {}", exit_code(s), daemon.stderr());
+}
