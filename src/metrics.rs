@@ -14,7 +14,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -61,8 +60,22 @@ pub struct Metrics {
     rss: Gauge,
     batches: Counter,
     computed: Counter,
-    /// Serialises scrapes, which turn the scheduler's absolute counts into counter increments.
+    /// `classifyd_model_info`: one series, relabelled at each scrape so a reload shows.
+    model_info: Family<Vec<(String, String)>, Gauge>,
+    /// Serialises scrapes, which turn the service's absolute counts into counter increments.
     scrape: Mutex<()>,
+}
+
+impl ModelLabels {
+    fn pairs(self) -> Vec<(String, String)> {
+        vec![
+            ("model".into(), self.model),
+            ("revision".into(), self.revision),
+            ("device".into(), self.device),
+            ("dtype".into(), self.dtype),
+            ("architecture".into(), self.architecture),
+        ]
+    }
 }
 
 fn seconds_histogram() -> Histogram {
@@ -96,6 +109,7 @@ impl Metrics {
             rss: Gauge::default(),
             batches: Counter::default(),
             computed: Counter::default(),
+            model_info: Family::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -156,16 +170,11 @@ impl Metrics {
             "Resident set size of the process",
             m.rss.clone(),
         );
+        m.model_info.get_or_create(&model.pairs()).set(1);
         reg.register(
-            "classifyd_model",
-            "The model being served",
-            Info::new(vec![
-                ("model", model.model),
-                ("revision", model.revision),
-                ("device", model.device),
-                ("dtype", model.dtype),
-                ("architecture", model.architecture),
-            ]),
+            "classifyd_model_info",
+            "The model being served (value 1)",
+            m.model_info.clone(),
         );
         Self { registry, ..m }
     }
@@ -196,14 +205,17 @@ impl Metrics {
         InFlight(&self.in_flight)
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
-    pub fn render(&self, stats: Stats) -> String {
+    /// The Prometheus text exposition (format 0.0.4). `stats` counts since start across
+    /// reloads ([`Service::lifetime_stats`]); `labels` describe the model serving now.
+    pub fn render(&self, stats: Stats, labels: ModelLabels) -> String {
         let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
         self.queue_depth.set(stats.queued as i64);
         self.batches
             .inc_by(stats.batches.saturating_sub(self.batches.get()));
         self.computed
             .inc_by(stats.computed.saturating_sub(self.computed.get()));
+        self.model_info.clear();
+        self.model_info.get_or_create(&labels.pairs()).set(1);
         self.rss.set(rss_bytes().unwrap_or(0) as i64);
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -304,11 +316,22 @@ async fn answer(
     let path = target.map(|t| t.split('?').next().unwrap_or(t));
     let (code, ctype, body) = match (complete, method, path) {
         (false, ..) => (400, "text/plain", "bad request\n".to_string()),
-        (true, Some("GET"), Some("/metrics")) => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(service.scheduler().stats()),
-        ),
+        (true, Some("GET"), Some("/metrics")) => {
+            (200, "text/plain; version=0.0.4; charset=utf-8", {
+                let current = service.model();
+                let info = current.engine.info();
+                metrics.render(
+                    service.lifetime_stats(),
+                    ModelLabels {
+                        model: current.identity.name.clone(),
+                        revision: current.identity.revision.clone(),
+                        device: info.device.clone(),
+                        dtype: info.compute_dtype.clone(),
+                        architecture: info.architecture.clone(),
+                    },
+                )
+            })
+        }
         (true, Some("GET"), Some("/healthz")) => (200, "text/plain", "ok\n".to_string()),
         (true, Some("GET"), Some("/readyz")) if service.is_ready() => {
             (200, "text/plain", "ready\n".to_string())

@@ -2,7 +2,7 @@
 //! Every path returns exactly one encoded response; nothing here fails or panics on input.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use prost::Message;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::protocol::{self, pb, RequestLimits};
-use crate::queue::{Job, JobError, Priority, Scheduler, SubmitError};
+use crate::queue::{Job, JobError, Priority, Scheduler, Stats, SubmitError};
 
 /// The model that answers, as responses name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +72,9 @@ pub struct Model {
 pub struct Service {
     /// Read only to clone the `Arc`; written only by a reload.
     model: RwLock<Arc<Model>>,
+    /// Forward passes and requests computed by schedulers retired by reloads, so totals stay
+    /// monotonic across reloads (a new scheduler counts from zero).
+    retired: (AtomicU64, AtomicU64),
     limits: RequestLimits,
     ready: AtomicBool,
     metrics: Option<Arc<Metrics>>,
@@ -85,6 +88,7 @@ impl Service {
         identity: ModelIdentity,
     ) -> Self {
         Self {
+            retired: (AtomicU64::new(0), AtomicU64::new(0)),
             model: RwLock::new(Arc::new(Model {
                 engine,
                 scheduler,
@@ -121,7 +125,20 @@ impl Service {
     /// Makes `model` the one new requests use; returns the one it replaces.
     pub fn swap_model(&self, model: Arc<Model>) -> Arc<Model> {
         let mut cur = self.model.write().unwrap_or_else(PoisonError::into_inner);
-        std::mem::replace(&mut *cur, model)
+        let old = std::mem::replace(&mut *cur, model);
+        let done = old.scheduler.stats();
+        self.retired.0.fetch_add(done.batches, Ordering::Relaxed);
+        self.retired.1.fetch_add(done.computed, Ordering::Relaxed);
+        old
+    }
+
+    /// The current scheduler's stats, with `batches` and `computed` counted since start
+    /// across every reload.
+    pub fn lifetime_stats(&self) -> Stats {
+        let mut s = self.scheduler().stats();
+        s.batches += self.retired.0.load(Ordering::Relaxed);
+        s.computed += self.retired.1.load(Ordering::Relaxed);
+        s
     }
 
     /// The current model's scheduler.

@@ -10,7 +10,7 @@ use classifyd::protocol::pb;
 
 use crate::harness::*;
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -19,7 +19,7 @@ fn free_port() -> u16 {
 }
 
 /// (status code, body) of `GET path`.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;

@@ -96,7 +96,8 @@ async fn wait_new_revision(client: &Client, daemon: &Daemon, old: &str) -> Strin
 fn sighup_reloads_under_load_and_a_broken_model_keeps_the_old_one() {
     let model = tempfile::tempdir().unwrap();
     install(&fixture("bert"), model.path());
-    let mut daemon = Daemon::start(model.path(), &[]);
+    let metrics: std::net::SocketAddr = ([127, 0, 0, 1], crate::metrics::free_port()).into();
+    let mut daemon = Daemon::start(model.path(), &["--metrics-addr", &metrics.to_string()]);
     let load = Arc::new(Load {
         stop: AtomicBool::new(false),
         expected: Mutex::new(None),
@@ -166,6 +167,33 @@ fn sighup_reloads_under_load_and_a_broken_model_keeps_the_old_one() {
         while let Some(r) = clients.join_next().await {
             r.unwrap();
         }
+        // Metrics follow the reloads: the info series names the model serving now, and the
+        // computed counter kept counting across the scheduler changes.
+        let (code, body) = crate::metrics::get(metrics, "/metrics").unwrap();
+        assert_eq!(code, 200);
+        let info = body
+            .lines()
+            .find(|l| l.starts_with("classifyd_model_info{"))
+            .expect("model info series");
+        assert!(info.contains(&format!("revision=\"{current}\"")), "{info}");
+        assert!(
+            info.contains("XLMRobertaForSequenceClassification"),
+            "{info}"
+        );
+        assert_eq!(
+            body.lines()
+                .filter(|l| l.starts_with("classifyd_model_info{"))
+                .count(),
+            1
+        );
+        let computed: f64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix("classifyd_computed_total "))
+            .expect("computed counter")
+            .parse()
+            .unwrap();
+        // Every round above waited for 8 more answers, 4 rounds: counted across reloads.
+        assert!(computed >= 32.0, "computed {computed}");
     });
     let failures = load.failures.lock().unwrap();
     assert!(
