@@ -36,6 +36,7 @@ fn bench_model(c: &mut Criterion, name: &str, model: PathBuf) {
         .expect("free port");
     let cfg = ServeConfig {
         model: model.clone(),
+        model_from_file: None,
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::Auto,
         unix: Some(UnixOptions {

@@ -121,6 +121,10 @@ pub struct Settings {
     #[serde(skip)]
     pub config: Option<PathBuf>,
     pub model: PathBuf,
+    /// Set when the model path came from the config file (no `--model` flag), so a reload
+    /// re-reads it there.
+    #[serde(skip)]
+    pub model_from_file: Option<PathBuf>,
     pub device: String,
     pub dtype: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -219,9 +223,15 @@ impl Settings {
                 flag.clone()
             }
         };
+        let model_from_file = if a.model.is_none() {
+            a.config.clone()
+        } else {
+            None
+        };
         let s = Settings {
             config: a.config.clone(),
             model,
+            model_from_file,
             device,
             dtype,
             uds: a.uds.clone().or(file.uds),
@@ -308,6 +318,7 @@ impl Settings {
         };
         Ok(ServeConfig {
             model: self.model.clone(),
+            model_from_file: self.model_from_file.clone(),
             device: self.device_choice()?,
             dtype: self.dtype_choice()?,
             unix,

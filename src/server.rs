@@ -33,6 +33,9 @@ pub struct QuicOptions {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub model: PathBuf,
+    /// The config file `model` was read from (no `--model` flag given); a reload reads the
+    /// model path from it again.
+    pub model_from_file: Option<PathBuf>,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
     pub unix: Option<UnixOptions>,
@@ -111,6 +114,19 @@ fn status_line(model: &Model, serving_on: &str) -> String {
     )
 }
 
+/// The model directory a reload loads: read again from the config file when the model path
+/// came from there, else the one given at start. Other settings (listeners, limits) are bound
+/// at start and change only with a restart.
+fn reload_model_path(cfg: &ServeConfig) -> Result<PathBuf, String> {
+    match &cfg.model_from_file {
+        None => Ok(cfg.model.clone()),
+        Some(file) => crate::config::FileConfig::from_path(file)
+            .map_err(|e| format!("{e:#}"))?
+            .model
+            .ok_or_else(|| format!("{}: no model", file.display())),
+    }
+}
+
 /// Reloads the model directory and swaps the new model in. On failure the old model keeps
 /// serving. Either way systemd hears `READY=1` again.
 async fn reload(
@@ -122,12 +138,23 @@ async fn reload(
     systemd::reloading();
     let started = Instant::now();
     let old = service.model();
-    info!(revision = %old.identity.revision, "SIGHUP: reloading {}", cfg.model.display());
+    let path = match reload_model_path(cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            error!(
+                "reload failed, still serving revision {}: {e}",
+                old.identity.revision
+            );
+            systemd::ready(&status_line(&old, serving_on));
+            return;
+        }
+    };
+    info!(revision = %old.identity.revision, "SIGHUP: reloading {}", path.display());
     let max_batch = cfg.scheduler.max_batch_size.max(1);
-    match load_warm(cfg.model.clone(), cfg.device, cfg.dtype, max_batch).await {
+    match load_warm(path.clone(), cfg.device, cfg.dtype, max_batch).await {
         Ok((engine, warm_runs)) => {
             let engine = Arc::new(engine);
-            let identity = ModelIdentity::of(&cfg.model);
+            let identity = ModelIdentity::of(&path);
             let scheduler = Scheduler::start(engine.clone(), sched_cfg);
             if let Some(m) = service.metrics() {
                 let observer = m.clone();

@@ -96,10 +96,12 @@ impl Daemon {
         if launch.listen_fd.is_none() {
             cmd.env_remove("LISTEN_FDS");
         }
+        cmd.arg("serve");
+        // With a config file the model comes from the file, as it would in production.
+        if !extra.contains(&"--config") {
+            cmd.arg("--model").arg(model);
+        }
         let child = cmd
-            .arg("serve")
-            .arg("--model")
-            .arg(model)
             .arg("--uds")
             .arg(&socket)
             .args(extra)

@@ -208,3 +208,61 @@ fn sighup_reloads_under_load_and_a_broken_model_keeps_the_old_one() {
     let s = daemon.wait();
     assert!(s.success(), "{}: {}", exit_code(s), daemon.stderr());
 }
+
+#[test]
+fn sighup_rereads_the_model_path_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("classifyd.toml");
+    let write = |model: &str| {
+        let tmp = dir.path().join(".classifyd.toml.tmp");
+        std::fs::write(&tmp, model).unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    };
+    write(&format!(
+        "model = {:?}\n",
+        fixture("bert").display().to_string()
+    ));
+    let mut daemon = Daemon::start(Path::new("unused"), &["--config", config.to_str().unwrap()]);
+    let arch = |daemon: &Daemon| {
+        runtime()
+            .block_on(async { info_body(daemon.client().await.info().await.unwrap()).architecture })
+    };
+    assert_eq!(arch(&daemon), "BertForSequenceClassification");
+
+    // The file now names another model: the reload serves it.
+    write(&format!(
+        "model = {:?}\n",
+        fixture("electra").display().to_string()
+    ));
+    daemon.signal(1);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while arch(&daemon) != "ElectraForSequenceClassification" {
+        assert!(
+            Instant::now() < deadline,
+            "no reload to electra: {}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A broken file: the reload fails, the model keeps serving.
+    write("model = \"x\"\nqueue_capacty = 3\n");
+    daemon.signal(1);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !daemon.stderr().contains("reload failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload failure: {}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        daemon.stderr().contains("queue_capacty"),
+        "{}",
+        daemon.stderr()
+    );
+    assert_eq!(arch(&daemon), "ElectraForSequenceClassification");
+    daemon.signal(15);
+    assert_eq!(daemon.wait().code(), Some(0));
+}
