@@ -297,7 +297,6 @@ impl Engine {
             attention_mask: t(mask)?,
             token_type_ids: t(type_ids)?,
             position_ids: t(positions)?,
-            lengths: inputs.iter().map(|e| e.len()).collect(),
         })
     }
 

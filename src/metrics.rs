@@ -67,6 +67,18 @@ pub struct Metrics {
 }
 
 impl ModelLabels {
+    /// The labels of the model serving requests.
+    pub fn of(model: &crate::service::Model) -> Self {
+        let info = model.engine.info();
+        Self {
+            model: model.identity.name.clone(),
+            revision: model.identity.revision.clone(),
+            device: info.device.clone(),
+            dtype: info.compute_dtype.clone(),
+            architecture: info.architecture.clone(),
+        }
+    }
+
     fn pairs(self) -> Vec<(String, String)> {
         vec![
             ("model".into(), self.model),
@@ -318,18 +330,7 @@ async fn answer(
         (false, ..) => (400, "text/plain", "bad request\n".to_string()),
         (true, Some("GET"), Some("/metrics")) => {
             (200, "text/plain; version=0.0.4; charset=utf-8", {
-                let current = service.model();
-                let info = current.engine.info();
-                metrics.render(
-                    service.lifetime_stats(),
-                    ModelLabels {
-                        model: current.identity.name.clone(),
-                        revision: current.identity.revision.clone(),
-                        device: info.device.clone(),
-                        dtype: info.compute_dtype.clone(),
-                        architecture: info.architecture.clone(),
-                    },
-                )
+                metrics.render(service.lifetime_stats(), ModelLabels::of(&service.model()))
             })
         }
         (true, Some("GET"), Some("/healthz")) => (200, "text/plain", "ok\n".to_string()),

@@ -217,14 +217,7 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     let mut service = Service::new(engine.clone(), scheduler, cfg.requests, identity.clone());
     let mut metrics_listener = None;
     if let Some(addr) = cfg.metrics_addr {
-        let info = engine.info();
-        let m = Arc::new(Metrics::new(ModelLabels {
-            model: identity.name.clone(),
-            revision: identity.revision.clone(),
-            device: info.device.clone(),
-            dtype: info.compute_dtype.clone(),
-            architecture: info.architecture.clone(),
-        }));
+        let m = Arc::new(Metrics::new(ModelLabels::of(&service.model())));
         let observer = m.clone();
         service
             .scheduler()

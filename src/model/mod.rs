@@ -13,7 +13,7 @@ pub mod gelu;
 pub mod modernbert;
 pub mod roberta;
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -28,8 +28,6 @@ pub struct Batch {
     pub token_type_ids: Tensor,
     /// `[batch, seq]` u32 absolute position ids, already offset as the model expects.
     pub position_ids: Tensor,
-    /// Real (unpadded) length of each row.
-    pub lengths: Vec<usize>,
 }
 
 /// How a family numbers positions. RoBERTa-style models start at `pad_token_id + 1` and give
@@ -176,10 +174,6 @@ impl Linear {
         };
         Ok(Self { weight_t, bias })
     }
-
-    pub fn out_dim(&self) -> usize {
-        self.weight_t.dim(1).unwrap_or(0)
-    }
 }
 
 impl Module for Linear {
@@ -268,9 +262,4 @@ pub fn first_token(hidden: &Tensor) -> Result<Tensor> {
 pub fn embedding(rows: usize, dim: usize, vb: VarBuilder) -> Result<candle_nn::Embedding> {
     let w = vb.get((rows, dim), "weight")?;
     Ok(candle_nn::Embedding::new(w, dim))
-}
-
-/// Device-independent helper used by tests and the engine to make u32 tensors.
-pub fn u32_tensor(data: Vec<u32>, rows: usize, cols: usize, device: &Device) -> Result<Tensor> {
-    Tensor::from_vec(data, (rows, cols), device)
 }
