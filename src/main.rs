@@ -29,7 +29,19 @@ fn init_logging(format: Option<LogFormat>) {
     }
 }
 
+/// Fixes the CPU thread count for candle and rayon before any thread exists. Without it candle
+/// works the count out again inside every matmul, and on Linux that means opening and parsing
+/// /proc/cpuinfo (seen as ~12 opens per forward pass). `RAYON_NUM_THREADS` set by the user wins.
+fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Still single-threaded here, so changing the environment races with nothing.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 fn main() {
+    pin_thread_count();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match classifyd::cli::run(cli) {

@@ -166,6 +166,9 @@ impl Service {
                 protocol::status_response(r.id, r.status, r.message),
             ),
             Ok(request) => {
+                // The decoded request owns its data; the frame would only sit in memory while
+                // the request waits its turn.
+                drop(payload);
                 let id = request.id;
                 match request.body {
                     // Info is a probe, not a classify request: not counted.
@@ -233,11 +236,13 @@ impl Service {
         &self,
         model: &Model,
         id: u64,
-        req: pb::ClassifyRequest,
+        mut req: pb::ClassifyRequest,
         received: Instant,
     ) -> Result<pb::Response, (pb::Status, String)> {
         let invalid = |m: String| (pb::Status::InvalidArgument, m);
         let inputs = protocol::inputs(&req, &self.limits).map_err(invalid)?;
+        // From here on the texts live in `inputs` only.
+        drop(std::mem::take(&mut req.inputs));
         let options = req.options.unwrap_or_default();
         let truncate = !options.no_truncate;
         let deadline = (req.deadline_us > 0)
@@ -254,6 +259,8 @@ impl Service {
                     .map_err(|e| invalid(format!("input {i}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Only token ids wait in the queue, not the texts they came from.
+        drop(inputs);
         let tokenized = Instant::now();
         let tokens: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
         let priority = match pb::Priority::try_from(req.priority) {

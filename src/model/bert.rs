@@ -64,7 +64,9 @@ impl EncoderConfig {
                 return Err(format!("position_embedding_type {p:?} is not supported"));
             }
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -143,7 +145,7 @@ impl Layer {
         let x = self
             .attn_norm
             .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
-        let inner = self.act.apply(&self.up.forward(&x)?)?;
+        let inner = self.up.forward_act(&x, self.act)?;
         self.out_norm.forward(&(self.down.forward(&inner)? + x)?)
     }
 }

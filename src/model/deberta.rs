@@ -176,14 +176,17 @@ impl Config {
     }
 
     pub fn check(&self) -> std::result::Result<(), String> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
         if let Some(d) = self.attention_head_size {
-            if d * self.num_attention_heads != self.hidden_size {
+            // Checked: a huge size must be refused, not overflow (found by fuzz/ config_json).
+            if d.checked_mul(self.num_attention_heads) != Some(self.hidden_size) {
                 return Err(format!(
                     "attention_head_size {d} × {} heads != hidden_size {} is not supported",
                     self.num_attention_heads, self.hidden_size
@@ -212,13 +215,13 @@ impl Config {
             ));
         }
         if self.conv_kernel_size > 0 {
-            if self.conv_kernel_size % 2 == 0 {
+            if self.conv_kernel_size.is_multiple_of(2) {
                 return Err(format!(
                     "conv_kernel_size {} must be odd (transformers fails on even sizes too)",
                     self.conv_kernel_size
                 ));
             }
-            if self.conv_groups == 0 || self.hidden_size % self.conv_groups != 0 {
+            if self.conv_groups == 0 || !self.hidden_size.is_multiple_of(self.conv_groups) {
                 return Err(format!(
                     "hidden_size {} is not a multiple of conv_groups {}",
                     self.hidden_size, self.conv_groups
@@ -492,7 +495,7 @@ impl Layer {
         let x = self
             .attn_norm
             .forward(&(self.attn_out.forward(&ctx)? + x_q)?)?;
-        let inner = self.act.apply(&self.up.forward(&x)?)?;
+        let inner = self.up.forward_act(&x, self.act)?;
         self.out_norm.forward(&(self.down.forward(&inner)? + x)?)
     }
 }
@@ -664,6 +667,17 @@ impl SequenceClassifier for DebertaV2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_attention_head_size_is_refused() {
+        let c: Config = serde_json::from_str(
+            r#"{"vocab_size": 1, "hidden_size": 4, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "intermediate_size": 1,
+                "attention_head_size": 9223372036854775810}"#,
+        )
+        .unwrap();
+        assert!(c.check().unwrap_err().contains("attention_head_size"));
+    }
 
     /// Values from transformers' `make_log_bucket_position` (checked exhaustively for
     /// |rel| <= 1500 against (256, 512), (16, 128), (8, 128), (256, 1024), (64, 256)).

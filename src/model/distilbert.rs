@@ -41,7 +41,7 @@ pub struct DistilBertConfig {
 
 impl DistilBertConfig {
     pub fn check(&self) -> std::result::Result<(), String> {
-        if self.n_heads == 0 || self.dim % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.dim.is_multiple_of(self.n_heads) {
             return Err(format!(
                 "dim {} is not a multiple of n_heads {}",
                 self.dim, self.n_heads
@@ -94,7 +94,7 @@ impl Layer {
             mask,
         )?;
         let x = self.sa_norm.forward(&(self.out.forward(&ctx)? + x)?)?;
-        let inner = self.act.apply(&self.lin1.forward(&x)?)?;
+        let inner = self.lin1.forward_act(&x, self.act)?;
         self.out_norm.forward(&(self.lin2.forward(&inner)? + x)?)
     }
 }

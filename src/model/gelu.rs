@@ -64,6 +64,13 @@ impl CustomOp1 for GeluErfF32 {
     }
 }
 
+/// Exact GELU over a slice, in place (the packed matmul's epilogue).
+pub fn gelu_in_place(xs: &mut [f32]) {
+    for x in xs {
+        *x = gelu(*x);
+    }
+}
+
 /// Exact GELU: the vectorised kernel for contiguous f32 on the CPU, candle's op elsewhere
 /// (CUDA has its own kernel; F16/BF16 on the CPU are not the fast path anyway).
 pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {

@@ -5,15 +5,19 @@
 //! value so that F16/BF16 never see `0 × -inf` (the candle-transformers BERT bug) and never
 //! overflow to infinity when the score is added.
 
+pub mod attend;
 pub mod bert;
 pub mod deberta;
 pub mod distilbert;
 pub mod electra;
 pub mod gelu;
+pub mod gemm;
 pub mod modernbert;
 pub mod roberta;
 
-use candle_core::{DType, Module, Result, Tensor};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -122,20 +126,49 @@ pub fn additive_key_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor
     masked.to_dtype(dtype)?.reshape((b, 1, 1, t))
 }
 
-/// A Linear layer whose weight is stored transposed and contiguous, so the per-request matmul
-/// streams rows of the weight instead of striding across them.
+/// A Linear layer. On the CPU in f32 its weight lives only in [`gemm::Packed`] form (see there
+/// for why); elsewhere it is stored transposed and contiguous, so the matmul streams rows of the
+/// weight instead of striding across them.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight_t: Tensor,
+    /// `[in, out]`; `None` when `packed` holds the weight instead (never both: the weights are
+    /// most of the daemon's memory).
+    weight_t: Option<Tensor>,
     bias: Option<Tensor>,
+    packed: Option<Arc<gemm::Packed>>,
 }
 
 impl Linear {
     pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Self::from_transposed(weight.t()?.contiguous()?, bias)
+    }
+
+    fn from_transposed(weight_t: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        if weight_t.device().is_cpu() && weight_t.dtype() == DType::F32 {
+            let (k, n) = weight_t.dims2()?;
+            let w: Vec<f32> = weight_t.flatten_all()?.to_vec1()?;
+            let b: Option<Vec<f32>> = bias.as_ref().map(|b| b.to_vec1()).transpose()?;
+            let packed = gemm::Packed::from_transposed(&w, k, n, b.as_deref());
+            return Ok(Self {
+                weight_t: None,
+                bias,
+                packed: Some(Arc::new(packed)),
+            });
+        }
         Ok(Self {
-            weight_t: weight.t()?.contiguous()?,
+            weight_t: Some(weight_t),
             bias,
+            packed: None,
         })
+    }
+
+    /// `[in, out]`, rebuilt from the packed form where that is all there is.
+    fn weight_t(&self) -> Result<Tensor> {
+        match (&self.weight_t, &self.packed) {
+            (Some(w), _) => Ok(w.clone()),
+            (None, Some(p)) => Tensor::from_vec(p.to_transposed(), (p.k(), p.n()), &Device::Cpu),
+            (None, None) => candle_core::bail!("linear layer without a weight"),
+        }
     }
 
     pub fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
@@ -164,7 +197,10 @@ impl Linear {
 
     /// Several projections of the same input fused into one matmul (e.g. Q, K and V).
     pub fn fused(parts: &[Linear]) -> Result<Self> {
-        let ws: Vec<&Tensor> = parts.iter().map(|p| &p.weight_t).collect();
+        let ws = parts
+            .iter()
+            .map(Linear::weight_t)
+            .collect::<Result<Vec<_>>>()?;
         let weight_t = Tensor::cat(&ws, 1)?.contiguous()?;
         let bias = if parts.iter().all(|p| p.bias.is_some()) {
             let bs: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
@@ -172,23 +208,75 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight_t, bias })
+        Self::from_transposed(weight_t, bias)
+    }
+
+    /// `act(self(xs))`, with exact GELU fused into the matmul where the packed kernel runs.
+    pub fn forward_act(&self, xs: &Tensor, act: Activation) -> Result<Tensor> {
+        match (&self.packed, act) {
+            (Some(p), Activation::Gelu) => packed_forward(p, xs, gemm::Epilogue::GeluErf),
+            _ => act.apply(&self.forward(xs)?),
+        }
+    }
+}
+
+fn packed_forward(p: &gemm::Packed, xs: &Tensor, epilogue: gemm::Epilogue) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op1_no_bwd(&PackedMatmul { w: p, epilogue })
+}
+
+/// [`gemm::matmul`] as a candle op on `[.., in]` f32 CPU tensors.
+struct PackedMatmul<'a> {
+    w: &'a gemm::Packed,
+    epilogue: gemm::Epilogue,
+}
+
+impl candle_core::CustomOp1 for PackedMatmul<'_> {
+    fn name(&self) -> &'static str {
+        "classifyd-packed-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(data), Some((start, end))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("packed matmul needs a contiguous f32 tensor");
+        };
+        let dims = layout.dims();
+        let k = self.w.k();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("packed matmul: input {dims:?}, weight takes {k} features");
+        }
+        let m = (end - start) / k;
+        let out = gemm::matmul(&data[start..end], m, self.w, self.epilogue);
+        let mut out_dims = dims.to_vec();
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.w.n();
+        Ok((candle_core::CpuStorage::F32(out), out_dims.into()))
     }
 }
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(p) = &self.packed {
+            return packed_forward(p, xs, gemm::Epilogue::None);
+        }
+        let weight_t = self.weight_t()?;
         let dims = xs.dims();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let flat = xs.reshape((rows, in_dim))?;
-        let mut out = flat.matmul(&self.weight_t)?;
+        let mut out = flat.matmul(&weight_t)?;
         if let Some(bias) = &self.bias {
             out = out.broadcast_add(bias)?;
         }
         let mut out_dims = dims.to_vec();
         let last = out_dims.len() - 1;
-        out_dims[last] = self.weight_t.dim(1)?;
+        out_dims[last] = weight_t.dim(1)?;
         out.reshape(out_dims)
     }
 }
@@ -239,6 +327,20 @@ pub fn attention(
     heads: usize,
     mask: &Tensor,
 ) -> Result<Tensor> {
+    if let Some(ctx) = attend::attend(q, k, v, heads, mask)? {
+        return Ok(ctx);
+    }
+    attention_ops(q, k, v, heads, mask)
+}
+
+/// [`attention`] in candle ops, for every device and dtype.
+fn attention_ops(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: &Tensor,
+) -> Result<Tensor> {
     let (b, t, hidden) = q.dims3()?;
     let head_dim = hidden / heads;
     let split = |x: &Tensor| -> Result<Tensor> {
@@ -262,4 +364,44 @@ pub fn first_token(hidden: &Tensor) -> Result<Tensor> {
 pub fn embedding(rows: usize, dim: usize, vb: VarBuilder) -> Result<candle_nn::Embedding> {
     let w = vb.get((rows, dim), "weight")?;
     Ok(candle_nn::Embedding::new(w, dim))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_cpu_attention_matches_candle_ops_with_padding() {
+        let dev = Device::Cpu;
+        let (b, t, heads, hd) = (2, 7, 3, 8);
+        let h = heads * hd;
+        // q, k and v as narrow views of one fused projection, as the encoders pass them.
+        let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * h), &dev).unwrap();
+        let (q, k, v) = (
+            qkv.narrow(2, 0, h).unwrap(),
+            qkv.narrow(2, h, h).unwrap(),
+            qkv.narrow(2, 2 * h, h).unwrap(),
+        );
+        // The second row is padded after 4 tokens.
+        let keep = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], &dev).unwrap();
+        let mask = additive_key_mask(&keep, DType::F32).unwrap();
+        let fast = attend::attend(&q, &k, &v, heads, &mask).unwrap().unwrap();
+        let slow = attention_ops(&q, &k, &v, heads, &mask).unwrap();
+        let diff = (fast - slow)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "max |Δ| {diff}");
+        // Other dtypes take candle's path.
+        let q16 = q.to_dtype(DType::F16).unwrap();
+        assert!(attend::attend(&q16, &k, &v, heads, &mask)
+            .unwrap()
+            .is_none());
+    }
 }

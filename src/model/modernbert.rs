@@ -56,6 +56,9 @@ pub enum Pooling {
     Mean,
 }
 
+/// More layers than any encoder has; see [`Config::sliding_layers`].
+pub const MAX_LAYERS: usize = 1 << 12;
+
 /// The fields of `ModernBertConfig` that shape the classifier, with transformers' defaults.
 ///
 /// RoPE and the layer pattern come in two spellings: transformers 5 writes `layer_types` and
@@ -123,7 +126,9 @@ impl Config {
     pub fn local_window(&self) -> usize {
         match (self.local_attention, self.sliding_window) {
             (Some(total), _) => total,
-            (None, Some(half)) => half * 2,
+            // Saturating: a window wider than any sequence means the same as a huge one, and an
+            // absurd config value must not overflow (found by fuzz/ config_json).
+            (None, Some(half)) => half.saturating_mul(2),
             (None, None) => DEFAULT_LOCAL_ATTENTION,
         }
     }
@@ -152,6 +157,14 @@ impl Config {
                 let n = self.global_attn_every_n_layers;
                 if n == 0 {
                     return Err("global_attn_every_n_layers must be positive".into());
+                }
+                // The list is built before any layer's weights are looked for, so an absurd
+                // layer count would allocate it whole (found by fuzz/ config_json).
+                if self.num_hidden_layers > MAX_LAYERS {
+                    return Err(format!(
+                        "num_hidden_layers {} is more than the {MAX_LAYERS} supported",
+                        self.num_hidden_layers
+                    ));
                 }
                 Ok((0..self.num_hidden_layers).map(|i| i % n != 0).collect())
             }
@@ -193,13 +206,15 @@ impl Config {
     }
 
     pub fn check(&self) -> std::result::Result<(), String> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(format!(
                 "head_dim {} must be even for RoPE",
                 self.head_dim()
@@ -480,6 +495,19 @@ impl SequenceClassifier for ModernBert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_layer_count_is_refused() {
+        let c: Config =
+            serde_json::from_str(r#"{"num_hidden_layers": 18446744073709551607}"#).unwrap();
+        assert!(c.check().unwrap_err().contains("num_hidden_layers"));
+    }
+
+    #[test]
+    fn huge_sliding_window_saturates() {
+        let c: Config = serde_json::from_str(r#"{"sliding_window": 9223372036854775808}"#).unwrap();
+        assert_eq!(c.local_window(), usize::MAX);
+    }
 
     #[test]
     fn config_spellings() {

@@ -1,0 +1,603 @@
+//! The CPU f32 matmul behind every Linear layer: `x · Wᵀ + b` (then optionally GELU) on weights
+//! packed once at load.
+//!
+//! Why not candle's matmul: at batch 1 the left-hand side has as many rows as the text has
+//! tokens (m ≈ 10–50) while the weight is 384–1536 wide. The general-purpose kernel candle calls
+//! packs the weight again on every call, picks AVX2 on AVX-512 machines, and reached ~37 GFLOP/s
+//! here at m = 18: the six matmuls of a layer were 71 % of the forward pass. Here the weight is
+//! laid out at load time in panels of [`NR`] output columns, each panel `k × NR` contiguous, so a
+//! tile of the output streams one panel start to end; the bias is added in the same pass and
+//! GELU is applied while the tile is still in L1.
+//!
+//! Once that was done the kernel was bound by reading the weights themselves (42 MB of f32 for
+//! MiniLM-L6 per forward pass, past the L2 cache): so where every weight of a layer is exactly an
+//! f16 (checkpoints stored in F16, like the default model), the panels hold f16 and the kernel
+//! widens them as it loads (one `vcvtph2ps` per 16 values). That halves the bytes per pass and
+//! changes no value: the result is bit-identical to the f32 panels.
+//!
+//! Kernels: AVX-512F (6 rows × 32 columns, 12 accumulators) and AVX2+FMA (4 rows × 32 columns,
+//! 16 accumulators), chosen at run time, with a portable loop for other CPUs. Panels are split
+//! across rayon's threads only when the product is large enough to pay for the fork.
+
+use std::sync::OnceLock;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+/// Output columns per packed panel.
+pub const NR: usize = 32;
+
+/// Multiply-adds below which the matmul stays on the calling thread: a fork/join costs a few
+/// microseconds, about what 2^18 multiply-adds take on one core.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+#[derive(Debug, Clone)]
+enum Panels {
+    F32(Vec<f32>),
+    /// Used only when every weight converts to f16 and back unchanged.
+    F16(Vec<f16>),
+}
+
+/// One panel of either element type.
+#[derive(Clone, Copy)]
+enum Panel<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+/// A `[n, k]` weight (PyTorch's Linear layout) packed for [`matmul`], with its bias.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    k: usize,
+    n: usize,
+    /// `ceil(n / NR)` panels, each `k × NR`; columns past `n` are zero.
+    panels: Panels,
+    /// Padded to a whole number of panels; zeros when the layer has no bias.
+    bias: Vec<f32>,
+}
+
+impl Packed {
+    /// Packs `w_t`, the weight already transposed to `[k, n]` row-major.
+    pub fn from_transposed(w_t: &[f32], k: usize, n: usize, bias: Option<&[f32]>) -> Self {
+        let np = n.div_ceil(NR);
+        let mut panels = vec![0f32; np * k * NR];
+        for p in 0..np {
+            let cols = (n - p * NR).min(NR);
+            for kk in 0..k {
+                let src = &w_t[kk * n + p * NR..kk * n + p * NR + cols];
+                let dst = (p * k + kk) * NR;
+                panels[dst..dst + cols].copy_from_slice(src);
+            }
+        }
+        let mut padded = vec![0f32; np * NR];
+        if let Some(b) = bias {
+            padded[..n].copy_from_slice(&b[..n]);
+        }
+        // Whole-slice conversions (vectorised by `half`), so packing at load stays cheap.
+        let mut halves = vec![f16::ZERO; panels.len()];
+        halves.convert_from_f32_slice(&panels);
+        let mut back = vec![0f32; panels.len()];
+        halves.convert_to_f32_slice(&mut back);
+        let exact_f16 = back
+            .iter()
+            .zip(&panels)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        let panels = if exact_f16 {
+            Panels::F16(halves)
+        } else {
+            Panels::F32(panels)
+        };
+        Self {
+            k,
+            n,
+            panels,
+            bias: padded,
+        }
+    }
+
+    /// The weight back in `[k, n]` row-major (to fuse several layers into one, at load).
+    pub fn to_transposed(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.k * self.n];
+        for p in 0..self.n.div_ceil(NR) {
+            let cols = (self.n - p * NR).min(NR);
+            for kk in 0..self.k {
+                let src = (p * self.k + kk) * NR;
+                let dst = &mut out[kk * self.n + p * NR..kk * self.n + p * NR + cols];
+                match &self.panels {
+                    Panels::F32(v) => dst.copy_from_slice(&v[src..src + cols]),
+                    Panels::F16(v) => {
+                        for (d, s) in dst.iter_mut().zip(&v[src..src + cols]) {
+                            *d = s.to_f32();
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn bias(&self) -> &[f32] {
+        &self.bias[..self.n]
+    }
+
+    /// Whether the panels are held in f16 (see the module notes).
+    pub fn is_f16(&self) -> bool {
+        matches!(self.panels, Panels::F16(_))
+    }
+
+    fn panel(&self, p: usize) -> Panel<'_> {
+        let r = p * self.k * NR..(p + 1) * self.k * NR;
+        match &self.panels {
+            Panels::F32(v) => Panel::F32(&v[r]),
+            Panels::F16(v) => Panel::F16(&v[r]),
+        }
+    }
+}
+
+/// What to do to the output after the bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    GeluErf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    })
+}
+
+/// `x · Wᵀ + b` for `x` of `m` rows of `w.k()` values; returns `m` rows of `w.n()` values.
+pub fn matmul(x: &[f32], m: usize, w: &Packed, epilogue: Epilogue) -> Vec<f32> {
+    let (k, n) = (w.k, w.n);
+    assert_eq!(x.len(), m * k, "matmul: x is not {m} rows of {k}");
+    let np = n.div_ceil(NR);
+    let mut out = vec![0f32; m * n];
+    let dst = OutPtr(out.as_mut_ptr());
+    let isa = isa();
+    let work = |p: usize| {
+        let cols = (n - p * NR).min(NR);
+        let bias = &w.bias[p * NR..(p + 1) * NR];
+        let mut scratch;
+        // SAFETY: panel p alone writes columns p·NR .. p·NR+cols of each of the m rows of `out`
+        // (m·n floats, alive for the whole call), so concurrent panels never touch the same
+        // element; the full-width case writes exactly those NR columns with row stride n.
+        let (c, ldc) = if cols == NR {
+            (unsafe { dst.get().add(p * NR) }, n)
+        } else {
+            scratch = vec![0f32; m * NR];
+            (scratch.as_mut_ptr(), NR)
+        };
+        // SAFETY: `c` addresses m rows of ldc floats with at least NR valid in each (above).
+        unsafe { panel_product(isa, x, m, k, w.panel(p), bias, c, ldc) };
+        for r in 0..m {
+            // SAFETY: as above; row r's columns of this panel.
+            let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), cols) };
+            if epilogue == Epilogue::GeluErf {
+                super::gelu::gelu_in_place(row);
+            }
+            if ldc != n {
+                // SAFETY: the partial last panel's own columns of row r.
+                let to =
+                    unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * n + p * NR), cols) };
+                to.copy_from_slice(row);
+            }
+        }
+    };
+    if m * n * k >= PARALLEL_MIN_MACS && np > 1 && rayon::current_num_threads() > 1 {
+        (0..np).into_par_iter().for_each(work);
+    } else {
+        (0..np).for_each(work);
+    }
+    out
+}
+
+/// The output's base pointer, shared by the threads that write disjoint columns of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the threads given an OutPtr write disjoint elements (see `matmul`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// One panel: `c[r·ldc + j] = bias[j] + Σ_kk x[r][kk] · panel[kk][j]` for `m` rows, NR columns.
+///
+/// # Safety
+/// `c` must be valid for writes of NR floats at each of `c + r·ldc`, r < m.
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_product(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    panel: Panel<'_>,
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+) {
+    let panel_len = match panel {
+        Panel::F32(p) => p.len(),
+        Panel::F16(p) => p.len(),
+    };
+    assert!(
+        x.len() >= m * k && panel_len == k * NR && bias.len() == NR && ldc >= NR,
+        "panel_product: slice sizes disagree with m = {m}, k = {k}"
+    );
+    match (isa, panel) {
+        // SAFETY (all four): the ISA was detected at run time; the assert above checked that
+        // x and the panel cover every index the kernels read, and the caller vouches for c.
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, Panel::F32(p)) => x86::panel_avx512(x, m, k, p, bias, c, ldc),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, Panel::F16(p)) => x86::panel_avx512(x, m, k, p, bias, c, ldc),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, Panel::F32(p)) => x86::panel_avx2(x, m, k, p, bias, c, ldc),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, Panel::F16(p)) => x86::panel_avx2(x, m, k, p, bias, c, ldc),
+        (_, Panel::F32(p)) => panel_portable(x, m, k, p, bias, c, ldc, |v| v),
+        (_, Panel::F16(p)) => panel_portable(x, m, k, p, bias, c, ldc, f16::to_f32),
+    }
+}
+
+/// # Safety
+/// As [`panel_product`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_portable<T: Copy>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    panel: &[T],
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    widen: impl Fn(T) -> f32,
+) {
+    for r in 0..m {
+        let out = std::slice::from_raw_parts_mut(c.add(r * ldc), NR);
+        out.copy_from_slice(bias);
+        for kk in 0..k {
+            let a = x[r * k + kk];
+            let b = &panel[kk * NR..(kk + 1) * NR];
+            for j in 0..NR {
+                out[j] += a * widen(b[j]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::NR;
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// A weight element the kernels can widen to f32 lanes.
+    pub trait Elem: Copy {
+        /// 16 lanes from `p`.
+        unsafe fn load16(p: *const Self) -> __m512;
+        /// 8 lanes from `p`.
+        unsafe fn load8(p: *const Self) -> __m256;
+    }
+
+    impl Elem for f32 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+    }
+
+    impl Elem for f16 {
+        // `vcvtph2ps`: AVX512F for 16 lanes, F16C (present with every AVX2+FMA CPU we select)
+        // for 8.
+        #[inline(always)]
+        unsafe fn load16(p: *const f16) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        }
+        #[inline(always)]
+        unsafe fn load8(p: *const f16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        }
+    }
+
+    /// Rows of the output a tile covers: 2 zmm accumulators a row.
+    const MR512: usize = 6;
+    /// 4 ymm accumulators a row.
+    const MR256: usize = 4;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn panel_avx512<T: Elem>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        panel: &[T],
+        bias: &[f32],
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let mut r = 0;
+        while r < m {
+            let rows = (m - r).min(MR512);
+            let (xp, cp) = (x.as_ptr().add(r * k), c.add(r * ldc));
+            let (pp, bp) = (panel.as_ptr(), bias.as_ptr());
+            match rows {
+                6 => tile512::<T, 6>(xp, k, pp, bp, cp, ldc),
+                5 => tile512::<T, 5>(xp, k, pp, bp, cp, ldc),
+                4 => tile512::<T, 4>(xp, k, pp, bp, cp, ldc),
+                3 => tile512::<T, 3>(xp, k, pp, bp, cp, ldc),
+                2 => tile512::<T, 2>(xp, k, pp, bp, cp, ldc),
+                _ => tile512::<T, 1>(xp, k, pp, bp, cp, ldc),
+            }
+            r += rows;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile512<T: Elem, const R: usize>(
+        x: *const f32,
+        k: usize,
+        panel: *const T,
+        bias: *const f32,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let b0 = _mm512_loadu_ps(bias);
+        let b1 = _mm512_loadu_ps(bias.add(16));
+        let mut acc = [[b0, b1]; R];
+        for kk in 0..k {
+            let w0 = T::load16(panel.add(kk * NR));
+            let w1 = T::load16(panel.add(kk * NR + 16));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*x.add(r * k + kk));
+                row[0] = _mm512_fmadd_ps(a, w0, row[0]);
+                row[1] = _mm512_fmadd_ps(a, w1, row[1]);
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(r * ldc), row[0]);
+            _mm512_storeu_ps(c.add(r * ldc + 16), row[1]);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn panel_avx2<T: Elem>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        panel: &[T],
+        bias: &[f32],
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let mut r = 0;
+        while r < m {
+            let rows = (m - r).min(MR256);
+            let (xp, cp) = (x.as_ptr().add(r * k), c.add(r * ldc));
+            let (pp, bp) = (panel.as_ptr(), bias.as_ptr());
+            match rows {
+                4 => tile256::<T, 4>(xp, k, pp, bp, cp, ldc),
+                3 => tile256::<T, 3>(xp, k, pp, bp, cp, ldc),
+                2 => tile256::<T, 2>(xp, k, pp, bp, cp, ldc),
+                _ => tile256::<T, 1>(xp, k, pp, bp, cp, ldc),
+            }
+            r += rows;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn tile256<T: Elem, const R: usize>(
+        x: *const f32,
+        k: usize,
+        panel: *const T,
+        bias: *const f32,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let b: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(bias.add(8 * j)));
+        let mut acc = [b; R];
+        for kk in 0..k {
+            let w: [__m256; 4] = std::array::from_fn(|j| T::load8(panel.add(kk * NR + 8 * j)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let a = _mm256_set1_ps(*x.add(r * k + kk));
+                for j in 0..4 {
+                    row[j] = _mm256_fmadd_ps(a, w[j], row[j]);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                _mm256_storeu_ps(c.add(r * ldc + 8 * j), *v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain triple loop, in f64, as the reference.
+    fn reference(x: &[f32], m: usize, w_t: &[f32], k: usize, n: usize, bias: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for r in 0..m {
+            for j in 0..n {
+                let mut s = f64::from(bias[j]);
+                for kk in 0..k {
+                    s += f64::from(x[r * k + kk]) * f64::from(w_t[kk * n + j]);
+                }
+                out[r * n + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        // A small LCG: deterministic, no dependency.
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_kernel_matches_the_reference_on_ragged_shapes() {
+        // Rows not a multiple of any tile height, columns not a multiple of a panel, and the
+        // shapes the default model uses.
+        let shapes = [
+            (1, 3, 2),
+            (7, 5, 33),
+            (13, 64, 31),
+            (18, 384, 1152),
+            (19, 1536, 384),
+        ];
+        let mut isas = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
+                isas.push(Isa::Avx2);
+            }
+        }
+        for ((m, k, n), in_f16) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
+            let x = data(m * k, 1);
+            let w_t: Vec<f32> = data(k * n, 2)
+                .into_iter()
+                .map(|v| if in_f16 { f16::from_f32(v).to_f32() } else { v })
+                .collect();
+            let bias = data(n, 3);
+            let packed = Packed::from_transposed(&w_t, k, n, Some(&bias));
+            assert_eq!(packed.is_f16(), in_f16);
+            assert_eq!(packed.to_transposed(), w_t);
+            let want = reference(&x, m, &w_t, k, n, &bias);
+            for &isa in &isas {
+                let np = n.div_ceil(NR);
+                let mut got = vec![0f32; m * n];
+                for p in 0..np {
+                    let mut block = vec![0f32; m * NR];
+                    // SAFETY: block holds m rows of NR.
+                    unsafe {
+                        panel_product(
+                            isa,
+                            &x,
+                            m,
+                            k,
+                            packed.panel(p),
+                            &packed.bias[p * NR..(p + 1) * NR],
+                            block.as_mut_ptr(),
+                            NR,
+                        )
+                    };
+                    let cols = (n - p * NR).min(NR);
+                    for r in 0..m {
+                        got[r * n + p * NR..r * n + p * NR + cols]
+                            .copy_from_slice(&block[r * NR..r * NR + cols]);
+                    }
+                }
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    worst < 1e-4 * (k as f32).sqrt(),
+                    "{isa:?} {m}x{k}x{n}: {worst}"
+                );
+            }
+            let full = matmul(&x, m, &packed, Epilogue::None);
+            let worst = full
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                worst < 1e-4 * (k as f32).sqrt(),
+                "matmul {m}x{k}x{n}: {worst}"
+            );
+        }
+    }
+
+    #[test]
+    fn f16_panels_only_when_exact_and_then_bit_identical() {
+        let (m, k, n) = (9, 96, 40);
+        let x = data(m * k, 6);
+        let w_t: Vec<f32> = data(k * n, 7)
+            .into_iter()
+            .map(|v| f16::from_f32(v).to_f32())
+            .collect();
+        let as_f16 = Packed::from_transposed(&w_t, k, n, None);
+        assert!(as_f16.is_f16());
+        assert_eq!(as_f16.to_transposed(), w_t);
+        // The same values, forced to stay f32 by one weight that f16 cannot hold.
+        let mut w_odd = w_t.clone();
+        w_odd[k * n - 1] = 1.0 + f32::EPSILON;
+        let as_f32 = Packed::from_transposed(&w_odd, k, n, None);
+        assert!(!as_f32.is_f16());
+        let mut w_fixed = as_f32.clone();
+        if let Panels::F32(v) = &mut w_fixed.panels {
+            // Put the representable value back: now both packings hold the same numbers.
+            let last = v.iter().rposition(|&e| e == 1.0 + f32::EPSILON).unwrap();
+            v[last] = w_t[k * n - 1];
+        }
+        assert_eq!(
+            matmul(&x, m, &as_f16, Epilogue::None),
+            matmul(&x, m, &w_fixed, Epilogue::None)
+        );
+    }
+
+    #[test]
+    fn gelu_epilogue_equals_gelu_after() {
+        let (m, k, n) = (5, 40, 70);
+        let x = data(m * k, 4);
+        let w_t = data(k * n, 5);
+        let packed = Packed::from_transposed(&w_t, k, n, None);
+        let mut plain = matmul(&x, m, &packed, Epilogue::None);
+        super::super::gelu::gelu_in_place(&mut plain);
+        assert_eq!(matmul(&x, m, &packed, Epilogue::GeluErf), plain);
+    }
+}
