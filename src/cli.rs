@@ -8,8 +8,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
-use crate::client::quic::{QuicClient, QuicClientConfig};
-use crate::client::{Client, UnixClient};
+use crate::bench::{self, Arrival, Load, Plan, Remote};
+use crate::client::quic::QuicClientConfig;
+use crate::client::Client;
 use crate::engine::{DTypeChoice, DeviceChoice, Engine, Prediction};
 use crate::protocol::pb;
 use crate::server;
@@ -50,6 +51,62 @@ pub enum Command {
     CheckConfig(Box<ServeArgs>),
     /// Write a development CA, server and client certificate for trying QUIC with mTLS.
     Cert(CertArgs),
+    /// Load a running daemon (closed or open loop) and report throughput and latency
+    /// percentiles; with --model, the same texts through the engine in this process.
+    Bench(Box<BenchArgs>),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["model", "uds", "quic"])))]
+pub struct BenchArgs {
+    /// Measure the engine in this process instead of a daemon (the transport's baseline).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long, default_value = "auto")]
+    pub dtype: DTypeChoice,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Closed loop: clients each keeping one request in flight; a list sweeps [default: 1].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "N,..",
+        conflicts_with = "rate"
+    )]
+    pub concurrency: Vec<usize>,
+    /// Open loop: requests per second sent on schedule whatever the answers do; a list sweeps.
+    /// Latency counts from the scheduled send time.
+    #[arg(long, value_delimiter = ',', value_name = "R,..")]
+    pub rate: Vec<f64>,
+    /// Open loop: how sends are spaced.
+    #[arg(long, value_enum, default_value = "poisson")]
+    pub arrival: Arrival,
+    /// Open loop: connections the requests are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Open loop: requests in flight past which sends are counted as CLIENT_BACKLOG instead.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_outstanding: usize,
+    /// Measured seconds per load level.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Unrecorded seconds before each load level's measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_secs: f64,
+    /// Texts to send, one per line [default: a built-in sample of 40 reviews].
+    #[arg(long, value_name = "FILE")]
+    pub texts: Option<PathBuf>,
+    /// Inputs each request carries.
+    #[arg(long, default_value_t = 1)]
+    pub inputs_per_request: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +192,11 @@ pub struct ServeArgs {
     /// Seconds before an idle connection is closed [default: 60].
     #[arg(long)]
     pub idle_timeout_secs: Option<u64>,
+    /// Seconds a request frame may take to arrive once its first byte has, and a response to be
+    /// taken by the peer; past it the connection (Unix socket) or stream (QUIC) is closed
+    /// [default: 10].
+    #[arg(long)]
+    pub frame_timeout_secs: Option<u64>,
     /// Seconds in-flight requests get to finish after SIGTERM before they are answered
     /// UNAVAILABLE [default: 10].
     #[arg(long)]
@@ -146,6 +208,14 @@ pub struct ServeArgs {
     /// thread stops beating for good this many seconds after start, like a hung device.
     #[arg(long, value_name = "SECS", hide = true)]
     pub test_stall_worker_after_secs: Option<f64>,
+    /// Test-only hook for the fault tests (tests/daemon/faults.rs): the next N forward passes
+    /// panic in the engine call.
+    #[arg(long, value_name = "N", hide = true)]
+    pub test_fail_batches: Option<u64>,
+    /// Test-only hook for the fault tests: the engine thread holds each batch it has picked
+    /// while this file exists.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub test_hold_batches_while: Option<PathBuf>,
 }
 
 fn parse_device(s: &str) -> Result<String, String> {
@@ -178,16 +248,9 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// How to reach a running daemon; shared by `classify` and `bench`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["model", "uds", "quic"])))]
-pub struct ClassifyArgs {
-    /// Classify in this process with the model in DIR.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    #[arg(long, default_value = "auto")]
-    pub dtype: DTypeChoice,
+pub struct RemoteArgs {
     /// Ask a running daemon on this Unix socket.
     #[arg(long, value_name = "PATH")]
     pub uds: Option<PathBuf>,
@@ -206,6 +269,37 @@ pub struct ClassifyArgs {
     /// Name the server certificate must carry.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
+}
+
+impl RemoteArgs {
+    /// The daemon these flags name, or None when neither --uds nor --quic was given.
+    pub fn remote(&self) -> anyhow::Result<Option<Remote>> {
+        Ok(match (&self.uds, &self.quic) {
+            (Some(path), _) => Some(Remote::Uds(path.clone())),
+            (None, Some(addr)) => Some(Remote::Quic(QuicClientConfig {
+                addr: *addr,
+                server_name: self.server_name.clone(),
+                ca: self.ca.clone().context("--quic needs --ca")?,
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            })),
+            (None, None) => None,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["model", "uds", "quic"])))]
+pub struct ClassifyArgs {
+    /// Classify in this process with the model in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long, default_value = "auto")]
+    pub dtype: DTypeChoice,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// Read tab-separated text pairs (premise<TAB>hypothesis) from stdin.
     #[arg(long)]
     pub pair: bool,
@@ -225,6 +319,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Inspect(a) => inspect(a),
         Command::Classify(a) => classify(a),
         Command::Serve(a) => serve(*a),
+        Command::Bench(a) => bench_cmd(*a),
         Command::CheckConfig(a) => {
             print!("{}", crate::config::check(&a)?);
             Ok(0)
@@ -311,25 +406,11 @@ impl Backend {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let client = runtime.block_on(async {
-            anyhow::Ok(match (&a.uds, &a.quic) {
-                (Some(path), _) => Client::Unix(UnixClient::connect(path).await?),
-                (None, Some(addr)) => {
-                    let ca = a.ca.clone().context("--quic needs --ca")?;
-                    Client::Quic(
-                        QuicClient::connect(&QuicClientConfig {
-                            addr: *addr,
-                            server_name: a.server_name.clone(),
-                            ca,
-                            cert: a.cert.clone(),
-                            key: a.key.clone(),
-                        })
-                        .await?,
-                    )
-                }
-                (None, None) => bail!("give --model, --uds or --quic"),
-            })
-        })?;
+        let remote = a
+            .remote
+            .remote()?
+            .context("give --model, --uds or --quic")?;
+        let client = runtime.block_on(remote.connect())?;
         let info = runtime.block_on(client.info())?;
         let labels = match info.body {
             Some(pb::response::Body::Info(i)) => i.labels,
@@ -477,6 +558,12 @@ fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
 
 fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     let cfg = crate::config::Settings::resolve(&a)?.serve_config()?;
+    if a.test_fail_batches.is_some() || a.test_hold_batches_while.is_some() {
+        crate::worker::arm_test_hooks(crate::worker::TestHooks {
+            fail_batches: a.test_fail_batches.unwrap_or(0).into(),
+            hold_while: a.test_hold_batches_while.clone(),
+        });
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("classifyd-io")
@@ -484,4 +571,97 @@ fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         .build()?;
     runtime.block_on(server::run(cfg, server::stop_signal()))?;
     Ok(0)
+}
+
+fn secs(flag: &str, v: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(v)
+        .map_err(|_| anyhow::anyhow!("{flag} {v}: must be a number of seconds, 0 or more"))
+}
+
+fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
+    let loads: Vec<Load> = if a.rate.is_empty() {
+        let levels = if a.concurrency.is_empty() {
+            vec![1]
+        } else {
+            a.concurrency.clone()
+        };
+        levels
+            .into_iter()
+            .map(|concurrency| Load::Closed { concurrency })
+            .collect()
+    } else {
+        a.rate
+            .iter()
+            .map(|&rate| Load::Open {
+                rate,
+                arrival: a.arrival,
+            })
+            .collect()
+    };
+    let plan = Plan {
+        loads,
+        warmup: secs("--warmup-secs", a.warmup_secs)?,
+        duration: secs("--duration-secs", a.duration_secs)?,
+        texts: std::sync::Arc::new(bench::load_texts(a.texts.as_deref())?),
+        inputs_per_request: a.inputs_per_request,
+        connections: a.connections,
+        max_outstanding: a.max_outstanding,
+        progress: !a.quiet,
+    };
+    bench::validate(&plan)?;
+    let (target, runs) = match (&a.model, a.remote.remote()?) {
+        (Some(dir), _) => {
+            let engine = Engine::load(dir, a.device, a.dtype)?;
+            let i = engine.info();
+            let target = format!(
+                "in-process {} ({}, {} {})",
+                dir.display(),
+                i.architecture,
+                i.device,
+                i.compute_dtype
+            );
+            (target, bench::run_local(&engine, &plan)?)
+        }
+        (None, Some(remote)) => {
+            // One thread: the generator should take as little CPU from a daemon on the same
+            // host as it can; the open loop's schedule is kept by its own thread anyway.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let probe = remote.connect().await?;
+                let info = match probe.info().await?.body {
+                    Some(pb::response::Body::Info(i)) => i,
+                    _ => bail!("the daemon did not answer the info request"),
+                };
+                let target = format!(
+                    "{} ({} revision {}, {} {})",
+                    match &remote {
+                        Remote::Uds(p) => format!("uds {}", p.display()),
+                        Remote::Quic(c) => format!("quic {}", c.addr),
+                    },
+                    info.model,
+                    info.revision,
+                    info.device,
+                    info.dtype
+                );
+                anyhow::Ok((target, bench::run_remote(&remote, &plan).await?))
+            })?
+        }
+        (None, None) => bail!("give --model, --uds or --quic"),
+    };
+    if a.json {
+        let doc = json!({
+            "target": target,
+            "texts": plan.texts.len(),
+            "inputs_per_request": plan.inputs_per_request,
+            "warmup_s": plan.warmup.as_secs_f64(),
+            "runs": runs.iter().map(bench::RunReport::json).collect::<Vec<_>>(),
+        });
+        println!("{doc}");
+    } else {
+        print!("{}", bench::table(&target, &runs));
+    }
+    let failed = runs.iter().any(|r| r.rec.ok == 0);
+    Ok(if failed { 2 } else { 0 })
 }

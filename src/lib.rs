@@ -18,10 +18,11 @@
 //! - [`queue`], [`batcher`], [`worker`]: admission, batch selection, the engine thread.
 //! - [`server`]: start, ready, drain; [`systemd`]: readiness, watchdog and socket activation
 //!   under systemd; [`metrics`]: Prometheus metrics and health probes. [`client`]: the same protocol from the other side.
-//! - [`cli`]: the `classifyd` binary's subcommands; [`config`]: the `serve --config` file;
+//! - [`cli`]: the `classifyd` binary's subcommands; [`bench`]: its load generator; [`config`]: the `serve --config` file;
 //!   [`cert`]: a development PKI for QUIC.
 
 pub mod batcher;
+pub mod bench;
 pub mod cert;
 pub mod cli;
 pub mod client;

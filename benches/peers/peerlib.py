@@ -1,0 +1,47 @@
+"""Shared helpers for the dev-only peer scripts in benches/peers/ (not part of the crate)."""
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "sentiment-minilm"
+LABELS = ("NEGATIVE", "POSITIVE")  # id2label of models/sentiment-minilm/config.json
+
+
+def read_texts(path):
+    texts = [line.rstrip("\n") for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise SystemExit(f"{path}: no texts")
+    return texts
+
+
+def load_tokenizer():
+    """The `tokenizers` library on the model's own tokenizer.json (truncation at 512, as
+    transformers and classifyd do; the committed file has padding and truncation removed)."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(512)
+    return tok
+
+
+def ort_session(path, threads=2):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def percentiles(values_us):
+    """p50/p90/p99/p99.9/max/mean of a list of microsecond latencies (nearest rank)."""
+    if not values_us:
+        return {k: None for k in ("p50", "p90", "p99", "p999", "max", "mean")}
+    v = sorted(values_us)
+
+    def rank(q):
+        i = max(0, min(len(v) - 1, int(-(-q * len(v) // 1)) - 1))
+        return round(v[i], 1)
+    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "p999": rank(0.999),
+            "max": round(v[-1], 1), "mean": round(sum(v) / len(v), 1)}
