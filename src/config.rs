@@ -51,6 +51,7 @@ pub struct FileConfig {
     pub max_in_flight: Option<usize>,
     pub max_connections: Option<usize>,
     pub idle_timeout_secs: Option<u64>,
+    pub frame_timeout_secs: Option<u64>,
     pub drain_timeout_secs: Option<u64>,
     pub metrics_addr: Option<String>,
 }
@@ -153,6 +154,7 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub max_connections: usize,
     pub idle_timeout_secs: u64,
+    pub frame_timeout_secs: u64,
     pub drain_timeout_secs: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<SocketAddr>,
@@ -260,6 +262,10 @@ impl Settings {
             max_in_flight: a.max_in_flight.or(file.max_in_flight).unwrap_or(64),
             max_connections: a.max_connections.or(file.max_connections).unwrap_or(256),
             idle_timeout_secs: a.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(60),
+            frame_timeout_secs: a
+                .frame_timeout_secs
+                .or(file.frame_timeout_secs)
+                .unwrap_or(10),
             drain_timeout_secs: a
                 .drain_timeout_secs
                 .or(file.drain_timeout_secs)
@@ -328,6 +334,7 @@ impl Settings {
                 max_in_flight: self.max_in_flight.max(1),
                 max_frame_bytes: self.max_frame_bytes,
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+                frame_timeout: Duration::from_secs(self.frame_timeout_secs.max(1)),
             },
             requests: RequestLimits {
                 max_inputs: self.max_inputs.max(1),
@@ -431,6 +438,7 @@ fn validate(s: &Settings) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn unknown_key_is_named() {
@@ -446,6 +454,30 @@ mod tests {
         assert_eq!(f.uds_mode, Some(FileMode::Int(660)));
         let f = FileConfig::parse("uds_mode = \"640\"").unwrap();
         assert_eq!(f.uds_mode, Some(FileMode::Str("640".into())));
+    }
+
+    #[test]
+    fn frame_timeout_comes_from_the_file_unless_a_flag_says_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "model = \"m\"\nframe_timeout_secs = 3\n").unwrap();
+        let limits = |flags: &[&str]| {
+            let argv = ["classifyd", "serve", "--config", path.to_str().unwrap()];
+            let cli = crate::cli::Cli::try_parse_from(argv.iter().chain(flags)).unwrap();
+            let crate::cli::Command::Serve(a) = cli.command else {
+                panic!("not serve");
+            };
+            Settings::resolve(&a)
+                .unwrap()
+                .serve_config()
+                .unwrap()
+                .connections
+        };
+        assert_eq!(limits(&[]).frame_timeout, Duration::from_secs(3));
+        let flagged = limits(&["--frame-timeout-secs", "7"]);
+        assert_eq!(flagged.frame_timeout, Duration::from_secs(7));
+        // Unrelated to the idle timeout, which keeps its default.
+        assert_eq!(flagged.idle_timeout, Duration::from_secs(60));
     }
 
     #[test]

@@ -67,7 +67,11 @@ fn read_json(path: &Path, what: &'static str) -> Result<Value, LoadError> {
             source,
         },
     })?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| LoadError::Json {
+    parse_json(path, &bytes)
+}
+
+fn parse_json(path: &Path, bytes: &[u8]) -> Result<Value, LoadError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| LoadError::Json {
         path: path.to_path_buf(),
         message: format!("not UTF-8 ({e})"),
     })?;
@@ -77,6 +81,15 @@ fn read_json(path: &Path, what: &'static str) -> Result<Value, LoadError> {
     })
 }
 
+/// config.json's bytes → the parsed JSON and the head every architecture shares, as
+/// [`ModelDir::open`] reads them; `path` only names the file in errors. Public so the fuzz
+/// targets (fuzz/) reach the parser without a model directory.
+pub fn parse_config_json(path: &Path, bytes: &[u8]) -> Result<(Value, HeadConfig), LoadError> {
+    let config = parse_json(path, bytes)?;
+    let head = parse_head(&config, path)?;
+    Ok((config, head))
+}
+
 fn config_err(path: &Path, message: impl Into<String>) -> LoadError {
     LoadError::Config {
         path: path.to_path_buf(),
@@ -84,16 +97,29 @@ fn config_err(path: &Path, message: impl Into<String>) -> LoadError {
     }
 }
 
+/// More labels than any sequence classifier has. `num_labels` without `id2label` makes one
+/// `LABEL_i` name per label before the weights are looked at, so without a cap one number in
+/// config.json could allocate names by the billion (found by fuzz/ config_json).
+pub const MAX_LABELS: usize = 1 << 16;
+
 /// `id2label` may be missing (labels default to LABEL_i), keyed by "0".."n-1", or (in hand-written
 /// configs) carry integer values inverted like `label2id`.
 fn parse_labels(config: &Value, path: &Path) -> Result<Vec<String>, LoadError> {
-    let num_labels =
-        match config.get("num_labels") {
-            Some(v) => Some(v.as_u64().filter(|n| *n >= 1).ok_or_else(|| {
-                config_err(path, format!("num_labels {v} is not a positive integer"))
-            })? as usize),
-            None => None,
-        };
+    let num_labels = match config.get("num_labels") {
+        Some(v) => Some(v.as_u64().filter(|n| *n >= 1).ok_or_else(|| {
+            config_err(path, format!("num_labels {v} is not a positive integer"))
+        })?),
+        None => None,
+    };
+    let num_labels = match num_labels {
+        Some(n) if n > MAX_LABELS as u64 => {
+            return Err(config_err(
+                path,
+                format!("num_labels {n} is more than the {MAX_LABELS} labels supported"),
+            ))
+        }
+        n => n.map(|n| n as usize),
+    };
     let Some(map) = config.get("id2label") else {
         let n = num_labels.unwrap_or(2);
         return Ok((0..n).map(|i| format!("LABEL_{i}")).collect());
@@ -234,11 +260,21 @@ fn model_max_length(root: &Path) -> Result<Option<usize>, LoadError> {
         return Ok(None);
     }
     let cfg = read_json(&path, "tokenizer config")?;
-    Ok(cfg
-        .get("model_max_length")
+    Ok(max_length_of(&cfg))
+}
+
+fn max_length_of(cfg: &Value) -> Option<usize> {
+    cfg.get("model_max_length")
         .and_then(|v| v.as_f64())
         .filter(|v| *v >= 1.0 && *v < 1.0e9)
-        .map(|v| v as usize))
+        .map(|v| v as usize)
+}
+
+/// tokenizer_config.json's bytes → `model_max_length` when it is a real limit, as
+/// [`ModelDir::open`] reads it; `path` only names the file in errors. Public for the fuzz
+/// targets (fuzz/).
+pub fn parse_tokenizer_config(path: &Path, bytes: &[u8]) -> Result<Option<usize>, LoadError> {
+    Ok(max_length_of(&parse_json(path, bytes)?))
 }
 
 impl ModelDir {
@@ -272,11 +308,20 @@ impl ModelDir {
     }
 
     /// Memory-maps every weight file, checking each header and that its data fits the file.
+    ///
+    /// The maps live only as long as the returned value, and the engine drops it once the model
+    /// is built: every tensor is copied out of the map as it is loaded (candle's
+    /// `MmapedSafetensors::load` ends in `Tensor::from_slice`, which copies into CPU storage or
+    /// uploads to the device), and `Engine::load` hands the maps to a `VarBuilder` that
+    /// `build_model` consumes. Keep it that way: a weight file truncated in place while it is
+    /// mapped makes the next read of the lost pages a SIGBUS, which would kill the daemon. With
+    /// no map alive while serving, only a truncation racing a load (start or SIGHUP) can do
+    /// that; a file replaced by rename cannot, as the map holds the old inode.
     pub fn map_weights(&self) -> Result<MmapedSafetensors, LoadError> {
         for path in &self.weight_files {
             // Opened one by one first so the error names the broken file.
-            // SAFETY: the map is read-only; a file truncated underneath us while mapped is the
-            // operator's error, and the loader copies what it needs out of the map at load.
+            // SAFETY: the map is read-only and dropped before serving starts (see above); the
+            // header checks refuse a file whose data does not fit it.
             unsafe { MmapedSafetensors::new(path) }.map_err(|e| LoadError::Weights {
                 path: path.clone(),
                 message: crate::error::one_line(&e),
@@ -299,4 +344,23 @@ pub fn weight_summary(st: &MmapedSafetensors) -> (usize, String) {
         dtypes.insert(format!("{:?}", view.dtype()));
     }
     (params, dtypes.into_iter().collect::<Vec<_>>().join("+"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_num_labels_is_refused_before_naming_labels() {
+        let path = Path::new("config.json");
+        let e = parse_config_json(
+            path,
+            br#"{"architectures": ["X"], "num_labels": 100000000000}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("num_labels 100000000000"), "{e}");
+        let (_, head) =
+            parse_config_json(path, br#"{"architectures": ["X"], "num_labels": 3}"#).unwrap();
+        assert_eq!(head.labels, ["LABEL_0", "LABEL_1", "LABEL_2"]);
+    }
 }

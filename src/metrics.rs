@@ -44,6 +44,22 @@ const STATUSES: [(pb::Status, &str); 6] = [
 
 type StatusLabel = Vec<(&'static str, &'static str)>;
 
+/// The listener a connection came in on (`classifyd_connections{transport}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Unix,
+    Quic,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Unix => "unix",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     /// One counter per status, indexed as [`STATUSES`]; clones of the family's, so recording
@@ -56,6 +72,8 @@ pub struct Metrics {
     batch_rows: Histogram,
     batch_tokens: Histogram,
     in_flight: Gauge,
+    /// Open connections, indexed by `Transport as usize`.
+    connections: [Gauge; 2],
     queue_depth: Gauge,
     rss: Gauge,
     batches: Counter,
@@ -108,8 +126,18 @@ impl Metrics {
             "Classify requests answered, by status",
             family,
         );
+        let open = Family::<StatusLabel, Gauge>::default();
+        // Both series from the start, so a dashboard sees 0 rather than nothing.
+        let connections = [Transport::Unix, Transport::Quic]
+            .map(|t| open.get_or_create(&vec![("transport", t.label())]).clone());
+        registry.register(
+            "classifyd_connections",
+            "Connections open now, by transport",
+            open,
+        );
         let m = Self {
             requests,
+            connections,
             queue: seconds_histogram(),
             tokenize: seconds_histogram(),
             inference: seconds_histogram(),
@@ -211,6 +239,14 @@ impl Metrics {
         self.batch_tokens.observe(padded_tokens as f64);
     }
 
+    /// Counts a connection as open until the guard drops; the guard is `Send`, so it can live
+    /// in the connection's task.
+    pub fn connection_opened(&self, transport: Transport) -> OpenConnection {
+        let gauge = self.connections[transport as usize].clone();
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+
     /// Counts a request as in flight until the guard drops.
     pub fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.inc();
@@ -233,6 +269,15 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// An open connection, counted in `classifyd_connections` until dropped.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -4,7 +4,9 @@
 //! side by side would only make both slower and the tail longer.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, PoisonError};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -52,6 +54,9 @@ fn run(engine: &Engine, shared: &Shared) {
         shared.beat();
         #[cfg(test)]
         shared.gate.pass();
+        if let Some(hooks) = TEST_HOOKS.get() {
+            hooks.hold(shared);
+        }
         let (batch, outcome) = run_batch(engine, batch);
         shared.beat();
         {
@@ -126,6 +131,49 @@ fn stall() -> ! {
     }
 }
 
+/// Faults the daemon tests (tests/daemon/faults.rs) inject into a real `classifyd serve`
+/// through hidden flags. Process-wide rather than per scheduler so that they need no plumbing
+/// through the scheduler's configuration and hold across reloads; armed once, by `serve`, only
+/// when one of those flags is given. Never armed in production.
+#[derive(Debug, Default)]
+pub struct TestHooks {
+    /// `--test-fail-batches N`: the next N forward passes panic inside the engine call.
+    pub fail_batches: AtomicU64,
+    /// `--test-hold-batches-while PATH`: a batch the worker has picked waits while PATH exists,
+    /// so a test can keep the engine busy, with work queued behind it, for as long as it needs.
+    pub hold_while: Option<PathBuf>,
+}
+
+static TEST_HOOKS: OnceLock<TestHooks> = OnceLock::new();
+
+/// Arms the test hooks for the rest of the process; a second call is ignored.
+pub fn arm_test_hooks(hooks: TestHooks) {
+    if TEST_HOOKS.set(hooks).is_ok() {
+        tracing::warn!("test hooks armed: {:?}", TEST_HOOKS.get());
+    }
+}
+
+impl TestHooks {
+    fn take_failure(&self) -> bool {
+        self.fail_batches
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn hold(&self, shared: &Shared) {
+        let Some(path) = self.hold_while.as_ref().filter(|p| p.exists()) else {
+            return;
+        };
+        // Tests wait for this line to know the batch has left the queue.
+        tracing::warn!("test hook: holding a batch while {} exists", path.display());
+        while path.exists() {
+            // Held, not hung: the watchdog keeps being fed.
+            shared.beat();
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 struct Outcome {
     rows: usize,
     /// rows × longest row: what the forward pass computed, padding included.
@@ -142,15 +190,20 @@ fn run_batch(engine: &Engine, batch: Vec<Queued>) -> (Vec<Queued>, Outcome) {
     let padded_tokens = rows * inputs.iter().map(|e| e.len()).max().unwrap_or(0);
     let started = Instant::now();
     // A panic in a kernel must cost this batch, not every later request.
-    let logits = panic::catch_unwind(AssertUnwindSafe(|| engine.logits(&inputs)))
-        .unwrap_or_else(|p| Err(EngineError(format!("engine panicked: {}", panic_text(&*p)))))
-        .and_then(|l| match l.len() == rows {
-            true => Ok(l),
-            false => Err(EngineError(format!(
-                "engine returned {} rows of logits for {rows} inputs",
-                l.len()
-            ))),
-        });
+    let logits = panic::catch_unwind(AssertUnwindSafe(|| {
+        if TEST_HOOKS.get().is_some_and(TestHooks::take_failure) {
+            panic!("test hook: this forward pass fails (--test-fail-batches)");
+        }
+        engine.logits(&inputs)
+    }))
+    .unwrap_or_else(|p| Err(EngineError(format!("engine panicked: {}", panic_text(&*p)))))
+    .and_then(|l| match l.len() == rows {
+        true => Ok(l),
+        false => Err(EngineError(format!(
+            "engine returned {} rows of logits for {rows} inputs",
+            l.len()
+        ))),
+    });
     let inference_us = micros(started.elapsed());
     drop(inputs);
     let outcome = Outcome {

@@ -14,6 +14,11 @@ pub struct ConnectionLimits {
     pub max_frame_bytes: usize,
     /// A connection with nothing in flight and nothing received for this long is closed.
     pub idle_timeout: std::time::Duration,
+    /// A frame must arrive whole within this long of its first byte, and a response must be
+    /// taken by the peer within this long; otherwise the connection (UDS) or the stream (QUIC)
+    /// is closed. Receiving bytes does not extend it, so a peer dripping a frame cannot hold a
+    /// connection open the way it could hold off the idle timeout.
+    pub frame_timeout: std::time::Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -23,6 +28,7 @@ impl Default for ConnectionLimits {
             max_in_flight: 64,
             max_frame_bytes: 1 << 20,
             idle_timeout: std::time::Duration::from_secs(60),
+            frame_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -17,27 +17,38 @@ use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::tls::TlsError;
 use crate::frame::{encode, PREFIX_LEN};
+use crate::metrics::OpenConnection;
 
 /// Answers one request. `payload` is one encoded request message without its length prefix;
 /// the result is one encoded response message without its prefix. Never fails: errors are
 /// encoded as responses.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, payload: Bytes) -> impl Future<Output = Vec<u8>> + Send;
+
+    /// Called once per established connection; the guard, if any, is held until it closes.
+    fn connection_opened(&self) -> Option<OpenConnection> {
+        None
+    }
 }
 
 /// Application close code: the client is done with the connection.
 pub const CLOSE_DONE: VarInt = VarInt::from_u32(0);
 /// Application close code: the server is shutting down.
 pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(1);
+/// Application close code: no request for the idle timeout.
+pub const CLOSE_IDLE: VarInt = VarInt::from_u32(2);
 /// Stream error code: the request frame is longer than the server's `max_frame_bytes`, or the
 /// response longer than the client's limit.
 pub const STREAM_FRAME_TOO_LARGE: VarInt = VarInt::from_u32(1);
 /// Stream error code: the peer finished the stream in the middle of a frame.
 pub const STREAM_TRUNCATED: VarInt = VarInt::from_u32(2);
+/// Stream error code: the request frame did not arrive whole within the frame timeout, or the
+/// peer did not take the response within it.
+pub const STREAM_FRAME_TIMEOUT: VarInt = VarInt::from_u32(3);
 
 /// Limits of the QUIC listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +60,12 @@ pub struct QuicLimits {
     pub max_streams_per_connection: u32,
     /// Largest request message accepted, prefix excluded; a longer one resets its stream.
     pub max_frame_bytes: usize,
-    /// A connection that receives nothing for this long is closed (QUIC idle timeout).
+    /// A connection that receives nothing for this long is closed (QUIC idle timeout), and so
+    /// is one with no request open for this long, even if the peer keeps it alive with pings.
     pub idle_timeout: Duration,
+    /// A request frame must arrive whole within this long of its stream opening, and the
+    /// response must be taken within this long; else the stream is reset.
+    pub frame_timeout: Duration,
 }
 
 impl Default for QuicLimits {
@@ -60,6 +75,7 @@ impl Default for QuicLimits {
             max_streams_per_connection: 64,
             max_frame_bytes: 1 << 20,
             idle_timeout: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -71,6 +87,7 @@ impl From<super::ConnectionLimits> for QuicLimits {
             max_streams_per_connection: u32::try_from(l.max_in_flight.max(1)).unwrap_or(u32::MAX),
             max_frame_bytes: l.max_frame_bytes,
             idle_timeout: l.idle_timeout,
+            frame_timeout: l.frame_timeout,
         }
     }
 }
@@ -130,6 +147,12 @@ struct ServiceHandler(Arc<crate::service::Service>);
 impl Handler for ServiceHandler {
     fn handle(&self, payload: Bytes) -> impl Future<Output = Vec<u8>> + Send {
         self.0.handle(payload)
+    }
+
+    fn connection_opened(&self) -> Option<OpenConnection> {
+        self.0
+            .metrics()
+            .map(|m| m.connection_opened(crate::metrics::Transport::Quic))
     }
 }
 
@@ -241,25 +264,44 @@ async fn connection<H: Handler>(
         _ = shutdown.cancelled() => return,
     };
     debug!("quic connection established");
+    let _open = handler.connection_opened();
 
     let mut streams = JoinSet::new();
+    // When the last stream was opened or finished. QUIC's own idle timeout counts any packet,
+    // keep-alive pings included, so it alone would let a peer hold a connection slot forever.
+    let mut last_activity = tokio::time::Instant::now();
     loop {
+        let idle_at = last_activity + limits.idle_timeout;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(done) = streams.join_next(), if !streams.is_empty() => log_join(done),
+            Some(done) = streams.join_next(), if !streams.is_empty() => {
+                log_join(done);
+                last_activity = tokio::time::Instant::now();
+            }
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
+                    last_activity = tokio::time::Instant::now();
                     streams.spawn(
-                        stream(send, recv, handler.clone(), limits.max_frame_bytes)
-                            .in_current_span(),
+                        stream(send, recv, handler.clone(), limits).in_current_span(),
                     );
+                }
+                Err(quinn::ConnectionError::TimedOut) => {
+                    // The peer vanished without closing; one line, as for a failed handshake.
+                    info!("quic connection from {remote} timed out: no packets for too long");
+                    break;
                 }
                 Err(e) => {
                     debug!("quic connection ended: {e}");
                     break;
                 }
             },
+            // After accept_bi, so that a stream arriving as the clock runs out is served.
+            _ = tokio::time::sleep_until(idle_at), if streams.is_empty() => {
+                debug!("closing idle quic connection");
+                conn.close(CLOSE_IDLE, b"idle");
+                break;
+            }
         }
     }
     let draining = shutdown.is_cancelled();
@@ -281,11 +323,17 @@ async fn stream<H: Handler>(
     mut send: SendStream,
     mut recv: RecvStream,
     handler: Arc<H>,
-    max_frame: usize,
+    limits: QuicLimits,
 ) {
-    let request = match read_frame(&mut recv, max_frame).await {
-        Ok(request) => request,
-        Err(e) => {
+    // From the stream's opening, which the peer signals with its first bytes: dripping a frame
+    // keeps QUIC's idle timer fed, so only a deadline on the frame itself ends it.
+    let read = tokio::time::timeout(
+        limits.frame_timeout,
+        read_frame(&mut recv, limits.max_frame_bytes),
+    );
+    let request = match read.await {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => {
             debug!("quic request stream refused: {e}");
             let code = match e {
                 FrameReadError::TooLarge { .. } => STREAM_FRAME_TOO_LARGE,
@@ -296,17 +344,36 @@ async fn stream<H: Handler>(
             let _ = send.reset(code);
             return;
         }
+        Err(_) => {
+            info!(
+                "quic request frame not completed within {:?}; resetting its stream",
+                limits.frame_timeout
+            );
+            let _ = recv.stop(STREAM_FRAME_TIMEOUT);
+            let _ = send.reset(STREAM_FRAME_TIMEOUT);
+            return;
+        }
     };
     drop(recv);
     let response = handler.handle(request).await;
-    if let Err(e) = send.write_all(&encode(&response)).await {
-        debug!("quic response not sent: {e}");
-        return;
+    let framed = encode(&response);
+    match tokio::time::timeout(limits.frame_timeout, send.write_all(&framed)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            debug!("quic response not sent: {e}");
+            return;
+        }
+        Err(_) => {
+            debug!("quic response not taken within {:?}", limits.frame_timeout);
+            let _ = send.reset(STREAM_FRAME_TIMEOUT);
+            return;
+        }
     }
     let _ = send.finish();
     // Resolves once the peer acknowledged every byte, so that a connection closed right after
-    // (shutdown) cannot discard an answer still in flight.
-    let _ = send.stopped().await;
+    // (shutdown) cannot discard an answer still in flight. Bounded like the write: a peer that
+    // never acknowledges must not pin the stream's task.
+    let _ = tokio::time::timeout(limits.frame_timeout, send.stopped()).await;
 }
 
 /// Why one frame could not be read from a stream.

@@ -5,18 +5,20 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::codec::FramedRead;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::ConnectionLimits;
 use crate::frame::{self, FrameError};
+use crate::metrics::Transport;
 use crate::protocol::{self, pb};
 use crate::service::Service;
 
@@ -166,6 +168,14 @@ fn admit(stream: &UnixStream, opts: &UnixOptions) -> Result<(), String> {
     }
 }
 
+/// Why the read side of a connection stopped.
+enum Stop {
+    /// Shutdown, an oversized or overdue frame: what was read is still answered.
+    Answer,
+    /// The peer is gone or cannot take answers: what it has in flight is cancelled.
+    PeerGone,
+}
+
 /// Reads frames and answers each on its own task, so a slow request never holds up the next.
 /// The connection's write side is owned by one writer task fed through a channel.
 async fn handle_connection(
@@ -174,86 +184,181 @@ async fn handle_connection(
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
-    let (read, mut write) = stream.into_split();
-    let mut frames = FramedRead::new(read, frame::codec(limits.max_frame_bytes));
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight.max(1));
-    let writer = tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
-            if write.write_all(&bytes).await.is_err() {
-                return false;
-            }
-        }
-        let _ = write.shutdown().await;
-        true
-    });
+    let _open = service
+        .metrics()
+        .map(|m| m.connection_opened(Transport::Unix));
+    let (mut read, mut write) = stream.into_split();
     let max_in_flight = limits.max_in_flight.max(1);
-    let in_flight = Arc::new(Semaphore::new(max_in_flight));
-    let mut requests = JoinSet::new();
-    let mut peer_gone = false;
-    loop {
-        // Backpressure: at the in-flight limit, stop reading until an answer goes out.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = in_flight.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let idle = tokio::time::sleep(limits.idle_timeout);
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            // Idle only when the permit just taken is the only one out.
-            _ = idle, if in_flight.available_permits() + 1 == max_in_flight => {
-                debug!("closing idle unix connection");
-                break;
-            }
-            n = frames.next() => n,
-        };
-        match next {
-            Some(Ok(payload)) => {
-                let service = service.clone();
-                let tx = tx.clone();
-                requests.spawn(async move {
-                    let response = service.handle(Bytes::from(payload)).await;
-                    let _ = tx.send(frame::encode(&response)).await;
-                    drop(permit);
-                });
-            }
-            Some(Err(e)) => {
-                match frame::classify_io_error(e, limits.max_frame_bytes, None) {
-                    FrameError::TooLong { max, .. } => {
-                        // The stream cannot be resynchronised; say why, then close.
-                        let msg = format!("frame exceeds the limit of {max} bytes; closing");
-                        info!("unix connection: {msg}");
-                        let r = protocol::status_response(0, pb::Status::InvalidArgument, msg);
-                        let _ = tx.send(frame::encode(&r)).await;
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(max_in_flight);
+    // Cancelled when the writer gives up, so the reader stops computing answers nobody takes.
+    let writer_gone = CancellationToken::new();
+    let writer = {
+        let gone = writer_gone.clone();
+        let frame_timeout = limits.frame_timeout;
+        tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                // A peer that stops reading would otherwise park this task, and with it every
+                // request task waiting to queue its answer, for as long as it stays connected.
+                match tokio::time::timeout(frame_timeout, write.write_all(&bytes)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        debug!("unix connection write error: {e}");
+                        gone.cancel();
+                        return;
                     }
-                    FrameError::Truncated => {
-                        info!("unix connection closed in the middle of a frame");
-                        peer_gone = true;
-                    }
-                    FrameError::Io(e) => {
-                        info!("unix connection read error: {e}");
-                        peer_gone = true;
+                    Err(_) => {
+                        info!(
+                            "unix connection: peer took no answer for {frame_timeout:?}; closing"
+                        );
+                        gone.cancel();
+                        return;
                     }
                 }
-                break;
             }
-            // The peer closed: requests it has not been answered are cancelled (docs/PROTOCOL.md).
-            None => {
-                peer_gone = true;
-                break;
-            }
-        }
-        while requests.try_join_next().is_some() {}
-    }
-    if peer_gone {
+            let _ = write.shutdown().await;
+        })
+    };
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    let mut requests = JoinSet::new();
+    let stop = read_loop(
+        &mut read,
+        &service,
+        &limits,
+        &shutdown,
+        &writer_gone,
+        &in_flight,
+        &mut requests,
+        &tx,
+    )
+    .await;
+    if matches!(stop, Stop::PeerGone) {
         // Dropping the tasks drops their queue receivers, which the worker then skips.
         requests.abort_all();
     }
     while requests.join_next().await.is_some() {}
     drop(tx);
     let _ = writer.await;
+}
+
+/// The read side of [`handle_connection`]: frames in, one task per request, until the peer
+/// leaves, misbehaves or the daemon stops.
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    read: &mut OwnedReadHalf,
+    service: &Arc<Service>,
+    limits: &ConnectionLimits,
+    shutdown: &CancellationToken,
+    writer_gone: &CancellationToken,
+    in_flight: &Arc<Semaphore>,
+    requests: &mut JoinSet<()>,
+    tx: &mpsc::Sender<Vec<u8>>,
+) -> Stop {
+    let mut codec = frame::codec(limits.max_frame_bytes);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Last byte received or last answer completed: the idle clock starts from the later.
+    let mut last_activity = Instant::now();
+    loop {
+        // Backpressure: at the in-flight limit, stop reading until an answer goes out.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return Stop::Answer,
+            _ = writer_gone.cancelled() => return Stop::PeerGone,
+            p = in_flight.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return Stop::Answer,
+            },
+        };
+        // The frame clock runs only while this side reads: time spent at the in-flight limit is
+        // the server's, not the peer's.
+        let mut frame_started = (!buf.is_empty()).then(Instant::now);
+        let payload = loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(frame)) => break frame.freeze(),
+                Ok(None) => {}
+                Err(e) => {
+                    let FrameError::TooLong { max, .. } =
+                        frame::classify_io_error(e, limits.max_frame_bytes, None)
+                    else {
+                        // The codec fails on nothing but the length limit.
+                        return Stop::PeerGone;
+                    };
+                    // The stream cannot be resynchronised; say why, then close.
+                    let msg = format!("frame exceeds the limit of {max} bytes; closing");
+                    info!("unix connection: {msg}");
+                    answer_and_close(tx, msg).await;
+                    return Stop::Answer;
+                }
+            }
+            let (deadline, overdue) = match frame_started {
+                Some(t) => (Some(t + limits.frame_timeout), true),
+                // Idle only with nothing in flight: a client waiting for a slow answer is not.
+                None if requests.is_empty() => (Some(last_activity + limits.idle_timeout), false),
+                None => (None, false),
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return Stop::Answer,
+                _ = writer_gone.cancelled() => return Stop::PeerGone,
+                // Reaped here so that the idle clock starts when the last answer goes out.
+                Some(_) = requests.join_next(), if !requests.is_empty() => {
+                    if requests.is_empty() {
+                        last_activity = Instant::now();
+                    }
+                }
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    if !overdue {
+                        debug!("closing idle unix connection");
+                        return Stop::Answer;
+                    }
+                    let msg = format!(
+                        "frame not completed within {:?} of its first byte; closing",
+                        limits.frame_timeout
+                    );
+                    info!("unix connection: {msg}");
+                    answer_and_close(tx, msg).await;
+                    return Stop::Answer;
+                }
+                r = read_some(read, &mut buf) => match r {
+                    Ok(0) if buf.is_empty() => return Stop::PeerGone,
+                    Ok(0) => {
+                        info!("unix connection closed in the middle of a frame");
+                        return Stop::PeerGone;
+                    }
+                    Ok(_) => {
+                        last_activity = Instant::now();
+                        frame_started.get_or_insert(last_activity);
+                    }
+                    Err(e) => {
+                        info!("unix connection read error: {e}");
+                        return Stop::PeerGone;
+                    }
+                },
+            }
+        };
+        let service = service.clone();
+        let tx = tx.clone();
+        requests.spawn(async move {
+            let response = service.handle(payload).await;
+            let _ = tx.send(frame::encode(&response)).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Bytes read per system call at most, and the buffer's spare room before each.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// One read into `buf`. Room for a whole frame is reserved by the codec once it has read the
+/// length prefix, so the buffer grows to one frame and no further.
+async fn read_some(read: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() == buf.len() {
+        buf.reserve(READ_CHUNK);
+    }
+    read.read_buf(buf).await
+}
+
+/// Sends the one `INVALID_ARGUMENT` answer (id 0) that explains why the server closes.
+async fn answer_and_close(tx: &mpsc::Sender<Vec<u8>>, msg: String) {
+    let r = protocol::status_response(0, pb::Status::InvalidArgument, msg);
+    let _ = tx.send(frame::encode(&r)).await;
 }
 
 /// The default socket path when none is configured: $RUNTIME_DIRECTORY (systemd) or /run.

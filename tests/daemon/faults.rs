@@ -1,5 +1,6 @@
-//! Bad input from the outside: each gets its typed error or a closed connection, and a second,
-//! well-behaved client is served throughout.
+//! Faults from outside and inside: bad input, clients that die, drip or never read, too many
+//! connections, a failing forward pass. Each gets its typed error or a closed connection, and a
+//! second, well-behaved client is served throughout.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -187,4 +188,287 @@ fn connections_past_the_limit_are_refused_and_others_unaffected() {
         ),
         pb::Status::Ok
     );
+}
+
+#[test]
+fn a_killed_client_s_queued_work_is_dropped_and_others_are_served() {
+    let scratch = tempfile::tempdir().unwrap();
+    let hold = scratch.path().join("hold");
+    let metrics = metrics_addr();
+    let daemon = Daemon::start(
+        &fixture("bert"),
+        &[
+            "--metrics-addr",
+            &metrics.to_string(),
+            "--test-hold-batches-while",
+            hold.to_str().unwrap(),
+        ],
+    );
+    let computed_before = info(&daemon).computed;
+    let rt = runtime();
+    let bystander = rt.block_on(daemon.client());
+
+    // The bystander's request is picked by the engine and held there, so whatever comes next
+    // waits in the queue.
+    std::fs::write(&hold, b"").unwrap();
+    let held = {
+        let c = rt.block_on(daemon.client());
+        rt.spawn(async move { c.classify(vec![text("held")], logits_opts()).await })
+    };
+    wait_until(&daemon, "the held batch", Duration::from_secs(60), || {
+        daemon.stderr().contains("test hook: holding a batch")
+    });
+
+    // A separate client process queues five requests and is killed while they wait.
+    let mut victim = std::process::Command::new(env!("CARGO_BIN_EXE_classifyd"))
+        .args(["classify", "--uds"])
+        .arg(&daemon.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = victim.stdin.take().unwrap();
+        for i in 0..5 {
+            writeln!(stdin, "doomed request {i}").unwrap();
+        }
+        // End of input: the client sends what it has read and waits for the answers.
+    }
+    wait_until(
+        &daemon,
+        "five queued requests",
+        Duration::from_secs(60),
+        || metric(metrics, "classifyd_queue_depth") == 5.0,
+    );
+    assert_eq!(metric(metrics, "classifyd_requests_in_flight"), 6.0);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    // The daemon notices the closed socket and lets go of the victim's requests at once, while
+    // the engine is still held.
+    wait_until(
+        &daemon,
+        "the victim's requests dropped",
+        Duration::from_secs(60),
+        || metric(metrics, "classifyd_requests_in_flight") == 1.0,
+    );
+    // The victim's connection is closed; the bystander's two stay open.
+    wait_until(
+        &daemon,
+        "the victim's connection closed",
+        Duration::from_secs(60),
+        || metric(metrics, "classifyd_connections{transport=\"unix\"}") == 2.0,
+    );
+
+    std::fs::remove_file(&hold).unwrap();
+    let r = rt.block_on(held).unwrap().unwrap();
+    assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+    let r = rt
+        .block_on(bystander.classify(vec![text("after the kill")], logits_opts()))
+        .unwrap();
+    assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+    assert_eq!(metric(metrics, "classifyd_queue_depth"), 0.0);
+    assert_eq!(
+        info(&daemon).computed - computed_before,
+        2,
+        "only the bystander's two requests were computed"
+    );
+    assert_eq!(
+        metric(metrics, "classifyd_requests_total{status=\"internal\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn a_slow_drip_client_is_timed_out_and_holds_no_worker() {
+    let metrics = metrics_addr();
+    // An idle timeout far away, so only the frame timeout can end the drip.
+    let daemon = Daemon::start(
+        &fixture("bert"),
+        &[
+            "--frame-timeout-secs",
+            "2",
+            "--idle-timeout-secs",
+            "600",
+            "--metrics-addr",
+            &metrics.to_string(),
+        ],
+    );
+    let rt = runtime();
+    let good = rt.block_on(daemon.client());
+
+    // A 100-byte frame, one byte a second: it would take 100 s to arrive.
+    let mut drip = UnixStream::connect(&daemon.socket).unwrap();
+    drip.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    drip.write_all(&100u32.to_be_bytes()).unwrap();
+    let dripper = {
+        let mut w = drip.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            while sent < 100 && w.write_all(&[0x0a]).is_ok() {
+                sent += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            sent
+        })
+    };
+    // Others are served while it drips: the drip holds neither the engine nor the listener.
+    for i in 0..3 {
+        let r = rt
+            .block_on(good.classify(vec![text(format!("meanwhile {i}"))], logits_opts()))
+            .unwrap();
+        assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+    }
+
+    // The daemon gives up on the frame: one INVALID_ARGUMENT answer naming why, then EOF.
+    let mut len = [0u8; 4];
+    drip.read_exact(&mut len).unwrap();
+    let mut body = vec![0; u32::from_be_bytes(len) as usize];
+    drip.read_exact(&mut body).unwrap();
+    let r = pb::Response::decode(&body[..]).unwrap();
+    assert_eq!((r.id, status(&r)), (0, pb::Status::InvalidArgument));
+    assert!(r.message.contains("not completed within"), "{}", r.message);
+    // Closed after the answer: EOF, or a reset when a dripped byte was left unread.
+    match drip.read(&mut len) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection stayed open: {other:?}"),
+    }
+    drop(drip);
+    let sent = dripper.join().unwrap();
+    assert!(sent < 100, "the frame was never completed ({sent} bytes)");
+    assert!(
+        daemon.stderr().contains("frame not completed within 2s"),
+        "{}",
+        daemon.stderr()
+    );
+    wait_until(
+        &daemon,
+        "the drip connection closed",
+        Duration::from_secs(30),
+        || metric(metrics, "classifyd_connections{transport=\"unix\"}") == 1.0,
+    );
+    let r = rt
+        .block_on(good.classify(vec![text("after")], logits_opts()))
+        .unwrap();
+    assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+}
+
+#[test]
+fn a_failed_batch_answers_internal_and_the_worker_recovers() {
+    let metrics = metrics_addr();
+    let mut daemon = Daemon::start(
+        &fixture("bert"),
+        &[
+            "--test-fail-batches",
+            "1",
+            "--metrics-addr",
+            &metrics.to_string(),
+        ],
+    );
+    let rt = runtime();
+    let client = std::sync::Arc::new(rt.block_on(daemon.client()));
+    // Every input of the failing batch gets the one INTERNAL answer.
+    let r = rt
+        .block_on(client.classify(vec![text("one"), text("two"), text("three")], logits_opts()))
+        .unwrap();
+    assert_eq!(status(&r), pb::Status::Internal, "{}", r.message);
+    assert!(r.message.contains("engine panicked"), "{}", r.message);
+    assert!(
+        daemon.stderr().contains("batch failed"),
+        "{}",
+        daemon.stderr()
+    );
+
+    // The same engine thread goes on: later requests, pipelined, all succeed.
+    let engine = in_process(&fixture("bert"));
+    let answers = rt.block_on(futures::future::join_all((0..8).map(|i| {
+        let client = client.clone();
+        async move {
+            client
+                .classify(vec![text(format!("later {i}"))], logits_opts())
+                .await
+        }
+    })));
+    for (i, r) in answers.into_iter().enumerate() {
+        let r = r.unwrap();
+        assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+        let got = classify_body(r).results.remove(0).logits;
+        let want = local_logits(&engine, &format!("later {i}"));
+        assert!(max_abs_diff(&got, &want) <= 1e-5);
+    }
+    // Health shows the failure and the recovery.
+    assert_eq!(
+        metric(metrics, "classifyd_requests_total{status=\"internal\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(metrics, "classifyd_requests_total{status=\"ok\"}"),
+        8.0
+    );
+    assert_eq!(crate::metrics::get(metrics, "/readyz").unwrap().0, 200);
+    daemon.signal(15);
+    let s = daemon.wait();
+    assert!(s.success(), "{}: {}", exit_code(s), daemon.stderr());
+}
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_disconnected() {
+    let metrics = metrics_addr();
+    let daemon = Daemon::start(
+        &fixture("bert"),
+        &[
+            "--frame-timeout-secs",
+            "2",
+            "--metrics-addr",
+            &metrics.to_string(),
+        ],
+    );
+    // Answers of 64 inputs with logits, a few KiB each: a few hundred fill the socket's
+    // buffers, the connection's answer queue and its in-flight slots.
+    let inputs: Vec<pb::Input> = (0..64).map(|i| text(format!("input {i}"))).collect();
+    let mut bytes = Vec::new();
+    for id in 1..=400 {
+        let msg = pb::Request {
+            version: VERSION,
+            id,
+            body: Some(pb::request::Body::Classify(pb::ClassifyRequest {
+                inputs: inputs.clone(),
+                options: Some(logits_opts()),
+                ..Default::default()
+            })),
+        };
+        bytes.extend(framed(&msg.encode_to_vec()));
+    }
+    let deaf = UnixStream::connect(&daemon.socket).unwrap();
+    deaf.set_write_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let writer = {
+        let mut w = deaf.try_clone().unwrap();
+        // May block once the daemon stops reading, until it hangs up.
+        std::thread::spawn(move || {
+            let _ = w.write_all(&bytes);
+        })
+    };
+    wait_until(
+        &daemon,
+        "the deaf client dropped",
+        Duration::from_secs(60),
+        || daemon.stderr().contains("peer took no answer for 2s"),
+    );
+    wait_until(
+        &daemon,
+        "its connection closed",
+        Duration::from_secs(60),
+        || metric(metrics, "classifyd_connections{transport=\"unix\"}") == 0.0,
+    );
+    let rt = runtime();
+    let good = rt.block_on(daemon.client());
+    let r = rt
+        .block_on(good.classify(vec![text("still served")], logits_opts()))
+        .unwrap();
+    assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+    drop(deaf);
+    writer.join().unwrap();
 }

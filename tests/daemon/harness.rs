@@ -264,3 +264,40 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` and the daemon's log after
+/// `limit` (a hang guard, not a speed requirement).
+pub fn wait_until(daemon: &Daemon, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not within {limit:?}: {}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback address for `--metrics-addr` on a free port.
+pub fn metrics_addr() -> std::net::SocketAddr {
+    ([127, 0, 0, 1], crate::metrics::free_port()).into()
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed, e.g.
+/// `classifyd_connections{transport="quic"}`) in a scrape of `addr`'s `/metrics`.
+pub fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let (code, body) = crate::metrics::get(addr, "/metrics").unwrap();
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in {body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The daemon's Info response over a fresh connection.
+pub fn info(daemon: &Daemon) -> pb::InfoResponse {
+    runtime().block_on(async { info_body(daemon.client().await.info().await.unwrap()) })
+}

@@ -1,6 +1,7 @@
 //! The daemon through its sockets: a real `classifyd serve` process, real Unix sockets and real
 //! QUIC on loopback, real signals.
 
+mod bench;
 #[path = "../common/mod.rs"]
 mod common;
 mod faults;
@@ -9,5 +10,6 @@ mod lifecycle;
 mod metrics;
 mod quic;
 mod reload;
+mod security;
 mod systemd;
 mod uds;

@@ -1,11 +1,20 @@
-//! Classification over QUIC with mTLS on loopback.
+//! Classification over QUIC with mTLS on loopback, and what the listener refuses or reclaims:
+//! strangers, expired certificates, a wrong ALPN, connections past the limit, dripping streams
+//! and clients that vanish.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use classifyd::client::quic::{QuicClient, QuicClientConfig};
 use classifyd::client::{text, Client};
 use classifyd::protocol::pb;
+use prost::Message;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
 
 use crate::harness::*;
 
@@ -166,4 +175,364 @@ fn classify_cli_over_uds_and_quic_prints_the_in_process_json() {
             assert!(max_abs_diff(&f(r), &f(l)) <= 1e-5);
         }
     }
+}
+
+/// A PKI made here with rcgen: a CA the daemon trusts and its server certificate, a good
+/// client, an expired client of the same CA, and a client of a CA the daemon does not know.
+struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+impl TestPki {
+    fn new() -> TestPki {
+        let dir = tempfile::tempdir().unwrap();
+        let now = rcgen::date_time_ymd(1970, 1, 1)
+            + SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let ca = |name: &str| {
+            let mut p = CertificateParams::default();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            p.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            p.not_before = now - DAY;
+            p.not_after = now + 30 * DAY;
+            CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+        };
+        let trusted = ca("classifyd test CA");
+        let stranger = ca("some other CA");
+        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
+        write("ca.pem", trusted.pem());
+        let leaf = |issuer: &CertifiedIssuer<'static, KeyPair>,
+                    name: &str,
+                    server: bool,
+                    expired: bool| {
+            let mut p = CertificateParams::default();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.is_ca = IsCa::ExplicitNoCa;
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            if server {
+                p.subject_alt_names = vec![
+                    SanType::DnsName("localhost".try_into().unwrap()),
+                    SanType::IpAddress([127, 0, 0, 1].into()),
+                ];
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            } else {
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+            p.use_authority_key_identifier_extension = true;
+            (p.not_before, p.not_after) = if expired {
+                (now - 30 * DAY, now - DAY)
+            } else {
+                (now - DAY, now + 30 * DAY)
+            };
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, issuer).unwrap();
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}-key.pem"), key.serialize_pem());
+        };
+        leaf(&trusted, "server", true, false);
+        leaf(&trusted, "client", false, false);
+        leaf(&trusted, "expired", false, true);
+        leaf(&stranger, "stranger", false, false);
+        TestPki { dir }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    fn arg(&self, file: &str) -> String {
+        self.path(file).to_str().unwrap().to_string()
+    }
+
+    /// A daemon serving QUIC on `addr` with this PKI, plus `extra` flags.
+    fn daemon(&self, addr: SocketAddr, extra: &[&str]) -> Daemon {
+        let mut args = vec![
+            "--quic".to_string(),
+            addr.to_string(),
+            "--tls-cert".into(),
+            self.arg("server.pem"),
+            "--tls-key".into(),
+            self.arg("server-key.pem"),
+            "--client-ca".into(),
+            self.arg("ca.pem"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::start(&fixture("bert"), &args)
+    }
+
+    /// Client settings presenting `who`'s certificate ("client", "expired", "stranger").
+    fn client(&self, addr: SocketAddr, who: &str) -> QuicClientConfig {
+        QuicClientConfig {
+            addr,
+            server_name: "localhost".into(),
+            ca: self.path("ca.pem"),
+            cert: Some(self.path(&format!("{who}.pem"))),
+            key: Some(self.path(&format!("{who}-key.pem"))),
+        }
+    }
+}
+
+/// Connects and classifies one text. With TLS 1.3 a refused client certificate may surface
+/// at the handshake or at the first call, so both count.
+async fn classify_once(cfg: &QuicClientConfig) -> Result<pb::Status, String> {
+    let client = Client::Quic(QuicClient::connect(cfg).await.map_err(|e| e.to_string())?);
+    let r = client
+        .classify(vec![text("over quic")], logits_opts())
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Client::Quic(q) = &client {
+        q.close().await;
+    }
+    Ok(status(&r))
+}
+
+/// Waits (hang guard: 10 s) for a log line containing `needle`, which the daemon writes as the
+/// handshake it refused ends.
+fn logged(daemon: &Daemon, needle: &str) {
+    wait_until(daemon, needle, Duration::from_secs(10), || {
+        daemon.stderr().contains(needle)
+    });
+}
+
+#[test]
+fn quic_refuses_another_ca_s_client_an_expired_certificate_and_a_wrong_alpn() {
+    let pki = TestPki::new();
+    let addr = free_udp_port();
+    let daemon = pki.daemon(addr, &[]);
+    let rt = runtime();
+    assert_eq!(
+        rt.block_on(classify_once(&pki.client(addr, "client"))),
+        Ok(pb::Status::Ok)
+    );
+
+    let err = rt
+        .block_on(classify_once(&pki.client(addr, "stranger")))
+        .unwrap_err();
+    logged(&daemon, "UnknownIssuer");
+    let err2 = rt
+        .block_on(classify_once(&pki.client(addr, "expired")))
+        .unwrap_err();
+    logged(&daemon, "certificate expired");
+
+    // A client speaking another application protocol over the same TLS.
+    let alpn = rt.block_on(async {
+        let mut tls =
+            rustls::ClientConfig::builder_with_provider(classifyd::transport::tls::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(
+                    classifyd::transport::tls::load_roots("ca", &pki.path("ca.pem")).unwrap(),
+                )
+                .with_client_auth_cert(
+                    classifyd::transport::tls::load_certs("client", &pki.path("client.pem"))
+                        .unwrap(),
+                    classifyd::transport::tls::load_key(&pki.path("client-key.pem")).unwrap(),
+                )
+                .unwrap();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connecting = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(crypto)),
+                addr,
+                "localhost",
+            )
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), connecting)
+            .await
+            .expect("hang guard")
+            .map(|_| ())
+    });
+    let alpn_err = alpn.expect_err("a wrong ALPN was accepted");
+    assert!(alpn_err.to_string().contains("protocol"), "{alpn_err}");
+    logged(&daemon, "doesn't support any known protocol");
+
+    // None of that disturbed the daemon.
+    assert_eq!(
+        rt.block_on(classify_once(&pki.client(addr, "client"))),
+        Ok(pb::Status::Ok),
+        "after: {err}; {err2}"
+    );
+}
+
+#[test]
+fn quic_connections_past_the_limit_are_refused_and_others_unaffected() {
+    let pki = TestPki::new();
+    let addr = free_udp_port();
+    let _daemon = pki.daemon(addr, &["--max-connections", "2"]);
+    let rt = runtime();
+    rt.block_on(async {
+        let cfg = pki.client(addr, "client");
+        let a = Client::Quic(QuicClient::connect(&cfg).await.unwrap());
+        let b = Client::Quic(QuicClient::connect(&cfg).await.unwrap());
+        for c in [&a, &b] {
+            let r = c.classify(vec![text("x")], logits_opts()).await.unwrap();
+            assert_eq!(status(&r), pb::Status::Ok);
+        }
+        let err = classify_once(&cfg).await.unwrap_err();
+        assert!(err.to_lowercase().contains("refused"), "{err}");
+        for c in [&a, &b] {
+            let r = c.classify(vec![text("y")], logits_opts()).await.unwrap();
+            assert_eq!(status(&r), pb::Status::Ok);
+        }
+    });
+}
+
+#[test]
+fn a_vanished_quic_client_is_reclaimed_by_the_idle_timeout() {
+    let pki = TestPki::new();
+    let addr = free_udp_port();
+    let metrics = metrics_addr();
+    // One connection slot, so a new client is served only once the vanished one's is back.
+    let daemon = pki.daemon(
+        addr,
+        &[
+            "--idle-timeout-secs",
+            "2",
+            "--max-connections",
+            "1",
+            "--metrics-addr",
+            &metrics.to_string(),
+        ],
+    );
+    let quic_open = || metric(metrics, "classifyd_connections{transport=\"quic\"}");
+    assert_eq!(quic_open(), 0.0);
+    // A client process that connects, asks for the model's labels, then waits on its stdin;
+    // SIGKILL takes it away without a CONNECTION_CLOSE.
+    let mut vanisher = std::process::Command::new(env!("CARGO_BIN_EXE_classifyd"))
+        .args(["classify", "--quic", &addr.to_string()])
+        .args(["--ca", &pki.arg("ca.pem")])
+        .args(["--cert", &pki.arg("client.pem")])
+        .args(["--key", &pki.arg("client-key.pem")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        &daemon,
+        "the client connected",
+        Duration::from_secs(60),
+        || quic_open() == 1.0,
+    );
+    vanisher.kill().unwrap();
+    vanisher.wait().unwrap();
+    // QUIC's idle timeout (no packets) and the daemon's (no requests) both run out 2 s after
+    // the last answer; whichever ends it, the slot comes back.
+    wait_until(
+        &daemon,
+        "the connection reclaimed",
+        Duration::from_secs(60),
+        || quic_open() == 0.0,
+    );
+    let rt = runtime();
+    assert_eq!(
+        rt.block_on(classify_once(&pki.client(addr, "client"))),
+        Ok(pb::Status::Ok)
+    );
+    wait_until(
+        &daemon,
+        "the closed client gone",
+        Duration::from_secs(60),
+        || quic_open() == 0.0,
+    );
+}
+
+#[test]
+fn a_slow_drip_quic_stream_is_reset_and_its_connection_still_served() {
+    let pki = TestPki::new();
+    let addr = free_udp_port();
+    let daemon = pki.daemon(
+        addr,
+        &["--frame-timeout-secs", "2", "--idle-timeout-secs", "600"],
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let config = classifyd::transport::tls::client_config(
+            &pki.path("ca.pem"),
+            Some(&pki.path("client.pem")),
+            Some(&pki.path("client-key.pem")),
+        )
+        .unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint
+            .connect_with(config, addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+
+        // A 100-byte request frame, one byte a second.
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&100u32.to_be_bytes()).await.unwrap();
+        let drip = tokio::spawn(async move {
+            let mut sent = 0;
+            let end = loop {
+                if sent == 100 {
+                    break None;
+                }
+                if let Err(e) = send.write_all(&[0x0a]).await {
+                    break Some(e);
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            };
+            (sent, end)
+        });
+
+        // Meanwhile another request on the same connection is answered.
+        let request = pb::Request {
+            version: classifyd::protocol::VERSION,
+            id: 7,
+            body: Some(pb::request::Body::Info(pb::InfoRequest {})),
+        };
+        let (mut send2, mut recv2) = conn.open_bi().await.unwrap();
+        send2
+            .write_all(&classifyd::frame::encode(&request.encode_to_vec()))
+            .await
+            .unwrap();
+        send2.finish().unwrap();
+        let answer = recv2.read_to_end(1 << 20).await.unwrap();
+        let r = pb::Response::decode(&answer[4..]).unwrap();
+        assert_eq!((r.id, status(&r)), (7, pb::Status::Ok));
+
+        let (sent, end) = tokio::time::timeout(Duration::from_secs(60), drip)
+            .await
+            .expect("hang guard")
+            .unwrap();
+        assert!(sent < 100, "the frame was never completed ({sent} bytes)");
+        match end {
+            Some(quinn::WriteError::Stopped(code)) => {
+                assert_eq!(code, classifyd::transport::quic::STREAM_FRAME_TIMEOUT)
+            }
+            other => panic!("the drip ended with {other:?}"),
+        }
+        // The connection itself is fine.
+        let (mut send3, mut recv3) = conn.open_bi().await.unwrap();
+        send3
+            .write_all(&classifyd::frame::encode(&request.encode_to_vec()))
+            .await
+            .unwrap();
+        send3.finish().unwrap();
+        let answer = recv3.read_to_end(1 << 20).await.unwrap();
+        assert_eq!(
+            status(&pb::Response::decode(&answer[4..]).unwrap()),
+            pb::Status::Ok
+        );
+        conn.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+    });
+    assert!(
+        daemon
+            .stderr()
+            .contains("quic request frame not completed within 2s"),
+        "{}",
+        daemon.stderr()
+    );
 }

@@ -266,3 +266,75 @@ fn sighup_rereads_the_model_path_from_the_config_file() {
     daemon.signal(15);
     assert_eq!(daemon.wait().code(), Some(0));
 }
+
+#[test]
+fn weights_truncated_in_place_or_replaced_with_garbage_never_crash_the_daemon() {
+    let model = tempfile::tempdir().unwrap();
+    install(&fixture("bert"), model.path());
+    let mut daemon = Daemon::start(model.path(), &[]);
+    // Nothing of the weight file stays mapped once the model is loaded, so shrinking it cannot
+    // turn a later read into a SIGBUS.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", daemon.pid())).unwrap();
+    assert!(!maps.contains("model.safetensors"), "{maps}");
+
+    let rt = runtime();
+    let client = rt.block_on(daemon.client());
+    let serving = rt.block_on(revision(&client));
+    let all_ok = |daemon: &mut Daemon, when: &str| {
+        for i in 0..20 {
+            let r = rt
+                .block_on(client.classify(vec![text(format!("{when} {i}"))], logits_opts()))
+                .unwrap();
+            assert_eq!(status(&r), pb::Status::Ok, "{when}: {}", r.message);
+            assert_eq!(classify_body(r).revision, serving, "{when}");
+        }
+        assert!(daemon.try_wait().is_none(), "{when}: {}", daemon.stderr());
+    };
+    let failed_reloads = |daemon: &Daemon| daemon.stderr().matches("reload failed").count();
+    let reload_refused = |daemon: &Daemon, n: usize| {
+        daemon.signal(1);
+        wait_until(
+            daemon,
+            "the reload refused",
+            Duration::from_secs(120),
+            || failed_reloads(daemon) == n,
+        );
+        let log = daemon.stderr();
+        let line = log
+            .lines()
+            .filter(|l| l.contains("reload failed"))
+            .nth(n - 1)
+            .unwrap();
+        assert!(
+            line.contains(&format!("still serving revision {serving}"))
+                && line.contains("model.safetensors"),
+            "{line}"
+        );
+    };
+    let weights = model.path().join("model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+
+    // Cut in half in place, as an interrupted copy over the file would leave it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    all_ok(&mut daemon, "after the truncation");
+    reload_refused(&daemon, 1);
+    all_ok(&mut daemon, "after the refused reload");
+
+    // Garbage of the same size renamed over it.
+    let tmp = model.path().join(".model.safetensors.tmp");
+    let garbage: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(&tmp, garbage).unwrap();
+    std::fs::rename(&tmp, &weights).unwrap();
+    all_ok(&mut daemon, "after the garbage");
+    reload_refused(&daemon, 2);
+    all_ok(&mut daemon, "after the second refused reload");
+
+    daemon.signal(15);
+    let s = daemon.wait();
+    assert!(s.success(), "{}: {}", exit_code(s), daemon.stderr());
+}
