@@ -78,11 +78,43 @@ impl DeviceChoice {
                 }
                 Device::new_cuda(n).map_err(|e| LoadError::Device {
                     device: format!("cuda:{n}"),
-                    message: crate::error::one_line(&e),
+                    message: cuda_open_error(crate::error::one_line(&e)),
                 })
             }
         }
     }
+}
+
+/// What the driver errors seen when opening a device mean to an operator; the code is kept.
+const CUDA_OPEN_ERRORS: &[(&str, &str)] = &[
+    (
+        "CUDA_ERROR_STUB_LIBRARY",
+        "no NVIDIA GPU driver: the libcuda.so.1 found is a link-time stub, not the driver",
+    ),
+    ("CUDA_ERROR_NO_DEVICE", "no NVIDIA GPU found"),
+    ("CUDA_ERROR_INVALID_DEVICE", "no NVIDIA GPU with that index"),
+    (
+        "CUDA_ERROR_INSUFFICIENT_DRIVER",
+        "the NVIDIA driver is older than the CUDA this binary was built with",
+    ),
+    (
+        "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH",
+        "the NVIDIA driver library does not match the loaded kernel module",
+    ),
+    (
+        "CUDA_ERROR_OUT_OF_MEMORY",
+        "out of GPU memory while creating the CUDA context",
+    ),
+];
+
+/// Opening a CUDA device fails with a bare driver error code (and, without a driver, an error
+/// string that cannot be looked up); name what is missing instead.
+fn cuda_open_error(raw: String) -> String {
+    CUDA_OPEN_ERRORS
+        .iter()
+        .find(|(code, _)| raw.contains(code))
+        .map(|(code, meaning)| format!("{meaning} ({code})"))
+        .unwrap_or(raw)
 }
 
 /// `--dtype auto|f32|f16|bf16`.
@@ -390,6 +422,18 @@ mod tests {
     fn sigmoid_for_multi_label_is_independent() {
         let s = scores(&[0.0, 100.0], ProblemType::MultiLabel);
         assert!((s[0] - 0.5).abs() < 1e-6 && (s[1] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn cuda_open_errors_name_what_is_missing() {
+        let raw =
+            r#"DriverError(CUDA_ERROR_STUB_LIBRARY, "<Failure when calling cuGetErrorString()>")"#;
+        assert_eq!(
+            cuda_open_error(raw.into()),
+            "no NVIDIA GPU driver: the libcuda.so.1 found is a link-time stub, not the driver \
+             (CUDA_ERROR_STUB_LIBRARY)"
+        );
+        assert_eq!(cuda_open_error("other".into()), "other");
     }
 
     #[test]
