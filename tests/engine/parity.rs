@@ -69,9 +69,14 @@ fn check_fixture(name: &str) {
         );
     }
 
-    // One padded batch of every case, mixed lengths.
+    // One padded batch of every case, mixed lengths: the padding masks.
     let refs: Vec<&Encoded> = encoded.iter().collect();
-    let batched = engine.logits(&refs).expect("batched forward");
+    let batched = engine.logits_padded(&refs).expect("batched forward");
+    // The CPU's default path groups equal lengths instead of padding: same answers.
+    let grouped = engine.logits(&refs).expect("grouped forward");
+    for (g, b) in grouped.iter().zip(&batched) {
+        assert!(max_abs_diff(g, b) <= F32_TOL, "{name}: grouped vs padded");
+    }
     for ((c, got), want) in cases
         .iter()
         .zip(&batched)
@@ -90,7 +95,7 @@ fn check_fixture(name: &str) {
     // Half precisions: finite, same decision.
     for dtype in [DType::F16, DType::BF16] {
         let half = load(&dir, dtype);
-        let got = half.logits(&refs).expect("half forward");
+        let got = half.logits_padded(&refs).expect("half forward");
         for ((c, g), f) in cases.iter().zip(&got).zip(&batched) {
             assert!(
                 g.iter().all(|x| x.is_finite()),
