@@ -16,7 +16,7 @@ import torch
 from transformers import BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peerlib import MODEL, ROOT, ort_session, read_texts, load_tokenizer  # noqa: E402
+from peerlib import MODEL, ROOT, ort_feed, ort_session, read_texts, load_tokenizer  # noqa: E402
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -60,9 +60,7 @@ def main():
     with torch.inference_mode():
         for text in texts:
             e = tok.encode(text)
-            feed = {"input_ids": np.array([e.ids], dtype=np.int64),
-                    "attention_mask": np.array([e.attention_mask], dtype=np.int64),
-                    "token_type_ids": np.array([e.type_ids], dtype=np.int64)}
+            feed = ort_feed(e)
             ref = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
             got = sess.run(["logits"], feed)[0]
             worst = max(worst, float(np.abs(ref - got).max()))

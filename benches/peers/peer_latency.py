@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peerlib import LABELS, MODEL, ROOT, load_tokenizer, ort_session, percentiles, read_texts  # noqa: E402
+from peerlib import LABELS, MODEL, ROOT, load_tokenizer, ort_feed, ort_session, percentiles, read_texts  # noqa: E402
 
 
 def torch_classifier(threads):
@@ -62,9 +62,7 @@ def ort_classifier(threads, onnx_path):
     def classify(text):
         t0 = time.perf_counter()
         e = tok.encode(text)
-        feed = {"input_ids": np.array([e.ids], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids], dtype=np.int64)}
+        feed = ort_feed(e)
         t1 = time.perf_counter()
         logits = sess.run(["logits"], feed)[0][0]
         p = np.exp(logits - logits.max())

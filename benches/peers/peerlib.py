@@ -34,6 +34,14 @@ def ort_session(path, threads=2):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def ort_feed(encoding):
+    """ONNX Runtime inputs for one `tokenizers` encoding (batch of one, int64 as exported)."""
+    import numpy as np
+    return {"input_ids": np.array([encoding.ids], dtype=np.int64),
+            "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([encoding.type_ids], dtype=np.int64)}
+
+
 def percentiles(values_us):
     """p50/p90/p99/p99.9/max/mean of a list of microsecond latencies (nearest rank)."""
     if not values_us:
