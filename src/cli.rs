@@ -59,13 +59,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["model", "uds", "quic"])))]
 pub struct BenchArgs {
-    /// Measure the engine in this process instead of a daemon (the transport's baseline).
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    #[arg(long, default_value = "auto")]
-    pub dtype: DTypeChoice,
+    #[command(flatten)]
+    pub local: LocalArgs,
     #[command(flatten)]
     pub remote: RemoteArgs,
     /// Closed loop: clients each keeping one request in flight; a list sweeps [default: 1].
@@ -248,6 +243,19 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// The model to run in this process instead of asking a daemon; shared by `classify` and
+/// `bench` (for `bench`, the baseline the transport's cost is measured against).
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Run in this process with the model in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long, default_value = "auto")]
+    pub dtype: DTypeChoice,
+}
+
 /// How to reach a running daemon; shared by `classify` and `bench`.
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
@@ -291,13 +299,8 @@ impl RemoteArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["model", "uds", "quic"])))]
 pub struct ClassifyArgs {
-    /// Classify in this process with the model in DIR.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    #[arg(long, default_value = "auto")]
-    pub dtype: DTypeChoice,
+    #[command(flatten)]
+    pub local: LocalArgs,
     #[command(flatten)]
     pub remote: RemoteArgs,
     /// Read tab-separated text pairs (premise<TAB>hypothesis) from stdin.
@@ -398,9 +401,11 @@ enum Backend {
 
 impl Backend {
     fn open(a: &ClassifyArgs) -> anyhow::Result<Self> {
-        if let Some(model) = &a.model {
+        if let Some(model) = &a.local.model {
             return Ok(Backend::Local(Box::new(Engine::load(
-                model, a.device, a.dtype,
+                model,
+                a.local.device,
+                a.local.dtype,
             )?)));
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -609,9 +614,9 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
         progress: !a.quiet,
     };
     bench::validate(&plan)?;
-    let (target, runs) = match (&a.model, a.remote.remote()?) {
+    let (target, runs) = match (&a.local.model, a.remote.remote()?) {
         (Some(dir), _) => {
-            let engine = Engine::load(dir, a.device, a.dtype)?;
+            let engine = Engine::load(dir, a.local.device, a.local.dtype)?;
             let i = engine.info();
             let target = format!(
                 "in-process {} ({}, {} {})",
