@@ -185,20 +185,14 @@ pub struct Engine {
 }
 
 /// Hands the freed weights' memory back to the kernel when an engine is dropped (after a reload
-/// retires it). glibc keeps freed heap memory for reuse, and raises its mmap threshold after a
-/// large block is freed, so a retired model's ~100 MB could otherwise stay in the daemon's RSS
-/// until the allocator happened to reuse it. With it, a soak with a reload every 30 s stays
-/// between 110 and 117 MiB (BENCHMARKS.md).
+/// retires it). The weights are mappings of their own and go back as they drop (see `heap`);
+/// this returns what the model's smaller heap objects leave free.
 #[derive(Debug, Default)]
 struct ReleaseOnDrop;
 
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only walks and releases glibc's own free lists.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        crate::heap::trim();
     }
 }
 
@@ -270,6 +264,7 @@ fn build_model(dir: &ModelDir, vb: VarBuilder) -> Result<Box<dyn SequenceClassif
 impl Engine {
     /// Loads the model directory onto the chosen device in the chosen compute dtype.
     pub fn load(root: &Path, device: DeviceChoice, dtype: DTypeChoice) -> Result<Self, LoadError> {
+        let _weights_apart = crate::heap::Phase::load();
         let dir = ModelDir::open(root)?;
         if !SUPPORTED.contains(&dir.head.architecture.as_str()) {
             return Err(LoadError::UnknownArchitecture {

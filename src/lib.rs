@@ -10,7 +10,7 @@
 //! - [`engine`]: padding into a batch, the forward pass, logits → labels and scores.
 //! - [`model`]: one file per architecture family, all behind
 //!   [`model::SequenceClassifier`].
-//! - [`error`]: typed errors for each stage.
+//! - [`error`]: typed errors for each stage; [`heap`]: a retired model's memory back to the kernel.
 //!
 //! The daemon, in the order a request travels (socket → frame → queue → batch → model → reply):
 //! - [`transport`]: Unix-socket and QUIC listeners; [`frame`]: the length prefix.
@@ -30,6 +30,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod frame;
+pub mod heap;
 pub mod loader;
 pub mod metrics;
 pub mod model;

@@ -97,8 +97,13 @@ async fn load_warm(
     max_batch: usize,
 ) -> Result<(Engine, usize), ServerError> {
     tokio::task::spawn_blocking(move || -> Result<(Engine, usize), ServerError> {
+        let warming = crate::heap::Phase::warm_up();
         let engine = Engine::load(&model, device, dtype)?;
         let runs = warm_up(&engine, max_batch)?;
+        drop(warming);
+        // Loading and warming up free more than they keep: hand it back now, not at the next
+        // reload (see `heap`).
+        crate::heap::trim();
         Ok((engine, runs))
     })
     .await

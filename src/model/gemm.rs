@@ -58,42 +58,106 @@ pub struct Packed {
 }
 
 impl Packed {
+    /// Packs `w`, a `[n, k]` row-major weight (PyTorch's Linear layout).
+    pub fn from_rows(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
+        Self::pack(w, k, n, bias, |kk, first, out| {
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = w[(first + j) * k + kk];
+            }
+        })
+    }
+
     /// Packs `w_t`, the weight already transposed to `[k, n]` row-major.
     pub fn from_transposed(w_t: &[f32], k: usize, n: usize, bias: Option<&[f32]>) -> Self {
+        Self::pack(w_t, k, n, bias, |kk, first, out| {
+            out.copy_from_slice(&w_t[kk * n + first..kk * n + first + out.len()]);
+        })
+    }
+
+    /// `values` is the whole weight in any order (to decide f16 or f32); `gather(kk, j, out)`
+    /// fills `out` with row `kk` of columns `j..j + out.len()`. Packing writes straight into the
+    /// kept panels: a load allocates nothing else as large as the weight, which matters because
+    /// a load's temporaries each get fresh pages (see `heap`).
+    fn pack(
+        values: &[f32],
+        k: usize,
+        n: usize,
+        bias: Option<&[f32]>,
+        gather: impl Fn(usize, usize, &mut [f32]),
+    ) -> Self {
         let np = n.div_ceil(NR);
-        let mut panels = vec![0f32; np * k * NR];
-        for p in 0..np {
-            let cols = (n - p * NR).min(NR);
-            for kk in 0..k {
-                let src = &w_t[kk * n + p * NR..kk * n + p * NR + cols];
-                let dst = (p * k + kk) * NR;
-                panels[dst..dst + cols].copy_from_slice(src);
+        let mut row = [0f32; NR];
+        let panels = if exactly_f16(values) {
+            let mut halves = vec![f16::ZERO; np * k * NR];
+            for p in 0..np {
+                let cols = (n - p * NR).min(NR);
+                for kk in 0..k {
+                    gather(kk, p * NR, &mut row[..cols]);
+                    let dst = (p * k + kk) * NR;
+                    halves[dst..dst + cols].convert_from_f32_slice(&row[..cols]);
+                }
             }
-        }
+            Panels::F16(halves)
+        } else {
+            let mut panels = vec![0f32; np * k * NR];
+            for p in 0..np {
+                let cols = (n - p * NR).min(NR);
+                for kk in 0..k {
+                    let dst = (p * k + kk) * NR;
+                    gather(kk, p * NR, &mut panels[dst..dst + cols]);
+                }
+            }
+            Panels::F32(panels)
+        };
         let mut padded = vec![0f32; np * NR];
         if let Some(b) = bias {
             padded[..n].copy_from_slice(&b[..n]);
         }
-        // Whole-slice conversions (vectorised by `half`), so packing at load stays cheap.
-        let mut halves = vec![f16::ZERO; panels.len()];
-        halves.convert_from_f32_slice(&panels);
-        let mut back = vec![0f32; panels.len()];
-        halves.convert_to_f32_slice(&mut back);
-        let exact_f16 = back
-            .iter()
-            .zip(&panels)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
-        let panels = if exact_f16 {
-            Panels::F16(halves)
-        } else {
-            Panels::F32(panels)
-        };
         Self {
             k,
             n,
             panels,
             bias: padded,
         }
+    }
+
+    /// Several packed weights over the same input side by side (Q, K and V as one matmul),
+    /// by moving whole panels; `None` where that cannot be done exactly (a part whose width is
+    /// not a whole number of panels before the last, mixed element types, different `k`).
+    pub fn concat(parts: &[&Packed]) -> Option<Packed> {
+        let first = parts.first()?;
+        let k = first.k;
+        let f16 = first.is_f16();
+        let fits = parts.iter().all(|p| p.k == k && p.is_f16() == f16)
+            && parts[..parts.len() - 1].iter().all(|p| p.n % NR == 0);
+        if !fits {
+            return None;
+        }
+        let n = parts.iter().map(|p| p.n).sum();
+        let panels = match &first.panels {
+            Panels::F16(_) => Panels::F16(
+                parts
+                    .iter()
+                    .flat_map(|p| match &p.panels {
+                        Panels::F16(v) => v.as_slice(),
+                        Panels::F32(_) => &[],
+                    })
+                    .copied()
+                    .collect(),
+            ),
+            Panels::F32(_) => Panels::F32(
+                parts
+                    .iter()
+                    .flat_map(|p| match &p.panels {
+                        Panels::F32(v) => v.as_slice(),
+                        Panels::F16(_) => &[],
+                    })
+                    .copied()
+                    .collect(),
+            ),
+        };
+        let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
+        Some(Packed { k, n, panels, bias })
     }
 
     /// The weight back in `[k, n]` row-major (to fuse several layers into one, at load).
@@ -141,6 +205,19 @@ impl Packed {
             Panels::F16(v) => Panel::F16(&v[r]),
         }
     }
+}
+
+/// Whether every value survives f32 → f16 → f32 unchanged, checked a block at a time with
+/// `half`'s vectorised slice conversions and no allocation.
+fn exactly_f16(values: &[f32]) -> bool {
+    let mut halves = [f16::ZERO; 256];
+    let mut back = [0f32; 256];
+    values.chunks(256).all(|chunk| {
+        let (h, b) = (&mut halves[..chunk.len()], &mut back[..chunk.len()]);
+        h.convert_from_f32_slice(chunk);
+        h.convert_to_f32_slice(b);
+        b.iter().zip(chunk).all(|(a, c)| a.to_bits() == c.to_bits())
+    })
 }
 
 /// What to do to the output after the bias.
@@ -588,6 +665,72 @@ mod tests {
             matmul(&x, m, &as_f16, Epilogue::None),
             matmul(&x, m, &w_fixed, Epilogue::None)
         );
+    }
+
+    #[test]
+    fn packing_rows_equals_packing_the_transpose() {
+        let (k, n) = (40, 70);
+        let w_t = data(k * n, 8);
+        let rows: Vec<f32> = (0..n * k).map(|i| w_t[(i % k) * n + i / k]).collect();
+        let bias = data(n, 9);
+        let a = Packed::from_transposed(&w_t, k, n, Some(&bias));
+        let b = Packed::from_rows(&rows, n, k, Some(&bias));
+        assert_eq!(a.to_transposed(), b.to_transposed());
+        assert_eq!(a.bias(), b.bias());
+        let x = data(3 * k, 10);
+        assert_eq!(
+            matmul(&x, 3, &a, Epilogue::None),
+            matmul(&x, 3, &b, Epilogue::None)
+        );
+    }
+
+    #[test]
+    fn concat_equals_packing_the_joined_weight() {
+        let k = 24;
+        // Widths of whole panels, then a ragged last one; f32 values and f16-exact values.
+        for exact in [false, true] {
+            let widths = [64, 32, 45];
+            let parts_t: Vec<Vec<f32>> = widths
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let v = data(k * n, 11 + i as u32);
+                    if exact {
+                        v.into_iter().map(|x| f16::from_f32(x).to_f32()).collect()
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let biases: Vec<Vec<f32>> = widths.iter().map(|&n| data(n, 20 + n as u32)).collect();
+            let parts: Vec<Packed> = parts_t
+                .iter()
+                .zip(&widths)
+                .zip(&biases)
+                .map(|((w, &n), b)| Packed::from_transposed(w, k, n, Some(b)))
+                .collect();
+            let joined = Packed::concat(&parts.iter().collect::<Vec<_>>()).expect("joins");
+            let total: usize = widths.iter().sum();
+            let mut w_t = Vec::with_capacity(k * total);
+            for kk in 0..k {
+                for (w, &n) in parts_t.iter().zip(&widths) {
+                    w_t.extend_from_slice(&w[kk * n..(kk + 1) * n]);
+                }
+            }
+            let whole = Packed::from_transposed(&w_t, k, total, Some(&biases.concat()));
+            assert_eq!(joined.is_f16(), exact);
+            assert_eq!(joined.to_transposed(), whole.to_transposed());
+            assert_eq!(joined.bias(), whole.bias());
+            let x = data(5 * k, 30);
+            assert_eq!(
+                matmul(&x, 5, &joined, Epilogue::None),
+                matmul(&x, 5, &whole, Epilogue::None)
+            );
+        }
+        // A ragged part before the last cannot be joined by moving panels.
+        let a = Packed::from_transposed(&data(k * 45, 1), k, 45, None);
+        let b = Packed::from_transposed(&data(k * 32, 2), k, 32, None);
+        assert!(Packed::concat(&[&a, &b]).is_none());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod roberta;
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -140,7 +140,30 @@ pub struct Linear {
 
 impl Linear {
     pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        if weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            // Packed straight from the loaded rows: no transposed copy on the way (see
+            // `gemm::Packed::pack` for why a load avoids temporaries).
+            let weight = weight.contiguous()?;
+            let (n, k) = weight.dims2()?;
+            let b: Option<Vec<f32>> = bias.as_ref().map(|b| b.to_vec1()).transpose()?;
+            let (storage, layout) = weight.storage_and_layout();
+            let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
+            else {
+                candle_core::bail!("linear weight is not a contiguous CPU tensor");
+            };
+            let w = &cpu.as_slice::<f32>()?[start..end];
+            let packed = gemm::Packed::from_rows(w, n, k, b.as_deref());
+            return Ok(Self::packed(packed, bias));
+        }
         Self::from_transposed(weight.t()?.contiguous()?, bias)
+    }
+
+    fn packed(packed: gemm::Packed, bias: Option<Tensor>) -> Self {
+        Self {
+            weight_t: None,
+            bias,
+            packed: Some(Arc::new(packed)),
+        }
     }
 
     fn from_transposed(weight_t: Tensor, bias: Option<Tensor>) -> Result<Self> {
@@ -149,11 +172,7 @@ impl Linear {
             let w: Vec<f32> = weight_t.flatten_all()?.to_vec1()?;
             let b: Option<Vec<f32>> = bias.as_ref().map(|b| b.to_vec1()).transpose()?;
             let packed = gemm::Packed::from_transposed(&w, k, n, b.as_deref());
-            return Ok(Self {
-                weight_t: None,
-                bias,
-                packed: Some(Arc::new(packed)),
-            });
+            return Ok(Self::packed(packed, bias));
         }
         Ok(Self {
             weight_t: Some(weight_t),
@@ -197,17 +216,28 @@ impl Linear {
 
     /// Several projections of the same input fused into one matmul (e.g. Q, K and V).
     pub fn fused(parts: &[Linear]) -> Result<Self> {
-        let ws = parts
-            .iter()
-            .map(Linear::weight_t)
-            .collect::<Result<Vec<_>>>()?;
-        let weight_t = Tensor::cat(&ws, 1)?.contiguous()?;
         let bias = if parts.iter().all(|p| p.bias.is_some()) {
             let bs: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
             Some(Tensor::cat(&bs, 0)?)
         } else {
             None
         };
+        // Packed parts are joined panel by panel; each packed bias is zeros where it had none,
+        // so that is exact only when all or none have one.
+        let same_bias = bias.is_some() || parts.iter().all(|p| p.bias.is_none());
+        let packed: Option<Vec<&gemm::Packed>> =
+            parts.iter().map(|p| p.packed.as_deref()).collect();
+        if let Some(joined) = packed
+            .filter(|_| same_bias)
+            .and_then(|ps| gemm::Packed::concat(&ps))
+        {
+            return Ok(Self::packed(joined, bias));
+        }
+        let ws = parts
+            .iter()
+            .map(Linear::weight_t)
+            .collect::<Result<Vec<_>>>()?;
+        let weight_t = Tensor::cat(&ws, 1)?.contiguous()?;
         Self::from_transposed(weight_t, bias)
     }
 
