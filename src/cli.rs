@@ -187,6 +187,10 @@ pub struct ServeArgs {
     /// Seconds before an idle connection is closed [default: 60].
     #[arg(long)]
     pub idle_timeout_secs: Option<u64>,
+    /// Request bytes a QUIC listener receives at once over all its streams; a request that
+    /// would go over is answered OVERLOADED without being read [default: 134217728].
+    #[arg(long)]
+    pub max_receive_bytes: Option<usize>,
     /// Seconds a request frame may take to arrive once its first byte has, and a response to be
     /// taken by the peer; past it the connection (Unix socket) or stream (QUIC) is closed
     /// [default: 10].

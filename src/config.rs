@@ -50,6 +50,7 @@ pub struct FileConfig {
     pub max_text_bytes: Option<usize>,
     pub max_in_flight: Option<usize>,
     pub max_connections: Option<usize>,
+    pub max_receive_bytes: Option<usize>,
     pub idle_timeout_secs: Option<u64>,
     pub frame_timeout_secs: Option<u64>,
     pub drain_timeout_secs: Option<u64>,
@@ -153,6 +154,7 @@ pub struct Settings {
     pub max_text_bytes: usize,
     pub max_in_flight: usize,
     pub max_connections: usize,
+    pub max_receive_bytes: usize,
     pub idle_timeout_secs: u64,
     pub frame_timeout_secs: u64,
     pub drain_timeout_secs: u64,
@@ -261,6 +263,10 @@ impl Settings {
                 .unwrap_or(64 * 1024),
             max_in_flight: a.max_in_flight.or(file.max_in_flight).unwrap_or(64),
             max_connections: a.max_connections.or(file.max_connections).unwrap_or(256),
+            max_receive_bytes: a
+                .max_receive_bytes
+                .or(file.max_receive_bytes)
+                .unwrap_or(128 << 20),
             idle_timeout_secs: a.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(60),
             frame_timeout_secs: a
                 .frame_timeout_secs
@@ -333,6 +339,8 @@ impl Settings {
                 max_connections: self.max_connections.max(1),
                 max_in_flight: self.max_in_flight.max(1),
                 max_frame_bytes: self.max_frame_bytes,
+                // At least one frame of the largest size must fit.
+                max_receive_bytes: self.max_receive_bytes.max(self.max_frame_bytes),
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
                 frame_timeout: Duration::from_secs(self.frame_timeout_secs.max(1)),
             },
@@ -474,6 +482,10 @@ mod tests {
                 .connections
         };
         assert_eq!(limits(&[]).frame_timeout, Duration::from_secs(3));
+        assert_eq!(limits(&[]).max_receive_bytes, 128 << 20);
+        // Never below one largest frame, or no request of that size could ever be read.
+        let tight = limits(&["--max-receive-bytes", "10", "--max-frame-bytes", "4096"]);
+        assert_eq!(tight.max_receive_bytes, 4096);
         let flagged = limits(&["--frame-timeout-secs", "7"]);
         assert_eq!(flagged.frame_timeout, Duration::from_secs(7));
         // Unrelated to the idle timeout, which keeps its default.

@@ -13,7 +13,8 @@ use quinn::VarInt;
 
 use crate::frame::encode;
 use crate::transport::quic::{
-    read_frame, FrameReadError, CLOSE_DONE, STREAM_FRAME_TOO_LARGE, STREAM_TRUNCATED,
+    read_frame, FrameReadError, CLOSE_DONE, STREAM_FRAME_TOO_LARGE, STREAM_OVERLOADED,
+    STREAM_TRUNCATED,
 };
 use crate::transport::tls::{client_config, TlsError};
 
@@ -76,6 +77,8 @@ fn stream_code(code: VarInt) -> QuicClientError {
         QuicClientError::Refused("request larger than the server's frame limit")
     } else if code == STREAM_TRUNCATED {
         QuicClientError::Refused("request frame truncated")
+    } else if code == STREAM_OVERLOADED {
+        QuicClientError::Refused("the server is receiving its limit of request bytes; retry later")
     } else {
         QuicClientError::Reset(code)
     }
@@ -161,10 +164,16 @@ impl QuicClient {
             return Err(QuicClientError::RequestTooLarge(request.len()));
         }
         let (mut send, mut recv) = self.conn.open_bi().await?;
-        send.write_all(&encode(request)).await?;
+        let wrote = send.write_all(&encode(request)).await;
         // Only fails if the stream is already closed, which the read below reports better.
         let _ = send.finish();
-        match read_frame(&mut recv, self.max_response).await {
+        let read = read_frame(&mut recv, self.max_response).await;
+        // An answer wins over a failed write: a server with no room to receive a request stops
+        // the stream and answers OVERLOADED without reading it.
+        if let (Err(e), Err(_)) = (wrote, &read) {
+            return Err(e.into());
+        }
+        match read {
             Ok(response) => Ok(response),
             Err(FrameReadError::TooLarge { len, max }) => {
                 let _ = recv.stop(STREAM_FRAME_TOO_LARGE);

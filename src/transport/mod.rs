@@ -12,6 +12,12 @@ pub struct ConnectionLimits {
     /// Requests read but not yet answered, per connection; past it the connection is not read.
     pub max_in_flight: usize,
     pub max_frame_bytes: usize,
+    /// Request bytes being received at once over all of a QUIC listener's streams, from a
+    /// frame's length prefix until it is decoded. A stream whose frame would go over is
+    /// answered OVERLOADED without being read. It bounds what many connections together can
+    /// make the server hold (each alone is bounded by `max_in_flight` × `max_frame_bytes`).
+    /// A Unix listener needs none: it reads one frame at a time per connection.
+    pub max_receive_bytes: usize,
     /// A connection with nothing in flight and nothing received for this long is closed.
     pub idle_timeout: std::time::Duration,
     /// A frame must arrive whole within this long of its first byte, and a response must be
@@ -27,6 +33,7 @@ impl Default for ConnectionLimits {
             max_connections: 256,
             max_in_flight: 64,
             max_frame_bytes: 1 << 20,
+            max_receive_bytes: 128 << 20,
             idle_timeout: std::time::Duration::from_secs(60),
             frame_timeout: std::time::Duration::from_secs(10),
         }

@@ -3,7 +3,8 @@
 //! A client opens a stream, writes one length-prefixed request (see [`crate::frame`]) and
 //! finishes its side; the server answers with one length-prefixed response and finishes its
 //! side. Streams run concurrently, so a slow request never holds up another; QUIC's stream limit
-//! (`max_streams_per_connection`) bounds the requests in flight per connection.
+//! (`max_streams_per_connection`) bounds the requests in flight per connection, and a
+//! listener-wide byte budget (`max_receive_bytes`) what all connections together are sending.
 //!
 //! TLS (mTLS, ALPN, no 0-RTT) is configured in [`super::tls`].
 
@@ -33,6 +34,11 @@ pub trait Handler: Send + Sync + 'static {
     fn connection_opened(&self) -> Option<OpenConnection> {
         None
     }
+
+    /// The answer to a request refused unread because the listener's receive budget is spent.
+    fn refused_busy(&self, message: String) -> Vec<u8> {
+        crate::protocol::status_response(0, crate::protocol::pb::Status::Overloaded, message)
+    }
 }
 
 /// Application close code: the client is done with the connection.
@@ -49,6 +55,9 @@ pub const STREAM_TRUNCATED: VarInt = VarInt::from_u32(2);
 /// Stream error code: the request frame did not arrive whole within the frame timeout, or the
 /// peer did not take the response within it.
 pub const STREAM_FRAME_TIMEOUT: VarInt = VarInt::from_u32(3);
+/// Stream error code (on the request side only): the listener is receiving its budget of
+/// request bytes; the stream carries an OVERLOADED response instead of reading the request.
+pub const STREAM_OVERLOADED: VarInt = VarInt::from_u32(4);
 
 /// Limits of the QUIC listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +69,9 @@ pub struct QuicLimits {
     pub max_streams_per_connection: u32,
     /// Largest request message accepted, prefix excluded; a longer one resets its stream.
     pub max_frame_bytes: usize,
+    /// Request bytes received at once over the whole listener (see
+    /// [`super::ConnectionLimits::max_receive_bytes`]).
+    pub max_receive_bytes: usize,
     /// A connection that receives nothing for this long is closed (QUIC idle timeout), and so
     /// is one with no request open for this long, even if the peer keeps it alive with pings.
     pub idle_timeout: Duration,
@@ -74,6 +86,7 @@ impl Default for QuicLimits {
             max_connections: 1024,
             max_streams_per_connection: 64,
             max_frame_bytes: 1 << 20,
+            max_receive_bytes: 128 << 20,
             idle_timeout: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(10),
         }
@@ -86,6 +99,7 @@ impl From<super::ConnectionLimits> for QuicLimits {
             max_connections: l.max_connections,
             max_streams_per_connection: u32::try_from(l.max_in_flight.max(1)).unwrap_or(u32::MAX),
             max_frame_bytes: l.max_frame_bytes,
+            max_receive_bytes: l.max_receive_bytes,
             idle_timeout: l.idle_timeout,
             frame_timeout: l.frame_timeout,
         }
@@ -154,6 +168,14 @@ impl Handler for ServiceHandler {
             .metrics()
             .map(|m| m.connection_opened(crate::metrics::Transport::Quic))
     }
+
+    fn refused_busy(&self, message: String) -> Vec<u8> {
+        let status = crate::protocol::pb::Status::Overloaded;
+        if let Some(m) = self.0.metrics() {
+            m.record(status, None);
+        }
+        crate::protocol::status_response(0, status, message)
+    }
 }
 
 /// Serves QUIC connections on `endpoint` until `shutdown` is cancelled, then drains: no new
@@ -166,6 +188,7 @@ pub async fn serve<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let budget = ReceiveBudget::new(limits.max_receive_bytes);
     let mut connections = JoinSet::new();
     let mut refusals = RefusalLog::default();
     loop {
@@ -183,8 +206,15 @@ pub async fn serve<H: Handler>(
                 };
                 let span = info_span!("quic", remote = %remote);
                 connections.spawn(
-                    connection(incoming, handler.clone(), limits, shutdown.clone(), permit)
-                        .instrument(span),
+                    connection(
+                        incoming,
+                        handler.clone(),
+                        limits,
+                        budget.clone(),
+                        shutdown.clone(),
+                        permit,
+                    )
+                    .instrument(span),
                 );
             }
         }
@@ -241,6 +271,7 @@ async fn connection<H: Handler>(
     incoming: quinn::Incoming,
     handler: Arc<H>,
     limits: QuicLimits,
+    budget: ReceiveBudget,
     shutdown: CancellationToken,
     _slot: OwnedSemaphorePermit,
 ) {
@@ -283,7 +314,8 @@ async fn connection<H: Handler>(
                 Ok((send, recv)) => {
                     last_activity = tokio::time::Instant::now();
                     streams.spawn(
-                        stream(send, recv, handler.clone(), limits).in_current_span(),
+                        stream(send, recv, handler.clone(), limits, budget.clone())
+                            .in_current_span(),
                     );
                 }
                 Err(quinn::ConnectionError::TimedOut) => {
@@ -324,16 +356,30 @@ async fn stream<H: Handler>(
     mut recv: RecvStream,
     handler: Arc<H>,
     limits: QuicLimits,
+    budget: ReceiveBudget,
 ) {
     // From the stream's opening, which the peer signals with its first bytes: dripping a frame
     // keeps QUIC's idle timer fed, so only a deadline on the frame itself ends it.
     let read = tokio::time::timeout(
         limits.frame_timeout,
-        read_frame(&mut recv, limits.max_frame_bytes),
+        read_request(&mut recv, limits.max_frame_bytes, &budget),
     );
-    let request = match read.await {
-        Ok(Ok(request)) => request,
-        Ok(Err(e)) => {
+    let response = match read.await {
+        Ok(Ok(request)) => {
+            drop(recv);
+            handler.handle(request).await
+        }
+        Ok(Err(RequestError::Busy { len })) => {
+            // Answered, not reset: OVERLOADED is the status a client already retries on.
+            debug!("quic request of {len} bytes refused: receive budget spent");
+            let _ = recv.stop(STREAM_OVERLOADED);
+            handler.refused_busy(format!(
+                "the server is receiving its limit of {} request bytes at once \
+                 (max_receive_bytes); retry after a back-off",
+                budget.total
+            ))
+        }
+        Ok(Err(RequestError::Frame(e))) => {
             debug!("quic request stream refused: {e}");
             let code = match e {
                 FrameReadError::TooLarge { .. } => STREAM_FRAME_TOO_LARGE,
@@ -354,8 +400,6 @@ async fn stream<H: Handler>(
             return;
         }
     };
-    drop(recv);
-    let response = handler.handle(request).await;
     let framed = encode(&response);
     match tokio::time::timeout(limits.frame_timeout, send.write_all(&framed)).await {
         Ok(Ok(())) => {}
@@ -376,6 +420,72 @@ async fn stream<H: Handler>(
     let _ = tokio::time::timeout(limits.frame_timeout, send.stopped()).await;
 }
 
+/// The bytes of request frames a listener holds between reading a frame's length prefix and
+/// decoding it, over all its connections. Without it, every connection filling every stream
+/// with a maximum-size frame would make the server hold `max_connections × max_in_flight ×
+/// max_frame_bytes` (16 GiB at the defaults).
+#[derive(Clone)]
+struct ReceiveBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+impl ReceiveBudget {
+    fn new(total: usize) -> Self {
+        let total = total.min(Semaphore::MAX_PERMITS);
+        Self {
+            bytes: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Room for a frame body of `len` bytes, returned when the frame is dropped; `None` when
+    /// the budget does not have it now. Never waits: a waiting stream would hold its
+    /// connection's flow-control window and the client would see only a stall.
+    fn charge(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(len).ok()?;
+        self.bytes.clone().try_acquire_many_owned(n).ok()
+    }
+}
+
+/// A request frame's bytes together with their share of the receive budget, so the share goes
+/// back exactly when the last reference to the bytes is dropped (the service drops the frame
+/// once it has decoded and tokenized it).
+struct Charged {
+    body: Vec<u8>,
+    _share: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Charged {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error(transparent)]
+    Frame(#[from] FrameReadError),
+    #[error("request of {len} bytes does not fit the receive budget now")]
+    Busy { len: usize },
+}
+
+/// [`read_frame`] for a request: the body is charged to `budget` before it is allocated.
+async fn read_request(
+    recv: &mut RecvStream,
+    max: usize,
+    budget: &ReceiveBudget,
+) -> Result<Bytes, RequestError> {
+    let len = read_prefix(recv, max).await?;
+    let share = budget.charge(len).ok_or(RequestError::Busy { len })?;
+    let mut body = vec![0u8; len];
+    read_exact(recv, &mut body, PREFIX_LEN).await?;
+    Ok(Bytes::from_owner(Charged {
+        body,
+        _share: share,
+    }))
+}
+
 /// Why one frame could not be read from a stream.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FrameReadError {
@@ -389,15 +499,21 @@ pub(crate) enum FrameReadError {
 
 /// Reads one length-prefixed frame, refusing a declared length above `max` before reading it.
 pub(crate) async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Bytes, FrameReadError> {
+    let len = read_prefix(recv, max).await?;
+    let mut body = vec![0u8; len];
+    read_exact(recv, &mut body, PREFIX_LEN).await?;
+    Ok(Bytes::from(body))
+}
+
+/// The declared length of the frame that follows, if it is at most `max`.
+async fn read_prefix(recv: &mut RecvStream, max: usize) -> Result<usize, FrameReadError> {
     let mut prefix = [0u8; PREFIX_LEN];
     read_exact(recv, &mut prefix, 0).await?;
     let len = u32::from_be_bytes(prefix) as usize;
     if len > max {
         return Err(FrameReadError::TooLarge { len, max });
     }
-    let mut body = vec![0u8; len];
-    read_exact(recv, &mut body, PREFIX_LEN).await?;
-    Ok(Bytes::from(body))
+    Ok(len)
 }
 
 async fn read_exact(
@@ -583,6 +699,59 @@ mod tests {
             &guard(client.call(b"small")).await.unwrap()[..],
             b"echo:small"
         );
+        server.shutdown.cancel();
+        guard(server.task).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn quic_receive_budget_answers_overloaded_unread_then_recovers() {
+        use crate::protocol::pb;
+        use prost::Message;
+
+        let (_dir, pki) = new_pki();
+        let limits = QuicLimits {
+            max_frame_bytes: 64,
+            max_receive_bytes: 100,
+            ..QuicLimits::default()
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let echo = Arc::new(Echo {
+            started_tx: Some(tx),
+            ..Echo::default()
+        });
+        let server = start_mtls(&pki, echo.clone(), limits);
+        let client = guard(QuicClient::connect(&client_cfg(&pki, server.addr)))
+            .await
+            .unwrap();
+        // 60 bytes held by the handler stay charged until the frame is dropped.
+        let mut big = b"hold".to_vec();
+        big.resize(60, b'.');
+        let held = tokio::spawn({
+            let (client, big) = (client.clone(), big.clone());
+            async move { client.call(&big).await }
+        });
+        guard(rx.recv()).await.unwrap();
+
+        // 60 + 50 > 100: answered OVERLOADED without being read or handled.
+        let busy = guard(client.call(&[b'y'; 50])).await.unwrap();
+        let busy = pb::Response::decode(busy).unwrap();
+        assert_eq!(busy.status(), pb::Status::Overloaded);
+        assert!(
+            busy.message.contains("max_receive_bytes"),
+            "{}",
+            busy.message
+        );
+        assert_eq!(echo.started.load(Ordering::SeqCst), 1);
+        // 60 + 40 fits.
+        let small = guard(client.call(&[b'z'; 40])).await.unwrap();
+        assert_eq!(&small[..5], b"echo:");
+
+        echo.open();
+        let answered = guard(held).await.unwrap().unwrap();
+        assert_eq!(&answered[5..], &big[..]);
+        // The held frame's share came back with it: a whole 64-byte frame fits again.
+        let full = guard(client.call(&[b'w'; 64])).await.unwrap();
+        assert_eq!(full.len(), 5 + 64);
         server.shutdown.cancel();
         guard(server.task).await.unwrap();
     }

@@ -233,6 +233,18 @@ fn server_transport(limits: &QuicLimits) -> Result<quinn::TransportConfig, TlsEr
     // Requests travel only on client-initiated bidirectional streams.
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     transport.datagram_receive_buffer_size(None);
+    // What QUIC itself buffers for a peer before the streams' tasks read it: one largest frame
+    // per stream, two per connection. Left at quinn's defaults (1.25 MB a stream, no limit per
+    // connection) a connection could park max_in_flight × 1.25 MB in the server.
+    let frame = u64::try_from(
+        limits
+            .max_frame_bytes
+            .saturating_add(crate::frame::PREFIX_LEN),
+    )
+    .unwrap_or(u64::MAX);
+    let window = |bytes: u64| quinn::VarInt::from_u64(bytes).unwrap_or(quinn::VarInt::MAX);
+    transport.stream_receive_window(window(frame));
+    transport.receive_window(window(frame.saturating_mul(2)));
     let idle = quinn::IdleTimeout::try_from(limits.idle_timeout)
         .map_err(|_| TlsError::IdleTimeout(limits.idle_timeout))?;
     transport.max_idle_timeout(Some(idle));
