@@ -14,7 +14,7 @@
 //! (about 75,000 page faults for the default model), which is paid at start and on reload, not
 //! per request.
 //!
-//! Outside loads the threshold is fixed high instead, with the trim threshold above it: the
+//! Outside loads the threshold is fixed high instead, and the trim threshold at 8 MiB: the
 //! megabyte-sized temporaries of a forward pass over long texts then reuse heap memory. Left low,
 //! each 250-token text took ~5,400 extra page faults.
 
@@ -29,10 +29,13 @@ mod imp {
     /// glibc's ceiling for the threshold on 64-bit targets (`DEFAULT_MMAP_THRESHOLD_MAX`).
     const SERVING: libc::c_int = 32 * 1024 * 1024;
     /// Free memory kept at the top of a heap rather than handed back after every free. Fixing
-    /// the mmap threshold stops glibc from raising this one with it, and at its 128 KiB default
-    /// each forward pass would give its temporaries back and fault them in again. Twice
-    /// `SERVING`, where glibc's own rule would put it.
-    const KEEP_FREE: libc::c_int = 2 * SERVING;
+    /// the mmap threshold stops glibc from adjusting this one, and at its 128 KiB default each
+    /// forward pass over a long text would give its temporaries back and fault them in again.
+    /// 8 MiB covers one 250-token text's pass (no extra faults, measured) while a burst of big
+    /// batches gives back what it grew: at 64 MiB, a 10-minute soak kept +11 % of RSS after an
+    /// overload; at 8 MiB a batch of 16 such texts costs ~350 page faults a request (under a
+    /// millisecond, against a pass of hundreds).
+    const KEEP_FREE: libc::c_int = 8 * 1024 * 1024;
 
     /// Loads and warm-ups in flight (tests load models on several threads at once): the
     /// thresholds follow whichever phases are still open.

@@ -39,6 +39,22 @@ enum Panels {
     F16(Vec<f16>),
 }
 
+impl Panels {
+    fn f16(&self) -> Option<&[f16]> {
+        match self {
+            Panels::F16(v) => Some(v),
+            Panels::F32(_) => None,
+        }
+    }
+
+    fn f32(&self) -> Option<&[f32]> {
+        match self {
+            Panels::F32(v) => Some(v),
+            Panels::F16(_) => None,
+        }
+    }
+}
+
 /// One panel of either element type.
 #[derive(Clone, Copy)]
 enum Panel<'a> {
@@ -134,27 +150,25 @@ impl Packed {
             return None;
         }
         let n = parts.iter().map(|p| p.n).sum();
-        let panels = match &first.panels {
-            Panels::F16(_) => Panels::F16(
+        // `fits` made every part the same element type, so each part yields its panels here.
+        let panels = if f16 {
+            Panels::F16(
                 parts
                     .iter()
-                    .flat_map(|p| match &p.panels {
-                        Panels::F16(v) => v.as_slice(),
-                        Panels::F32(_) => &[],
-                    })
+                    .filter_map(|p| p.panels.f16())
+                    .flatten()
                     .copied()
                     .collect(),
-            ),
-            Panels::F32(_) => Panels::F32(
+            )
+        } else {
+            Panels::F32(
                 parts
                     .iter()
-                    .flat_map(|p| match &p.panels {
-                        Panels::F32(v) => v.as_slice(),
-                        Panels::F16(_) => &[],
-                    })
+                    .filter_map(|p| p.panels.f32())
+                    .flatten()
                     .copied()
                     .collect(),
-            ),
+            )
         };
         let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
         Some(Packed { k, n, panels, bias })
