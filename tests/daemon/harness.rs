@@ -301,3 +301,39 @@ pub fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
 pub fn info(daemon: &Daemon) -> pb::InfoResponse {
     runtime().block_on(async { info_body(daemon.client().await.info().await.unwrap()) })
 }
+
+/// A loopback UDP address free at the time of the call, for a daemon's QUIC listener.
+pub fn free_udp_port() -> std::net::SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+/// `classifyd cert --out DIR`: a development CA with a server and a client certificate.
+pub fn dev_pki(dir: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_classifyd"))
+        .args(["cert", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `serve` flags for QUIC on `addr` with the server certificate in `pki` (as [`dev_pki`] names
+/// the files), requiring client certificates from its CA.
+pub fn quic_flags(pki: &Path, addr: std::net::SocketAddr) -> Vec<String> {
+    let p = |f: &str| pki.join(f).to_str().unwrap().to_string();
+    vec![
+        "--quic".into(),
+        addr.to_string(),
+        "--tls-cert".into(),
+        p("server.pem"),
+        "--tls-key".into(),
+        p("server-key.pem"),
+        "--client-ca".into(),
+        p("ca.pem"),
+    ]
+}

@@ -18,39 +18,10 @@ use rcgen::{
 
 use crate::harness::*;
 
-fn free_udp_port() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap()
-}
-
-fn dev_pki(dir: &Path) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_classifyd"))
-        .args(["cert", "--out"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn quic_daemon(pki: &Path, addr: SocketAddr) -> Daemon {
-    let p = |f: &str| pki.join(f).to_str().unwrap().to_string();
-    Daemon::start(
-        &fixture("bert"),
-        &[
-            "--quic",
-            &addr.to_string(),
-            "--tls-cert",
-            &p("server.pem"),
-            "--tls-key",
-            &p("server-key.pem"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-    )
+    let flags = quic_flags(pki, addr);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Daemon::start(&fixture("bert"), &flags)
 }
 
 #[test]
@@ -251,16 +222,7 @@ impl TestPki {
 
     /// A daemon serving QUIC on `addr` with this PKI, plus `extra` flags.
     fn daemon(&self, addr: SocketAddr, extra: &[&str]) -> Daemon {
-        let mut args = vec![
-            "--quic".to_string(),
-            addr.to_string(),
-            "--tls-cert".into(),
-            self.arg("server.pem"),
-            "--tls-key".into(),
-            self.arg("server-key.pem"),
-            "--client-ca".into(),
-            self.arg("ca.pem"),
-        ];
+        let mut args = quic_flags(self.dir.path(), addr);
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Daemon::start(&fixture("bert"), &args)

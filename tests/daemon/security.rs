@@ -62,27 +62,10 @@ fn the_socket_group_and_the_gid_allow_list() {
 #[test]
 fn private_key_material_never_reaches_the_log() {
     let pki = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_classifyd"))
-        .args(["cert", "--out"])
-        .arg(pki.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let p = |f: &str| pki.path().join(f).to_str().unwrap().to_string();
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let quic = [
-        "--quic",
-        &addr.to_string(),
-        "--tls-cert",
-        &p("server.pem"),
-        "--tls-key",
-        &p("server-key.pem"),
-        "--client-ca",
-        &p("ca.pem"),
-    ];
+    dev_pki(pki.path());
+    let addr = free_udp_port();
+    let quic = quic_flags(pki.path(), addr);
+    let quic: Vec<&str> = quic.iter().map(String::as_str).collect();
     let mut daemon = Daemon::spawn(
         &fixture("bert"),
         None,
