@@ -21,10 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peerlib import LABELS, ROOT, load_tokenizer, ort_feed, ort_session  # noqa: E402
+from peerlib import ROOT, load_tokenizer, ort_classify, ort_session  # noqa: E402
 
 
 def make_classifier(args):
@@ -32,21 +30,11 @@ def make_classifier(args):
         def trivial(text):
             return {"label": "POSITIVE", "score": 0.99}, 0, 0
         return trivial
-    tok = load_tokenizer()
-    sess = ort_session(args.onnx, args.threads)
+    run = ort_classify(load_tokenizer(), ort_session(args.onnx, args.threads))
 
     def classify(text):
-        t0 = time.perf_counter()
-        e = tok.encode(text)
-        feed = ort_feed(e)
-        t1 = time.perf_counter()
-        logits = sess.run(["logits"], feed)[0][0]
-        t2 = time.perf_counter()
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        i = int(p.argmax())
-        return ({"label": LABELS[i], "score": float(p[i])},
-                int((t1 - t0) * 1e6), int((t2 - t1) * 1e6))
+        label, score, tokenize_s, infer_s = run(text)
+        return {"label": label, "score": score}, int(tokenize_s * 1e6), int(infer_s * 1e6)
     classify("warm up")
     return classify
 

@@ -21,10 +21,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peerlib import LABELS, MODEL, ROOT, load_tokenizer, ort_feed, ort_session, percentiles, read_texts  # noqa: E402
+from peerlib import LABELS, MODEL, ROOT, load_tokenizer, ort_classify, ort_session, percentiles, read_texts  # noqa: E402
 
 
 def torch_classifier(threads):
@@ -55,20 +53,12 @@ def ort_classifier(threads, onnx_path):
     import tokenizers
     if not Path(onnx_path).exists():
         raise SystemExit(f"{onnx_path} missing: run benches/peers/export_onnx.py first")
-    tok = load_tokenizer()
-    sess = ort_session(onnx_path, threads)
+    run = ort_classify(load_tokenizer(), ort_session(onnx_path, threads))
     versions = {"onnxruntime": ort.__version__, "tokenizers": tokenizers.__version__}
 
     def classify(text):
-        t0 = time.perf_counter()
-        e = tok.encode(text)
-        feed = ort_feed(e)
-        t1 = time.perf_counter()
-        logits = sess.run(["logits"], feed)[0][0]
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        i = int(p.argmax())
-        return LABELS[i], float(p[i]), t1 - t0
+        label, score, tokenize_s, _ = run(text)
+        return label, score, tokenize_s
     return classify, versions
 
 
