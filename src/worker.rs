@@ -176,7 +176,9 @@ impl TestHooks {
 
 struct Outcome {
     rows: usize,
-    /// rows × longest row: what the forward pass computed, padding included.
+    /// rows × longest row, as the scheduler's token budget counts a batch: what a GPU pass
+    /// computes, padding included; on the CPU an upper bound, since `Engine::logits` runs each
+    /// length as its own pass there.
     padded_tokens: usize,
     started: Instant,
     inference_us: u64,
