@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -245,11 +246,33 @@ fn server_transport(limits: &QuicLimits) -> Result<quinn::TransportConfig, TlsEr
     let window = |bytes: u64| quinn::VarInt::from_u64(bytes).unwrap_or(quinn::VarInt::MAX);
     transport.stream_receive_window(window(frame));
     transport.receive_window(window(frame.saturating_mul(2)));
-    let idle = quinn::IdleTimeout::try_from(limits.idle_timeout)
-        .map_err(|_| TlsError::IdleTimeout(limits.idle_timeout))?;
+    // QUIC's idle timeout only forgets a peer that has vanished; the application's idle close
+    // (code 2, in `quic::connection`) decides when a live but unused connection ends. So the
+    // transport's timeout sits above the application's, and the server pings well inside it:
+    // a request that computes for longer than `idle_timeout` keeps its connection.
+    let (idle, ping) = transport_idle(limits.idle_timeout);
+    let idle = quinn::IdleTimeout::try_from(idle).map_err(|_| TlsError::IdleTimeout(idle))?;
     transport.max_idle_timeout(Some(idle));
+    transport.keep_alive_interval(Some(ping));
     Ok(transport)
 }
+
+/// The QUIC idle timeout and keep-alive interval for an application idle timeout `app`: twice
+/// `app`, at least `app` + 10 s, and a PING every quarter of that, so a few lost PINGs still
+/// leave the connection standing.
+pub fn transport_idle(app: Duration) -> (Duration, Duration) {
+    let idle = app
+        .saturating_mul(2)
+        .max(app.saturating_add(Duration::from_secs(10)));
+    (idle, idle / 4)
+}
+
+/// The client's own keep-alive: the negotiated idle timeout is the smaller of both ends', so a
+/// client that pings every few seconds keeps a connection open through a long request even
+/// against a server that does not ping.
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// What the client asks for as QUIC's idle timeout (the server's, if smaller, wins).
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Builds the QUIC client configuration: the server must present a certificate issued by a CA
 /// in `ca`; `cert` and `key` (both or neither) are the client's own certificate for mTLS.
@@ -284,6 +307,11 @@ pub fn client_config(
     transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(0));
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     transport.datagram_receive_buffer_size(None);
+    transport.keep_alive_interval(Some(CLIENT_KEEP_ALIVE));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(CLIENT_IDLE_TIMEOUT)
+            .map_err(|_| TlsError::IdleTimeout(CLIENT_IDLE_TIMEOUT))?,
+    ));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -452,5 +480,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, TlsError::NoClientAuth { .. }), "{err}");
+    }
+
+    #[test]
+    fn quic_transport_outlives_the_application_idle_timeout_and_pings_inside_it() {
+        for app in [1, 2, 30, 60, 3600].map(Duration::from_secs) {
+            let (idle, ping) = transport_idle(app);
+            assert!(idle >= app + Duration::from_secs(10), "{app:?}: {idle:?}");
+            assert!(ping * 3 < idle, "{app:?}: ping {ping:?} idle {idle:?}");
+            assert!(quinn::IdleTimeout::try_from(idle).is_ok());
+        }
+        assert!(CLIENT_KEEP_ALIVE * 4 < transport_idle(Duration::from_secs(1)).0);
     }
 }
