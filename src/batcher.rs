@@ -1,9 +1,19 @@
-//! Which queued jobs form the next forward pass.
+//! Which queued jobs form the next batch, and how a batch splits into forward passes.
 //!
-//! A pure function over a summary of the queue, so the policy can be tested without an engine.
-//! The oldest job of the highest priority is the anchor and always runs, so no job starves
-//! behind smaller ones; the rest are added by closeness in length to the anchor because a batch
-//! costs rows × its longest row, and mixing a short job with a long one pays mostly for padding.
+//! **Selection.** The oldest job of the highest priority is the anchor and always runs, so no
+//! job starves behind smaller ones; the rest are added by closeness in length to the anchor
+//! because a pass costs rows × its longest row, and mixing a short job with a long one pays
+//! mostly for padding. The queue keeps its jobs in an [`Index`] of ordered sets, so picking a
+//! batch costs O(k log n) for k jobs looked at, whatever the queue's length n: the scheduler
+//! lock is never held for a scan or a sort of the queue.
+//!
+//! **Passes.** A batch runs as one or more forward passes ([`passes`]): on the CPU one per
+//! length (padding is pure waste there), on a GPU a few padded buckets by length; each pass is
+//! also cut to the token budget and the attention-memory budget. Passes run most urgent first
+//! (earliest deadline, then priority, then shortest), and a job is answered as soon as its
+//! own rows are done.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::queue::Priority;
 
@@ -14,11 +24,11 @@ pub struct Candidate {
     /// The job's longest row, in tokens.
     pub len: usize,
     pub rows: usize,
-    /// Submission order: smaller is older.
+    /// Submission order: smaller is older. Unique per queue.
     pub arrival: u64,
 }
 
-/// Limits of one forward pass.
+/// Limits of one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     /// Padded tokens: rows × longest row.
@@ -33,40 +43,220 @@ fn rank(p: Priority) -> u8 {
     }
 }
 
+/// Jobs looked at and skipped (too many rows to fit) before a selection stops looking: bounds
+/// the work under the scheduler lock when many multi-row jobs crowd the anchor's length.
+const MAX_SKIPS: usize = 64;
+
+/// The queued jobs, ordered two ways: by (priority, arrival) for the anchor and by
+/// (priority, length, arrival) for the jobs closest in length to it.
+#[derive(Debug, Default)]
+pub struct Index {
+    by_arrival: BTreeMap<u64, Candidate>,
+    by_anchor: BTreeSet<(u8, u64)>,
+    by_len: BTreeSet<(u8, usize, u64)>,
+}
+
+impl Index {
+    pub fn len(&self) -> usize {
+        self.by_arrival.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_arrival.is_empty()
+    }
+
+    pub fn insert(&mut self, c: Candidate) {
+        let r = rank(c.priority);
+        self.by_anchor.insert((r, c.arrival));
+        self.by_len.insert((r, c.len, c.arrival));
+        self.by_arrival.insert(c.arrival, c);
+    }
+
+    pub fn remove(&mut self, arrival: u64) -> Option<Candidate> {
+        let c = self.by_arrival.remove(&arrival)?;
+        let r = rank(c.priority);
+        self.by_anchor.remove(&(r, arrival));
+        self.by_len.remove(&(r, c.len, arrival));
+        Some(c)
+    }
+
+    /// The arrivals of the next batch, anchor first, in the order they were looked at. Empty
+    /// only when the index is. Does not remove them; `accept` says whether a looked-at job
+    /// still counts (a job whose client has gone does not, and takes no room).
+    pub fn select(&self, budget: Budget, mut accept: impl FnMut(u64) -> bool) -> Vec<u64> {
+        let mut picked = Vec::new();
+        let mut rows = 0usize;
+        // The engine pads to at least one column, so an empty row still costs one token.
+        let mut longest = 1usize;
+        let mut anchors = self.by_anchor.iter();
+        // The anchor: the oldest job of the best priority whose client still waits.
+        let anchor = loop {
+            let Some(&(_, arrival)) = anchors.next() else {
+                return picked;
+            };
+            if accept(arrival) {
+                break self.by_arrival[&arrival];
+            }
+        };
+        picked.push(anchor.arrival);
+        rows += anchor.rows;
+        longest = longest.max(anchor.len);
+        let mut skips = 0;
+        // Priority still beats length: a high-priority job must not wait behind a normal one
+        // just because the normal one pads better.
+        for r in 0..=1u8 {
+            let mut below = self.by_len.range((r, 0, 0)..(r, anchor.len, 0)).rev();
+            let mut above = self
+                .by_len
+                .range((r, anchor.len, 0)..(r, usize::MAX, u64::MAX));
+            let (mut lo, mut hi) = (below.next(), above.next());
+            // Level by level of distance from the anchor's length, each level oldest first.
+            while lo.is_some() || hi.is_some() {
+                if rows >= budget.max_rows || skips >= MAX_SKIPS {
+                    return picked;
+                }
+                let d_lo = lo.map(|&(_, l, _)| anchor.len - l);
+                let d_hi = hi.map(|&(_, l, _)| l - anchor.len);
+                let d = match (d_lo, d_hi) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (Some(a), None) => a,
+                    (None, Some(b)) => b,
+                    (None, None) => break,
+                };
+                let mut level: Vec<Candidate> = Vec::new();
+                while let Some(&(_, _, a)) = lo.filter(|&&(_, l, _)| anchor.len - l == d) {
+                    level.push(self.by_arrival[&a]);
+                    lo = below.next();
+                }
+                while let Some(&(_, _, a)) = hi.filter(|&&(_, l, _)| l - anchor.len == d) {
+                    if a != anchor.arrival {
+                        level.push(self.by_arrival[&a]);
+                    }
+                    hi = above.next();
+                }
+                level.sort_by_key(|c| c.arrival);
+                for c in level {
+                    if rows >= budget.max_rows {
+                        return picked;
+                    }
+                    let r2 = rows + c.rows;
+                    let l2 = longest.max(c.len);
+                    // Skip rather than stop: a shorter or smaller job further on may still fit.
+                    if r2 <= budget.max_rows && r2.saturating_mul(l2) <= budget.max_tokens {
+                        if accept(c.arrival) {
+                            picked.push(c.arrival);
+                            rows = r2;
+                            longest = l2;
+                        }
+                    } else {
+                        skips += 1;
+                        if skips >= MAX_SKIPS {
+                            return picked;
+                        }
+                    }
+                }
+                // Nothing longer can fit once even one more row of it would go over.
+                if hi.is_some_and(|&(_, l, _)| (rows + 1).saturating_mul(l) > budget.max_tokens) {
+                    hi = None;
+                }
+            }
+        }
+        picked
+    }
+}
+
 /// Indices into `cands` of the next batch, anchor first. Empty only when `cands` is.
 pub fn select(cands: &[Candidate], budget: Budget) -> Vec<usize> {
-    let Some(anchor) =
-        (0..cands.len()).min_by_key(|&i| (rank(cands[i].priority), cands[i].arrival))
-    else {
-        return Vec::new();
-    };
-    let a = cands[anchor];
-    let mut picked = vec![anchor];
-    let mut rows = a.rows;
-    // The engine pads to at least one column, so an empty row still costs one token.
-    let mut longest = a.len.max(1);
-    let mut rest: Vec<usize> = (0..cands.len()).filter(|&i| i != anchor).collect();
-    // Priority still beats length: a high-priority job must not wait behind a normal one just
-    // because the normal one pads better.
-    rest.sort_by_key(|&i| {
-        let c = cands[i];
-        (rank(c.priority), c.len.abs_diff(a.len), c.arrival)
-    });
-    for i in rest {
-        if rows >= budget.max_rows {
-            break;
+    let mut index = Index::default();
+    for c in cands {
+        index.insert(*c);
+    }
+    let at: BTreeMap<u64, usize> = cands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.arrival, i))
+        .collect();
+    index
+        .select(budget, |_| true)
+        .into_iter()
+        .map(|a| at[&a])
+        .collect()
+}
+
+/// One row of a batch, as the pass planner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanRow {
+    pub len: usize,
+    /// Its job's place in the batch's urgency order (0 = most urgent).
+    pub urgency: usize,
+}
+
+/// How a device wants a batch cut into passes.
+#[derive(Debug, Clone, Copy)]
+pub struct PassShape {
+    /// Padded tokens per pass.
+    pub max_tokens: usize,
+    /// Rows per pass.
+    pub max_rows: usize,
+    /// Whether rows of different lengths share a pass, padded (a GPU); on the CPU padding is
+    /// pure waste, so each pass holds one length.
+    pub pad: bool,
+    /// Attention working-set bytes a pass may take.
+    pub max_attention_bytes: usize,
+}
+
+/// Cuts a batch's rows into forward passes, most urgent first: each pass is a list of indices
+/// into `rows`. Every row is in exactly one pass. `attention(rows, len)` is the attention
+/// working set of a pass of `rows` rows padded to `len`; a pass always takes at least one row,
+/// so a row over the budget on its own (which admission refuses) still runs alone.
+pub fn passes(
+    rows: &[PlanRow],
+    shape: PassShape,
+    attention: impl Fn(usize, usize) -> usize,
+) -> Vec<Vec<usize>> {
+    // Buckets: one per length on the CPU; on a GPU one per power-of-two length range, so
+    // padding at most doubles a row.
+    let bucket = |len: usize| {
+        if shape.pad {
+            len.max(1).next_power_of_two()
+        } else {
+            len
         }
-        let c = cands[i];
-        let r = rows + c.rows;
-        let l = longest.max(c.len);
-        // Skip rather than stop: a shorter or smaller job further down may still fit.
-        if r <= budget.max_rows && r.saturating_mul(l) <= budget.max_tokens {
-            picked.push(i);
-            rows = r;
-            longest = l;
+    };
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| (bucket(rows[i].len), rows[i].urgency, rows[i].len, i));
+    let mut out: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    for group in order.chunk_by(|&a, &b| bucket(rows[a].len) == bucket(rows[b].len)) {
+        // Within a bucket, most urgent rows first, so a cut leaves the least urgent for later.
+        let mut cur: Vec<usize> = Vec::new();
+        let mut longest = 0usize;
+        let mut g: Vec<usize> = group.to_vec();
+        g.sort_by_key(|&i| (rows[i].urgency, i));
+        for i in g {
+            let l = longest.max(rows[i].len).max(1);
+            let n = cur.len() + 1;
+            let fits = n <= shape.max_rows
+                && n.saturating_mul(l) <= shape.max_tokens
+                && attention(n, l) <= shape.max_attention_bytes;
+            if !fits && !cur.is_empty() {
+                out.push(pass_key(rows, std::mem::take(&mut cur)));
+                longest = 0;
+            }
+            longest = longest.max(rows[i].len).max(1);
+            cur.push(i);
+        }
+        if !cur.is_empty() {
+            out.push(pass_key(rows, cur));
         }
     }
-    picked
+    out.sort_by_key(|(urgency, len, _)| (*urgency, *len));
+    out.into_iter().map(|(_, _, p)| p).collect()
+}
+
+fn pass_key(rows: &[PlanRow], pass: Vec<usize>) -> (usize, usize, Vec<usize>) {
+    let urgency = pass.iter().map(|&i| rows[i].urgency).min().unwrap_or(0);
+    let len = pass.iter().map(|&i| rows[i].len).max().unwrap_or(0);
+    (urgency, len, pass)
 }
 
 #[cfg(test)]
@@ -200,5 +390,93 @@ mod tests {
         let mut got = select(&q, ROOMY);
         got.sort();
         assert_eq!(got, (0..10).collect::<Vec<_>>());
+    }
+
+    fn rows(spec: &[(usize, usize)]) -> Vec<PlanRow> {
+        spec.iter()
+            .map(|&(len, urgency)| PlanRow { len, urgency })
+            .collect()
+    }
+
+    fn shape(pad: bool) -> PassShape {
+        PassShape {
+            max_tokens: 1 << 20,
+            max_rows: 1 << 10,
+            pad,
+            max_attention_bytes: usize::MAX,
+        }
+    }
+
+    fn no_attention(_: usize, _: usize) -> usize {
+        0
+    }
+
+    #[test]
+    fn cpu_passes_hold_one_length_each_most_urgent_first() {
+        // Job 0 (most urgent) has a 9-token row; job 1 has rows of 30 and 9 tokens.
+        let r = rows(&[(30, 1), (9, 1), (9, 0), (5, 2)]);
+        let p = passes(&r, shape(false), no_attention);
+        assert_eq!(p, vec![vec![2, 1], vec![0], vec![3]]);
+    }
+
+    #[test]
+    fn gpu_passes_pad_within_power_of_two_buckets() {
+        let r = rows(&[(30, 0), (17, 0), (9, 0), (16, 0), (100, 0)]);
+        let mut p = passes(&r, shape(true), no_attention);
+        for pass in &mut p {
+            pass.sort();
+        }
+        // 9 and 16 share the 16 bucket; 17 and 30 the 32 bucket; 100 alone.
+        assert_eq!(p, vec![vec![2, 3], vec![0, 1], vec![4]]);
+    }
+
+    #[test]
+    fn passes_are_cut_to_the_token_and_attention_budgets_and_cover_every_row_once() {
+        let r = rows(&[(10, 0); 7]);
+        let tokens = PassShape {
+            max_tokens: 30,
+            ..shape(false)
+        };
+        let p = passes(&r, tokens, no_attention);
+        assert_eq!(p.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3, 1]);
+        // Attention of n rows of 10 tokens: n × 100 bytes, budget 250: two rows a pass.
+        let attention = PassShape {
+            max_attention_bytes: 250,
+            ..shape(false)
+        };
+        let p = passes(&r, attention, |n, l| n * l * l);
+        assert_eq!(p.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 2, 1]);
+        // A row over the budget alone still runs, alone.
+        let p = passes(&rows(&[(100, 0), (100, 1)]), attention, |n, l| n * l * l);
+        assert_eq!(p, vec![vec![0], vec![1]]);
+        let mut all: Vec<usize> = passes(&r, tokens, no_attention).concat();
+        all.sort();
+        assert_eq!(all, (0..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn index_skips_and_reports_jobs_it_may_not_take() {
+        let mut index = Index::default();
+        for (len, arrival) in [(10, 0), (10, 1), (11, 2), (50, 3)] {
+            index.insert(c(Normal, len, 1, arrival));
+        }
+        // Job 0's client has gone: job 1 becomes the anchor, and 0 is never picked.
+        let mut refused = Vec::new();
+        let got = index.select(ROOMY, |a| {
+            let ok = a != 0;
+            if !ok {
+                refused.push(a);
+            }
+            ok
+        });
+        assert_eq!(got, vec![1, 2, 3]);
+        assert!(!refused.is_empty() && refused.iter().all(|&a| a == 0));
+        assert_eq!(index.remove(2).map(|c| c.len), Some(11));
+        assert_eq!(index.len(), 3);
+        assert_eq!(
+            index.select(ROOMY, |_| true),
+            vec![0, 1, 3],
+            "removed jobs are gone from every order"
+        );
     }
 }

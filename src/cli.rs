@@ -169,6 +169,10 @@ pub struct ServeArgs {
     /// Rows one forward pass may take [default: 32].
     #[arg(long)]
     pub max_batch_size: Option<usize>,
+    /// Attention working set one forward pass may take, in MiB: batches are cut into passes
+    /// under it, and a single input over it is refused [default: 512].
+    #[arg(long)]
+    pub max_attention_mib: Option<usize>,
     /// Largest request frame accepted, in bytes [default: 1048576].
     #[arg(long)]
     pub max_frame_bytes: Option<usize>,

@@ -45,6 +45,7 @@ pub struct FileConfig {
     pub queue_capacity: Option<usize>,
     pub max_batch_tokens: Option<usize>,
     pub max_batch_size: Option<usize>,
+    pub max_attention_mib: Option<usize>,
     pub max_frame_bytes: Option<usize>,
     pub max_inputs: Option<usize>,
     pub max_text_bytes: Option<usize>,
@@ -149,6 +150,7 @@ pub struct Settings {
     pub queue_capacity: usize,
     pub max_batch_tokens: usize,
     pub max_batch_size: usize,
+    pub max_attention_mib: usize,
     pub max_frame_bytes: usize,
     pub max_inputs: usize,
     pub max_text_bytes: usize,
@@ -252,6 +254,10 @@ impl Settings {
             queue_capacity: a.queue_capacity.or(file.queue_capacity).unwrap_or(256),
             max_batch_tokens: a.max_batch_tokens.or(file.max_batch_tokens).unwrap_or(8192),
             max_batch_size: a.max_batch_size.or(file.max_batch_size).unwrap_or(32),
+            max_attention_mib: a
+                .max_attention_mib
+                .or(file.max_attention_mib)
+                .unwrap_or(crate::queue::DEFAULT_MAX_ATTENTION_BYTES >> 20),
             max_frame_bytes: a
                 .max_frame_bytes
                 .or(file.max_frame_bytes)
@@ -352,6 +358,7 @@ impl Settings {
                 queue_capacity: self.queue_capacity.max(1),
                 max_batch_tokens: self.max_batch_tokens.max(1),
                 max_batch_size: self.max_batch_size.max(1),
+                max_attention_bytes: self.max_attention_mib.max(1).saturating_mul(1 << 20),
                 stall_worker_after: self
                     .test_stall_worker_after_secs
                     .and_then(|s| Duration::try_from_secs_f64(s).ok()),

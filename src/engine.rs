@@ -348,7 +348,8 @@ impl Engine {
         })
     }
 
-    /// Logits for each input, as f32 on the host.
+    /// Logits for each input, as f32 on the host, in as many passes as
+    /// [`crate::batcher::passes`] cuts them into under the default limits.
     ///
     /// On the CPU, inputs of different lengths are not padded into one batch: each group of
     /// equal length runs as its own forward pass. Padding is pure waste there (the packed
@@ -356,24 +357,42 @@ impl Engine {
     /// and with real text lengths a padded batch cost twice as much per text as one at a time
     /// (batch 32 of the bench tweets: 10.3 ms a text against 5.1 ms alone), so a backlog, once
     /// formed, was drained *slower* by batching. On a GPU padding is cheap and batching is the
-    /// point, so everything goes in one padded batch there.
+    /// point, so rows share padded passes there, bucketed by length.
     pub fn logits(&self, inputs: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError> {
-        if inputs.is_empty() {
-            return Ok(Vec::new());
-        }
-        if !self.device.is_cpu() || inputs.iter().all(|e| e.len() == inputs[0].len()) {
-            return self.logits_padded(inputs);
-        }
-        let mut order: Vec<usize> = (0..inputs.len()).collect();
-        order.sort_by_key(|&i| inputs[i].len());
+        let d = crate::queue::SchedulerConfig::default();
+        let shape = crate::batcher::PassShape {
+            max_tokens: d.max_batch_tokens,
+            max_rows: d.max_batch_size,
+            pad: self.pads_batches(),
+            max_attention_bytes: d.max_attention_bytes,
+        };
+        let plan: Vec<crate::batcher::PlanRow> = inputs
+            .iter()
+            .map(|e| crate::batcher::PlanRow {
+                len: e.len(),
+                urgency: 0,
+            })
+            .collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); inputs.len()];
-        for group in order.chunk_by(|&a, &b| inputs[a].len() == inputs[b].len()) {
-            let rows: Vec<&Encoded> = group.iter().map(|&i| inputs[i]).collect();
-            for (&i, l) in group.iter().zip(self.logits_padded(&rows)?) {
+        for pass in crate::batcher::passes(&plan, shape, |n, l| self.attention_bytes(n, l)) {
+            let rows: Vec<&Encoded> = pass.iter().map(|&i| inputs[i]).collect();
+            for (&i, l) in pass.iter().zip(self.logits_padded(&rows)?) {
                 out[i] = l;
             }
         }
         Ok(out)
+    }
+
+    /// Whether rows of different lengths share padded passes: on a GPU, not on the CPU.
+    pub fn pads_batches(&self) -> bool {
+        !self.device.is_cpu()
+    }
+
+    /// The attention working set, in bytes, of one forward pass of `rows` rows padded to
+    /// `len` tokens, as the model computes attention (see
+    /// [`crate::model::SequenceClassifier::attention_bytes`]).
+    pub fn attention_bytes(&self, rows: usize, len: usize) -> usize {
+        self.model.attention_bytes(rows, len)
     }
 
     /// Logits for each input from one padded batch, whatever the device (the GPU path, and

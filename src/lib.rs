@@ -14,7 +14,8 @@
 //!
 //! The daemon, in the order a request travels (socket → frame → queue → batch → model → reply):
 //! - [`transport`]: Unix-socket and QUIC listeners; [`frame`]: the length prefix.
-//! - [`protocol`]: protobuf messages and their validation; [`service`]: one request end to end.
+//! - [`protocol`]: protobuf messages and their validation; [`service`]: one request end to end,
+//!   tokenized on [`tokenize_pool`]'s threads, never on an I/O thread.
 //! - [`queue`], [`batcher`], [`worker`]: admission, batch selection, the engine thread.
 //! - [`server`]: start, ready, drain; [`systemd`]: readiness, watchdog and socket activation
 //!   under systemd; [`metrics`]: Prometheus metrics and health probes. [`client`]: the same protocol from the other side.
@@ -40,5 +41,6 @@ pub mod server;
 pub mod service;
 pub mod systemd;
 pub mod tokenize;
+pub mod tokenize_pool;
 pub mod transport;
 pub mod worker;

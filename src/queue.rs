@@ -5,16 +5,20 @@
 //! oneshot receiver. The worker (see [`crate::worker`]) sleeps on a condvar while there is
 //! nothing to do, so an idle worker starts a job the moment it is submitted.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
+use crate::batcher::{Budget, Candidate, Index};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::tokenize::Encoded;
+
+/// The default of [`SchedulerConfig::max_attention_bytes`] (`--max-attention-mib 512`).
+pub const DEFAULT_MAX_ATTENTION_BYTES: usize = 512 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -24,6 +28,10 @@ pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Rows per forward pass.
     pub max_batch_size: usize,
+    /// Attention working set of one forward pass, in bytes, as the model estimates it
+    /// ([`crate::engine::Engine::attention_bytes`]); a batch is cut into passes that keep
+    /// under it, and an input over it on its own is refused at admission.
+    pub max_attention_bytes: usize,
     /// How often an idle worker wakes to beat its heartbeat ([`Scheduler::heartbeat_age`]);
     /// a busy one beats around every batch.
     pub idle_heartbeat: Duration,
@@ -39,6 +47,7 @@ impl Default for SchedulerConfig {
             queue_capacity: 256,
             max_batch_tokens: 8192,
             max_batch_size: 32,
+            max_attention_bytes: DEFAULT_MAX_ATTENTION_BYTES,
             idle_heartbeat: Duration::from_secs(1),
             stall_worker_after: None,
         }
@@ -115,41 +124,159 @@ impl Queued {
     pub fn longest(&self) -> usize {
         self.job.inputs.iter().map(Encoded::len).max().unwrap_or(0)
     }
+
+    fn candidate(&self) -> Candidate {
+        Candidate {
+            priority: self.job.priority,
+            len: self.longest(),
+            rows: self.job.inputs.len(),
+            arrival: self.arrival,
+        }
+    }
 }
 
+/// The waiting jobs. Every operation the handlers and the worker run under the lock is
+/// O(log n) per job it touches; only a submit that finds the queue full scans it, for jobs
+/// whose clients have gone.
 #[derive(Default)]
 pub(crate) struct State {
-    pub queue: VecDeque<Queued>,
-    pub next_arrival: u64,
+    jobs: HashMap<u64, Queued>,
+    index: Index,
+    /// (deadline, arrival) of every queued job that has one, soonest first.
+    deadlines: BTreeSet<(Instant, u64)>,
+    next_arrival: u64,
     pub closed: bool,
-    pub stats: Stats,
 }
 
 impl State {
-    /// Answers and removes jobs nobody waits for or that can no longer be on time; they must
-    /// neither take a batch slot nor a queue slot.
-    pub fn sweep(&mut self, now: Instant) {
-        let stats = &mut self.stats;
-        self.queue.retain_mut(|q| {
-            if q.reply.is_closed() {
-                stats.cancelled += 1;
-                return false;
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    fn push(&mut self, job: Job, reply: Reply, now: Instant) {
+        let arrival = self.next_arrival;
+        self.next_arrival += 1;
+        let q = Queued {
+            job,
+            reply,
+            submitted: now,
+            arrival,
+        };
+        self.index.insert(q.candidate());
+        if let Some(d) = q.job.deadline {
+            self.deadlines.insert((d, arrival));
+        }
+        self.jobs.insert(arrival, q);
+    }
+
+    fn take(&mut self, arrival: u64) -> Option<Queued> {
+        let q = self.jobs.remove(&arrival)?;
+        self.index.remove(arrival);
+        if let Some(d) = q.job.deadline {
+            self.deadlines.remove(&(d, arrival));
+        }
+        Some(q)
+    }
+
+    /// Answers and removes the jobs whose deadline has passed: they could no longer be on
+    /// time, and must take neither a batch slot nor a queue slot.
+    pub fn expire(&mut self, now: Instant, counters: &Counters) {
+        while let Some(&(d, arrival)) = self.deadlines.first() {
+            if d > now {
+                break;
             }
-            if q.job.deadline.is_some_and(|d| d <= now) {
-                stats.expired += 1;
-                // Replacing the sender lets this closure send without owning the queue entry.
-                let (dead, _) = oneshot::channel();
-                let _ = std::mem::replace(&mut q.reply, dead).send(Err(JobError::DeadlineExceeded));
-                return false;
+            if let Some(q) = self.take(arrival) {
+                counters.expired.fetch_add(1, Ordering::Relaxed);
+                let _ = q.reply.send(Err(JobError::DeadlineExceeded));
             }
-            true
+        }
+    }
+
+    /// Removes jobs nobody waits for any more. O(n): run only when the queue is full, where it
+    /// keeps dead entries from turning live requests away.
+    fn sweep_cancelled(&mut self, counters: &Counters) {
+        let gone: Vec<u64> = self
+            .jobs
+            .values()
+            .filter(|q| q.reply.is_closed())
+            .map(|q| q.arrival)
+            .collect();
+        for a in gone {
+            self.take(a);
+            counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the next batch out of the queue (see [`crate::batcher`]); jobs it meets whose
+    /// clients have gone are dropped on the way and counted as cancelled.
+    pub fn pick(&mut self, budget: Budget, counters: &Counters) -> Vec<Queued> {
+        let mut gone = Vec::new();
+        let jobs = &self.jobs;
+        let picked = self.index.select(budget, |a| {
+            let live = jobs.get(&a).is_some_and(|q| !q.reply.is_closed());
+            if !live {
+                gone.push(a);
+            }
+            live
         });
+        // A job can be met twice (as a candidate anchor, then by length).
+        for a in gone {
+            if self.take(a).is_some() {
+                counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        picked.into_iter().filter_map(|a| self.take(a)).collect()
+    }
+
+    /// Everything still queued, oldest first.
+    pub fn drain_all(&mut self) -> Vec<Queued> {
+        let mut all: Vec<Queued> = self.jobs.drain().map(|(_, q)| q).collect();
+        all.sort_by_key(|q| q.arrival);
+        self.index = Index::default();
+        self.deadlines.clear();
+        all
+    }
+}
+
+/// What [`Scheduler::stats`] reports, kept in atomics so that metrics scrapes, `Info` and
+/// the worker's bookkeeping never contend with `submit` for the queue lock.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub batches: AtomicU64,
+    pub computed: AtomicU64,
+    pub rows: AtomicU64,
+    pub expired: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub overloaded: AtomicU64,
+    /// Mirrors the queue's length; written under the lock, read without it.
+    pub queued: AtomicUsize,
+    pub busy: AtomicBool,
+}
+
+impl Counters {
+    fn snapshot(&self) -> Stats {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            batches: r(&self.batches),
+            computed: r(&self.computed),
+            rows: r(&self.rows),
+            expired: r(&self.expired),
+            cancelled: r(&self.cancelled),
+            overloaded: r(&self.overloaded),
+            queued: self.queued.load(Ordering::Relaxed),
+            busy: self.busy.load(Ordering::Acquire),
+        }
     }
 }
 
 pub(crate) struct Shared {
     pub cfg: SchedulerConfig,
     pub state: Mutex<State>,
+    pub counters: Counters,
     /// The worker waits here for jobs or for close.
     pub work: Condvar,
     /// `drained()` waiters; notified whenever the queue shrinks or the worker goes idle.
@@ -234,6 +361,7 @@ impl Scheduler {
         let shared = Arc::new(Shared {
             cfg,
             state: Mutex::new(State::default()),
+            counters: Counters::default(),
             work: Condvar::new(),
             idle: Notify::new(),
             epoch: Instant::now(),
@@ -273,24 +401,19 @@ impl Scheduler {
             }));
             return Ok(rx);
         }
-        if st.queue.len() >= shared.cfg.queue_capacity {
+        if st.len() >= shared.cfg.queue_capacity {
             // Dead entries should not turn live requests away.
-            st.sweep(now);
+            st.expire(now, &shared.counters);
+            st.sweep_cancelled(&shared.counters);
         }
-        if st.queue.len() >= shared.cfg.queue_capacity {
-            st.stats.overloaded += 1;
+        if st.len() >= shared.cfg.queue_capacity {
+            shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
             return Err(SubmitError::Overloaded {
                 capacity: shared.cfg.queue_capacity,
             });
         }
-        let arrival = st.next_arrival;
-        st.next_arrival += 1;
-        st.queue.push_back(Queued {
-            job,
-            reply,
-            submitted: now,
-            arrival,
-        });
+        st.push(job, reply, now);
+        shared.counters.queued.store(st.len(), Ordering::Relaxed);
         drop(st);
         shared.work.notify_one();
         Ok(rx)
@@ -301,12 +424,14 @@ impl Scheduler {
         let _ = self.shared().observer.set(observer);
     }
 
+    /// The limits this scheduler was started with.
+    pub fn config(&self) -> SchedulerConfig {
+        self.shared().cfg
+    }
+
+    /// Counts since start; read from atomics, without the queue lock.
     pub fn stats(&self) -> Stats {
-        let st = self.shared().lock();
-        Stats {
-            queued: st.queue.len(),
-            ..st.stats
-        }
+        self.shared().counters.snapshot()
     }
 
     /// How long ago the engine thread last showed it was alive. An idle worker beats every
@@ -332,7 +457,7 @@ impl Scheduler {
             notified.as_mut().enable();
             {
                 let st = shared.lock();
-                if st.closed && st.queue.is_empty() && !st.stats.busy {
+                if st.closed && st.is_empty() && !shared.counters.busy.load(Ordering::Acquire) {
                     return;
                 }
             }
@@ -344,7 +469,12 @@ impl Scheduler {
     /// Does not close the queue by itself.
     pub fn abort_queued(&self) {
         let shared = self.shared();
-        let aborted: Vec<Queued> = shared.lock().queue.drain(..).collect();
+        let aborted: Vec<Queued> = {
+            let mut st = shared.lock();
+            let all = st.drain_all();
+            shared.counters.queued.store(0, Ordering::Relaxed);
+            all
+        };
         for q in aborted {
             let _ = q.reply.send(Err(JobError::ShuttingDown));
         }

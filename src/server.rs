@@ -17,6 +17,7 @@ use crate::queue::{Scheduler, SchedulerConfig};
 use crate::service::{Model, ModelIdentity, Service};
 use crate::systemd;
 use crate::tokenize::Input;
+use crate::tokenize_pool::TokenizePool;
 use crate::transport::{self, unix::UnixOptions, ConnectionLimits};
 
 /// QUIC listener settings.
@@ -65,6 +66,10 @@ pub enum ServerError {
     #[error("socket activation: {0}")]
     SocketActivation(std::io::Error),
 }
+
+/// The least input bytes that may wait for a tokenizer thread at once (see
+/// [`TokenizePool`]); raised to four frames when `--max-frame-bytes` is larger.
+const TOKENIZE_BUDGET_BYTES: usize = 32 << 20;
 
 /// Runs one forward pass per batch-size bucket the scheduler can form, so the first real
 /// request finds every allocation and kernel path already taken.
@@ -221,7 +226,15 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     let scheduler = Scheduler::start(engine.clone(), sched_cfg);
     // The engine moves into the service: a copy kept here would outlive a reload and keep the
     // first model's ~90 MB resident for the life of the process (found by the soak).
-    let mut service = Service::new(engine, scheduler, cfg.requests, identity.clone());
+    // Texts waiting for a tokenizer: room for several of the largest requests at once.
+    let budget = cfg
+        .connections
+        .max_frame_bytes
+        .saturating_mul(4)
+        .max(TOKENIZE_BUDGET_BYTES);
+    let tokenizer = TokenizePool::new(TokenizePool::default_threads(), budget)
+        .map_err(|e| ServerError::Config(format!("cannot start the tokenizer threads: {e}")))?;
+    let mut service = Service::new(engine, scheduler, cfg.requests, identity.clone(), tokenizer);
     let mut metrics_listener = None;
     if let Some(addr) = cfg.metrics_addr {
         let m = Arc::new(Metrics::new(ModelLabels::of(&service.model())));

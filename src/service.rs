@@ -13,6 +13,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::protocol::{self, pb, RequestLimits};
 use crate::queue::{Job, JobError, Priority, Scheduler, Stats, SubmitError};
+use crate::tokenize_pool::{TokenizeError, TokenizePool};
 
 /// The model that answers, as responses name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +77,8 @@ pub struct Service {
     /// monotonic across reloads (a new scheduler counts from zero).
     retired: (AtomicU64, AtomicU64),
     limits: RequestLimits,
+    /// Where requests are tokenized, so that no I/O thread ever runs the tokenizer.
+    tokenizer: TokenizePool,
     ready: AtomicBool,
     metrics: Option<Arc<Metrics>>,
 }
@@ -86,8 +89,10 @@ impl Service {
         scheduler: Scheduler,
         limits: RequestLimits,
         identity: ModelIdentity,
+        tokenizer: TokenizePool,
     ) -> Self {
         Self {
+            tokenizer,
             retired: (AtomicU64::new(0), AtomicU64::new(0)),
             model: RwLock::new(Arc::new(Model {
                 engine,
@@ -248,19 +253,33 @@ impl Service {
         let deadline = (req.deadline_us > 0)
             .then(|| received.checked_add(Duration::from_micros(req.deadline_us)))
             .flatten();
-        // Tokenized here, on the caller's task, so the engine thread only ever runs the model.
-        let encoded = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, input)| {
-                model
-                    .engine
-                    .tokenize(input, truncate)
-                    .map_err(|e| invalid(format!("input {i}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        // Only token ids wait in the queue, not the texts they came from.
-        drop(inputs);
+        // Tokenized on the tokenizer pool: the engine thread only ever runs the model, and the
+        // I/O threads stay free for other connections and the health probes. Only token ids
+        // wait in the queue, not the texts they came from.
+        let encoded = self
+            .tokenizer
+            .encode(model.engine.clone(), inputs, truncate)
+            .await
+            .map_err(|e| match e {
+                TokenizeError::Busy { .. } => (pb::Status::Overloaded, e.to_string()),
+                TokenizeError::Input { .. } => invalid(e.to_string()),
+                TokenizeError::Failed(_) => (pb::Status::Internal, e.to_string()),
+            })?;
+        // Rows are never split, so an input whose attention alone is over the pass budget
+        // could never run within it.
+        let budget = model.scheduler.config().max_attention_bytes;
+        for (i, e) in encoded.iter().enumerate() {
+            let need = model.engine.attention_bytes(1, e.len());
+            if need > budget {
+                return Err(invalid(format!(
+                    "input {i}: {} tokens need {} MiB of attention memory, over the limit of \
+                     {} MiB (--max-attention-mib)",
+                    e.len(),
+                    need.div_ceil(1 << 20),
+                    budget >> 20
+                )));
+            }
+        }
         let tokenized = Instant::now();
         let tokens: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
         let priority = match pb::Priority::try_from(req.priority) {

@@ -35,8 +35,9 @@ impl Encoded {
 
 pub struct TextTokenizer {
     tokenizer: Tokenizer,
-    /// The same tokenizer without truncation, to measure a refused input exactly; built once
-    /// here so the refusal path does not clone a whole vocabulary per request.
+    /// The same tokenizer without truncation, for `no_truncate` requests: one pass both measures
+    /// an over-long input exactly and encodes one that fits. Built once here so no request
+    /// clones a whole vocabulary.
     untruncated: Tokenizer,
     max_len: usize,
     vocab: usize,
@@ -107,21 +108,25 @@ impl TextTokenizer {
         self.pad_id
     }
 
-    /// Tokenizes one input. With `truncate` false, an input longer than the model allows is an
-    /// error instead of being cut.
+    /// Tokenizes one input, once. With `truncate` false, an input longer than the model allows
+    /// is an error (naming its exact length) instead of being cut.
     pub fn encode(&self, input: &Input, truncate: bool) -> Result<Encoded, InputError> {
+        // Refusing needs the exact length, so the untruncated tokenizer runs instead of the
+        // truncating one; within the limit both give the same encoding.
+        let tokenizer = if truncate {
+            &self.tokenizer
+        } else {
+            &self.untruncated
+        };
         let encoding = match input {
             Input::Ids(ids) => return self.check_ids(ids, truncate),
-            Input::Text(t) => self.tokenizer.encode(t.as_str(), true),
-            Input::Pair(a, b) => self.tokenizer.encode((a.as_str(), b.as_str()), true),
+            Input::Text(t) => tokenizer.encode(t.as_str(), true),
+            Input::Pair(a, b) => tokenizer.encode((a.as_str(), b.as_str()), true),
         }
         .map_err(|e| InputError::Tokenize(e.to_string()))?;
-        if !truncate && !encoding.get_overflowing().is_empty() {
-            // Overflow holds the cut-off tail; its length is only a lower bound for pairs, so
-            // re-measure without truncation for an exact message.
-            let tokens = self.untruncated_len(input).unwrap_or(self.max_len + 1);
+        if !truncate && encoding.len() > self.max_len {
             return Err(InputError::TooLong {
-                tokens,
+                tokens: encoding.len(),
                 max: self.max_len,
             });
         }
@@ -129,16 +134,6 @@ impl TextTokenizer {
             ids: encoding.get_ids().to_vec(),
             type_ids: encoding.get_type_ids().to_vec(),
         })
-    }
-
-    fn untruncated_len(&self, input: &Input) -> Option<usize> {
-        let t = &self.untruncated;
-        let e = match input {
-            Input::Text(s) => t.encode(s.as_str(), true),
-            Input::Pair(a, b) => t.encode((a.as_str(), b.as_str()), true),
-            Input::Ids(ids) => return Some(ids.len()),
-        };
-        e.ok().map(|e| e.len())
     }
 
     fn check_ids(&self, ids: &[u32], truncate: bool) -> Result<Encoded, InputError> {

@@ -1,4 +1,5 @@
-//! The one thread that owns the engine: pick a batch, run one forward pass, answer each job.
+//! The one thread that owns the engine: pick a batch, run its forward passes most urgent first,
+//! and answer each job as soon as its own rows are done.
 //!
 //! One thread because a forward pass already uses every core (or the whole GPU); two passes
 //! side by side would only make both slower and the tail longer.
@@ -10,10 +11,10 @@ use std::sync::{Arc, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::batcher::{self, Budget, Candidate};
+use crate::batcher::{self, Budget, PassShape, PlanRow};
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::queue::{JobError, JobOutput, Queued, Shared};
+use crate::queue::{JobError, JobOutput, Priority, Queued, Shared};
 use crate::tokenize::Encoded;
 
 pub(crate) fn spawn(engine: Arc<Engine>, shared: Arc<Shared>) -> std::io::Result<()> {
@@ -34,8 +35,9 @@ impl Drop for ExitGuard<'_> {
         let orphans: Vec<Queued> = {
             let mut st = self.0.lock();
             st.closed = true;
-            st.stats.busy = false;
-            st.queue.drain(..).collect()
+            self.0.counters.busy.store(false, Ordering::Release);
+            self.0.counters.queued.store(0, Ordering::Relaxed);
+            st.drain_all()
         };
         for q in orphans {
             let _ = q.reply.send(Err(JobError::ShuttingDown));
@@ -49,6 +51,12 @@ fn run(engine: &Engine, shared: &Shared) {
         max_tokens: shared.cfg.max_batch_tokens,
         max_rows: shared.cfg.max_batch_size,
     };
+    let shape = PassShape {
+        max_tokens: shared.cfg.max_batch_tokens,
+        max_rows: shared.cfg.max_batch_size,
+        pad: engine.pads_batches(),
+        max_attention_bytes: shared.cfg.max_attention_bytes,
+    };
     let stall_at = shared.cfg.stall_worker_after.map(|d| shared.epoch + d);
     while let Some(batch) = next_batch(shared, budget, stall_at) {
         shared.beat();
@@ -57,21 +65,17 @@ fn run(engine: &Engine, shared: &Shared) {
         if let Some(hooks) = TEST_HOOKS.get() {
             hooks.hold(shared);
         }
-        let (batch, outcome) = run_batch(engine, batch);
+        // Counted before any of its jobs is answered, as each pass's rows are (in `run_batch`),
+        // so a client holding its answer sees its batch counted.
+        let c = &shared.counters;
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        let (rows, padded_tokens) = run_batch(engine, shared, shape, batch);
         shared.beat();
-        {
-            // Counted before answering, so a client holding its answer sees its job counted.
-            let mut st = shared.lock();
-            st.stats.batches += 1;
-            st.stats.computed += batch.len() as u64;
-            st.stats.rows += outcome.rows as u64;
-        }
         if let Some(observe) = shared.observer.get() {
-            observe(outcome.rows, outcome.padded_tokens);
+            observe(rows, padded_tokens);
         }
-        answer(batch, outcome);
         // Idle only after answering, so `drained()` never resolves ahead of a reply.
-        shared.lock().stats.busy = false;
+        c.busy.store(false, Ordering::Release);
         shared.idle.notify_waiters();
     }
 }
@@ -89,11 +93,18 @@ fn next_batch(shared: &Shared, budget: Budget, stall_at: Option<Instant>) -> Opt
             stall();
         }
         shared.beat();
-        // Swept at pick time so a deadline is judged when the job would start, not when it
+        // Expired at pick time so a deadline is judged when the job would start, not when it
         // arrived.
-        st.sweep(Instant::now());
-        if !st.queue.is_empty() {
-            break;
+        st.expire(Instant::now(), &shared.counters);
+        if !st.is_empty() {
+            let batch = st.pick(budget, &shared.counters);
+            shared.counters.queued.store(st.len(), Ordering::Relaxed);
+            if !batch.is_empty() {
+                shared.counters.busy.store(true, Ordering::Release);
+                return Some(batch);
+            }
+            // Everything it met had been cancelled; look again.
+            continue;
         }
         if st.closed {
             return None;
@@ -104,22 +115,6 @@ fn next_batch(shared: &Shared, budget: Budget, stall_at: Option<Instant>) -> Opt
             .unwrap_or_else(PoisonError::into_inner)
             .0;
     }
-    let cands: Vec<Candidate> = st
-        .queue
-        .iter()
-        .map(|q| Candidate {
-            priority: q.job.priority,
-            len: q.longest(),
-            rows: q.job.inputs.len(),
-            arrival: q.arrival,
-        })
-        .collect();
-    let picked = batcher::select(&cands, budget);
-    let mut slots: Vec<Option<Queued>> = st.queue.drain(..).map(Some).collect();
-    let batch: Vec<Queued> = picked.iter().filter_map(|&i| slots[i].take()).collect();
-    st.queue = slots.into_iter().flatten().collect();
-    st.stats.busy = true;
-    Some(batch)
 }
 
 /// Test-only (`--test-stall-worker-after-secs`): stop for good without beating, holding no lock,
@@ -174,29 +169,154 @@ impl TestHooks {
     }
 }
 
-struct Outcome {
-    rows: usize,
-    /// rows × longest row, as the scheduler's token budget counts a batch: what a GPU pass
-    /// computes, padding included; on the CPU an upper bound, since `Engine::logits` runs each
-    /// length as its own pass there.
-    padded_tokens: usize,
-    started: Instant,
-    inference_us: u64,
-    logits: Result<Vec<Vec<f32>>, EngineError>,
+/// Where a job stands while its batch runs.
+struct Progress {
+    q: Queued,
+    logits: Vec<Option<Vec<f32>>>,
+    left: usize,
+    done: bool,
 }
 
-/// One forward pass for all rows of all jobs.
-fn run_batch(engine: &Engine, batch: Vec<Queued>) -> (Vec<Queued>, Outcome) {
-    let inputs: Vec<&Encoded> = batch.iter().flat_map(|q| &q.job.inputs).collect();
-    let rows = inputs.len();
-    let padded_tokens = rows * inputs.iter().map(|e| e.len()).max().unwrap_or(0);
+/// Runs one batch as [`batcher::passes`] cuts it, answering each job the moment its last row
+/// is computed. Returns (rows, padded tokens) over all passes.
+fn run_batch(
+    engine: &Engine,
+    shared: &Shared,
+    shape: PassShape,
+    batch: Vec<Queued>,
+) -> (usize, usize) {
     let started = Instant::now();
-    // A panic in a kernel must cost this batch, not every later request.
-    let logits = panic::catch_unwind(AssertUnwindSafe(|| {
+    let batch_size =
+        u32::try_from(batch.iter().map(|q| q.job.inputs.len()).sum::<usize>()).unwrap_or(u32::MAX);
+    // Most urgent first: earliest deadline, then priority, then the fewest tokens.
+    let mut urgency: Vec<usize> = (0..batch.len()).collect();
+    urgency.sort_by_key(|&j| {
+        let job = &batch[j].job;
+        (
+            job.deadline.is_none(),
+            job.deadline,
+            job.priority != Priority::High,
+            job.inputs.iter().map(Encoded::len).sum::<usize>(),
+            batch[j].arrival,
+        )
+    });
+    let mut rank = vec![0; batch.len()];
+    for (r, &j) in urgency.iter().enumerate() {
+        rank[j] = r;
+    }
+    // (job, row) of every row, and what the planner needs of it.
+    let rows: Vec<(usize, usize)> = batch
+        .iter()
+        .enumerate()
+        .flat_map(|(j, q)| (0..q.job.inputs.len()).map(move |r| (j, r)))
+        .collect();
+    let plan: Vec<PlanRow> = rows
+        .iter()
+        .map(|&(j, r)| PlanRow {
+            len: batch[j].job.inputs[r].len(),
+            urgency: rank[j],
+        })
+        .collect();
+    let passes = batcher::passes(&plan, shape, |n, l| engine.attention_bytes(n, l));
+    let mut jobs: Vec<Progress> = batch
+        .into_iter()
+        .map(|q| Progress {
+            logits: vec![None; q.job.inputs.len()],
+            left: q.job.inputs.len(),
+            done: false,
+            q,
+        })
+        .collect();
+    let (mut computed_rows, mut padded_tokens) = (0, 0);
+    for pass in passes {
+        // Rows of jobs already failed, or whose clients have gone, are not computed.
+        let live: Vec<usize> = pass
+            .into_iter()
+            .filter(|&i| {
+                let p = &jobs[rows[i].0];
+                !p.done && !p.q.reply.is_closed()
+            })
+            .collect();
+        if live.is_empty() {
+            continue;
+        }
+        let inputs: Vec<&Encoded> = live
+            .iter()
+            .map(|&i| &jobs[rows[i].0].q.job.inputs[rows[i].1])
+            .collect();
+        computed_rows += inputs.len();
+        padded_tokens += inputs.len() * inputs.iter().map(|e| e.len()).max().unwrap_or(0);
+        let result = forward(engine, &inputs);
+        drop(inputs);
+        shared.beat();
+        shared
+            .counters
+            .rows
+            .fetch_add(live.len() as u64, Ordering::Relaxed);
+        match result {
+            Ok(logits) => {
+                for (&i, l) in live.iter().zip(logits) {
+                    let (j, r) = rows[i];
+                    let p = &mut jobs[j];
+                    p.logits[r] = Some(l);
+                    p.left -= 1;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(rows = live.len(), "batch failed: a forward pass: {e}");
+                for &i in &live {
+                    let p = &mut jobs[rows[i].0];
+                    if !p.done {
+                        p.done = true;
+                        finish(shared, p, Err(JobError::Engine(e.clone())));
+                    }
+                }
+                continue;
+            }
+        }
+        for &i in &live {
+            let p = &mut jobs[rows[i].0];
+            if !p.done && p.left == 0 {
+                p.done = true;
+                let out = JobOutput {
+                    logits: p
+                        .logits
+                        .iter_mut()
+                        .map(|l| l.take().unwrap_or_default())
+                        .collect(),
+                    queue_us: micros(started.saturating_duration_since(p.q.submitted)),
+                    inference_us: micros(started.elapsed()),
+                    batch_size,
+                };
+                finish(shared, p, Ok(out));
+            }
+        }
+    }
+    // Whoever is left had gone before its rows ran; the reply is closed, but it is counted.
+    for p in jobs.iter_mut().filter(|p| !p.done) {
+        p.done = true;
+        shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+    (computed_rows, padded_tokens)
+}
+
+/// Answers one job whose rows ran (or failed). Counted before the reply, so a client holding
+/// its answer sees its job counted.
+fn finish(shared: &Shared, p: &mut Progress, answer: Result<JobOutput, JobError>) {
+    shared.counters.computed.fetch_add(1, Ordering::Relaxed);
+    let (dead, _) = tokio::sync::oneshot::channel();
+    // The client may have gone during the pass; nothing else to do for it.
+    let _ = std::mem::replace(&mut p.q.reply, dead).send(answer);
+}
+
+/// One forward pass. A panic in a kernel must cost this pass, not every later request.
+fn forward(engine: &Engine, inputs: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError> {
+    let rows = inputs.len();
+    panic::catch_unwind(AssertUnwindSafe(|| {
         if TEST_HOOKS.get().is_some_and(TestHooks::take_failure) {
             panic!("test hook: this forward pass fails (--test-fail-batches)");
         }
-        engine.logits(&inputs)
+        engine.logits_padded(inputs)
     }))
     .unwrap_or_else(|p| Err(EngineError(format!("engine panicked: {}", panic_text(&*p)))))
     .and_then(|l| match l.len() == rows {
@@ -205,43 +325,7 @@ fn run_batch(engine: &Engine, batch: Vec<Queued>) -> (Vec<Queued>, Outcome) {
             "engine returned {} rows of logits for {rows} inputs",
             l.len()
         ))),
-    });
-    let inference_us = micros(started.elapsed());
-    drop(inputs);
-    let outcome = Outcome {
-        rows,
-        padded_tokens,
-        started,
-        inference_us,
-        logits,
-    };
-    (batch, outcome)
-}
-
-/// Splits the logits back per job, in the order the rows were batched.
-fn answer(batch: Vec<Queued>, outcome: Outcome) {
-    let batch_size = u32::try_from(outcome.rows).unwrap_or(u32::MAX);
-    match outcome.logits {
-        Ok(logits) => {
-            let mut logits = logits.into_iter();
-            for q in batch {
-                let out = JobOutput {
-                    logits: logits.by_ref().take(q.job.inputs.len()).collect(),
-                    queue_us: micros(outcome.started.saturating_duration_since(q.submitted)),
-                    inference_us: outcome.inference_us,
-                    batch_size,
-                };
-                // The client may have gone during the pass; nothing else to do for it.
-                let _ = q.reply.send(Ok(out));
-            }
-        }
-        Err(e) => {
-            tracing::warn!(rows = outcome.rows, "batch failed: {e}");
-            for q in batch {
-                let _ = q.reply.send(Err(JobError::Engine(e.clone())));
-            }
-        }
-    }
+    })
 }
 
 fn micros(d: Duration) -> u64 {

@@ -23,6 +23,8 @@
 //!   exactly a key mask, and padded query rows never influence real ones, so an additive key
 //!   mask (finite, in the compute dtype) gives identical logits.
 
+use std::sync::{Mutex, PoisonError};
+
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Deserializer};
@@ -280,7 +282,8 @@ fn relative_indices(t: usize, span: i64, buckets: i64, max_rel: i64) -> (Vec<u32
     (c2p, p2c)
 }
 
-/// Gather tables for one forward pass, on the model's device.
+/// Gather tables for one sequence length, on the model's device.
+#[derive(Clone)]
 struct RelIndex {
     c2p: Tensor,
     p2c: Tensor,
@@ -554,10 +557,16 @@ pub struct DebertaV2 {
     pooler: Linear,
     classifier: Linear,
     relative: bool,
+    /// Gather tables of the last few lengths seen, newest last: building them is O(T²) host
+    /// work and an upload per forward pass otherwise.
+    rel_cache: Mutex<Vec<(usize, RelIndex)>>,
     dtype: DType,
     device: Device,
     cfg: Config,
 }
+
+/// Lengths whose gather tables [`DebertaV2`] keeps (at 512 tokens, 2 MiB each).
+const REL_CACHE_LENGTHS: usize = 4;
 
 impl DebertaV2 {
     pub fn load(cfg: Config, num_labels: usize, vb: VarBuilder) -> Result<Self> {
@@ -598,6 +607,7 @@ impl DebertaV2 {
             pooler: Linear::load(h, h, vb.pp("pooler").pp("dense"))?,
             classifier: Linear::load(h, num_labels, vb.pp("classifier"))?,
             relative,
+            rel_cache: Mutex::new(Vec::new()),
             dtype: vb.dtype(),
             device: vb.device().clone(),
             cfg,
@@ -605,16 +615,31 @@ impl DebertaV2 {
     }
 
     fn rel_index(&self, t: usize) -> Result<RelIndex> {
+        let mut cache = self
+            .rel_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = cache.iter().position(|(len, _)| *len == t) {
+            let hit = cache.remove(i);
+            let index = hit.1.clone();
+            cache.push(hit);
+            return Ok(index);
+        }
         let (c2p, p2c) = relative_indices(
             t,
             self.cfg.att_span(),
             self.cfg.position_buckets,
             self.cfg.max_relative(),
         );
-        Ok(RelIndex {
+        let index = RelIndex {
             c2p: Tensor::from_vec(c2p, t * t, &self.device)?,
             p2c: Tensor::from_vec(p2c, t * t, &self.device)?,
-        })
+        };
+        if cache.len() >= REL_CACHE_LENGTHS {
+            cache.remove(0);
+        }
+        cache.push((t, index.clone()));
+        Ok(index)
     }
 }
 
@@ -661,6 +686,17 @@ impl SequenceClassifier for DebertaV2 {
     }
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
+    }
+    fn attention_bytes(&self, rows: usize, len: usize) -> usize {
+        // Scores, c2p and p2c gathers, their sum, the masked sum and probabilities: six
+        // [heads, rows, T, T] tensors at the peak, plus the two u32 gather tables of T × T.
+        let t2 = len.saturating_mul(len);
+        6usize
+            .saturating_mul(self.cfg.num_attention_heads)
+            .saturating_mul(rows)
+            .saturating_mul(t2)
+            .saturating_mul(4)
+            .saturating_add(t2.saturating_mul(8))
     }
 }
 

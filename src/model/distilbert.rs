@@ -151,4 +151,7 @@ impl SequenceClassifier for DistilBert {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
+    fn attention_bytes(&self, rows: usize, len: usize) -> usize {
+        super::chunked_attention_bytes(rows, self.cfg.n_heads, len)
+    }
 }

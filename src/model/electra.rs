@@ -64,4 +64,7 @@ impl SequenceClassifier for Electra {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
+    fn attention_bytes(&self, rows: usize, len: usize) -> usize {
+        super::chunked_attention_bytes(rows, self.cfg.num_attention_heads, len)
+    }
 }

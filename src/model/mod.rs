@@ -77,6 +77,38 @@ pub trait SequenceClassifier: Send + Sync {
     fn max_positions(&self) -> usize;
     /// Rows of the word-embedding table; a tokenizer with more ids than this would index out of it.
     fn vocab_size(&self) -> usize;
+    /// Bytes of attention working set (scores, probabilities, masks, position tables) that a
+    /// forward pass of `rows` rows padded to `len` tokens takes at its peak. The scheduler
+    /// cuts batches into passes under `--max-attention-mib` with it, and admission refuses a
+    /// single input over that.
+    fn attention_bytes(&self, rows: usize, len: usize) -> usize;
+}
+
+/// Bytes the scores of one query chunk may take in [`attention`] and ModernBERT's attention:
+/// queries are processed in chunks so that no `[batch, heads, T, T]` tensor exists, and the
+/// working set stays this size (times the three tensors a chunk lives as) whatever `T` is.
+pub const ATTENTION_CHUNK_BYTES: usize = 32 << 20;
+
+/// Query rows per attention chunk of at most `budget` bytes of scores, for `rows × heads`
+/// score rows over `keys` keys (f32, the worst case): at least one, at most `len`.
+pub fn attention_chunk(budget: usize, rows: usize, heads: usize, keys: usize, len: usize) -> usize {
+    let per_query = rows
+        .saturating_mul(heads)
+        .saturating_mul(keys)
+        .saturating_mul(4);
+    (budget / per_query.max(1)).clamp(1, len.max(1))
+}
+
+/// [`SequenceClassifier::attention_bytes`] for query-chunked attention: three tensors
+/// (scores, the masked scores, probabilities) of one chunk of `[rows, heads, chunk, len]` f32.
+pub fn chunked_attention_bytes(rows: usize, heads: usize, len: usize) -> usize {
+    let chunk = attention_chunk(ATTENTION_CHUNK_BYTES, rows, heads, len, len);
+    3usize
+        .saturating_mul(rows)
+        .saturating_mul(heads)
+        .saturating_mul(chunk)
+        .saturating_mul(len)
+        .saturating_mul(4)
 }
 
 /// Hidden activations named in config.json (`hidden_act`, `classifier_activation`, ...).
@@ -363,13 +395,29 @@ pub fn attention(
     attention_ops(q, k, v, heads, mask)
 }
 
-/// [`attention`] in candle ops, for every device and dtype.
+/// [`attention`] in candle ops, for every device and dtype. Queries go in chunks of
+/// [`attention_chunk`] rows, so the scores never take more than [`ATTENTION_CHUNK_BYTES`]
+/// (about) whatever the sequence length; short sequences are one chunk.
 fn attention_ops(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     heads: usize,
     mask: &Tensor,
+) -> Result<Tensor> {
+    let (b, t, _) = q.dims3()?;
+    let chunk = attention_chunk(ATTENTION_CHUNK_BYTES, b, heads, t, t);
+    attention_ops_chunked(q, k, v, heads, mask, chunk)
+}
+
+/// [`attention_ops`] with `chunk` query rows at a time.
+fn attention_ops_chunked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: &Tensor,
+    chunk: usize,
 ) -> Result<Tensor> {
     let (b, t, hidden) = q.dims3()?;
     let head_dim = hidden / heads;
@@ -380,9 +428,32 @@ fn attention_ops(
     };
     let (q, k, v) = (split(q)?, split(k)?, split(v)?);
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, hidden))
+    let kt = k.t()?;
+    let chunk = chunk.clamp(1, t.max(1));
+    let per_query_mask = mask.rank() == 4 && mask.dim(2)? == t && t > 1;
+    let mut parts = Vec::with_capacity(t.div_ceil(chunk));
+    for i0 in (0..t).step_by(chunk) {
+        let c = chunk.min(t - i0);
+        let (qc, mc) = if c == t {
+            (q.clone(), mask.clone())
+        } else {
+            let m = if per_query_mask {
+                mask.narrow(2, i0, c)?
+            } else {
+                mask.clone()
+            };
+            (q.narrow(2, i0, c)?.contiguous()?, m)
+        };
+        let scores = (qc.matmul(&kt)? * scale)?.broadcast_add(&mc)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        parts.push(probs.matmul(&v)?);
+    }
+    let ctx = if parts.len() == 1 {
+        parts.remove(0)
+    } else {
+        Tensor::cat(&parts, 2)?
+    };
+    ctx.transpose(1, 2)?.reshape((b, t, hidden))
 }
 
 /// The hidden state of the first token of every row (`[CLS]` / `<s>`).
@@ -433,5 +504,51 @@ mod tests {
         assert!(attend::attend(&q16, &k, &v, heads, &mask)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn chunked_attention_equals_one_chunk_and_its_bound_holds_for_any_length() {
+        let dev = Device::Cpu;
+        let (b, t, heads, hd) = (2, 11, 2, 4);
+        let h = heads * hd;
+        let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * h), &dev).unwrap();
+        let (q, k, v) = (
+            qkv.narrow(2, 0, h).unwrap(),
+            qkv.narrow(2, h, h).unwrap(),
+            qkv.narrow(2, 2 * h, h).unwrap(),
+        );
+        let keep = Tensor::new(
+            &[
+                [1u32, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+                [1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let mask = additive_key_mask(&keep, DType::F32).unwrap();
+        let whole = attention_ops_chunked(&q, &k, &v, heads, &mask, t).unwrap();
+        for chunk in [1, 3, 4, 10] {
+            let parts = attention_ops_chunked(&q, &k, &v, heads, &mask, chunk).unwrap();
+            let diff = (&whole - parts)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-6, "chunk {chunk}: max |Δ| {diff}");
+        }
+        // The working set stops growing with T² once chunks are needed.
+        let small = chunked_attention_bytes(1, 12, 512);
+        assert_eq!(small, 3 * 12 * 512 * 512 * 4);
+        for t in [4096, 8192, 1 << 16] {
+            let bytes = chunked_attention_bytes(1, 12, t);
+            assert!(bytes <= 3 * ATTENTION_CHUNK_BYTES, "{t}: {bytes}");
+        }
+        assert_eq!(attention_chunk(100, 1, 1, 1000, 7), 1);
+        assert_eq!(attention_chunk(usize::MAX, 1, 1, 1, 7), 7);
     }
 }

@@ -293,7 +293,7 @@ impl Layer {
         })
     }
 
-    fn attention(&self, x: &Tensor, rope: &Rope, mask: &Tensor) -> Result<Tensor> {
+    fn attention(&self, x: &Tensor, rope: &Rope, masks: &Masks) -> Result<Tensor> {
         let (b, t, hidden) = x.dims3()?;
         let (nh, hd) = (self.heads, self.head_dim);
         // [B, T, 3, H, D] -> [3, B, H, T, D], one copy.
@@ -309,18 +309,45 @@ impl Layer {
         let q = qk.narrow(0, 0, b)?;
         let k = qk.narrow(0, b, b)?;
         let v = qkv.get(2)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, hidden))?;
+        let chunks = match (&masks.local, self.sliding) {
+            (Some(local), true) => local,
+            _ => &masks.global,
+        };
+        let mut parts = Vec::with_capacity(chunks.len());
+        for ch in chunks {
+            let keys = ch.k1 - ch.k0;
+            let qc = if ch.c == t {
+                q.clone()
+            } else {
+                q.narrow(2, ch.i0, ch.c)?.contiguous()?
+            };
+            let (kc, vc) = if keys == t {
+                (k.clone(), v.clone())
+            } else {
+                (
+                    k.narrow(2, ch.k0, keys)?.contiguous()?,
+                    v.narrow(2, ch.k0, keys)?.contiguous()?,
+                )
+            };
+            let scores = qc.matmul(&kc.t()?)?.broadcast_add(&ch.mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            parts.push(probs.matmul(&vc)?);
+        }
+        let ctx = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Tensor::cat(&parts, 2)?
+        };
+        let ctx = ctx.transpose(1, 2)?.reshape((b, t, hidden))?;
         self.wo.forward(&ctx)
     }
 
-    fn forward(&self, x: &Tensor, rope: &Rope, mask: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, rope: &Rope, masks: &Masks) -> Result<Tensor> {
         let normed = match &self.attn_norm {
             Some(norm) => norm.forward(x)?,
             None => x.clone(),
         };
-        let x = (x + self.attention(&normed, rope, mask)?)?;
+        let x = (x + self.attention(&normed, rope, masks)?)?;
         let up = self.wi.forward(&self.mlp_norm.forward(&x)?)?;
         let input = up.narrow(D::Minus1, 0, self.intermediate)?;
         let gate = up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
@@ -362,6 +389,26 @@ impl Rope {
     }
 }
 
+/// Queries `i0 .. i0 + c` attend to keys `k0 .. k1` with the additive `mask`
+/// (`[B, 1, 1 or c, k1 - k0]`).
+struct Chunk {
+    i0: usize,
+    c: usize,
+    k0: usize,
+    k1: usize,
+    mask: Tensor,
+}
+
+/// The attention masks of one forward pass, cut by query rows (see
+/// [`super::attention_chunk`]) so that no `[B, H, T, T]` score tensor and no `T × T` band
+/// table is ever built: a local layer's chunk sees only the keys inside its window, and its
+/// band mask is computed from indices for just those keys.
+struct Masks {
+    global: Vec<Chunk>,
+    /// `None` when the window covers every pair (local layers then use `global`).
+    local: Option<Vec<Chunk>>,
+}
+
 /// `ModernBertForSequenceClassification`.
 pub struct ModernBert {
     tok_embeddings: candle_nn::Embedding,
@@ -375,6 +422,8 @@ pub struct ModernBert {
     local_inv_freq: Vec<f32>,
     /// Half window: key j is visible from query i on local layers when `|i - j| <= half_window`.
     half_window: usize,
+    /// Bytes of scores per attention chunk ([`super::ATTENTION_CHUNK_BYTES`]; tests lower it).
+    chunk_bytes: usize,
     cfg: Config,
 }
 
@@ -420,29 +469,63 @@ impl ModernBert {
             global_inv_freq: inv_freq(global_theta, cfg.head_dim()),
             local_inv_freq: inv_freq(local_theta, cfg.head_dim()),
             half_window: cfg.local_window() / 2,
+            chunk_bytes: super::ATTENTION_CHUNK_BYTES,
             cfg,
         })
     }
 
-    /// Additive masks `(global [B,1,1,T], local [B,1,T,T])` in `dtype`. Padding and band are
-    /// combined as 0/1 "keep" factors first, so a masked score gets the fill value once, never
-    /// twice (two F16 fills plus a score could overflow to -inf).
-    fn masks(&self, attention_mask: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
+    /// Additive masks in `dtype`, chunked by query rows. Padding and band are combined as 0/1
+    /// "keep" factors first, so a masked score gets the fill value once, never twice (two F16
+    /// fills plus a score could overflow to -inf).
+    fn masks(&self, attention_mask: &Tensor, dtype: DType) -> Result<Masks> {
         let (b, t) = attention_mask.dims2()?;
         let fill = -mask_fill_value(dtype);
         let keep = attention_mask.to_dtype(DType::F32)?.reshape((b, 1, 1, t))?;
-        let global = ((&keep - 1.0)? * fill)?.to_dtype(dtype)?;
+        let key_mask = ((&keep - 1.0)? * fill)?.to_dtype(dtype)?;
+        let chunk = super::attention_chunk(self.chunk_bytes, b, self.cfg.num_attention_heads, t, t);
+        let global = (0..t)
+            .step_by(chunk)
+            .map(|i0| Chunk {
+                i0,
+                c: chunk.min(t - i0),
+                k0: 0,
+                k1: t,
+                mask: key_mask.clone(),
+            })
+            .collect();
         if t <= self.half_window + 1 {
             // Every pair is within the window.
-            return Ok((global.clone(), global));
+            return Ok(Masks {
+                global,
+                local: None,
+            });
         }
         let w = self.half_window;
-        let band: Vec<f32> = (0..t)
-            .flat_map(|i| (0..t).map(move |j| if i.abs_diff(j) <= w { 1.0 } else { 0.0 }))
-            .collect();
-        let band = Tensor::from_vec(band, (1, 1, t, t), attention_mask.device())?;
-        let local = ((keep.broadcast_mul(&band)? - 1.0)? * fill)?.to_dtype(dtype)?;
-        Ok((global, local))
+        let local = (0..t)
+            .step_by(chunk)
+            .map(|i0| {
+                let c = chunk.min(t - i0);
+                let k0 = i0.saturating_sub(w);
+                let k1 = (i0 + c).saturating_add(w).min(t);
+                let band: Vec<f32> = (i0..i0 + c)
+                    .flat_map(|i| (k0..k1).map(move |j| f32::from(u8::from(i.abs_diff(j) <= w))))
+                    .collect();
+                let band = Tensor::from_vec(band, (1, 1, c, k1 - k0), attention_mask.device())?;
+                let keep = keep.narrow(3, k0, k1 - k0)?;
+                let mask = ((keep.broadcast_mul(&band)? - 1.0)? * fill)?.to_dtype(dtype)?;
+                Ok(Chunk {
+                    i0,
+                    c,
+                    k0,
+                    k1,
+                    mask,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Masks {
+            global,
+            local: Some(local),
+        })
     }
 
     fn pool(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
@@ -466,15 +549,16 @@ impl SequenceClassifier for ModernBert {
         let mut x = self.emb_norm.forward(&x)?;
         let (dtype, device) = (x.dtype(), x.device().clone());
         let t = x.dim(1)?;
-        let (global_mask, local_mask) = self.masks(&batch.attention_mask, dtype)?;
+        let masks = self.masks(&batch.attention_mask, dtype)?;
         let global_rope = Rope::new(&self.global_inv_freq, t, dtype, &device)?;
         let local_rope = Rope::new(&self.local_inv_freq, t, dtype, &device)?;
         for layer in &self.layers {
-            x = if layer.sliding {
-                layer.forward(&x, &local_rope, &local_mask)?
+            let rope = if layer.sliding {
+                &local_rope
             } else {
-                layer.forward(&x, &global_rope, &global_mask)?
+                &global_rope
             };
+            x = layer.forward(&x, rope, &masks)?;
         }
         let x = self.final_norm.forward(&x)?;
         let pooled = self.pool(&x, &batch.attention_mask)?;
@@ -489,6 +573,19 @@ impl SequenceClassifier for ModernBert {
     }
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
+    }
+    fn attention_bytes(&self, rows: usize, len: usize) -> usize {
+        // Global layers see every key; local ones fewer. Plus the local layers' band masks,
+        // one [rows, chunk, keys] f32 table per chunk, kept for the pass.
+        let heads = self.cfg.num_attention_heads;
+        let band = if len > self.half_window + 1 {
+            rows.saturating_mul(len)
+                .saturating_mul(self.half_window.saturating_mul(2).saturating_add(1))
+                .saturating_mul(4)
+        } else {
+            0
+        };
+        super::chunked_attention_bytes(rows, heads, len).saturating_add(band)
     }
 }
 
@@ -561,5 +658,44 @@ mod tests {
         )
         .unwrap();
         assert!(scaled.check().is_err());
+    }
+
+    #[test]
+    fn chunked_attention_and_windowed_keys_give_the_logits_of_one_chunk() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/modernbert");
+        let cfg: Config =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        let dev = Device::Cpu;
+        // SAFETY: a committed fixture, not modified while mapped.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &dev)
+        }
+        .unwrap();
+        let mut m = ModernBert::load(cfg, 2, vb).unwrap();
+        // 40 tokens against a window of ±4; the second row is padded after 25.
+        let t = 40usize;
+        let ids: Vec<u32> = (0..2 * t as u32).map(|i| 5 + (i * 7) % 400).collect();
+        let keep: Vec<u32> = (0..2 * t).map(|i| u32::from(i < t || i % t < 25)).collect();
+        let positions: Vec<u32> = (0..2 * t as u32).map(|i| i % t as u32).collect();
+        let batch = Batch {
+            input_ids: Tensor::from_vec(ids, (2, t), &dev).unwrap(),
+            attention_mask: Tensor::from_vec(keep, (2, t), &dev).unwrap(),
+            token_type_ids: Tensor::zeros((2, t), DType::U32, &dev).unwrap(),
+            position_ids: Tensor::from_vec(positions, (2, t), &dev).unwrap(),
+        };
+        let logits = |m: &ModernBert| -> Vec<Vec<f32>> {
+            m.forward(&batch).unwrap().to_vec2::<f32>().unwrap()
+        };
+        let whole = logits(&m);
+        // One query row a chunk, then seven (a chunk boundary inside the window).
+        for bytes in [1, 2 * 4 * t * 4 * 7] {
+            m.chunk_bytes = bytes;
+            let parts = logits(&m);
+            for (a, b) in whole.iter().flatten().zip(parts.iter().flatten()) {
+                assert!((a - b).abs() <= 1e-5, "chunk bytes {bytes}: {a} vs {b}");
+            }
+        }
     }
 }

@@ -11,5 +11,6 @@ mod metrics;
 mod quic;
 mod reload;
 mod security;
+mod serving;
 mod systemd;
 mod uds;

@@ -1,0 +1,199 @@
+//! Tokenization off the async I/O threads.
+//!
+//! A request of 64 long texts is ~200 ms of tokenizer work. Run on a tokio worker, it would
+//! stall every other connection on that worker, the health probes and the watchdog feed. So
+//! requests are tokenized on a small pool of their own threads (not the engine's: a forward
+//! pass already uses every core the engine is given), and the handler only awaits the result.
+//!
+//! The pool is bounded by bytes: the inputs of the requests waiting for or holding a tokenizer
+//! thread may take at most `budget` bytes together. Past that a request is refused at once
+//! (OVERLOADED), exactly as a full admission queue refuses it, so a flood of large requests
+//! queues nowhere without bound, while many small ones never notice the limit.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::engine::Engine;
+use crate::error::InputError;
+use crate::tokenize::{Encoded, Input};
+
+/// Why a request's inputs were not tokenized.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizeError {
+    #[error("{budget} bytes of requests are already waiting for a tokenizer; retry later")]
+    Busy { budget: usize },
+    #[error("input {index}: {source}")]
+    Input {
+        index: usize,
+        #[source]
+        source: InputError,
+    },
+    #[error("the tokenizer failed: {0}")]
+    Failed(String),
+}
+
+pub struct TokenizePool {
+    pool: rayon::ThreadPool,
+    /// One permit per byte of input text (4 per pre-tokenized id).
+    permits: Arc<Semaphore>,
+    budget: usize,
+}
+
+impl TokenizePool {
+    /// `threads` tokenizer threads (at least one); `budget` bytes of inputs admitted at once.
+    pub fn new(threads: usize, budget: usize) -> std::io::Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("classifyd-tokenize-{i}"))
+            .build()
+            .map_err(std::io::Error::other)?;
+        let budget = budget.clamp(1, Semaphore::MAX_PERMITS);
+        Ok(Self {
+            pool,
+            permits: Arc::new(Semaphore::new(budget)),
+            budget,
+        })
+    }
+
+    /// One thread per core the process may run on: tokenization is short and bursty, and
+    /// threads left idle cost nothing.
+    pub fn default_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    /// Bytes of inputs holding or waiting for a tokenizer thread now.
+    pub fn pending(&self) -> usize {
+        self.budget - self.permits.available_permits()
+    }
+
+    /// Tokenizes `inputs` with `engine`'s tokenizer on the pool; the first input that fails
+    /// fails the request, named by its index.
+    pub async fn encode(
+        &self,
+        engine: Arc<Engine>,
+        inputs: Vec<Input>,
+        truncate: bool,
+    ) -> Result<Vec<Encoded>, TokenizeError> {
+        // A request larger than the whole budget still runs, alone.
+        let cost = inputs
+            .iter()
+            .map(input_bytes)
+            .sum::<usize>()
+            .clamp(1, self.budget);
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX))
+            .map_err(|_| TokenizeError::Busy {
+                budget: self.budget,
+            })?;
+        let (tx, rx) = oneshot::channel();
+        self.pool.spawn(move || {
+            // The client went while this waited for a thread: nobody reads the answer.
+            if tx.is_closed() {
+                return;
+            }
+            // rayon aborts the process on a panic in a spawned job; a tokenizer bug must cost
+            // one request instead.
+            let result = panic::catch_unwind(AssertUnwindSafe(|| {
+                inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(index, input)| {
+                        engine
+                            .tokenize(input, truncate)
+                            .map_err(|source| TokenizeError::Input { index, source })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            }))
+            .unwrap_or_else(|_| Err(TokenizeError::Failed("tokenizer panicked".into())));
+            // The budget is free again before the caller hears back.
+            drop(permit);
+            let _ = tx.send(result);
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(TokenizeError::Failed("tokenizer thread stopped".into())))
+    }
+}
+
+fn input_bytes(input: &Input) -> usize {
+    match input {
+        Input::Text(t) => t.len(),
+        Input::Pair(a, b) => a.len() + b.len(),
+        Input::Ids(ids) => 4 * ids.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{DTypeChoice, DeviceChoice};
+    use std::path::Path;
+
+    fn engine() -> Arc<Engine> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert");
+        Arc::new(Engine::load(&dir, DeviceChoice::Cpu, DTypeChoice::Auto).expect("fixture loads"))
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn encodes_like_the_engine_off_the_calling_thread_and_names_a_bad_input() {
+        let e = engine();
+        let pool = TokenizePool::new(2, 1 << 20).unwrap();
+        let texts = ["a film", "another one, longer than the first"];
+        let inputs: Vec<Input> = texts.iter().map(|t| Input::Text((*t).into())).collect();
+        let got = block_on(pool.encode(e.clone(), inputs.clone(), true)).unwrap();
+        for (input, enc) in inputs.iter().zip(&got) {
+            assert_eq!(enc, &e.tokenize(input, true).unwrap());
+        }
+        let bad = vec![Input::Text("fine".into()), Input::Ids(Vec::new())];
+        match block_on(pool.encode(e, bad, true)) {
+            Err(TokenizeError::Input { index: 1, .. }) => {}
+            other => panic!("expected input 1 to fail, got {other:?}"),
+        }
+        assert_eq!(pool.pending(), 0);
+    }
+
+    #[test]
+    fn a_full_pool_refuses_at_once_and_frees_its_budget() {
+        let e = engine();
+        // Room for "one" (3 bytes) but not also "two".
+        let pool = TokenizePool::new(1, 5).unwrap();
+        // Hold the only thread, so the one admitted request stays pending.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        pool.pool.spawn(move || {
+            let _ = held.recv();
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let first = {
+            let (pool, e) = (&pool, e.clone());
+            async move { pool.encode(e, vec![Input::Text("one".into())], true).await }
+        };
+        let mut first = Box::pin(first);
+        // Polled once: it takes the permit and queues behind the held thread.
+        assert!(rt
+            .block_on(futures::future::poll_immediate(&mut first))
+            .is_none());
+        assert_eq!(pool.pending(), 3);
+        match rt.block_on(pool.encode(e.clone(), vec![Input::Text("two".into())], true)) {
+            Err(TokenizeError::Busy { budget: 5 }) => {}
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        release.send(()).unwrap();
+        assert_eq!(rt.block_on(first).unwrap().len(), 1);
+        assert_eq!(pool.pending(), 0);
+        assert!(rt
+            .block_on(pool.encode(e, vec![Input::Text("three".into())], true))
+            .is_ok());
+    }
+}
