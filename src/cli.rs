@@ -96,6 +96,10 @@ pub struct BenchArgs {
     /// Inputs each request carries.
     #[arg(long, default_value_t = 1)]
     pub inputs_per_request: usize,
+    /// Closed loop: pause this many milliseconds before each request (the next request after
+    /// a quiet spell); 0 sends back to back.
+    #[arg(long, default_value_t = 0.0, value_name = "MS")]
+    pub gap_ms: f64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -219,6 +223,10 @@ pub struct ServeArgs {
     /// while this file exists.
     #[arg(long, value_name = "PATH", hide = true)]
     pub test_hold_batches_while: Option<PathBuf>,
+    /// Test-only hook: the bulk lane's engine thread holds each batch it has picked while this
+    /// file exists (the fast lane goes on).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub test_hold_bulk_while: Option<PathBuf>,
 }
 
 fn parse_device(s: &str) -> Result<String, String> {
@@ -571,10 +579,14 @@ fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
 
 fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     let cfg = crate::config::Settings::resolve(&a)?.serve_config()?;
-    if a.test_fail_batches.is_some() || a.test_hold_batches_while.is_some() {
+    if a.test_fail_batches.is_some()
+        || a.test_hold_batches_while.is_some()
+        || a.test_hold_bulk_while.is_some()
+    {
         crate::worker::arm_test_hooks(crate::worker::TestHooks {
             fail_batches: a.test_fail_batches.unwrap_or(0).into(),
             hold_while: a.test_hold_batches_while.clone(),
+            hold_bulk_while: a.test_hold_bulk_while.clone(),
         });
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -617,6 +629,12 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
         duration: secs("--duration-secs", a.duration_secs)?,
         texts: std::sync::Arc::new(bench::load_texts(a.texts.as_deref())?),
         inputs_per_request: a.inputs_per_request,
+        gap: std::time::Duration::try_from_secs_f64(a.gap_ms / 1000.0).map_err(|_| {
+            anyhow::anyhow!(
+                "--gap-ms {}: must be a number of milliseconds, 0 or more",
+                a.gap_ms
+            )
+        })?,
         connections: a.connections,
         max_outstanding: a.max_outstanding,
         progress: !a.quiet,
@@ -668,6 +686,7 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
             "target": target,
             "texts": plan.texts.len(),
             "inputs_per_request": plan.inputs_per_request,
+            "gap_ms": plan.gap.as_secs_f64() * 1000.0,
             "warmup_s": plan.warmup.as_secs_f64(),
             "runs": runs.iter().map(bench::RunReport::json).collect::<Vec<_>>(),
         });

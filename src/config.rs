@@ -357,6 +357,8 @@ impl Settings {
             scheduler: SchedulerConfig {
                 queue_capacity: self.queue_capacity.max(1),
                 max_batch_tokens: self.max_batch_tokens.max(1),
+                // A job of more than a quarter of a full pass is bulk work.
+                bulk_tokens: (self.max_batch_tokens / 4).max(1),
                 max_batch_size: self.max_batch_size.max(1),
                 max_attention_bytes: self.max_attention_mib.max(1).saturating_mul(1 << 20),
                 stall_worker_after: self

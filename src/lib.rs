@@ -35,6 +35,7 @@ pub mod heap;
 pub mod loader;
 pub mod metrics;
 pub mod model;
+pub mod priority;
 pub mod protocol;
 pub mod queue;
 pub mod server;

@@ -2,8 +2,14 @@
 //! priorities, deadlines and cancellation.
 //!
 //! Handlers never block: `submit` takes a std mutex for a few pointer moves and hands back a
-//! oneshot receiver. The worker (see [`crate::worker`]) sleeps on a condvar while there is
-//! nothing to do, so an idle worker starts a job the moment it is submitted.
+//! oneshot receiver. Each worker (see [`crate::worker`]) sleeps on its own condvar while its
+//! lane has nothing to do, so an idle worker starts a job the moment it is submitted.
+//!
+//! Two lanes share the queue and its capacity: [`Lane::Fast`] for ordinary requests and
+//! [`Lane::Bulk`] for requests of more than [`SchedulerConfig::bulk_tokens`] tokens. Each has
+//! its own engine thread, and the bulk lane computes at a lower CPU priority, so a request of
+//! 64 long texts (seconds of work on a CPU) runs beside the short ones instead of in front of
+//! them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +34,8 @@ pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Rows per forward pass.
     pub max_batch_size: usize,
+    /// Jobs of more tokens than this (all rows together) go to the bulk lane.
+    pub bulk_tokens: usize,
     /// Attention working set of one forward pass, in bytes, as the model estimates it
     /// ([`crate::engine::Engine::attention_bytes`]); a batch is cut into passes that keep
     /// under it, and an input over it on its own is refused at admission.
@@ -48,8 +56,29 @@ impl Default for SchedulerConfig {
             max_batch_tokens: 8192,
             max_batch_size: 32,
             max_attention_bytes: DEFAULT_MAX_ATTENTION_BYTES,
+            bulk_tokens: 8192 / 4,
             idle_heartbeat: Duration::from_secs(1),
             stall_worker_after: None,
+        }
+    }
+}
+
+/// Which engine thread computes a job (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Fast = 0,
+    Bulk = 1,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Fast, Lane::Bulk];
+
+    /// The lane of a job of `tokens` tokens under `cfg`.
+    pub fn of(tokens: usize, cfg: &SchedulerConfig) -> Lane {
+        if tokens > cfg.bulk_tokens {
+            Lane::Bulk
+        } else {
+            Lane::Fast
         }
     }
 }
@@ -118,6 +147,7 @@ pub(crate) struct Queued {
     pub reply: Reply,
     pub submitted: Instant,
     pub arrival: u64,
+    pub lane: Lane,
 }
 
 impl Queued {
@@ -141,7 +171,8 @@ impl Queued {
 #[derive(Default)]
 pub(crate) struct State {
     jobs: HashMap<u64, Queued>,
-    index: Index,
+    /// One per [`Lane`].
+    index: [Index; 2],
     /// (deadline, arrival) of every queued job that has one, soonest first.
     deadlines: BTreeSet<(Instant, u64)>,
     next_arrival: u64,
@@ -157,7 +188,12 @@ impl State {
         self.jobs.is_empty()
     }
 
-    fn push(&mut self, job: Job, reply: Reply, now: Instant) {
+    /// Jobs waiting in `lane`.
+    pub fn lane_len(&self, lane: Lane) -> usize {
+        self.index[lane as usize].len()
+    }
+
+    fn push(&mut self, job: Job, reply: Reply, now: Instant, lane: Lane) {
         let arrival = self.next_arrival;
         self.next_arrival += 1;
         let q = Queued {
@@ -165,8 +201,9 @@ impl State {
             reply,
             submitted: now,
             arrival,
+            lane,
         };
-        self.index.insert(q.candidate());
+        self.index[lane as usize].insert(q.candidate());
         if let Some(d) = q.job.deadline {
             self.deadlines.insert((d, arrival));
         }
@@ -175,7 +212,7 @@ impl State {
 
     fn take(&mut self, arrival: u64) -> Option<Queued> {
         let q = self.jobs.remove(&arrival)?;
-        self.index.remove(arrival);
+        self.index[q.lane as usize].remove(arrival);
         if let Some(d) = q.job.deadline {
             self.deadlines.remove(&(d, arrival));
         }
@@ -213,10 +250,10 @@ impl State {
 
     /// Takes the next batch out of the queue (see [`crate::batcher`]); jobs it meets whose
     /// clients have gone are dropped on the way and counted as cancelled.
-    pub fn pick(&mut self, budget: Budget, counters: &Counters) -> Vec<Queued> {
+    pub fn pick(&mut self, lane: Lane, budget: Budget, counters: &Counters) -> Vec<Queued> {
         let mut gone = Vec::new();
         let jobs = &self.jobs;
-        let picked = self.index.select(budget, |a| {
+        let picked = self.index[lane as usize].select(budget, |a| {
             let live = jobs.get(&a).is_some_and(|q| !q.reply.is_closed());
             if !live {
                 gone.push(a);
@@ -236,9 +273,21 @@ impl State {
     pub fn drain_all(&mut self) -> Vec<Queued> {
         let mut all: Vec<Queued> = self.jobs.drain().map(|(_, q)| q).collect();
         all.sort_by_key(|q| q.arrival);
-        self.index = Index::default();
+        self.index = Default::default();
         self.deadlines.clear();
         all
+    }
+
+    /// Everything still queued in `lane`, oldest first.
+    pub fn drain_lane(&mut self, lane: Lane) -> Vec<Queued> {
+        let mut arrivals: Vec<u64> = self
+            .jobs
+            .values()
+            .filter(|q| q.lane == lane)
+            .map(|q| q.arrival)
+            .collect();
+        arrivals.sort_unstable();
+        arrivals.into_iter().filter_map(|a| self.take(a)).collect()
     }
 }
 
@@ -254,7 +303,8 @@ pub(crate) struct Counters {
     pub overloaded: AtomicU64,
     /// Mirrors the queue's length; written under the lock, read without it.
     pub queued: AtomicUsize,
-    pub busy: AtomicBool,
+    /// Per [`Lane`]: its worker is computing a batch.
+    pub busy: [AtomicBool; 2],
 }
 
 impl Counters {
@@ -268,8 +318,12 @@ impl Counters {
             cancelled: r(&self.cancelled),
             overloaded: r(&self.overloaded),
             queued: self.queued.load(Ordering::Relaxed),
-            busy: self.busy.load(Ordering::Acquire),
+            busy: self.any_busy(),
         }
+    }
+
+    pub fn any_busy(&self) -> bool {
+        self.busy.iter().any(|b| b.load(Ordering::Acquire))
     }
 }
 
@@ -277,14 +331,14 @@ pub(crate) struct Shared {
     pub cfg: SchedulerConfig,
     pub state: Mutex<State>,
     pub counters: Counters,
-    /// The worker waits here for jobs or for close.
-    pub work: Condvar,
+    /// Per [`Lane`]: its worker waits here for jobs or for close.
+    pub work: [Condvar; 2],
     /// `drained()` waiters; notified whenever the queue shrinks or the worker goes idle.
     pub idle: Notify,
     /// When the scheduler was created; the heartbeat counts from here.
     pub epoch: Instant,
-    /// Milliseconds after `epoch` at which the worker last showed it was alive.
-    pub heartbeat_ms: AtomicU64,
+    /// Per [`Lane`]: milliseconds after `epoch` at which its worker last showed it was alive.
+    pub heartbeat_ms: [AtomicU64; 2],
     /// Told about every forward pass, on the engine thread (see [`Scheduler::observe_batches`]).
     pub observer: OnceLock<BatchObserver>,
     #[cfg(test)]
@@ -301,20 +355,29 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The worker is alive: called on every turn of its loop and around every batch.
-    pub fn beat(&self) {
-        self.heartbeat_ms
-            .store(millis(self.epoch.elapsed()), Ordering::Relaxed);
+    /// `lane`'s worker is alive: called on every turn of its loop and around every pass.
+    pub fn beat(&self, lane: Lane) {
+        self.heartbeat_ms[lane as usize].store(millis(self.epoch.elapsed()), Ordering::Relaxed);
     }
 
+    /// The age of the older of the two workers' heartbeats: either one hung is a hang.
     pub fn heartbeat_age(&self) -> Duration {
-        let beat = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(beat)
+        let oldest = self
+            .heartbeat_ms
+            .iter()
+            .map(|h| h.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        self.epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(oldest))
     }
 
     pub fn close(&self) {
         self.lock().closed = true;
-        self.work.notify_all();
+        for w in &self.work {
+            w.notify_all();
+        }
         self.idle.notify_waiters();
     }
 }
@@ -362,10 +425,10 @@ impl Scheduler {
             cfg,
             state: Mutex::new(State::default()),
             counters: Counters::default(),
-            work: Condvar::new(),
+            work: Default::default(),
             idle: Notify::new(),
             epoch: Instant::now(),
-            heartbeat_ms: AtomicU64::new(0),
+            heartbeat_ms: Default::default(),
             observer: OnceLock::new(),
             #[cfg(test)]
             gate: Default::default(),
@@ -412,10 +475,12 @@ impl Scheduler {
                 capacity: shared.cfg.queue_capacity,
             });
         }
-        st.push(job, reply, now);
+        let tokens = job.inputs.iter().map(Encoded::len).sum();
+        let lane = Lane::of(tokens, &shared.cfg);
+        st.push(job, reply, now, lane);
         shared.counters.queued.store(st.len(), Ordering::Relaxed);
         drop(st);
-        shared.work.notify_one();
+        shared.work[lane as usize].notify_one();
         Ok(rx)
     }
 
@@ -457,7 +522,7 @@ impl Scheduler {
             notified.as_mut().enable();
             {
                 let st = shared.lock();
-                if st.closed && st.is_empty() && !shared.counters.busy.load(Ordering::Acquire) {
+                if st.closed && st.is_empty() && !shared.counters.any_busy() {
                     return;
                 }
             }

@@ -232,7 +232,10 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         .max_frame_bytes
         .saturating_mul(4)
         .max(TOKENIZE_BUDGET_BYTES);
-    let tokenizer = TokenizePool::new(TokenizePool::default_threads(), budget)
+    // About four bytes of text a token: requests the engine will compute in its bulk lane are
+    // tokenized at background priority too.
+    let bulk_bytes = sched_cfg.bulk_tokens.saturating_mul(4);
+    let tokenizer = TokenizePool::new(TokenizePool::default_threads(), budget, bulk_bytes)
         .map_err(|e| ServerError::Config(format!("cannot start the tokenizer threads: {e}")))?;
     let mut service = Service::new(engine, scheduler, cfg.requests, identity.clone(), tokenizer);
     let mut metrics_listener = None;

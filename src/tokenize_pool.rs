@@ -36,14 +36,19 @@ pub enum TokenizeError {
 
 pub struct TokenizePool {
     pool: rayon::ThreadPool,
+    /// For requests of more than `bulk_bytes`: the work the engine's bulk lane will compute,
+    /// tokenized at background priority too, so it never competes with short requests.
+    bulk_pool: rayon::ThreadPool,
+    bulk_bytes: usize,
     /// One permit per byte of input text (4 per pre-tokenized id).
     permits: Arc<Semaphore>,
     budget: usize,
 }
 
 impl TokenizePool {
-    /// `threads` tokenizer threads (at least one); `budget` bytes of inputs admitted at once.
-    pub fn new(threads: usize, budget: usize) -> std::io::Result<Self> {
+    /// `threads` tokenizer threads (at least one), as many again at background priority for
+    /// requests of more than `bulk_bytes`; `budget` bytes of inputs admitted at once.
+    pub fn new(threads: usize, budget: usize, bulk_bytes: usize) -> std::io::Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("classifyd-tokenize-{i}"))
@@ -52,6 +57,8 @@ impl TokenizePool {
         let budget = budget.clamp(1, Semaphore::MAX_PERMITS);
         Ok(Self {
             pool,
+            bulk_pool: crate::priority::background_pool("classifyd-tokenize-bulk", threads)?,
+            bulk_bytes,
             permits: Arc::new(Semaphore::new(budget)),
             budget,
         })
@@ -90,7 +97,12 @@ impl TokenizePool {
                 budget: self.budget,
             })?;
         let (tx, rx) = oneshot::channel();
-        self.pool.spawn(move || {
+        let pool = if cost > self.bulk_bytes {
+            &self.bulk_pool
+        } else {
+            &self.pool
+        };
+        pool.spawn(move || {
             // The client went while this waited for a thread: nobody reads the answer.
             if tx.is_closed() {
                 return;
@@ -147,7 +159,7 @@ mod tests {
     #[test]
     fn encodes_like_the_engine_off_the_calling_thread_and_names_a_bad_input() {
         let e = engine();
-        let pool = TokenizePool::new(2, 1 << 20).unwrap();
+        let pool = TokenizePool::new(2, 1 << 20, 1 << 20).unwrap();
         let texts = ["a film", "another one, longer than the first"];
         let inputs: Vec<Input> = texts.iter().map(|t| Input::Text((*t).into())).collect();
         let got = block_on(pool.encode(e.clone(), inputs.clone(), true)).unwrap();
@@ -166,7 +178,7 @@ mod tests {
     fn a_full_pool_refuses_at_once_and_frees_its_budget() {
         let e = engine();
         // Room for "one" (3 bytes) but not also "two".
-        let pool = TokenizePool::new(1, 5).unwrap();
+        let pool = TokenizePool::new(1, 5, 1 << 20).unwrap();
         // Hold the only thread, so the one admitted request stays pending.
         let (release, held) = std::sync::mpsc::channel::<()>();
         pool.pool.spawn(move || {

@@ -1,8 +1,11 @@
 //! The one thread that owns the engine: pick a batch, run its forward passes most urgent first,
 //! and answer each job as soon as its own rows are done.
 //!
-//! One thread because a forward pass already uses every core (or the whole GPU); two passes
-//! side by side would only make both slower and the tail longer.
+//! One thread per lane (see [`crate::queue`]): within a lane one pass at a time, because a
+//! forward pass already uses every core (or the whole GPU) and two side by side would only make
+//! both slower. The bulk lane's passes run on a thread pool of their own at background
+//! priority ([`crate::priority`]), so when both lanes compute, the kernel gives the fast lane
+//! nearly all of the cores: a short request waits neither for a big one nor, much, beside it.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -14,31 +17,46 @@ use std::time::{Duration, Instant};
 use crate::batcher::{self, Budget, PassShape, PlanRow};
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::queue::{JobError, JobOutput, Priority, Queued, Shared};
+use crate::queue::{JobError, JobOutput, Lane, Priority, Queued, Shared};
 use crate::tokenize::Encoded;
 
+/// Starts both lanes' engine threads.
 pub(crate) fn spawn(engine: Arc<Engine>, shared: Arc<Shared>) -> std::io::Result<()> {
+    let (e, s) = (engine.clone(), shared.clone());
     thread::Builder::new()
         .name("classifyd-engine".into())
         .spawn(move || {
-            let _exit = ExitGuard(&shared);
-            run(&engine, &shared);
+            let _exit = ExitGuard(&s, Lane::Fast);
+            run(&e, &s, Lane::Fast, None);
+        })?;
+    let pool = crate::priority::background_pool("classifyd-bulk", rayon::current_num_threads())?;
+    thread::Builder::new()
+        .name("classifyd-bulk".into())
+        .spawn(move || {
+            crate::priority::lower_current_thread();
+            let _exit = ExitGuard(&shared, Lane::Bulk);
+            run(&engine, &shared, Lane::Bulk, Some(&pool));
         })?;
     Ok(())
 }
 
-/// However the worker ends, no caller may be left waiting on a job it will never run.
-struct ExitGuard<'a>(&'a Shared);
+/// However a worker ends, no caller may be left waiting on a job of its lane that it will
+/// never run; and no new job is taken (the queue closes), since half the engine is gone.
+struct ExitGuard<'a>(&'a Shared, Lane);
 
 impl Drop for ExitGuard<'_> {
     fn drop(&mut self) {
         let orphans: Vec<Queued> = {
             let mut st = self.0.lock();
             st.closed = true;
-            self.0.counters.busy.store(false, Ordering::Release);
-            self.0.counters.queued.store(0, Ordering::Relaxed);
-            st.drain_all()
+            self.0.counters.busy[self.1 as usize].store(false, Ordering::Release);
+            let orphans = st.drain_lane(self.1);
+            self.0.counters.queued.store(st.len(), Ordering::Relaxed);
+            orphans
         };
+        for w in &self.0.work {
+            w.notify_all();
+        }
         for q in orphans {
             let _ = q.reply.send(Err(JobError::ShuttingDown));
         }
@@ -46,7 +64,7 @@ impl Drop for ExitGuard<'_> {
     }
 }
 
-fn run(engine: &Engine, shared: &Shared) {
+fn run(engine: &Engine, shared: &Shared, lane: Lane, pool: Option<&rayon::ThreadPool>) {
     let budget = Budget {
         max_tokens: shared.cfg.max_batch_tokens,
         max_rows: shared.cfg.max_batch_size,
@@ -58,24 +76,24 @@ fn run(engine: &Engine, shared: &Shared) {
         max_attention_bytes: shared.cfg.max_attention_bytes,
     };
     let stall_at = shared.cfg.stall_worker_after.map(|d| shared.epoch + d);
-    while let Some(batch) = next_batch(shared, budget, stall_at) {
-        shared.beat();
+    while let Some(batch) = next_batch(shared, lane, budget, stall_at) {
+        shared.beat(lane);
         #[cfg(test)]
         shared.gate.pass();
         if let Some(hooks) = TEST_HOOKS.get() {
-            hooks.hold(shared);
+            hooks.hold(shared, lane);
         }
         // Counted before any of its jobs is answered, as each pass's rows are (in `run_batch`),
         // so a client holding its answer sees its batch counted.
         let c = &shared.counters;
         c.batches.fetch_add(1, Ordering::Relaxed);
-        let (rows, padded_tokens) = run_batch(engine, shared, shape, batch);
-        shared.beat();
+        let (rows, padded_tokens) = run_batch(engine, shared, lane, pool, shape, batch);
+        shared.beat(lane);
         if let Some(observe) = shared.observer.get() {
             observe(rows, padded_tokens);
         }
         // Idle only after answering, so `drained()` never resolves ahead of a reply.
-        c.busy.store(false, Ordering::Release);
+        c.busy[lane as usize].store(false, Ordering::Release);
         shared.idle.notify_waiters();
     }
 }
@@ -83,7 +101,12 @@ fn run(engine: &Engine, shared: &Shared) {
 /// Blocks until there is work, then takes it out of the queue and marks the worker busy.
 /// `None` once the queue is closed and empty. Beats the heartbeat at least every
 /// `idle_heartbeat` while waiting.
-fn next_batch(shared: &Shared, budget: Budget, stall_at: Option<Instant>) -> Option<Vec<Queued>> {
+fn next_batch(
+    shared: &Shared,
+    lane: Lane,
+    budget: Budget,
+    stall_at: Option<Instant>,
+) -> Option<Vec<Queued>> {
     let mut st = shared.lock();
     // Never 0: wait_timeout(0) would spin.
     let heartbeat = shared.cfg.idle_heartbeat.max(Duration::from_millis(10));
@@ -92,15 +115,15 @@ fn next_batch(shared: &Shared, budget: Budget, stall_at: Option<Instant>) -> Opt
             drop(st);
             stall();
         }
-        shared.beat();
+        shared.beat(lane);
         // Expired at pick time so a deadline is judged when the job would start, not when it
         // arrived.
         st.expire(Instant::now(), &shared.counters);
-        if !st.is_empty() {
-            let batch = st.pick(budget, &shared.counters);
+        if st.lane_len(lane) > 0 {
+            let batch = st.pick(lane, budget, &shared.counters);
             shared.counters.queued.store(st.len(), Ordering::Relaxed);
             if !batch.is_empty() {
-                shared.counters.busy.store(true, Ordering::Release);
+                shared.counters.busy[lane as usize].store(true, Ordering::Release);
                 return Some(batch);
             }
             // Everything it met had been cancelled; look again.
@@ -109,8 +132,7 @@ fn next_batch(shared: &Shared, budget: Budget, stall_at: Option<Instant>) -> Opt
         if st.closed {
             return None;
         }
-        st = shared
-            .work
+        st = shared.work[lane as usize]
             .wait_timeout(st, heartbeat)
             .unwrap_or_else(PoisonError::into_inner)
             .0;
@@ -137,6 +159,8 @@ pub struct TestHooks {
     /// `--test-hold-batches-while PATH`: a batch the worker has picked waits while PATH exists,
     /// so a test can keep the engine busy, with work queued behind it, for as long as it needs.
     pub hold_while: Option<PathBuf>,
+    /// `--test-hold-bulk-while PATH`: the same for the bulk lane alone.
+    pub hold_bulk_while: Option<PathBuf>,
 }
 
 static TEST_HOOKS: OnceLock<TestHooks> = OnceLock::new();
@@ -155,15 +179,19 @@ impl TestHooks {
             .is_ok()
     }
 
-    fn hold(&self, shared: &Shared) {
-        let Some(path) = self.hold_while.as_ref().filter(|p| p.exists()) else {
+    fn hold(&self, shared: &Shared, lane: Lane) {
+        let bulk = self.hold_bulk_while.as_ref().filter(|_| lane == Lane::Bulk);
+        let Some(path) = self.hold_while.iter().chain(bulk).find(|p| p.exists()) else {
             return;
         };
         // Tests wait for this line to know the batch has left the queue.
-        tracing::warn!("test hook: holding a batch while {} exists", path.display());
+        tracing::warn!(
+            "test hook: holding a batch ({lane:?} lane) while {} exists",
+            path.display()
+        );
         while path.exists() {
             // Held, not hung: the watchdog keeps being fed.
-            shared.beat();
+            shared.beat(lane);
             thread::sleep(Duration::from_millis(10));
         }
     }
@@ -182,6 +210,8 @@ struct Progress {
 fn run_batch(
     engine: &Engine,
     shared: &Shared,
+    lane: Lane,
+    pool: Option<&rayon::ThreadPool>,
     shape: PassShape,
     batch: Vec<Queued>,
 ) -> (usize, usize) {
@@ -246,9 +276,12 @@ fn run_batch(
             .collect();
         computed_rows += inputs.len();
         padded_tokens += inputs.len() * inputs.iter().map(|e| e.len()).max().unwrap_or(0);
-        let result = forward(engine, &inputs);
+        let result = match pool {
+            Some(pool) => pool.install(|| forward(engine, &inputs)),
+            None => forward(engine, &inputs),
+        };
         drop(inputs);
-        shared.beat();
+        shared.beat(lane);
         shared
             .counters
             .rows

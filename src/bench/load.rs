@@ -192,11 +192,15 @@ async fn closed(
     for (worker, client) in clients.into_iter().enumerate() {
         let texts = plan.texts.clone();
         let k = plan.inputs_per_request;
+        let gap = plan.gap;
         let shared = shared.clone();
         tasks.spawn(async move {
             // Workers start at different texts so that concurrent batches are not all alike.
             let mut next = worker.wrapping_mul(7919);
             while Instant::now() < end {
+                if !gap.is_zero() {
+                    tokio::time::sleep(gap).await;
+                }
                 let req = classify_request(inputs(&texts, &mut next, k), pb::Options::default());
                 let t0 = Instant::now();
                 let res = client.call(req).await;
@@ -366,6 +370,9 @@ pub fn run_local(engine: &Engine, plan: &Plan) -> Result<Vec<RunReport>, BenchEr
                     Input::Text(t.clone())
                 })
                 .collect();
+            if !plan.gap.is_zero() {
+                std::thread::sleep(plan.gap);
+            }
             let t0 = Instant::now();
             let res = engine.classify(&batch, true);
             let latency = t0.elapsed();

@@ -65,6 +65,10 @@ pub struct Plan {
     pub duration: Duration,
     pub texts: Arc<Vec<String>>,
     pub inputs_per_request: usize,
+    /// Closed loop: each client pauses this long before each request, the way a caller with
+    /// quiet spells between its requests lives (zero: back to back). Latency counts from the
+    /// send, after the pause.
+    pub gap: Duration,
     /// Open loop: connections the requests are spread over (each pipelines).
     pub connections: usize,
     /// Open loop: requests in flight past which new ones are counted as `CLIENT_BACKLOG`
@@ -132,6 +136,11 @@ pub fn validate(plan: &Plan) -> Result<(), BenchError> {
     if plan.duration.is_zero() {
         return Err(BenchError::Plan("--duration-secs must be above 0".into()));
     }
+    if !plan.gap.is_zero() && plan.loads.iter().any(|l| matches!(l, Load::Open { .. })) {
+        return Err(BenchError::Plan(
+            "--gap-ms paces the closed loop; the open loop's pacing is --rate".into(),
+        ));
+    }
     if plan.inputs_per_request == 0 || plan.connections == 0 || plan.max_outstanding == 0 {
         return Err(BenchError::Plan(
             "--inputs-per-request, --connections and --max-outstanding must be at least 1".into(),
@@ -167,6 +176,7 @@ mod tests {
             duration: Duration::from_secs(1),
             texts: Arc::new(vec!["x".into()]),
             inputs_per_request: 1,
+            gap: Duration::ZERO,
             connections: 1,
             max_outstanding: 1,
             progress: false,
@@ -190,5 +200,19 @@ mod tests {
             };
             assert!(validate(&p).is_err(), "{:?}", p.loads);
         }
+        let paced_open = Plan {
+            loads: vec![Load::Open {
+                rate: 10.0,
+                arrival: Arrival::Poisson,
+            }],
+            gap: Duration::from_millis(50),
+            ..base.clone()
+        };
+        assert!(validate(&paced_open).is_err());
+        let paced = Plan {
+            gap: Duration::from_millis(50),
+            ..base
+        };
+        assert!(validate(&paced).is_ok());
     }
 }

@@ -281,3 +281,51 @@ fn an_input_whose_attention_is_over_the_budget_is_refused_and_the_rest_answered(
         .unwrap();
     assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
 }
+
+#[test]
+fn a_short_request_is_answered_while_a_bulk_request_computes() {
+    let scratch = tempfile::tempdir().unwrap();
+    let hold = scratch.path().join("hold-bulk");
+    let daemon = Daemon::start(
+        &fixture("bert"),
+        &[
+            "--max-batch-tokens",
+            "1024",
+            "--test-hold-bulk-while",
+            hold.to_str().unwrap(),
+        ],
+    );
+    let rt = runtime();
+    let engine = in_process(&fixture("bert"));
+    std::fs::write(&hold, b"").unwrap();
+    // 32 texts truncated to the fixture's 64 tokens: 2048 tokens, over a quarter of
+    // --max-batch-tokens, so bulk work.
+    let words = "the plot of this film was not very good but the actors were fine ";
+    let bulk: Vec<pb::Input> = (0..32).map(|_| text(words.repeat(8))).collect();
+    let big = rt.block_on(daemon.client());
+    let bulk = rt.spawn(async move { big.classify(bulk, logits_opts()).await });
+    wait_until(
+        &daemon,
+        "the held bulk batch",
+        Duration::from_secs(60),
+        || daemon.stderr().contains("holding a batch (Bulk lane)"),
+    );
+    // The bulk lane is held mid-batch; the fast lane answers meanwhile, as the engine would.
+    let small = rt.block_on(daemon.client());
+    for t in mixed_texts() {
+        let r = rt
+            .block_on(small.classify(vec![text(t.as_str())], logits_opts()))
+            .unwrap();
+        assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+        let got = classify_body(r).results.remove(0).logits;
+        assert!(
+            max_abs_diff(&got, &local_logits(&engine, &t)) <= 1e-5,
+            "{t:?}"
+        );
+    }
+    assert!(!bulk.is_finished(), "the bulk request was not held");
+    std::fs::remove_file(&hold).unwrap();
+    let r = rt.block_on(bulk).unwrap().unwrap();
+    assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+    assert_eq!(classify_body(r).results.len(), 32);
+}
