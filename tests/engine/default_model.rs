@@ -73,7 +73,20 @@ fn over_long_text_is_truncated_or_refused_on_request() {
     assert_eq!(e.len(), engine.info().max_length);
     let err = engine.tokenize(&long, false).unwrap_err();
     assert!(err.to_string().contains("at most 512"), "{err}");
+    // One pass of the untruncated tokenizer measures it exactly: 600 words, [CLS] and [SEP].
+    assert!(err.to_string().contains("602"), "{err}");
     let pair = Input::Pair("good ".repeat(400), "bad ".repeat(400));
     assert_eq!(engine.tokenize(&pair, true).unwrap().len(), 512);
-    assert!(engine.tokenize(&pair, false).is_err());
+    let err = engine.tokenize(&pair, false).unwrap_err();
+    assert!(err.to_string().contains("803"), "{err}");
+    // Within the limit, refusing and truncating tokenize alike.
+    for fits in [
+        Input::Text("good ".repeat(510)),
+        Input::Pair("a fine film".into(), "not bad at all".into()),
+    ] {
+        assert_eq!(
+            engine.tokenize(&fits, false).unwrap(),
+            engine.tokenize(&fits, true).unwrap()
+        );
+    }
 }
