@@ -555,15 +555,8 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::tests::{encode, engine, held, job, Rx};
+    use crate::worker::tests::{block_on, encode, engine, held, job, Rx};
     use futures::FutureExt;
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    }
 
     #[test]
     fn burst_beyond_capacity_is_refused_at_submit_and_nothing_is_lost() {

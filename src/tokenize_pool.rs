@@ -141,20 +141,7 @@ fn input_bytes(input: &Input) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{DTypeChoice, DeviceChoice};
-    use std::path::Path;
-
-    fn engine() -> Arc<Engine> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert");
-        Arc::new(Engine::load(&dir, DeviceChoice::Cpu, DTypeChoice::Auto).expect("fixture loads"))
-    }
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    }
+    use crate::worker::tests::{block_on, engine};
 
     #[test]
     fn encodes_like_the_engine_off_the_calling_thread_and_names_a_bad_input() {

@@ -436,6 +436,13 @@ pub(crate) mod tests {
     use crate::tokenize::Input;
     use std::path::Path;
 
+    pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
     pub fn engine() -> Arc<Engine> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert");
         Arc::new(Engine::load(&dir, DeviceChoice::Cpu, DTypeChoice::Auto).expect("fixture loads"))

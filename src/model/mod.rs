@@ -471,24 +471,18 @@ pub fn embedding(rows: usize, dim: usize, vb: VarBuilder) -> Result<candle_nn::E
 mod tests {
     use super::*;
 
-    #[test]
-    fn fused_cpu_attention_matches_candle_ops_with_padding() {
-        let dev = Device::Cpu;
-        let (b, t, heads, hd) = (2, 7, 3, 8);
-        let h = heads * hd;
-        // q, k and v as narrow views of one fused projection, as the encoders pass them.
-        let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * h), &dev).unwrap();
-        let (q, k, v) = (
+    /// q, k and v as narrow views of one random fused projection, as the encoders pass them.
+    fn qkv_views(b: usize, t: usize, h: usize) -> (Tensor, Tensor, Tensor) {
+        let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * h), &Device::Cpu).unwrap();
+        (
             qkv.narrow(2, 0, h).unwrap(),
             qkv.narrow(2, h, h).unwrap(),
             qkv.narrow(2, 2 * h, h).unwrap(),
-        );
-        // The second row is padded after 4 tokens.
-        let keep = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], &dev).unwrap();
-        let mask = additive_key_mask(&keep, DType::F32).unwrap();
-        let fast = attend::attend(&q, &k, &v, heads, &mask).unwrap().unwrap();
-        let slow = attention_ops(&q, &k, &v, heads, &mask).unwrap();
-        let diff = (fast - slow)
+        )
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
             .unwrap()
             .abs()
             .unwrap()
@@ -497,7 +491,20 @@ mod tests {
             .max(0)
             .unwrap()
             .to_scalar::<f32>()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_cpu_attention_matches_candle_ops_with_padding() {
+        let dev = Device::Cpu;
+        let (b, t, heads, hd) = (2, 7, 3, 8);
+        let (q, k, v) = qkv_views(b, t, heads * hd);
+        // The second row is padded after 4 tokens.
+        let keep = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], &dev).unwrap();
+        let mask = additive_key_mask(&keep, DType::F32).unwrap();
+        let fast = attend::attend(&q, &k, &v, heads, &mask).unwrap().unwrap();
+        let slow = attention_ops(&q, &k, &v, heads, &mask).unwrap();
+        let diff = max_abs_diff(&fast, &slow);
         assert!(diff < 1e-5, "max |Δ| {diff}");
         // Other dtypes take candle's path.
         let q16 = q.to_dtype(DType::F16).unwrap();
@@ -510,13 +517,7 @@ mod tests {
     fn chunked_attention_equals_one_chunk_and_its_bound_holds_for_any_length() {
         let dev = Device::Cpu;
         let (b, t, heads, hd) = (2, 11, 2, 4);
-        let h = heads * hd;
-        let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * h), &dev).unwrap();
-        let (q, k, v) = (
-            qkv.narrow(2, 0, h).unwrap(),
-            qkv.narrow(2, h, h).unwrap(),
-            qkv.narrow(2, 2 * h, h).unwrap(),
-        );
+        let (q, k, v) = qkv_views(b, t, heads * hd);
         let keep = Tensor::new(
             &[
                 [1u32, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
@@ -529,16 +530,7 @@ mod tests {
         let whole = attention_ops_chunked(&q, &k, &v, heads, &mask, t).unwrap();
         for chunk in [1, 3, 4, 10] {
             let parts = attention_ops_chunked(&q, &k, &v, heads, &mask, chunk).unwrap();
-            let diff = (&whole - parts)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&whole, &parts);
             assert!(diff < 1e-6, "chunk {chunk}: max |Δ| {diff}");
         }
         // The working set stops growing with T² once chunks are needed.
