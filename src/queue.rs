@@ -360,17 +360,20 @@ impl Shared {
         self.heartbeat_ms[lane as usize].store(millis(self.epoch.elapsed()), Ordering::Relaxed);
     }
 
-    /// The age of the older of the two workers' heartbeats: either one hung is a hang.
+    /// The age of the older of the two workers' heartbeats: either one hung is a hang. Except
+    /// the bulk lane's while it computes: at background priority next to a saturated fast lane
+    /// one of its passes may take far longer than any watchdog interval without being stuck
+    /// (a hung device stops the fast lane's next pass too, which this does see).
     pub fn heartbeat_age(&self) -> Duration {
-        let oldest = self
-            .heartbeat_ms
+        let now = millis(self.epoch.elapsed());
+        Lane::ALL
             .iter()
-            .map(|h| h.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(0);
-        self.epoch
-            .elapsed()
-            .saturating_sub(Duration::from_millis(oldest))
+            .filter(|&&l| {
+                l == Lane::Fast || !self.counters.busy[l as usize].load(Ordering::Acquire)
+            })
+            .map(|&l| now.saturating_sub(self.heartbeat_ms[l as usize].load(Ordering::Relaxed)))
+            .max()
+            .map_or(Duration::ZERO, Duration::from_millis)
     }
 
     pub fn close(&self) {
@@ -676,5 +679,26 @@ mod tests {
             .logits
             .is_empty());
         assert_eq!(s.stats().batches, 1);
+    }
+
+    #[test]
+    fn the_heartbeat_is_the_older_lane_s_but_a_computing_bulk_lane_may_be_slow() {
+        let (_s, shared) = Scheduler::unstarted(SchedulerConfig::default());
+        std::thread::sleep(Duration::from_millis(30));
+        shared.beat(Lane::Fast);
+        // The bulk lane never beat: its age is the scheduler's.
+        assert!(shared.heartbeat_age() >= Duration::from_millis(30));
+        shared.counters.busy[Lane::Bulk as usize].store(true, Ordering::Release);
+        assert!(shared.heartbeat_age() < Duration::from_millis(30));
+        shared.counters.busy[Lane::Bulk as usize].store(false, Ordering::Release);
+        shared.beat(Lane::Bulk);
+        assert!(shared.heartbeat_age() < Duration::from_millis(30));
+    }
+
+    #[test]
+    fn jobs_over_a_quarter_of_a_full_pass_are_bulk_work() {
+        let cfg = SchedulerConfig::default();
+        assert_eq!(Lane::of(cfg.bulk_tokens, &cfg), Lane::Fast);
+        assert_eq!(Lane::of(cfg.bulk_tokens + 1, &cfg), Lane::Bulk);
     }
 }

@@ -65,7 +65,8 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// Sends `WATCHDOG=1` every half `interval`, but only while the engine thread's heartbeat is
 /// younger than `interval`: a forward pass stuck on a hung device or a wedged worker stops the
 /// pings, and systemd kills and restarts the service. (So `WatchdogSec=` must exceed the
-/// longest forward pass.)
+/// longest forward pass of the fast lane; the bulk lane's passes, at background priority, are
+/// not timed, only its loop between them: see [`Scheduler::heartbeat_age`].)
 /// `current` gives the scheduler serving now, which a reload replaces.
 pub fn spawn_watchdog(
     current: impl Fn() -> Scheduler + Send + 'static,
