@@ -64,7 +64,15 @@ impl DeviceChoice {
             DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Auto => {
                 if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-                    Device::new_cuda(0).or(Ok(Device::Cpu))
+                    // Falling back is the point of `auto`, but never silently: an operator who
+                    // expected the GPU must see why it is not used.
+                    Ok(Device::new_cuda(0).unwrap_or_else(|e| {
+                        tracing::warn!(
+                            "--device auto: CUDA failed to initialise ({}); using the CPU",
+                            cuda_open_error(crate::error::one_line(&e))
+                        );
+                        Device::Cpu
+                    }))
                 } else {
                     Ok(Device::Cpu)
                 }
@@ -315,8 +323,17 @@ impl Engine {
         &self.info
     }
 
+    /// Tokenizes one input and checks it against the model's tables, so that nothing out of
+    /// range ever reaches the device.
     pub fn tokenize(&self, input: &Input, truncate: bool) -> Result<Encoded, InputError> {
-        self.tokenizer.encode(input, truncate)
+        let e = self.tokenizer.encode(input, truncate)?;
+        if self.model.uses_token_types() {
+            let types = self.model.token_types();
+            if let Some(&id) = e.type_ids.iter().find(|&&t| t as usize >= types) {
+                return Err(InputError::TokenTypeOutOfRange { id, types });
+            }
+        }
+        Ok(e)
     }
 
     /// Pads the inputs into one batch and uploads it in one go per tensor.

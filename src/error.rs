@@ -49,6 +49,8 @@ pub enum InputError {
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("pre-tokenized input is empty")]
     EmptyIds,
+    #[error("token type id {id} is outside the model's {types} token types")]
+    TokenTypeOutOfRange { id: u32, types: usize },
 }
 
 /// A failure of the forward pass. Cloneable so one failure can answer a whole batch.

@@ -58,6 +58,9 @@ impl SequenceClassifier for Electra {
     fn uses_token_types(&self) -> bool {
         self.cfg.type_vocab_size > 1
     }
+    fn token_types(&self) -> usize {
+        self.cfg.type_vocab_size
+    }
     fn max_positions(&self) -> usize {
         self.cfg.max_position_embeddings
     }

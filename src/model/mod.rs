@@ -73,6 +73,12 @@ pub trait SequenceClassifier: Send + Sync {
     fn uses_token_types(&self) -> bool {
         false
     }
+    /// Rows of the token-type embedding table, when [`Self::uses_token_types`]: every type id
+    /// sent must be below it (checked on the host: on a GPU an id past the table is an
+    /// out-of-bounds gather, not an error).
+    fn token_types(&self) -> usize {
+        0
+    }
     /// Longest sequence the position table (or rotary setup) allows, in tokens.
     fn max_positions(&self) -> usize;
     /// Rows of the word-embedding table; a tokenizer with more ids than this would index out of it.

@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use candle_core::DType;
 use classifyd::engine::{DTypeChoice, DeviceChoice, Engine};
+use classifyd::tokenize::Input;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -113,6 +115,34 @@ fn truncated_and_corrupt_weights_are_refused() {
         &load_error(dir.path()),
         &["model.safetensors", "invalid weights"],
     );
+}
+
+#[test]
+fn a_token_type_past_the_model_s_table_is_refused_before_any_device_work() {
+    // A tokenizer whose pair template gives the second text segment 2 (BERT has 2 segments).
+    let dir = scratch_copy("bert");
+    edit_json(&dir.path().join("tokenizer.json"), |t| {
+        for part in t["post_processor"]["pair"].as_array_mut().unwrap() {
+            for kind in ["Sequence", "SpecialToken"] {
+                if part[kind]["type_id"] == serde_json::json!(1) {
+                    part[kind]["type_id"] = serde_json::json!(2);
+                }
+            }
+        }
+    });
+    let engine = load(dir.path(), DType::F32);
+    let pair = Input::Pair("a premise".into(), "a hypothesis".into());
+    let err = engine.tokenize(&pair, true).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "token type id 2 is outside the model's 2 token types"
+    );
+    // A single text uses type 0 only, and is classified.
+    let got = engine
+        .classify(&[Input::Text("a single text".into()), pair], true)
+        .unwrap();
+    assert!(got[0].is_ok());
+    assert!(got[1].is_err());
 }
 
 #[test]
