@@ -12,7 +12,7 @@ import pytest
 from daemon import FIXTURES, Daemon, dev_pki, wait_until
 from helpers import close, texts
 
-from classifyd import AsyncClient, Client, InvalidArgument, Unavailable
+from classifyd import AsyncClient, Client, InvalidArgument, Timeout, Unavailable
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,19 @@ def test_quic_reconnects_after_the_server_closes_an_idle_connection(pki: Path) -
         )
         assert c.classify(["after"])[0].label
         assert c._t._async._proto is not first  # type: ignore[attr-defined]
+
+
+def test_quic_timeout_keeps_the_connection(pki: Path, tmp_path: Path, golden: dict[str, Any]) -> None:
+    hold = tmp_path / "hold"
+    b = texts(golden)[3]
+    with Daemon(FIXTURES / "bert", "--test-hold-batches-while", str(hold), quic_pki=pki) as d, client(d, pki) as c:
+        c.info()
+        proto = c._t._async._proto  # type: ignore[attr-defined]
+        hold.write_bytes(b"")
+        with pytest.raises(Timeout):
+            c.classify(["held"], timeout=0.3)
+        wait_until("the engine to hold", lambda: "test hook: holding a batch" in d.stderr(), log=d.stderr)
+        hold.unlink()
+        r = c.classify([b["text"]], logits=True)[0]
+        assert r.logits is not None and close(r.logits, b["logits"])
+        assert c._t._async._proto is proto  # type: ignore[attr-defined]
