@@ -142,9 +142,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--socket", help="a running daemon's socket (else one is started)")
-    ap.add_argument("-n", type=int, default=3000, help="measured requests per client")
-    ap.add_argument("--warmup", type=int, default=300)
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of every client; medians are reported")
+    ap.add_argument("-n", type=int, default=2000, help="measured requests per client and round")
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of every client, interleaved; medians are reported")
     ap.add_argument("--no-quic", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -165,9 +165,11 @@ def main() -> None:
         "AsyncClient (unix)": lambda: run_async(lambda: AsyncClient(sock), args.n, args.warmup),
     }
     if quic_addr and pki:
-        q = dict(ca=pki / "ca.pem", cert=pki / "client.pem", key=pki / "client-key.pem")
-        clients["Client.quic"] = lambda: run_sync(Client.quic(quic_addr, **q), args.n, args.warmup)
-        clients["AsyncClient.quic"] = lambda: run_async(lambda: AsyncClient.quic(quic_addr, **q), args.n, args.warmup)
+        ca, cert, key = pki / "ca.pem", pki / "client.pem", pki / "client-key.pem"
+        clients["Client.quic"] = lambda: run_sync(Client.quic(quic_addr, ca=ca, cert=cert, key=key), args.n, args.warmup)
+        clients["AsyncClient.quic"] = lambda: run_async(
+            lambda: AsyncClient.quic(quic_addr, ca=ca, cert=cert, key=key), args.n, args.warmup
+        )
     rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in clients}
     rounds["Rust client (classifyd bench, unix)"] = []
     try:
@@ -219,6 +221,10 @@ def main() -> None:
             f"{name:40} {f('overhead_us.p50'):>12} {f('overhead_us.p90')} {f('overhead_us.p99')} "
             f"{f('overhead_us.mean')} {f('rtt_us.p50'):>9} {f('server_total_us.p50'):>11}"
         )
+    print("overhead by round (p50, or the mean where only that is known):")
+    for name, rs in rounds.items():
+        by = [r["overhead_us"].get("p50", r["overhead_us"]["mean"]) for r in rs]
+        print(f"  {name:38} " + ", ".join(f"{v:.0f}" for v in by))
 
 
 if __name__ == "__main__":
