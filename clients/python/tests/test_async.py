@@ -43,39 +43,46 @@ def test_many_in_flight_on_one_connection(bert: Daemon, golden: dict[str, Any]) 
 
 
 def test_answers_out_of_order_are_matched_by_id(tmp_path: Path, golden: dict[str, Any]) -> None:
+    """Requests that the engine holds are overtaken on the connection by answers that need no
+    engine (info, a refused request): whatever the scheduler's policy, the answers come back in
+    another order than the requests went out, and each reaches its own call."""
     hold = tmp_path / "hold"
     cases = texts(golden)
-    with Daemon(FIXTURES / "bert", "--test-hold-batches-while", str(hold), "--max-batch-size", "1", metrics=True) as d:
+    with Daemon(FIXTURES / "bert", "--test-hold-batches-while", str(hold), metrics=True) as d:
 
-        async def main() -> list[tuple[str, Any]]:
-            done: list[tuple[str, Any]] = []
+        async def main() -> tuple[list[str], dict[str, Any]]:
+            done: list[str] = []
+            got: dict[str, Any] = {}
             async with AsyncClient(d.socket) as c:
 
-                async def call(name: str, k: dict[str, Any], priority: str) -> None:
-                    r = await c.classify([k["text"]], logits=True, priority=priority)
-                    done.append((name, r))
+                async def call(name: str, coro: Any) -> None:
+                    try:
+                        got[name] = await coro
+                    except InvalidArgument as e:
+                        got[name] = e
+                    done.append(name)
 
                 hold.write_bytes(b"")
-                first = asyncio.create_task(call("first", cases[0], "normal"))
+                held = asyncio.create_task(call("held", c.classify([cases[0]["text"]], logits=True)))
                 await asyncio.to_thread(
                     wait_until, "the engine to hold", lambda: "test hook: holding a batch" in d.stderr()
                 )
-                normal = [asyncio.create_task(call(f"normal{i}", cases[1 + i], "normal")) for i in range(3)]
-                await asyncio.to_thread(wait_until, "three queued", lambda: d.metric("classifyd_queue_depth") == 3)
-                high = asyncio.create_task(call("high", cases[4], "high"))
-                await asyncio.to_thread(wait_until, "four queued", lambda: d.metric("classifyd_queue_depth") == 4)
+                queued = asyncio.create_task(call("queued", c.classify([cases[3]["text"]], logits=True)))
+                await asyncio.to_thread(wait_until, "one queued", lambda: d.metric("classifyd_queue_depth") == 1)
+                # Sent after the two above, answered before them.
+                await call("info", c.info())
+                await call("refused", c.classify([]))
+                assert not held.done() and not queued.done()
                 hold.unlink()
-                await asyncio.gather(first, high, *normal)
-            return done
+                await asyncio.gather(held, queued)
+            return done, got
 
-        done = asyncio.run(main())
-    order = [name for name, _ in done]
-    # The high-priority request, sent last, is computed before the normal ones queued before it:
-    # its answer overtakes theirs on the connection.
-    assert order.index("high") < order.index("normal0"), order
-    want = {"first": cases[0], "high": cases[4], **{f"normal{i}": cases[1 + i] for i in range(3)}}
-    for name, r in done:
-        assert close(r[0].logits, want[name]["logits"]), name
+        done, got = asyncio.run(main())
+    assert done[:2] == ["info", "refused"] and set(done[2:]) == {"held", "queued"}, done
+    assert got["info"].labels == golden["labels"]
+    assert isinstance(got["refused"], InvalidArgument)
+    assert close(got["held"][0].logits, cases[0]["logits"])
+    assert close(got["queued"][0].logits, cases[3]["logits"])
 
 
 def test_errors_in_flight_do_not_disturb_the_others(bert: Daemon, golden: dict[str, Any]) -> None:
