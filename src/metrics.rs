@@ -78,6 +78,9 @@ pub struct Metrics {
     rss: Gauge,
     batches: Counter,
     computed: Counter,
+    /// `classifyd_reloads_total{result="ok"|"failed"}`, indexed by `ok as usize` reversed:
+    /// `[ok, failed]`.
+    reloads: [Counter; 2],
     /// `classifyd_model_info`: one series, relabelled at each scrape so a reload shows.
     model_info: Family<Vec<(String, String)>, Gauge>,
     /// Serialises scrapes, which turn the service's absolute counts into counter increments.
@@ -135,6 +138,16 @@ impl Metrics {
             "Connections open now, by transport",
             open,
         );
+        let reloads = Family::<StatusLabel, Counter>::default();
+        // Both series from the start, so `increase(...{result="failed"}[..]) > 0` can fire on
+        // the first failure.
+        let reload_counters =
+            ["ok", "failed"].map(|r| reloads.get_or_create(&vec![("result", r)]).clone());
+        registry.register(
+            "classifyd_reloads",
+            "SIGHUP reloads since start, by result (a failed one leaves the old model serving)",
+            reloads,
+        );
         let m = Self {
             requests,
             connections,
@@ -149,6 +162,7 @@ impl Metrics {
             rss: Gauge::default(),
             batches: Counter::default(),
             computed: Counter::default(),
+            reloads: reload_counters,
             model_info: Family::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
@@ -167,7 +181,7 @@ impl Metrics {
             ),
             (
                 "classifyd_inference_seconds",
-                "Forward pass time of OK requests' batches",
+                "Time from the start of OK requests' batches until their own rows were computed",
                 &m.inference,
             ),
             (
@@ -181,12 +195,12 @@ impl Metrics {
         }
         reg.register(
             "classifyd_batch_rows",
-            "Rows per forward pass",
+            "Rows per batch (one or more forward passes)",
             m.batch_rows.clone(),
         );
         reg.register(
             "classifyd_batch_padded_tokens",
-            "Padded tokens (rows x longest row) per forward pass",
+            "Padded tokens (rows x longest row of each pass, summed) per batch",
             m.batch_tokens.clone(),
         );
         reg.register(
@@ -199,7 +213,11 @@ impl Metrics {
             "Jobs waiting in the queue",
             m.queue_depth.clone(),
         );
-        reg.register("classifyd_batches", "Forward passes run", m.batches.clone());
+        reg.register(
+            "classifyd_batches",
+            "Batches run (each one or more forward passes)",
+            m.batches.clone(),
+        );
         reg.register(
             "classifyd_computed",
             "Jobs (requests) computed",
@@ -217,6 +235,11 @@ impl Metrics {
             m.model_info.clone(),
         );
         Self { registry, ..m }
+    }
+
+    /// One SIGHUP reload, swapped in (`ok`) or failed with the old model still serving.
+    pub fn record_reload(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].inc();
     }
 
     /// One answered classify request; `timings` only for OK answers.

@@ -155,6 +155,9 @@ async fn reload(
                 "reload failed, still serving revision {}: {e}",
                 old.identity.revision
             );
+            if let Some(m) = service.metrics() {
+                m.record_reload(false);
+            }
             systemd::ready(&status_line(&old, serving_on));
             return;
         }
@@ -181,6 +184,9 @@ async fn reload(
             let revision = new.identity.revision.clone();
             // The old model's scheduler closes once the requests still holding it finish.
             drop(service.swap_model(new));
+            if let Some(m) = service.metrics() {
+                m.record_reload(true);
+            }
             info!(
                 old_revision = %old.identity.revision,
                 revision = %revision,
@@ -195,6 +201,9 @@ async fn reload(
                 "reload failed, still serving revision {}: {e}",
                 old.identity.revision
             );
+            if let Some(m) = service.metrics() {
+                m.record_reload(false);
+            }
             systemd::ready(&status_line(&old, serving_on));
         }
     }

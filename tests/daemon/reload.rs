@@ -194,6 +194,12 @@ fn sighup_reloads_under_load_and_a_broken_model_keeps_the_old_one() {
             .unwrap();
         // Every round above waited for 8 more answers, 4 rounds: counted across reloads.
         assert!(computed >= 32.0, "computed {computed}");
+        // Three reloads swapped in, one failed.
+        for (result, n) in [("ok", "3"), ("failed", "1")] {
+            let series = format!("classifyd_reloads_total{{result=\"{result}\"}} ");
+            let got = body.lines().find_map(|l| l.strip_prefix(series.as_str()));
+            assert_eq!(got, Some(n), "{series}in {body}");
+        }
     });
     let failures = load.failures.lock().unwrap();
     assert!(

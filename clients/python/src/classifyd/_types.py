@@ -75,6 +75,6 @@ class Info:
     problem_type: str
     protocol_version: int
     server_version: str
-    # Forward passes run and requests computed since the daemon started.
+    # Batches run (each one or more forward passes) and requests computed since the daemon started.
     batches: int
     computed: int
