@@ -376,13 +376,7 @@ impl Engine {
     /// formed, was drained *slower* by batching. On a GPU padding is cheap and batching is the
     /// point, so rows share padded passes there, bucketed by length.
     pub fn logits(&self, inputs: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let d = crate::queue::SchedulerConfig::default();
-        let shape = crate::batcher::PassShape {
-            max_tokens: d.max_batch_tokens,
-            max_rows: d.max_batch_size,
-            pad: self.pads_batches(),
-            max_attention_bytes: d.max_attention_bytes,
-        };
+        let shape = crate::queue::SchedulerConfig::default().pass_shape(self.pads_batches());
         let plan: Vec<crate::batcher::PlanRow> = inputs
             .iter()
             .map(|e| crate::batcher::PlanRow {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
-use crate::batcher::{Budget, Candidate, Index};
+use crate::batcher::{Budget, Candidate, Index, PassShape};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::tokenize::Encoded;
@@ -46,6 +46,26 @@ pub struct SchedulerConfig {
     /// Test-only (`serve --test-stall-worker-after-secs`): the worker stops for good this long
     /// after start, without beating, as a hung device would. Never set in production.
     pub stall_worker_after: Option<Duration>,
+}
+
+impl SchedulerConfig {
+    /// What one batch may hold.
+    pub fn budget(&self) -> Budget {
+        Budget {
+            max_tokens: self.max_batch_tokens,
+            max_rows: self.max_batch_size,
+        }
+    }
+
+    /// How a batch is cut into passes on a device that pads batches (`pad`, a GPU) or not.
+    pub fn pass_shape(&self, pad: bool) -> PassShape {
+        PassShape {
+            max_tokens: self.max_batch_tokens,
+            max_rows: self.max_batch_size,
+            pad,
+            max_attention_bytes: self.max_attention_bytes,
+        }
+    }
 }
 
 impl Default for SchedulerConfig {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::batcher::{self, Budget, PassShape, PlanRow};
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::queue::{JobError, JobOutput, Lane, Priority, Queued, Shared};
+use crate::queue::{Job, JobError, JobOutput, Lane, Priority, Queued, Reply, Shared};
 use crate::tokenize::Encoded;
 
 /// Starts both lanes' engine threads.
@@ -65,16 +65,8 @@ impl Drop for ExitGuard<'_> {
 }
 
 fn run(engine: &Engine, shared: &Shared, lane: Lane, pool: Option<&rayon::ThreadPool>) {
-    let budget = Budget {
-        max_tokens: shared.cfg.max_batch_tokens,
-        max_rows: shared.cfg.max_batch_size,
-    };
-    let shape = PassShape {
-        max_tokens: shared.cfg.max_batch_tokens,
-        max_rows: shared.cfg.max_batch_size,
-        pad: engine.pads_batches(),
-        max_attention_bytes: shared.cfg.max_attention_bytes,
-    };
+    let budget = shared.cfg.budget();
+    let shape = shared.cfg.pass_shape(engine.pads_batches());
     let stall_at = shared.cfg.stall_worker_after.map(|d| shared.epoch + d);
     while let Some(batch) = next_batch(shared, lane, budget, stall_at) {
         shared.beat(lane);
@@ -199,10 +191,19 @@ impl TestHooks {
 
 /// Where a job stands while its batch runs.
 struct Progress {
-    q: Queued,
+    job: Job,
+    submitted: Instant,
+    /// Taken when the job is answered.
+    reply: Option<Reply>,
     logits: Vec<Option<Vec<f32>>>,
     left: usize,
-    done: bool,
+}
+
+impl Progress {
+    /// Still to be answered, and someone still waits for the answer.
+    fn wanted(&self) -> bool {
+        self.reply.as_ref().is_some_and(|r| !r.is_closed())
+    }
 }
 
 /// Runs one batch as [`batcher::passes`] cuts it, answering each job the moment its last row
@@ -253,8 +254,9 @@ fn run_batch(
         .map(|q| Progress {
             logits: vec![None; q.job.inputs.len()],
             left: q.job.inputs.len(),
-            done: false,
-            q,
+            reply: Some(q.reply),
+            submitted: q.submitted,
+            job: q.job,
         })
         .collect();
     let (mut computed_rows, mut padded_tokens) = (0, 0);
@@ -262,17 +264,14 @@ fn run_batch(
         // Rows of jobs already failed, or whose clients have gone, are not computed.
         let live: Vec<usize> = pass
             .into_iter()
-            .filter(|&i| {
-                let p = &jobs[rows[i].0];
-                !p.done && !p.q.reply.is_closed()
-            })
+            .filter(|&i| jobs[rows[i].0].wanted())
             .collect();
         if live.is_empty() {
             continue;
         }
         let inputs: Vec<&Encoded> = live
             .iter()
-            .map(|&i| &jobs[rows[i].0].q.job.inputs[rows[i].1])
+            .map(|&i| &jobs[rows[i].0].job.inputs[rows[i].1])
             .collect();
         computed_rows += inputs.len();
         padded_tokens += inputs.len() * inputs.iter().map(|e| e.len()).max().unwrap_or(0);
@@ -298,26 +297,25 @@ fn run_batch(
             Err(e) => {
                 tracing::warn!(rows = live.len(), "batch failed: a forward pass: {e}");
                 for &i in &live {
-                    let p = &mut jobs[rows[i].0];
-                    if !p.done {
-                        p.done = true;
-                        finish(shared, p, Err(JobError::Engine(e.clone())));
-                    }
+                    finish(
+                        shared,
+                        &mut jobs[rows[i].0],
+                        Err(JobError::Engine(e.clone())),
+                    );
                 }
                 continue;
             }
         }
         for &i in &live {
             let p = &mut jobs[rows[i].0];
-            if !p.done && p.left == 0 {
-                p.done = true;
+            if p.reply.is_some() && p.left == 0 {
                 let out = JobOutput {
                     logits: p
                         .logits
                         .iter_mut()
                         .map(|l| l.take().unwrap_or_default())
                         .collect(),
-                    queue_us: micros(started.saturating_duration_since(p.q.submitted)),
+                    queue_us: micros(started.saturating_duration_since(p.submitted)),
                     inference_us: micros(started.elapsed()),
                     batch_size,
                 };
@@ -325,21 +323,23 @@ fn run_batch(
             }
         }
     }
-    // Whoever is left had gone before its rows ran; the reply is closed, but it is counted.
-    for p in jobs.iter_mut().filter(|p| !p.done) {
-        p.done = true;
-        shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-    }
+    // Whoever is left unanswered had gone before its rows ran: counted, not answered.
+    let gone = jobs.iter().filter(|p| p.reply.is_some()).count();
+    shared
+        .counters
+        .cancelled
+        .fetch_add(gone as u64, Ordering::Relaxed);
     (computed_rows, padded_tokens)
 }
 
-/// Answers one job whose rows ran (or failed). Counted before the reply, so a client holding
-/// its answer sees its job counted.
+/// Answers one job whose rows ran (or failed), once: a later call for the same job does
+/// nothing. Counted before the reply, so a client holding its answer sees its job counted.
 fn finish(shared: &Shared, p: &mut Progress, answer: Result<JobOutput, JobError>) {
-    shared.counters.computed.fetch_add(1, Ordering::Relaxed);
-    let (dead, _) = tokio::sync::oneshot::channel();
-    // The client may have gone during the pass; nothing else to do for it.
-    let _ = std::mem::replace(&mut p.q.reply, dead).send(answer);
+    if let Some(reply) = p.reply.take() {
+        shared.counters.computed.fetch_add(1, Ordering::Relaxed);
+        // The client may have gone during the pass; nothing else to do for it.
+        let _ = reply.send(answer);
+    }
 }
 
 /// One forward pass. A panic in a kernel must cost this pass, not every later request.
