@@ -226,13 +226,12 @@ pub fn passes(
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| (bucket(rows[i].len), rows[i].urgency, rows[i].len, i));
     let mut out: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    // Within a bucket the order is most urgent first (then shortest), so a cut leaves the
+    // least urgent rows for later passes.
     for group in order.chunk_by(|&a, &b| bucket(rows[a].len) == bucket(rows[b].len)) {
-        // Within a bucket, most urgent rows first, so a cut leaves the least urgent for later.
         let mut cur: Vec<usize> = Vec::new();
         let mut longest = 0usize;
-        let mut g: Vec<usize> = group.to_vec();
-        g.sort_by_key(|&i| (rows[i].urgency, i));
-        for i in g {
+        for &i in group {
             let l = longest.max(rows[i].len).max(1);
             let n = cur.len() + 1;
             let fits = n <= shape.max_rows
