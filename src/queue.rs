@@ -193,8 +193,9 @@ pub(crate) struct State {
     jobs: HashMap<u64, Queued>,
     /// One per [`Lane`].
     index: [Index; 2],
-    /// (deadline, arrival) of every queued job that has one, soonest first.
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// Per [`Lane`]: (deadline, arrival) of every queued job that has one, soonest first. Per
+    /// lane, so each worker judges the deadlines of the jobs it would start, and only those.
+    deadlines: [BTreeSet<(Instant, u64)>; 2],
     next_arrival: u64,
     pub closed: bool,
 }
@@ -225,7 +226,7 @@ impl State {
         };
         self.index[lane as usize].insert(q.candidate());
         if let Some(d) = q.job.deadline {
-            self.deadlines.insert((d, arrival));
+            self.deadlines[lane as usize].insert((d, arrival));
         }
         self.jobs.insert(arrival, q);
     }
@@ -234,15 +235,15 @@ impl State {
         let q = self.jobs.remove(&arrival)?;
         self.index[q.lane as usize].remove(arrival);
         if let Some(d) = q.job.deadline {
-            self.deadlines.remove(&(d, arrival));
+            self.deadlines[q.lane as usize].remove(&(d, arrival));
         }
         Some(q)
     }
 
-    /// Answers and removes the jobs whose deadline has passed: they could no longer be on
-    /// time, and must take neither a batch slot nor a queue slot.
-    pub fn expire(&mut self, now: Instant, counters: &Counters) {
-        while let Some(&(d, arrival)) = self.deadlines.first() {
+    /// Answers and removes the jobs of `lane` whose deadline has passed: they could no longer
+    /// be on time, and must take neither a batch slot nor a queue slot.
+    pub fn expire(&mut self, lane: Lane, now: Instant, counters: &Counters) {
+        while let Some(&(d, arrival)) = self.deadlines[lane as usize].first() {
             if d > now {
                 break;
             }
@@ -294,7 +295,7 @@ impl State {
         let mut all: Vec<Queued> = self.jobs.drain().map(|(_, q)| q).collect();
         all.sort_by_key(|q| q.arrival);
         self.index = Default::default();
-        self.deadlines.clear();
+        self.deadlines = Default::default();
         all
     }
 
@@ -489,7 +490,9 @@ impl Scheduler {
         }
         if st.len() >= shared.cfg.queue_capacity {
             // Dead entries should not turn live requests away.
-            st.expire(now, &shared.counters);
+            for lane in Lane::ALL {
+                st.expire(lane, now, &shared.counters);
+            }
             st.sweep_cancelled(&shared.counters);
         }
         if st.len() >= shared.cfg.queue_capacity {

@@ -110,7 +110,7 @@ fn next_batch(
         shared.beat(lane);
         // Expired at pick time so a deadline is judged when the job would start, not when it
         // arrived.
-        st.expire(Instant::now(), &shared.counters);
+        st.expire(lane, Instant::now(), &shared.counters);
         if st.lane_len(lane) > 0 {
             let batch = st.pick(lane, budget, &shared.counters);
             shared.counters.queued.store(st.len(), Ordering::Relaxed);
