@@ -454,6 +454,15 @@ fn attention_ops_chunked(
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         parts.push(probs.matmul(&v)?);
     }
+    merge_heads(parts, (b, t, hidden))
+}
+
+/// The per-chunk contexts `[B, H, c, D]` of a chunked attention, in query order, as one
+/// `[B, T, H·D]` tensor. A single chunk (every short sequence) is not copied by a concat.
+pub(crate) fn merge_heads(
+    mut parts: Vec<Tensor>,
+    (b, t, hidden): (usize, usize, usize),
+) -> Result<Tensor> {
     let ctx = if parts.len() == 1 {
         parts.remove(0)
     } else {

@@ -333,12 +333,7 @@ impl Layer {
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             parts.push(probs.matmul(&vc)?);
         }
-        let ctx = if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Tensor::cat(&parts, 2)?
-        };
-        let ctx = ctx.transpose(1, 2)?.reshape((b, t, hidden))?;
+        let ctx = super::merge_heads(parts, (b, t, hidden))?;
         self.wo.forward(&ctx)
     }
 
