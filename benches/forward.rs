@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
+use classifyd::engine::tokenize::{Encoded, Input};
 use classifyd::engine::{DTypeChoice, DeviceChoice, Engine};
-use classifyd::tokenize::{Encoded, Input};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 /// The same text as benches/peers/torch_forward.py.

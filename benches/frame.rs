@@ -4,8 +4,8 @@
 
 use bytes::BytesMut;
 use classifyd::client::{classify_request, text};
-use classifyd::frame;
-use classifyd::protocol::{self, pb, RequestLimits};
+use classifyd::wire::frame;
+use classifyd::wire::protocol::{self, pb, RequestLimits};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use prost::Message;
 use tokio_util::codec::Decoder;

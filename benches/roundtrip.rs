@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use classifyd::client::quic::{QuicClient, QuicClientConfig};
 use classifyd::client::{text, Client, UnixClient};
+use classifyd::engine::tokenize::Input;
 use classifyd::engine::{DTypeChoice, DeviceChoice, Engine};
-use classifyd::protocol::{pb, RequestLimits};
-use classifyd::queue::SchedulerConfig;
-use classifyd::server::{self, QuicOptions, ServeConfig};
-use classifyd::tokenize::Input;
-use classifyd::transport::{unix::UnixOptions, ConnectionLimits};
+use classifyd::sched::queue::SchedulerConfig;
+use classifyd::serve::{self, QuicOptions, ServeConfig};
+use classifyd::serve::{unix::UnixOptions, ConnectionLimits};
+use classifyd::wire::protocol::{pb, RequestLimits};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const TEXT: &str = "a quietly moving film with two fine performances at its heart";
@@ -29,7 +29,7 @@ fn roundtrip(c: &mut Criterion) {
 fn bench_model(c: &mut Criterion, name: &str, model: PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("bench.sock");
-    classifyd::cert::write_dev_pki(dir.path(), &["localhost".into(), "127.0.0.1".into()])
+    classifyd::wire::cert::write_dev_pki(dir.path(), &["localhost".into(), "127.0.0.1".into()])
         .expect("dev pki");
     let quic_addr = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())

@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
+use classifyd::engine::tokenize::Input;
 use classifyd::engine::{DTypeChoice, DeviceChoice, Engine};
-use classifyd::tokenize::Input;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const SHORT: &str = "a quietly moving film with two fine performances at its heart";

@@ -22,26 +22,13 @@
 //! - [`cli`]: the `classifyd` binary's subcommands; [`bench`]: its load generator; [`config`]: the `serve --config` file;
 //!   [`cert`]: a development PKI for QUIC.
 
-pub mod batcher;
 pub mod bench;
-pub mod cert;
 pub mod cli;
 pub mod client;
-pub mod config;
 pub mod engine;
-pub mod error;
-pub mod frame;
-pub mod heap;
-pub mod loader;
-pub mod metrics;
 pub mod model;
-pub mod priority;
-pub mod protocol;
-pub mod queue;
-pub mod server;
+pub mod sched;
+pub mod serve;
 pub mod service;
-pub mod systemd;
-pub mod tokenize;
-pub mod tokenize_pool;
-pub mod transport;
-pub mod worker;
+pub mod settings;
+pub mod wire;

@@ -10,9 +10,9 @@
 //! corpora made of real frames (fuzz/seeds/frame, fuzz/seeds/request).
 
 use bytes::BytesMut;
-use classifyd::frame::{self, FrameError, PREFIX_LEN};
-use classifyd::protocol::{self, pb, RequestLimits};
-use classifyd::tokenize::Input;
+use classifyd::engine::tokenize::Input;
+use classifyd::wire::frame::{self, FrameError, PREFIX_LEN};
+use classifyd::wire::protocol::{self, pb, RequestLimits};
 use proptest::prelude::*;
 use prost::Message;
 use tokio_util::codec::Decoder;

@@ -12,9 +12,9 @@ use rand_distr::{Distribution, Exp};
 
 use crate::client::quic::{QuicClient, QuicClientConfig};
 use crate::client::{classify_request, text, Client, ClientError, UnixClient};
+use crate::engine::tokenize::Input;
 use crate::engine::Engine;
-use crate::protocol::pb;
-use crate::tokenize::Input;
+use crate::wire::protocol::pb;
 
 use super::report::{Recorder, RunReport};
 use super::{Arrival, BenchError, Load, Plan};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::protocol::pb;
+use crate::wire::protocol::pb;
 
 use super::Load;
 

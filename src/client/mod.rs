@@ -16,8 +16,8 @@ use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
-use crate::frame;
-use crate::protocol::{pb, VERSION};
+use crate::wire::frame;
+use crate::wire::protocol::{pb, VERSION};
 
 /// Largest response a client accepts.
 const MAX_RESPONSE: usize = 16 << 20;

@@ -11,12 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::VarInt;
 
-use crate::frame::encode;
-use crate::transport::quic::{
+use crate::wire::frame::encode;
+use crate::wire::quic::{
     read_frame, FrameReadError, CLOSE_DONE, STREAM_FRAME_TOO_LARGE, STREAM_OVERLOADED,
     STREAM_TRUNCATED,
 };
-use crate::transport::tls::{client_config, TlsError};
+use crate::wire::tls::{client_config, TlsError};
 
 /// Largest response a client accepts unless told otherwise.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 << 20;

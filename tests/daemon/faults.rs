@@ -7,13 +7,13 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use classifyd::client::text;
-use classifyd::protocol::{pb, VERSION};
+use classifyd::wire::protocol::{pb, VERSION};
 use prost::Message;
 
 use crate::harness::*;
 
 fn framed(msg: &[u8]) -> Vec<u8> {
-    classifyd::frame::encode(msg)
+    classifyd::wire::frame::encode(msg)
 }
 
 /// Sends raw bytes and reads `expect` answers, or fewer if the daemon closes first. Closing our
@@ -407,7 +407,10 @@ fn a_failed_batch_answers_internal_and_the_worker_recovers() {
         metric(metrics, "classifyd_requests_total{status=\"ok\"}"),
         8.0
     );
-    assert_eq!(crate::metrics::get(metrics, "/readyz").unwrap().0, 200);
+    assert_eq!(
+        crate::service::metrics::get(metrics, "/readyz").unwrap().0,
+        200
+    );
     daemon.signal(15);
     let s = daemon.wait();
     assert!(s.success(), "{}: {}", exit_code(s), daemon.stderr());

@@ -1,7 +1,7 @@
 //! Start, refuse, stop: socket ownership, peer allow-list, SIGTERM draining.
 
 use classifyd::client::{text, UnixClient};
-use classifyd::protocol::pb;
+use classifyd::wire::protocol::pb;
 
 use crate::harness::*;
 
@@ -26,7 +26,7 @@ fn sigterm_with_requests_in_flight_answers_all_and_exits_zero() {
     for id in 1..=100u64 {
         let mut req = classifyd::client::classify_request(vec![text(long.clone())], logits_opts());
         req.id = id;
-        bytes.extend(classifyd::frame::encode(&req.encode_to_vec()));
+        bytes.extend(classifyd::wire::frame::encode(&req.encode_to_vec()));
     }
     let mut s = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(120)))

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use classifyd::client::text;
-use classifyd::protocol::pb;
+use classifyd::wire::protocol::pb;
 
 use crate::harness::*;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use classifyd::client::quic::{QuicClient, QuicClientConfig};
 use classifyd::client::{text, Client};
-use classifyd::protocol::pb;
+use classifyd::wire::protocol::pb;
 use prost::Message;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -284,19 +284,17 @@ fn quic_refuses_another_ca_s_client_an_expired_certificate_and_a_wrong_alpn() {
 
     // A client speaking another application protocol over the same TLS.
     let alpn = rt.block_on(async {
-        let mut tls =
-            rustls::ClientConfig::builder_with_provider(classifyd::transport::tls::provider())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_root_certificates(
-                    classifyd::transport::tls::load_roots("ca", &pki.path("ca.pem")).unwrap(),
-                )
-                .with_client_auth_cert(
-                    classifyd::transport::tls::load_certs("client", &pki.path("client.pem"))
-                        .unwrap(),
-                    classifyd::transport::tls::load_key(&pki.path("client-key.pem")).unwrap(),
-                )
-                .unwrap();
+        let mut tls = rustls::ClientConfig::builder_with_provider(classifyd::wire::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(
+                classifyd::wire::tls::load_roots("ca", &pki.path("ca.pem")).unwrap(),
+            )
+            .with_client_auth_cert(
+                classifyd::wire::tls::load_certs("client", &pki.path("client.pem")).unwrap(),
+                classifyd::wire::tls::load_key(&pki.path("client-key.pem")).unwrap(),
+            )
+            .unwrap();
         tls.alpn_protocols = vec![b"h3".to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -417,7 +415,7 @@ fn a_slow_drip_quic_stream_is_reset_and_its_connection_still_served() {
     );
     let rt = runtime();
     rt.block_on(async {
-        let config = classifyd::transport::tls::client_config(
+        let config = classifyd::wire::tls::client_config(
             &pki.path("ca.pem"),
             Some(&pki.path("client.pem")),
             Some(&pki.path("client-key.pem")),
@@ -450,13 +448,13 @@ fn a_slow_drip_quic_stream_is_reset_and_its_connection_still_served() {
 
         // Meanwhile another request on the same connection is answered.
         let request = pb::Request {
-            version: classifyd::protocol::VERSION,
+            version: classifyd::wire::protocol::VERSION,
             id: 7,
             body: Some(pb::request::Body::Info(pb::InfoRequest {})),
         };
         let (mut send2, mut recv2) = conn.open_bi().await.unwrap();
         send2
-            .write_all(&classifyd::frame::encode(&request.encode_to_vec()))
+            .write_all(&classifyd::wire::frame::encode(&request.encode_to_vec()))
             .await
             .unwrap();
         send2.finish().unwrap();
@@ -471,14 +469,14 @@ fn a_slow_drip_quic_stream_is_reset_and_its_connection_still_served() {
         assert!(sent < 100, "the frame was never completed ({sent} bytes)");
         match end {
             Some(quinn::WriteError::Stopped(code)) => {
-                assert_eq!(code, classifyd::transport::quic::STREAM_FRAME_TIMEOUT)
+                assert_eq!(code, classifyd::serve::quic::STREAM_FRAME_TIMEOUT)
             }
             other => panic!("the drip ended with {other:?}"),
         }
         // The connection itself is fine.
         let (mut send3, mut recv3) = conn.open_bi().await.unwrap();
         send3
-            .write_all(&classifyd::frame::encode(&request.encode_to_vec()))
+            .write_all(&classifyd::wire::frame::encode(&request.encode_to_vec()))
             .await
             .unwrap();
         send3.finish().unwrap();

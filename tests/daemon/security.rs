@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use classifyd::client::quic::{QuicClient, QuicClientConfig};
 use classifyd::client::{text, Client};
-use classifyd::protocol::pb;
+use classifyd::wire::protocol::pb;
 
 use crate::harness::*;
 
@@ -134,7 +134,7 @@ fn private_key_material_never_reaches_the_log() {
         for line in pem.lines().filter(|l| !l.starts_with("-----")) {
             assert!(!log.contains(line), "{key}: PEM line {line:?} in the log");
         }
-        let der = classifyd::transport::tls::load_key(&pki.path().join(key)).unwrap();
+        let der = classifyd::wire::tls::load_key(&pki.path().join(key)).unwrap();
         // The private scalar sits past the PKCS#8 and algorithm headers, which are the same
         // in every P-256 key.
         let secret = &der.secret_der()[36..60];

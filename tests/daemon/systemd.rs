@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use classifyd::client::text;
-use classifyd::protocol::pb;
+use classifyd::wire::protocol::pb;
 
 use crate::harness::*;
 

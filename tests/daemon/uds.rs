@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use classifyd::client::{text, Client, UnixClient};
-use classifyd::protocol::pb;
+use classifyd::wire::protocol::pb;
 
 use crate::harness::*;
 

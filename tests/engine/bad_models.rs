@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Command;
 
 use candle_core::DType;
+use classifyd::engine::tokenize::Input;
 use classifyd::engine::{DTypeChoice, DeviceChoice, Engine};
-use classifyd::tokenize::Input;
 use serde_json::Value;
 
 use crate::helpers::*;

@@ -2,7 +2,7 @@
 //! (golden logits written by scripts/train_default_model.py).
 
 use candle_core::DType;
-use classifyd::tokenize::{Encoded, Input};
+use classifyd::engine::tokenize::{Encoded, Input};
 
 use crate::helpers::*;
 

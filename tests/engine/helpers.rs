@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use candle_core::DType;
+use classifyd::engine::tokenize::Input;
 use classifyd::engine::{DTypeChoice, DeviceChoice, Engine};
-use classifyd::tokenize::Input;
 use serde_json::Value;
 
 pub use crate::common::*;

@@ -2,7 +2,7 @@
 //! one text at a time and in one padded batch, in F32; F16 and BF16 finite with F32's argmax.
 
 use candle_core::DType;
-use classifyd::tokenize::Encoded;
+use classifyd::engine::tokenize::Encoded;
 
 use crate::helpers::*;
 

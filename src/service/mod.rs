@@ -1,6 +1,9 @@
 //! One request, start to finish: decode → validate → tokenize → queue → (worker) → reply.
 //! Every path returns exactly one encoded response; nothing here fails or panics on input.
 
+pub mod metrics;
+pub mod tokenize_pool;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -10,10 +13,11 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::engine::Engine;
-use crate::metrics::Metrics;
-use crate::protocol::{self, pb, RequestLimits};
-use crate::queue::{Job, JobError, Priority, Scheduler, Stats, SubmitError};
-use crate::tokenize_pool::{TokenizeError, TokenizePool};
+use crate::sched::queue::{Job, JobError, Priority, Stats, SubmitError};
+use crate::sched::Scheduler;
+use crate::service::metrics::{Metrics, ModelLabels};
+use crate::service::tokenize_pool::{TokenizeError, TokenizePool};
+use crate::wire::protocol::{self, pb, RequestLimits};
 
 /// The model that answers, as responses name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +25,20 @@ pub struct ModelIdentity {
     pub name: String,
     /// Changes whenever the weight files change: their sizes and modification times.
     pub revision: String,
+}
+
+impl Model {
+    /// The labels of the model serving requests.
+    pub fn labels(&self) -> ModelLabels {
+        let info = self.engine.info();
+        ModelLabels {
+            model: self.identity.name.clone(),
+            revision: self.identity.revision.clone(),
+            device: info.device.clone(),
+            dtype: info.compute_dtype.clone(),
+            architecture: info.architecture.clone(),
+        }
+    }
 }
 
 impl ModelIdentity {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::MmapedSafetensors;
 use serde_json::Value;
 
-use crate::error::LoadError;
+use crate::engine::error::LoadError;
 
 /// How scores are derived from logits; transformers' `problem_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,13 +324,13 @@ impl ModelDir {
             // header checks refuse a file whose data does not fit it.
             unsafe { MmapedSafetensors::new(path) }.map_err(|e| LoadError::Weights {
                 path: path.clone(),
-                message: crate::error::one_line(&e),
+                message: crate::engine::error::one_line(&e),
             })?;
         }
         // SAFETY: as above.
         unsafe { MmapedSafetensors::multi(&self.weight_files) }.map_err(|e| LoadError::Weights {
             path: self.root.clone(),
-            message: crate::error::one_line(&e),
+            message: crate::engine::error::one_line(&e),
         })
     }
 }

@@ -1,24 +1,25 @@
 //! The one thread that owns the engine: pick a batch, run its forward passes most urgent first,
 //! and answer each job as soon as its own rows are done.
 //!
-//! One thread per lane (see [`crate::queue`]): within a lane one pass at a time, because a
+//! One thread per lane (see [`crate::sched::queue`]): within a lane one pass at a time, because a
 //! forward pass already uses every core (or the whole GPU) and two side by side would only make
 //! both slower. The bulk lane's passes run on a thread pool of their own at background
-//! priority ([`crate::priority`]), so when both lanes compute, the kernel gives the fast lane
+//! priority ([`crate::sched::priority`]), so when both lanes compute, the kernel gives the fast lane
 //! nearly all of the cores: a short request waits neither for a big one nor, much, beside it.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::batcher::{self, Budget, PassShape, PlanRow};
+use crate::engine::error::EngineError;
+use crate::engine::passes::{self, PassShape, PlanRow};
+use crate::engine::tokenize::Encoded;
 use crate::engine::Engine;
-use crate::error::EngineError;
-use crate::queue::{Job, JobError, JobOutput, Lane, Priority, Queued, Reply, Shared};
-use crate::tokenize::Encoded;
+use crate::sched::batch::Budget;
+use crate::sched::hooks;
+use crate::sched::queue::{Job, JobError, JobOutput, Lane, Priority, Queued, Reply, Shared};
 
 /// Starts both lanes' engine threads.
 pub(crate) fn spawn(engine: Arc<Engine>, shared: Arc<Shared>) -> std::io::Result<()> {
@@ -29,11 +30,12 @@ pub(crate) fn spawn(engine: Arc<Engine>, shared: Arc<Shared>) -> std::io::Result
             let _exit = ExitGuard(&s, Lane::Fast);
             run(&e, &s, Lane::Fast, None);
         })?;
-    let pool = crate::priority::background_pool("classifyd-bulk", rayon::current_num_threads())?;
+    let pool =
+        crate::sched::priority::background_pool("classifyd-bulk", rayon::current_num_threads())?;
     thread::Builder::new()
         .name("classifyd-bulk".into())
         .spawn(move || {
-            crate::priority::lower_current_thread();
+            crate::sched::priority::lower_current_thread();
             let _exit = ExitGuard(&shared, Lane::Bulk);
             run(&engine, &shared, Lane::Bulk, Some(&pool));
         })?;
@@ -72,9 +74,7 @@ fn run(engine: &Engine, shared: &Shared, lane: Lane, pool: Option<&rayon::Thread
         shared.beat(lane);
         #[cfg(test)]
         shared.gate.pass();
-        if let Some(hooks) = TEST_HOOKS.get() {
-            hooks.hold(shared, lane);
-        }
+        hooks::hold(shared, lane);
         // Counted before any of its jobs is answered, as each pass's rows are (in `run_batch`),
         // so a client holding its answer sees its batch counted.
         let c = &shared.counters;
@@ -140,55 +140,6 @@ fn stall() -> ! {
     }
 }
 
-/// Faults the daemon tests (tests/daemon/faults.rs) inject into a real `classifyd serve`
-/// through hidden flags. Process-wide rather than per scheduler so that they need no plumbing
-/// through the scheduler's configuration and hold across reloads; armed once, by `serve`, only
-/// when one of those flags is given. Never armed in production.
-#[derive(Debug, Default)]
-pub struct TestHooks {
-    /// `--test-fail-batches N`: the next N forward passes panic inside the engine call.
-    pub fail_batches: AtomicU64,
-    /// `--test-hold-batches-while PATH`: a batch the worker has picked waits while PATH exists,
-    /// so a test can keep the engine busy, with work queued behind it, for as long as it needs.
-    pub hold_while: Option<PathBuf>,
-    /// `--test-hold-bulk-while PATH`: the same for the bulk lane alone.
-    pub hold_bulk_while: Option<PathBuf>,
-}
-
-static TEST_HOOKS: OnceLock<TestHooks> = OnceLock::new();
-
-/// Arms the test hooks for the rest of the process; a second call is ignored.
-pub fn arm_test_hooks(hooks: TestHooks) {
-    if TEST_HOOKS.set(hooks).is_ok() {
-        tracing::warn!("test hooks armed: {:?}", TEST_HOOKS.get());
-    }
-}
-
-impl TestHooks {
-    fn take_failure(&self) -> bool {
-        self.fail_batches
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
-    }
-
-    fn hold(&self, shared: &Shared, lane: Lane) {
-        let bulk = self.hold_bulk_while.as_ref().filter(|_| lane == Lane::Bulk);
-        let Some(path) = self.hold_while.iter().chain(bulk).find(|p| p.exists()) else {
-            return;
-        };
-        // Tests wait for this line to know the batch has left the queue.
-        tracing::warn!(
-            "test hook: holding a batch ({lane:?} lane) while {} exists",
-            path.display()
-        );
-        while path.exists() {
-            // Held, not hung: the watchdog keeps being fed.
-            shared.beat(lane);
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
 /// Where a job stands while its batch runs.
 struct Progress {
     job: Job,
@@ -206,7 +157,7 @@ impl Progress {
     }
 }
 
-/// Runs one batch as [`batcher::passes`] cuts it, answering each job the moment its last row
+/// Runs one batch as [`passes::passes`] cuts it, answering each job the moment its last row
 /// is computed. Returns (rows, padded tokens) over all passes.
 fn run_batch(
     engine: &Engine,
@@ -248,7 +199,7 @@ fn run_batch(
             urgency: rank[j],
         })
         .collect();
-    let passes = batcher::passes(&plan, shape, |n, l| engine.attention_bytes(n, l));
+    let passes = passes::passes(&plan, shape, |n, l| engine.attention_bytes(n, l));
     let mut jobs: Vec<Progress> = batch
         .into_iter()
         .map(|q| Progress {
@@ -346,7 +297,7 @@ fn finish(shared: &Shared, p: &mut Progress, answer: Result<JobOutput, JobError>
 fn forward(engine: &Engine, inputs: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError> {
     let rows = inputs.len();
     panic::catch_unwind(AssertUnwindSafe(|| {
-        if TEST_HOOKS.get().is_some_and(TestHooks::take_failure) {
+        if hooks::take_failure() {
             panic!("test hook: this forward pass fails (--test-fail-batches)");
         }
         engine.logits_padded(inputs)
@@ -372,68 +323,13 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("unknown panic")
 }
 
-/// Lets tests hold the worker between picking a batch and computing it, so "while the worker is
-/// busy" is a state they can reach without sleeps.
-#[cfg(test)]
-pub(crate) struct Gate {
-    /// (batches allowed through, batches picked so far); `usize::MAX` permits means open.
-    state: std::sync::Mutex<(usize, usize)>,
-    cv: std::sync::Condvar,
-}
-
-#[cfg(test)]
-impl Default for Gate {
-    fn default() -> Self {
-        Self {
-            state: std::sync::Mutex::new((usize::MAX, 0)),
-            cv: std::sync::Condvar::new(),
-        }
-    }
-}
-
-#[cfg(test)]
-impl Gate {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, usize)> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-    fn pass(&self) {
-        let mut g = self.lock();
-        g.1 += 1;
-        self.cv.notify_all();
-        while g.0 == 0 {
-            g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
-        }
-        if g.0 != usize::MAX {
-            g.0 -= 1;
-        }
-    }
-    pub fn shut(&self) {
-        self.lock().0 = 0;
-    }
-    pub fn open(&self) {
-        self.lock().0 = usize::MAX;
-        self.cv.notify_all();
-    }
-    /// Lets exactly one more batch through.
-    pub fn step(&self) {
-        self.lock().0 += 1;
-        self.cv.notify_all();
-    }
-    /// Waits until the worker has picked its `n`th batch.
-    pub fn wait_batches(&self, n: usize) {
-        let mut g = self.lock();
-        while g.1 < n {
-            g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::engine::tokenize::Input;
     use crate::engine::{DTypeChoice, DeviceChoice};
-    use crate::queue::{Job, Priority, Scheduler, SchedulerConfig};
-    use crate::tokenize::Input;
+    use crate::sched::queue::{Job, Priority, SchedulerConfig};
+    use crate::sched::Scheduler;
     use std::path::Path;
 
     pub fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -3,8 +3,8 @@
 
 use prost::Message;
 
+use crate::engine::tokenize::Input;
 use crate::engine::Prediction;
-use crate::tokenize::Input;
 
 /// Generated from proto/classifyd.proto.
 pub mod pb {

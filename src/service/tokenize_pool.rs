@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::engine::error::InputError;
+use crate::engine::tokenize::{Encoded, Input};
 use crate::engine::Engine;
-use crate::error::InputError;
-use crate::tokenize::{Encoded, Input};
 
 /// Why a request's inputs were not tokenized.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ impl TokenizePool {
         let budget = budget.clamp(1, Semaphore::MAX_PERMITS);
         Ok(Self {
             pool,
-            bulk_pool: crate::priority::background_pool("classifyd-tokenize-bulk", threads)?,
+            bulk_pool: crate::sched::priority::background_pool("classifyd-tokenize-bulk", threads)?,
             bulk_bytes,
             permits: Arc::new(Semaphore::new(budget)),
             budget,
@@ -141,7 +141,7 @@ fn input_bytes(input: &Input) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::tests::{block_on, engine};
+    use crate::sched::worker::tests::{block_on, engine};
 
     #[test]
     fn encodes_like_the_engine_off_the_calling_thread_and_names_a_bad_input() {

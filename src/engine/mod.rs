@@ -3,14 +3,21 @@
 //! The engine is synchronous and owns its device. The daemon runs it on a dedicated thread;
 //! the CLI calls it directly.
 
+pub mod error;
+pub mod heap;
+pub mod loader;
+pub mod passes;
+pub mod tokenize;
+
 use std::path::Path;
 use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::error::{EngineError, InputError, LoadError};
-use crate::loader::{weight_summary, HeadConfig, ModelDir, ProblemType};
+use crate::engine::error::{EngineError, InputError, LoadError};
+use crate::engine::loader::{weight_summary, HeadConfig, ModelDir, ProblemType};
+use crate::engine::tokenize::{Encoded, Input, TextTokenizer};
 use crate::model::{
     bert::{Bert, EncoderConfig},
     deberta::DebertaV2,
@@ -20,7 +27,6 @@ use crate::model::{
     roberta::Roberta,
     Batch, SequenceClassifier,
 };
-use crate::tokenize::{Encoded, Input, TextTokenizer};
 
 /// The architectures (`architectures[0]` in config.json) this build can serve.
 pub const SUPPORTED: &[&str] = &[
@@ -58,6 +64,16 @@ impl FromStr for DeviceChoice {
     }
 }
 
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 impl DeviceChoice {
     pub fn open(self) -> Result<Device, LoadError> {
         match self {
@@ -69,7 +85,7 @@ impl DeviceChoice {
                     Ok(Device::new_cuda(0).unwrap_or_else(|e| {
                         tracing::warn!(
                             "--device auto: CUDA failed to initialise ({}); using the CPU",
-                            cuda_open_error(crate::error::one_line(&e))
+                            cuda_open_error(crate::engine::error::one_line(&e))
                         );
                         Device::Cpu
                     }))
@@ -86,7 +102,7 @@ impl DeviceChoice {
                 }
                 Device::new_cuda(n).map_err(|e| LoadError::Device {
                     device: format!("cuda:{n}"),
-                    message: cuda_open_error(crate::error::one_line(&e)),
+                    message: cuda_open_error(crate::engine::error::one_line(&e)),
                 })
             }
         }
@@ -147,6 +163,17 @@ impl FromStr for DTypeChoice {
     }
 }
 
+impl std::fmt::Display for DTypeChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DTypeChoice::Auto => "auto",
+            DTypeChoice::Fixed(DType::F16) => "f16",
+            DTypeChoice::Fixed(DType::BF16) => "bf16",
+            DTypeChoice::Fixed(_) => "f32",
+        })
+    }
+}
+
 impl DTypeChoice {
     /// F32 on CPU (no f16 arithmetic in AVX2), F16 on CUDA.
     pub fn resolve(self, device: &Device) -> DType {
@@ -200,7 +227,7 @@ struct ReleaseOnDrop;
 
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
-        crate::heap::trim();
+        crate::engine::heap::trim();
     }
 }
 
@@ -226,7 +253,7 @@ fn build_model(dir: &ModelDir, vb: VarBuilder) -> Result<Box<dyn SequenceClassif
         } else {
             dir.root.clone()
         },
-        message: crate::error::one_line(&e),
+        message: crate::engine::error::one_line(&e),
     };
     let model: Box<dyn SequenceClassifier> = match dir.head.architecture.as_str() {
         "BertForSequenceClassification" => {
@@ -272,7 +299,7 @@ fn build_model(dir: &ModelDir, vb: VarBuilder) -> Result<Box<dyn SequenceClassif
 impl Engine {
     /// Loads the model directory onto the chosen device in the chosen compute dtype.
     pub fn load(root: &Path, device: DeviceChoice, dtype: DTypeChoice) -> Result<Self, LoadError> {
-        let _weights_apart = crate::heap::Phase::load();
+        let _weights_apart = crate::engine::heap::Phase::load();
         let dir = ModelDir::open(root)?;
         if !SUPPORTED.contains(&dir.head.architecture.as_str()) {
             return Err(LoadError::UnknownArchitecture {
@@ -366,7 +393,7 @@ impl Engine {
     }
 
     /// Logits for each input, as f32 on the host, in as many passes as
-    /// [`crate::batcher::passes`] cuts them into under the default limits.
+    /// [`crate::engine::passes::passes`] cuts them into under the default limits.
     ///
     /// On the CPU, inputs of different lengths are not padded into one batch: each group of
     /// equal length runs as its own forward pass. Padding is pure waste there (the packed
@@ -376,16 +403,16 @@ impl Engine {
     /// formed, was drained *slower* by batching. On a GPU padding is cheap and batching is the
     /// point, so rows share padded passes there, bucketed by length.
     pub fn logits(&self, inputs: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let shape = crate::queue::SchedulerConfig::default().pass_shape(self.pads_batches());
-        let plan: Vec<crate::batcher::PlanRow> = inputs
+        let shape = crate::engine::passes::PassShape::default_for(self.pads_batches());
+        let plan: Vec<crate::engine::passes::PlanRow> = inputs
             .iter()
-            .map(|e| crate::batcher::PlanRow {
+            .map(|e| crate::engine::passes::PlanRow {
                 len: e.len(),
                 urgency: 0,
             })
             .collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); inputs.len()];
-        for pass in crate::batcher::passes(&plan, shape, |n, l| self.attention_bytes(n, l)) {
+        for pass in crate::engine::passes::passes(&plan, shape, |n, l| self.attention_bytes(n, l)) {
             let rows: Vec<&Encoded> = pass.iter().map(|&i| inputs[i]).collect();
             for (&i, l) in pass.iter().zip(self.logits_padded(&rows)?) {
                 out[i] = l;

@@ -16,11 +16,11 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::ConnectionLimits;
-use crate::frame::{self, FrameError};
-use crate::metrics::Transport;
-use crate::protocol::{self, pb};
+use crate::serve::limits::ConnectionLimits;
+use crate::service::metrics::Transport;
 use crate::service::Service;
+use crate::wire::frame::{self, FrameError};
+use crate::wire::protocol::{self, pb};
 
 /// Who may connect, and how the socket file is published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

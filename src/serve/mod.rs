@@ -1,62 +1,38 @@
 //! The daemon's life: load → warm up → bind → ready → serve → (signal) → drain → exit.
 
+pub mod config;
+pub mod http;
+pub mod limits;
+pub mod quic;
+pub mod systemd;
+pub mod unix;
+
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::engine::error::LoadError;
+use crate::engine::tokenize::Input;
 use crate::engine::{DTypeChoice, DeviceChoice, Engine};
-use crate::error::LoadError;
-use crate::metrics::{self, Metrics, ModelLabels};
-use crate::protocol::RequestLimits;
-use crate::queue::{Scheduler, SchedulerConfig};
+use crate::sched::queue::SchedulerConfig;
+use crate::sched::Scheduler;
+use crate::service::metrics::Metrics;
+use crate::service::tokenize_pool::TokenizePool;
 use crate::service::{Model, ModelIdentity, Service};
-use crate::systemd;
-use crate::tokenize::Input;
-use crate::tokenize_pool::TokenizePool;
-use crate::transport::{self, unix::UnixOptions, ConnectionLimits};
-
-/// QUIC listener settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuicOptions {
-    pub listen: SocketAddr,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
-    pub allow_anonymous_loopback: bool,
-}
-
-/// Everything `serve` needs, validated.
-#[derive(Debug, Clone)]
-pub struct ServeConfig {
-    pub model: PathBuf,
-    /// The config file `model` was read from (no `--model` flag given); a reload reads the
-    /// model path from it again.
-    pub model_from_file: Option<PathBuf>,
-    pub device: DeviceChoice,
-    pub dtype: DTypeChoice,
-    pub unix: Option<UnixOptions>,
-    pub quic: Option<QuicOptions>,
-    pub connections: ConnectionLimits,
-    pub requests: RequestLimits,
-    pub scheduler: SchedulerConfig,
-    /// How long in-flight requests may take to finish after a stop signal before they are
-    /// answered UNAVAILABLE.
-    pub drain_timeout: Duration,
-    /// Loopback HTTP listener for Prometheus metrics and health probes; off when `None`.
-    pub metrics_addr: Option<SocketAddr>,
-}
+pub use config::ServeConfig;
+pub use limits::ConnectionLimits;
+pub use quic::QuicOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
-    Bind(#[from] transport::unix::BindError),
+    Bind(#[from] unix::BindError),
     #[error("quic: {0}")]
     Quic(String),
     #[error("{0}")]
@@ -102,13 +78,13 @@ async fn load_warm(
     max_batch: usize,
 ) -> Result<(Engine, usize), ServerError> {
     tokio::task::spawn_blocking(move || -> Result<(Engine, usize), ServerError> {
-        let warming = crate::heap::Phase::warm_up();
+        let warming = crate::engine::heap::Phase::warm_up();
         let engine = Engine::load(&model, device, dtype)?;
         let runs = warm_up(&engine, max_batch)?;
         drop(warming);
         // Loading and warming up free more than they keep: hand it back now, not at the next
         // reload (see `heap`).
-        crate::heap::trim();
+        crate::engine::heap::trim();
         Ok((engine, runs))
     })
     .await
@@ -130,9 +106,9 @@ fn status_line(model: &Model, serving_on: &str) -> String {
 fn reload_model_path(cfg: &ServeConfig) -> Result<PathBuf, String> {
     match &cfg.model_from_file {
         None => Ok(cfg.model.clone()),
-        Some(file) => crate::config::FileConfig::from_path(file)
-            .map_err(|e| format!("{e:#}"))?
-            .model
+        Some(file) => crate::settings::FileValues::from_path(file)
+            .and_then(|f| f.model())
+            .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{}: no model", file.display())),
     }
 }
@@ -218,7 +194,7 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         ));
     }
     if let Some(addr) = cfg.metrics_addr {
-        metrics::check_addr(addr).map_err(ServerError::Config)?;
+        http::check_addr(addr).map_err(ServerError::Config)?;
     }
     let started = Instant::now();
     let (model, device, dtype) = (cfg.model.clone(), cfg.device, cfg.dtype);
@@ -249,7 +225,7 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     let mut service = Service::new(engine, scheduler, cfg.requests, identity.clone(), tokenizer);
     let mut metrics_listener = None;
     if let Some(addr) = cfg.metrics_addr {
-        let m = Arc::new(Metrics::new(ModelLabels::of(&service.model())));
+        let m = Arc::new(Metrics::new(service.model().labels()));
         let observer = m.clone();
         service
             .scheduler()
@@ -293,13 +269,13 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
                 (l, false)
             }
             None => {
-                let l = transport::unix::bind(opts)?;
+                let l = unix::bind(opts)?;
                 info!("listening on unix socket {}", opts.path.display());
                 (l, true)
             }
         };
         serving_on.push(opts.path.display().to_string());
-        listeners.spawn(transport::unix::serve(
+        listeners.spawn(unix::serve(
             listener,
             service.clone(),
             opts.clone(),
@@ -309,11 +285,11 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         ));
     }
     if let Some(q) = &cfg.quic {
-        let endpoint = transport::quic::listen(q, &cfg.connections)
-            .map_err(|e| ServerError::Quic(e.to_string()))?;
+        let endpoint =
+            quic::listen(q, &cfg.connections).map_err(|e| ServerError::Quic(e.to_string()))?;
         info!("listening on quic {}", q.listen);
         serving_on.push(format!("quic {}", q.listen));
-        listeners.spawn(transport::quic::serve_service(
+        listeners.spawn(quic::serve_service(
             endpoint,
             service.clone(),
             cfg.connections,
@@ -324,7 +300,7 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         if let Ok(addr) = listener.local_addr() {
             info!("serving metrics on http://{addr}/metrics");
         }
-        listeners.spawn(metrics::serve(listener, m, service.clone(), token.clone()));
+        listeners.spawn(http::serve(listener, m, service.clone(), token.clone()));
     }
     service.set_ready(true);
     let model = service.model();

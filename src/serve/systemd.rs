@@ -15,7 +15,7 @@ use sd_notify::NotifyState;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::queue::Scheduler;
+use crate::sched::Scheduler;
 
 /// How often `STATUS=` is refreshed with the request rate.
 const STATUS_EVERY: Duration = Duration::from_secs(5);

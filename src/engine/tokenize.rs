@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::error::{InputError, LoadError};
+use crate::engine::error::{InputError, LoadError};
 
 /// One thing to classify.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -277,7 +277,7 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::tls::{load_certs, load_roots, provider};
+    use crate::wire::tls::{load_certs, load_roots, provider};
     use rustls::client::danger::ServerCertVerifier;
     use rustls::client::WebPkiServerVerifier;
     use rustls::server::WebPkiClientVerifier;

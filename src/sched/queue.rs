@@ -2,7 +2,7 @@
 //! priorities, deadlines and cancellation.
 //!
 //! Handlers never block: `submit` takes a std mutex for a few pointer moves and hands back a
-//! oneshot receiver. Each worker (see [`crate::worker`]) sleeps on its own condvar while its
+//! oneshot receiver. Each worker (see [`crate::sched::worker`]) sleeps on its own condvar while its
 //! lane has nothing to do, so an idle worker starts a job the moment it is submitted.
 //!
 //! Two lanes share the queue and its capacity: [`Lane::Fast`] for ordinary requests and
@@ -13,18 +13,17 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
-use crate::batcher::{Budget, Candidate, Index, PassShape};
-use crate::engine::Engine;
-use crate::error::EngineError;
-use crate::tokenize::Encoded;
-
-/// The default of [`SchedulerConfig::max_attention_bytes`] (`--max-attention-mib 512`).
-pub const DEFAULT_MAX_ATTENTION_BYTES: usize = 512 << 20;
+use crate::engine::error::EngineError;
+use crate::engine::passes::PassShape;
+use crate::engine::tokenize::Encoded;
+pub use crate::sched::batch::Priority;
+use crate::sched::batch::{Budget, Candidate, Index};
+use crate::settings::Settings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -68,18 +67,27 @@ impl SchedulerConfig {
     }
 }
 
-impl Default for SchedulerConfig {
-    /// Sized for a CPU: larger batches only add latency once the cores are saturated.
-    fn default() -> Self {
-        Self {
-            queue_capacity: 256,
-            max_batch_tokens: 8192,
-            max_batch_size: 32,
-            max_attention_bytes: DEFAULT_MAX_ATTENTION_BYTES,
-            bulk_tokens: 8192 / 4,
+impl SchedulerConfig {
+    /// The scheduler's limits under `s`.
+    pub fn of(s: &Settings) -> SchedulerConfig {
+        SchedulerConfig {
+            queue_capacity: s.queue_capacity.max(1),
+            max_batch_tokens: s.max_batch_tokens.max(1),
+            // A job of more than a quarter of a full pass is bulk work.
+            bulk_tokens: (s.max_batch_tokens / 4).max(1),
+            max_batch_size: s.max_batch_size.max(1),
+            max_attention_bytes: s.max_attention_mib.max(1).saturating_mul(1 << 20),
             idle_heartbeat: Duration::from_secs(1),
             stall_worker_after: None,
         }
+    }
+}
+
+impl Default for SchedulerConfig {
+    /// The limits at the default settings, sized for a CPU: larger batches only add latency
+    /// once the cores are saturated.
+    fn default() -> Self {
+        SchedulerConfig::of(&Settings::defaults())
     }
 }
 
@@ -101,12 +109,6 @@ impl Lane {
             Lane::Fast
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    Normal,
-    High,
 }
 
 /// One request's rows; they always run in the same forward pass.
@@ -214,7 +216,7 @@ impl State {
         self.index[lane as usize].len()
     }
 
-    fn push(&mut self, job: Job, reply: Reply, now: Instant, lane: Lane) {
+    pub(crate) fn push(&mut self, job: Job, reply: Reply, now: Instant, lane: Lane) {
         let arrival = self.next_arrival;
         self.next_arrival += 1;
         let q = Queued {
@@ -256,7 +258,7 @@ impl State {
 
     /// Removes jobs nobody waits for any more. O(n): run only when the queue is full, where it
     /// keeps dead entries from turning live requests away.
-    fn sweep_cancelled(&mut self, counters: &Counters) {
+    pub(crate) fn sweep_cancelled(&mut self, counters: &Counters) {
         let gone: Vec<u64> = self
             .jobs
             .values()
@@ -269,7 +271,7 @@ impl State {
         }
     }
 
-    /// Takes the next batch out of the queue (see [`crate::batcher`]); jobs it meets whose
+    /// Takes the next batch out of the queue (see [`crate::sched::batch`]); jobs it meets whose
     /// clients have gone are dropped on the way and counted as cancelled.
     pub fn pick(&mut self, lane: Lane, budget: Budget, counters: &Counters) -> Vec<Queued> {
         let mut gone = Vec::new();
@@ -329,7 +331,7 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    fn snapshot(&self) -> Stats {
+    pub(crate) fn snapshot(&self) -> Stats {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             batches: r(&self.batches),
@@ -363,7 +365,7 @@ pub(crate) struct Shared {
     /// Told about every forward pass, on the engine thread (see [`Scheduler::observe_batches`]).
     pub observer: OnceLock<BatchObserver>,
     #[cfg(test)]
-    pub gate: crate::worker::Gate,
+    pub gate: crate::sched::hooks::Gate,
 }
 
 /// Called with (rows, padded tokens) after each forward pass; must be cheap.
@@ -410,178 +412,11 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Closes the queue when the last `Scheduler` clone goes, so the worker finishes what is queued
-/// and exits instead of sleeping forever.
-struct Handle(Arc<Shared>);
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
-#[derive(Clone)]
-pub struct Scheduler {
-    inner: Arc<Handle>,
-}
-
-impl Scheduler {
-    /// Spawns the engine thread. If the OS refuses a thread the scheduler starts closed, so
-    /// every submit answers `ShuttingDown` instead of hanging; [`Scheduler::try_start`] reports it.
-    pub fn start(engine: Arc<Engine>, cfg: SchedulerConfig) -> Scheduler {
-        let (s, shared) = Self::unstarted(cfg);
-        if let Err(e) = crate::worker::spawn(engine, shared) {
-            tracing::error!("cannot spawn the engine thread: {e}");
-            s.close();
-        }
-        s
-    }
-
-    /// Like [`Scheduler::start`], but fails when the engine thread cannot be spawned.
-    pub fn try_start(engine: Arc<Engine>, cfg: SchedulerConfig) -> std::io::Result<Scheduler> {
-        let (s, shared) = Self::unstarted(cfg);
-        crate::worker::spawn(engine, shared)?;
-        Ok(s)
-    }
-
-    fn unstarted(cfg: SchedulerConfig) -> (Scheduler, Arc<Shared>) {
-        let shared = Arc::new(Shared {
-            cfg,
-            state: Mutex::new(State::default()),
-            counters: Counters::default(),
-            work: Default::default(),
-            idle: Notify::new(),
-            epoch: Instant::now(),
-            heartbeat_ms: Default::default(),
-            observer: OnceLock::new(),
-            #[cfg(test)]
-            gate: Default::default(),
-        });
-        let s = Scheduler {
-            inner: Arc::new(Handle(shared.clone())),
-        };
-        (s, shared)
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.inner.0
-    }
-
-    pub fn submit(
-        &self,
-        job: Job,
-    ) -> Result<oneshot::Receiver<Result<JobOutput, JobError>>, SubmitError> {
-        let shared = self.shared();
-        let (reply, rx) = oneshot::channel();
-        let now = Instant::now();
-        let mut st = shared.lock();
-        if st.closed {
-            return Err(SubmitError::ShuttingDown);
-        }
-        if job.inputs.is_empty() {
-            // Nothing to compute; a zero-row pass would only skew the batch stats.
-            let _ = reply.send(Ok(JobOutput {
-                logits: Vec::new(),
-                queue_us: 0,
-                inference_us: 0,
-                batch_size: 0,
-            }));
-            return Ok(rx);
-        }
-        if st.len() >= shared.cfg.queue_capacity {
-            // Dead entries should not turn live requests away.
-            for lane in Lane::ALL {
-                st.expire(lane, now, &shared.counters);
-            }
-            st.sweep_cancelled(&shared.counters);
-        }
-        if st.len() >= shared.cfg.queue_capacity {
-            shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-            return Err(SubmitError::Overloaded {
-                capacity: shared.cfg.queue_capacity,
-            });
-        }
-        let tokens = job.inputs.iter().map(Encoded::len).sum();
-        let lane = Lane::of(tokens, &shared.cfg);
-        st.push(job, reply, now, lane);
-        shared.counters.queued.store(st.len(), Ordering::Relaxed);
-        drop(st);
-        shared.work[lane as usize].notify_one();
-        Ok(rx)
-    }
-
-    /// Installs the one observer of forward passes (metrics); later calls are ignored.
-    pub fn observe_batches(&self, observer: BatchObserver) {
-        let _ = self.shared().observer.set(observer);
-    }
-
-    /// The limits this scheduler was started with.
-    pub fn config(&self) -> SchedulerConfig {
-        self.shared().cfg
-    }
-
-    /// Counts since start; read from atomics, without the queue lock.
-    pub fn stats(&self) -> Stats {
-        self.shared().counters.snapshot()
-    }
-
-    /// How long ago the engine thread last showed it was alive. An idle worker beats every
-    /// [`SchedulerConfig::idle_heartbeat`], a busy one before and after each forward pass, so a
-    /// large age means a hung forward pass (or device) or a wedged worker. The systemd watchdog
-    /// ([`crate::systemd`]) is fed only while this stays small.
-    pub fn heartbeat_age(&self) -> Duration {
-        self.shared().heartbeat_age()
-    }
-
-    /// Refuses new jobs; queued ones still run. Idempotent.
-    pub fn close(&self) {
-        self.shared().close();
-    }
-
-    /// Resolves once closed, with nothing queued and nothing computing.
-    pub async fn drained(&self) {
-        let shared = self.shared();
-        loop {
-            let notified = shared.idle.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a notification between check and await is kept.
-            notified.as_mut().enable();
-            {
-                let st = shared.lock();
-                if st.closed && st.is_empty() && !shared.counters.any_busy() {
-                    return;
-                }
-            }
-            notified.await;
-        }
-    }
-
-    /// Answers every job still waiting with `ShuttingDown`; the batch being computed finishes.
-    /// Does not close the queue by itself.
-    pub fn abort_queued(&self) {
-        let shared = self.shared();
-        let aborted: Vec<Queued> = {
-            let mut st = shared.lock();
-            let all = st.drain_all();
-            shared.counters.queued.store(0, Ordering::Relaxed);
-            all
-        };
-        for q in aborted {
-            let _ = q.reply.send(Err(JobError::ShuttingDown));
-        }
-        shared.idle.notify_waiters();
-    }
-
-    #[cfg(test)]
-    pub(crate) fn gate(&self) -> &crate::worker::Gate {
-        &self.shared().gate
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::tests::{block_on, encode, engine, held, job, Rx};
+    use crate::sched::worker::tests::{block_on, encode, engine, held, job, Rx};
+    use crate::sched::Scheduler;
     use futures::FutureExt;
 
     #[test]

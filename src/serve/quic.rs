@@ -1,15 +1,17 @@
 //! The QUIC listener: one bidirectional stream per request.
 //!
-//! A client opens a stream, writes one length-prefixed request (see [`crate::frame`]) and
+//! A client opens a stream, writes one length-prefixed request (see [`crate::wire::frame`]) and
 //! finishes its side; the server answers with one length-prefixed response and finishes its
 //! side. Streams run concurrently, so a slow request never holds up another; QUIC's stream limit
 //! (`max_streams_per_connection`) bounds the requests in flight per connection, and a
 //! listener-wide byte budget (`max_receive_bytes`) what all connections together are sending.
 //!
-//! TLS (mTLS, ALPN, no 0-RTT) is configured in [`super::tls`].
+//! TLS (mTLS, ALPN, no 0-RTT) is configured in [`crate::wire::tls`]; the stream and close codes
+//! both ends use are in [`crate::wire::quic`].
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,9 +22,24 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use super::tls::TlsError;
-use crate::frame::{encode, PREFIX_LEN};
-use crate::metrics::OpenConnection;
+use crate::serve::limits::ConnectionLimits;
+use crate::service::metrics::OpenConnection;
+use crate::wire::frame::{encode, PREFIX_LEN};
+use crate::wire::quic::{
+    read_exact, read_prefix, FrameReadError, QuicLimits, CLOSE_IDLE, CLOSE_SHUTDOWN,
+    STREAM_FRAME_TIMEOUT, STREAM_FRAME_TOO_LARGE, STREAM_OVERLOADED, STREAM_TRUNCATED,
+};
+use crate::wire::tls::TlsError;
+
+/// QUIC listener settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicOptions {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub allow_anonymous_loopback: bool,
+}
 
 /// Answers one request. `payload` is one encoded request message without its length prefix;
 /// the result is one encoded response message without its prefix. Never fails: errors are
@@ -37,64 +54,16 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The answer to a request refused unread because the listener's receive budget is spent.
     fn refused_busy(&self, message: String) -> Vec<u8> {
-        crate::protocol::status_response(0, crate::protocol::pb::Status::Overloaded, message)
+        crate::wire::protocol::status_response(
+            0,
+            crate::wire::protocol::pb::Status::Overloaded,
+            message,
+        )
     }
 }
 
-/// Application close code: the client is done with the connection.
-pub const CLOSE_DONE: VarInt = VarInt::from_u32(0);
-/// Application close code: the server is shutting down.
-pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(1);
-/// Application close code: no request for the idle timeout.
-pub const CLOSE_IDLE: VarInt = VarInt::from_u32(2);
-/// Stream error code: the request frame is longer than the server's `max_frame_bytes`, or the
-/// response longer than the client's limit.
-pub const STREAM_FRAME_TOO_LARGE: VarInt = VarInt::from_u32(1);
-/// Stream error code: the peer finished the stream in the middle of a frame.
-pub const STREAM_TRUNCATED: VarInt = VarInt::from_u32(2);
-/// Stream error code: the request frame did not arrive whole within the frame timeout, or the
-/// peer did not take the response within it.
-pub const STREAM_FRAME_TIMEOUT: VarInt = VarInt::from_u32(3);
-/// Stream error code (on the request side only): the listener is receiving its budget of
-/// request bytes; the stream carries an OVERLOADED response instead of reading the request.
-pub const STREAM_OVERLOADED: VarInt = VarInt::from_u32(4);
-
-/// Limits of the QUIC listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuicLimits {
-    /// Connections (handshaking or established); further ones are refused before the handshake.
-    pub max_connections: usize,
-    /// Concurrent bidirectional streams, i.e. requests in flight, per connection. A client
-    /// opening more waits for a slot (QUIC flow control), it is not refused.
-    pub max_streams_per_connection: u32,
-    /// Largest request message accepted, prefix excluded; a longer one resets its stream.
-    pub max_frame_bytes: usize,
-    /// Request bytes received at once over the whole listener (see
-    /// [`super::ConnectionLimits::max_receive_bytes`]).
-    pub max_receive_bytes: usize,
-    /// A connection that receives nothing for this long is closed (QUIC idle timeout), and so
-    /// is one with no request open for this long, even if the peer keeps it alive with pings.
-    pub idle_timeout: Duration,
-    /// A request frame must arrive whole within this long of its stream opening, and the
-    /// response must be taken within this long; else the stream is reset.
-    pub frame_timeout: Duration,
-}
-
-impl Default for QuicLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            max_streams_per_connection: 64,
-            max_frame_bytes: 1 << 20,
-            max_receive_bytes: 128 << 20,
-            idle_timeout: Duration::from_secs(30),
-            frame_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-impl From<super::ConnectionLimits> for QuicLimits {
-    fn from(l: super::ConnectionLimits) -> Self {
+impl From<ConnectionLimits> for QuicLimits {
+    fn from(l: ConnectionLimits) -> Self {
         Self {
             max_connections: l.max_connections,
             max_streams_per_connection: u32::try_from(l.max_in_flight.max(1)).unwrap_or(u32::MAX),
@@ -125,11 +94,8 @@ pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> Result<Endpoint, Q
 }
 
 /// Builds the TLS configuration from the daemon's options and binds: what `serve` needs.
-pub fn listen(
-    opts: &crate::server::QuicOptions,
-    limits: &super::ConnectionLimits,
-) -> Result<Endpoint, QuicError> {
-    let config = super::tls::server_config(
+pub fn listen(opts: &QuicOptions, limits: &ConnectionLimits) -> Result<Endpoint, QuicError> {
+    let config = crate::wire::tls::server_config(
         &opts.cert,
         &opts.key,
         opts.client_ca.as_deref(),
@@ -144,7 +110,7 @@ pub fn listen(
 pub async fn serve_service(
     endpoint: Endpoint,
     service: Arc<crate::service::Service>,
-    limits: super::ConnectionLimits,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
     serve(
@@ -166,15 +132,15 @@ impl Handler for ServiceHandler {
     fn connection_opened(&self) -> Option<OpenConnection> {
         self.0
             .metrics()
-            .map(|m| m.connection_opened(crate::metrics::Transport::Quic))
+            .map(|m| m.connection_opened(crate::service::metrics::Transport::Quic))
     }
 
     fn refused_busy(&self, message: String) -> Vec<u8> {
-        let status = crate::protocol::pb::Status::Overloaded;
+        let status = crate::wire::protocol::pb::Status::Overloaded;
         if let Some(m) = self.0.metrics() {
             m.record(status, None);
         }
-        crate::protocol::status_response(0, status, message)
+        crate::wire::protocol::status_response(0, status, message)
     }
 }
 
@@ -486,53 +452,12 @@ async fn read_request(
     }))
 }
 
-/// Why one frame could not be read from a stream.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum FrameReadError {
-    #[error("frame of {len} bytes exceeds the limit of {max}")]
-    TooLarge { len: usize, max: usize },
-    #[error("stream finished after {read} bytes, in the middle of a frame")]
-    Truncated { read: usize },
-    #[error(transparent)]
-    Read(#[from] quinn::ReadError),
-}
-
-/// Reads one length-prefixed frame, refusing a declared length above `max` before reading it.
-pub(crate) async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Bytes, FrameReadError> {
-    let len = read_prefix(recv, max).await?;
-    let mut body = vec![0u8; len];
-    read_exact(recv, &mut body, PREFIX_LEN).await?;
-    Ok(Bytes::from(body))
-}
-
-/// The declared length of the frame that follows, if it is at most `max`.
-async fn read_prefix(recv: &mut RecvStream, max: usize) -> Result<usize, FrameReadError> {
-    let mut prefix = [0u8; PREFIX_LEN];
-    read_exact(recv, &mut prefix, 0).await?;
-    let len = u32::from_be_bytes(prefix) as usize;
-    if len > max {
-        return Err(FrameReadError::TooLarge { len, max });
-    }
-    Ok(len)
-}
-
-async fn read_exact(
-    recv: &mut RecvStream,
-    buf: &mut [u8],
-    already: usize,
-) -> Result<(), FrameReadError> {
-    recv.read_exact(buf).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(n) => FrameReadError::Truncated { read: already + n },
-        quinn::ReadExactError::ReadError(e) => FrameReadError::Read(e),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cert::{write_dev_pki, DevPki};
     use crate::client::quic::{QuicClient, QuicClientConfig, QuicClientError};
-    use crate::transport::tls::{self, server_config};
+    use crate::wire::cert::{write_dev_pki, DevPki};
+    use crate::wire::tls::{self, server_config};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tempfile::TempDir;
     use tokio::sync::{mpsc, Notify};
@@ -646,7 +571,7 @@ mod tests {
         // Fewer streams than calls: the calls past the limit wait for a stream, none fails.
         let limits = QuicLimits {
             max_streams_per_connection: 8,
-            ..QuicLimits::default()
+            ..QuicLimits::from(ConnectionLimits::default())
         };
         let server = start_mtls(&pki, Arc::default(), limits);
         let client = guard(QuicClient::connect(&client_cfg(&pki, server.addr)))
@@ -687,7 +612,7 @@ mod tests {
         let (_dir, pki) = new_pki();
         let limits = QuicLimits {
             max_frame_bytes: 16,
-            ..QuicLimits::default()
+            ..QuicLimits::from(ConnectionLimits::default())
         };
         let server = start_mtls(&pki, Arc::default(), limits);
         let client = guard(QuicClient::connect(&client_cfg(&pki, server.addr)))
@@ -705,14 +630,14 @@ mod tests {
 
     #[tokio::test]
     async fn quic_receive_budget_answers_overloaded_unread_then_recovers() {
-        use crate::protocol::pb;
+        use crate::wire::protocol::pb;
         use prost::Message;
 
         let (_dir, pki) = new_pki();
         let limits = QuicLimits {
             max_frame_bytes: 64,
             max_receive_bytes: 100,
-            ..QuicLimits::default()
+            ..QuicLimits::from(ConnectionLimits::default())
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
         let echo = Arc::new(Echo {
@@ -759,7 +684,11 @@ mod tests {
     #[tokio::test]
     async fn quic_client_without_certificate_is_refused() {
         let (_dir, pki) = new_pki();
-        let server = start_mtls(&pki, Arc::default(), QuicLimits::default());
+        let server = start_mtls(
+            &pki,
+            Arc::default(),
+            QuicLimits::from(ConnectionLimits::default()),
+        );
         let mut cfg = client_cfg(&pki, server.addr);
         cfg.cert = None;
         cfg.key = None;
@@ -778,7 +707,11 @@ mod tests {
     async fn quic_client_cert_from_another_ca_is_refused() {
         let (_dir, pki) = new_pki();
         let (_other_dir, other) = new_pki();
-        let server = start_mtls(&pki, Arc::default(), QuicLimits::default());
+        let server = start_mtls(
+            &pki,
+            Arc::default(),
+            QuicLimits::from(ConnectionLimits::default()),
+        );
         let mut cfg = client_cfg(&pki, server.addr);
         cfg.cert = Some(other.client.clone());
         cfg.key = Some(other.client_key.clone());
@@ -796,7 +729,11 @@ mod tests {
     #[tokio::test]
     async fn quic_wrong_alpn_is_refused() {
         let (_dir, pki) = new_pki();
-        let server = start_mtls(&pki, Arc::default(), QuicLimits::default());
+        let server = start_mtls(
+            &pki,
+            Arc::default(),
+            QuicLimits::from(ConnectionLimits::default()),
+        );
         let mut tls = rustls::ClientConfig::builder_with_provider(tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
@@ -838,7 +775,7 @@ mod tests {
     #[tokio::test]
     async fn quic_anonymous_loopback() {
         let (_dir, pki) = new_pki();
-        let limits = QuicLimits::default();
+        let limits = QuicLimits::from(ConnectionLimits::default());
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let config =
             server_config(&pki.server, &pki.server_key, None, true, listen, &limits).unwrap();
@@ -865,7 +802,7 @@ mod tests {
         let (_dir, pki) = new_pki();
         let limits = QuicLimits {
             max_connections: 2,
-            ..QuicLimits::default()
+            ..QuicLimits::from(ConnectionLimits::default())
         };
         let server = start_mtls(&pki, Arc::default(), limits);
         let cfg = client_cfg(&pki, server.addr);
@@ -890,7 +827,11 @@ mod tests {
             started_tx: Some(tx),
             ..Echo::default()
         });
-        let server = start_mtls(&pki, handler.clone(), QuicLimits::default());
+        let server = start_mtls(
+            &pki,
+            handler.clone(),
+            QuicLimits::from(ConnectionLimits::default()),
+        );
         let client = guard(QuicClient::connect(&client_cfg(&pki, server.addr)))
             .await
             .unwrap();

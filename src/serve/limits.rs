@@ -1,9 +1,8 @@
-//! Listeners. Each turns bytes from a socket into calls of [`crate::service::Service::handle`]
-//! and writes back what it returns; none of them knows what a request means.
+//! What each listener allows a connection.
 
-pub mod quic;
-pub mod tls;
-pub mod unix;
+use std::time::Duration;
+
+use crate::settings::Settings;
 
 /// Limits every listener applies to its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,23 +18,31 @@ pub struct ConnectionLimits {
     /// A Unix listener needs none: it reads one frame at a time per connection.
     pub max_receive_bytes: usize,
     /// A connection with nothing in flight and nothing received for this long is closed.
-    pub idle_timeout: std::time::Duration,
+    pub idle_timeout: Duration,
     /// A frame must arrive whole within this long of its first byte, and a response must be
     /// taken by the peer within this long; otherwise the connection (UDS) or the stream (QUIC)
     /// is closed. Receiving bytes does not extend it, so a peer dripping a frame cannot hold a
     /// connection open the way it could hold off the idle timeout.
-    pub frame_timeout: std::time::Duration,
+    pub frame_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    pub fn of(s: &Settings) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: s.max_connections.max(1),
+            max_in_flight: s.max_in_flight.max(1),
+            max_frame_bytes: s.max_frame_bytes,
+            // At least one frame of the largest size must fit.
+            max_receive_bytes: s.max_receive_bytes.max(s.max_frame_bytes),
+            idle_timeout: Duration::from_secs(s.idle_timeout_secs.max(1)),
+            frame_timeout: Duration::from_secs(s.frame_timeout_secs.max(1)),
+        }
+    }
 }
 
 impl Default for ConnectionLimits {
+    /// The limits at the default settings.
     fn default() -> Self {
-        Self {
-            max_connections: 256,
-            max_in_flight: 64,
-            max_frame_bytes: 1 << 20,
-            max_receive_bytes: 128 << 20,
-            idle_timeout: std::time::Duration::from_secs(60),
-            frame_timeout: std::time::Duration::from_secs(10),
-        }
+        ConnectionLimits::of(&Settings::defaults())
     }
 }

@@ -20,7 +20,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::quic::QuicLimits;
+use crate::wire::quic::QuicLimits;
 
 /// The one ALPN protocol identifier both sides offer.
 pub const ALPN: &[u8] = b"classifyd/1";
@@ -240,7 +240,7 @@ fn server_transport(limits: &QuicLimits) -> Result<quinn::TransportConfig, TlsEr
     let frame = u64::try_from(
         limits
             .max_frame_bytes
-            .saturating_add(crate::frame::PREFIX_LEN),
+            .saturating_add(crate::wire::frame::PREFIX_LEN),
     )
     .unwrap_or(u64::MAX);
     let window = |bytes: u64| quinn::VarInt::from_u64(bytes).unwrap_or(quinn::VarInt::MAX);
@@ -319,10 +319,10 @@ pub fn client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cert::write_dev_pki;
+    use crate::wire::cert::write_dev_pki;
 
     fn limits() -> QuicLimits {
-        QuicLimits::default()
+        QuicLimits::from(crate::serve::ConnectionLimits::default())
     }
 
     fn loopback() -> SocketAddr {

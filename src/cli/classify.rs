@@ -1,0 +1,249 @@
+//! `classify` and `inspect`: texts through a model in this process or a running daemon, one JSON
+//! line each.
+
+use std::io::{BufRead, Write};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::{json, Map, Value};
+
+use super::{load, InspectArgs, LocalArgs, RemoteArgs};
+use crate::client::Client;
+use crate::engine::tokenize::Input;
+use crate::engine::{Engine, Prediction};
+use crate::wire::protocol::pb;
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["model", "uds", "quic"])))]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub local: LocalArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Read tab-separated text pairs (premise<TAB>hypothesis) from stdin.
+    #[arg(long)]
+    pub pair: bool,
+    /// Refuse texts longer than the model's maximum instead of truncating them.
+    #[arg(long)]
+    pub no_truncate: bool,
+    /// Texts classified in one forward pass when reading stdin.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub batch_size: u16,
+    /// Texts to classify; everything after `--` is taken literally.
+    #[arg(value_name = "TEXT")]
+    pub texts: Vec<String>,
+}
+
+pub(crate) fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
+    let engine = load(&a.model)?;
+    let info = engine.info();
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(info)?)?;
+    } else {
+        writeln!(out, "architecture   {}", info.architecture)?;
+        writeln!(out, "labels         {}", info.labels.join(", "))?;
+        writeln!(out, "problem type   {}", info.problem_type)?;
+        writeln!(out, "parameters     {}", info.parameters)?;
+        writeln!(out, "max length     {} tokens", info.max_length)?;
+        writeln!(out, "weight dtype   {}", info.weight_dtype)?;
+        writeln!(out, "compute dtype  {}", info.compute_dtype)?;
+        writeln!(out, "device         {}", info.device)?;
+    }
+    Ok(0)
+}
+
+/// The JSON line printed for one prediction.
+pub fn prediction_json(p: &Prediction) -> Value {
+    let scores: Map<String, Value> = p
+        .scores
+        .iter()
+        .map(|(l, s)| (l.clone(), json!(s)))
+        .collect();
+    json!({
+        "label": p.label,
+        "score": p.score,
+        "scores": scores,
+        "logits": p.logits,
+        "tokens": p.tokens,
+    })
+}
+
+fn parse_pair(line: &str) -> Result<Input, String> {
+    match line.split_once('\t') {
+        Some((a, b)) => Ok(Input::Pair(a.to_string(), b.to_string())),
+        None => Err("expected two texts separated by a tab".to_string()),
+    }
+}
+
+/// Where `classify` sends its inputs.
+enum Backend {
+    Local(Box<Engine>),
+    Remote {
+        runtime: tokio::runtime::Runtime,
+        client: Client,
+        labels: Vec<String>,
+    },
+}
+
+impl Backend {
+    fn open(a: &ClassifyArgs) -> anyhow::Result<Self> {
+        if let Some(model) = &a.local.model {
+            return Ok(Backend::Local(Box::new(Engine::load(
+                model,
+                a.local.device,
+                a.local.dtype,
+            )?)));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let remote = a
+            .remote
+            .remote()?
+            .context("give --model, --uds or --quic")?;
+        let client = runtime.block_on(remote.connect())?;
+        let info = runtime.block_on(client.info())?;
+        let labels = match info.body {
+            Some(pb::response::Body::Info(i)) => i.labels,
+            _ => bail!(
+                "server answered the info request with {}: {}",
+                info.status,
+                info.message
+            ),
+        };
+        Ok(Backend::Remote {
+            runtime,
+            client,
+            labels,
+        })
+    }
+
+    /// One JSON line per input, in input order; an error object where an input failed.
+    fn classify(&self, inputs: &[Input], truncate: bool) -> anyhow::Result<Vec<Value>> {
+        match self {
+            Backend::Local(engine) => Ok(engine
+                .classify(inputs, truncate)?
+                .into_iter()
+                .map(|r| match r {
+                    Ok(p) => prediction_json(&p),
+                    Err(e) => json!({ "error": e.to_string() }),
+                })
+                .collect()),
+            Backend::Remote {
+                runtime,
+                client,
+                labels,
+            } => {
+                let options = pb::Options {
+                    top_k: 0,
+                    return_logits: true,
+                    no_truncate: !truncate,
+                };
+                // One request per input, pipelined, so one bad input fails alone.
+                let calls = inputs.iter().map(|input| {
+                    let wire = match input {
+                        Input::Text(t) => crate::client::text(t.clone()),
+                        Input::Pair(a, b) => crate::client::pair(a.clone(), b.clone()),
+                        Input::Ids(ids) => pb::Input {
+                            kind: Some(pb::input::Kind::Ids(pb::TokenIds { ids: ids.clone() })),
+                        },
+                    };
+                    client.classify(vec![wire], options)
+                });
+                let responses = runtime.block_on(futures::future::join_all(calls));
+                Ok(responses
+                    .into_iter()
+                    .map(|r| match r {
+                        Err(e) => json!({ "error": e.to_string() }),
+                        Ok(resp) => remote_json(resp, labels),
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+/// The same JSON as [`prediction_json`], from a daemon's response (scores back in label order).
+fn remote_json(resp: pb::Response, labels: &[String]) -> Value {
+    let status = pb::Status::try_from(resp.status).unwrap_or(pb::Status::Internal);
+    let result = match resp.body {
+        Some(pb::response::Body::Classify(mut c)) if status == pb::Status::Ok => c.results.pop(),
+        _ => None,
+    };
+    let Some(r) = result else {
+        return json!({ "error": format!("{}: {}", status.as_str_name(), resp.message) });
+    };
+    let scores: Map<String, Value> = labels
+        .iter()
+        .filter_map(|l| {
+            r.scores
+                .iter()
+                .find(|s| &s.label == l)
+                .map(|s| (l.clone(), json!(s.score)))
+        })
+        .collect();
+    json!({
+        "label": r.label,
+        "score": r.score,
+        "scores": scores,
+        "logits": r.logits,
+        "tokens": r.tokens,
+    })
+}
+
+pub(crate) fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
+    if a.pair && !a.texts.is_empty() {
+        bail!("--pair reads its pairs from stdin; give no TEXT arguments with it");
+    }
+    let backend = Backend::open(&a)?;
+    let truncate = !a.no_truncate;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failures = 0usize;
+    let mut emit = |chunk: Vec<Result<Input, String>>, out: &mut dyn Write| -> anyhow::Result<()> {
+        let inputs: Vec<Input> = chunk
+            .iter()
+            .filter_map(|c| c.as_ref().ok().cloned())
+            .collect();
+        let mut results = backend.classify(&inputs, truncate)?.into_iter();
+        for c in chunk {
+            let line = match c {
+                Err(msg) => json!({ "error": msg }),
+                Ok(_) => results
+                    .next()
+                    .unwrap_or_else(|| json!({ "error": "no result" })),
+            };
+            if line.get("error").is_some() {
+                failures += 1;
+            }
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
+    };
+    if !a.texts.is_empty() {
+        let chunk = a.texts.iter().map(|t| Ok(Input::Text(t.clone()))).collect();
+        emit(chunk, &mut out)?;
+    } else {
+        let stdin = std::io::stdin().lock();
+        let mut chunk = Vec::new();
+        for (n, line) in stdin.split(b'\n').enumerate() {
+            let line = line.context("reading stdin")?;
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            let item = match std::str::from_utf8(line) {
+                Err(e) => Err(format!("line {}: not UTF-8 ({e})", n + 1)),
+                Ok(s) if a.pair => parse_pair(s).map_err(|m| format!("line {}: {m}", n + 1)),
+                Ok(s) => Ok(Input::Text(s.to_string())),
+            };
+            chunk.push(item);
+            if chunk.len() == a.batch_size as usize {
+                emit(std::mem::take(&mut chunk), &mut out)?;
+                out.flush()?;
+            }
+        }
+        if !chunk.is_empty() {
+            emit(chunk, &mut out)?;
+        }
+    }
+    out.flush()?;
+    Ok(if failures > 0 { 2 } else { 0 })
+}

@@ -1,0 +1,174 @@
+//! The `classifyd` command line: flags parsed here, turned into engine calls; errors go back to
+//! `main` as `anyhow` for one line on stderr and a non-zero exit.
+
+mod bench;
+mod classify;
+mod serve;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::bench::Remote;
+use crate::client::quic::QuicClientConfig;
+use crate::engine::{DTypeChoice, DeviceChoice, Engine};
+use crate::settings::ServeArgs;
+
+pub use bench::BenchArgs;
+pub use classify::{prediction_json, ClassifyArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "classifyd",
+    version,
+    about = "Low-latency transformer text classification"
+)]
+pub struct Cli {
+    /// Log lines as `text` (compact; plain under the journal) or `json` (one object a line);
+    /// also CLASSIFYD_LOG_FORMAT.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print what a model directory holds: architecture, labels, parameters, limits, dtypes.
+    Inspect(InspectArgs),
+    /// Classify the texts given as arguments, or each line of stdin when none are given.
+    Classify(ClassifyArgs),
+    /// Serve classification over a Unix socket and/or QUIC until SIGTERM/SIGINT.
+    Serve(Box<ServeArgs>),
+    /// Check a `serve` configuration (--config FILE and/or flags) without serving: the file,
+    /// the model, the TLS files and the addresses; prints the effective settings.
+    CheckConfig(Box<ServeArgs>),
+    /// Write a development CA, server and client certificate for trying QUIC with mTLS.
+    Cert(CertArgs),
+    /// Load a running daemon (closed or open loop) and report throughput and latency
+    /// percentiles; with --model, the same texts through the engine in this process.
+    Bench(Box<BenchArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    /// Directory to write ca.pem, server.pem, server-key.pem, client.pem, client-key.pem into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// DNS names or IP addresses the server certificate is valid for.
+    #[arg(long = "name", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// auto (CUDA when built with it and present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// auto (F32 on CPU, F16 on CUDA), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: DTypeChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print one JSON object instead of aligned text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The model to run in this process instead of asking a daemon; shared by `classify` and
+/// `bench` (for `bench`, the baseline the transport's cost is measured against).
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Run in this process with the model in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long, default_value = "auto")]
+    pub dtype: DTypeChoice,
+}
+
+/// How to reach a running daemon; shared by `classify` and `bench`.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// Ask a running daemon on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub uds: Option<PathBuf>,
+    /// Ask a running daemon over QUIC at this address.
+    #[arg(long, value_name = "HOST:PORT", requires = "ca")]
+    pub quic: Option<std::net::SocketAddr>,
+    /// CA (PEM) that the QUIC server's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM) for mTLS.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Name the server certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+}
+
+impl RemoteArgs {
+    /// The daemon these flags name, or None when neither --uds nor --quic was given.
+    pub fn remote(&self) -> anyhow::Result<Option<Remote>> {
+        Ok(match (&self.uds, &self.quic) {
+            (Some(path), _) => Some(Remote::Uds(path.clone())),
+            (None, Some(addr)) => Some(Remote::Quic(QuicClientConfig {
+                addr: *addr,
+                server_name: self.server_name.clone(),
+                ca: self.ca.clone().context("--quic needs --ca")?,
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            })),
+            (None, None) => None,
+        })
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Inspect(a) => classify::inspect(a),
+        Command::Classify(a) => classify::classify(a),
+        Command::Serve(a) => serve::serve(*a),
+        Command::Bench(a) => bench::bench(*a),
+        Command::CheckConfig(a) => {
+            print!("{}", serve::check_config(&a)?);
+            Ok(0)
+        }
+        Command::Cert(a) => {
+            let pki = crate::wire::cert::write_dev_pki(&a.out, &a.names)?;
+            for (what, path) in [
+                ("ca", &pki.ca),
+                ("server certificate", &pki.server),
+                ("server key", &pki.server_key),
+                ("client certificate", &pki.client),
+                ("client key", &pki.client_key),
+            ] {
+                println!("{what:<20} {}", path.display());
+            }
+            Ok(0)
+        }
+    }
+}
+
+pub(crate) fn load(m: &ModelArgs) -> anyhow::Result<Engine> {
+    Ok(Engine::load(&m.model, m.device, m.dtype)?)
+}

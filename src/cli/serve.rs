@@ -1,0 +1,113 @@
+//! `serve` and `check-config`: the settings resolved, checked, and served.
+
+use anyhow::{anyhow, bail};
+
+use crate::engine::{DTypeChoice, DeviceChoice, Engine};
+use crate::serve::{self, ServeConfig};
+use crate::settings::{ServeArgs, Settings};
+
+/// The settings and what the server runs with; errors about the file name it.
+fn resolve(a: &ServeArgs) -> anyhow::Result<(Settings, ServeConfig)> {
+    let s = Settings::resolve(a)?;
+    let cfg = ServeConfig::from_settings(&s).map_err(|e| match &s.config {
+        Some(p) => anyhow!("{}: {e}", p.display()),
+        None => anyhow!("{e}"),
+    })?;
+    Ok((s, cfg))
+}
+
+pub(crate) fn serve(a: ServeArgs) -> anyhow::Result<i32> {
+    #[allow(unused_mut)]
+    let (_, mut cfg) = resolve(&a)?;
+    #[cfg(feature = "test-hooks")]
+    {
+        a.hooks.arm();
+        cfg.scheduler.stall_worker_after = a.hooks.stall_after();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("classifyd-io")
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve::run(cfg, serve::stop_signal()))?;
+    Ok(0)
+}
+
+/// `classifyd check-config`: everything `serve` would check before it binds, without serving.
+/// Prints `ok: ...` and the effective settings, each with where it came from.
+pub(crate) fn check_config(a: &ServeArgs) -> anyhow::Result<String> {
+    let (s, cfg) = resolve(a)?;
+    let prefix = |e: anyhow::Error| match &s.config {
+        Some(p) => anyhow!("{}: {}", p.display(), one_line(&e)),
+        None => anyhow!("{}", one_line(&e)),
+    };
+    let summary = validate(&s, &cfg).map_err(prefix)?;
+    let source = match &s.config {
+        Some(p) => format!("{}: ", p.display()),
+        None => String::new(),
+    };
+    Ok(format!("ok: {source}{summary}\n{}", s.report()))
+}
+
+/// The error and its causes joined by `: `, leaving out a cause the text already holds (the
+/// TLS and load errors print their source themselves).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn validate(s: &Settings, cfg: &ServeConfig) -> anyhow::Result<String> {
+    if cfg.unix.is_none() && cfg.quic.is_none() {
+        bail!("no listener: give uds and/or quic");
+    }
+    if !cfg.model.is_dir() {
+        bail!("model: {}: not a directory", cfg.model.display());
+    }
+    // Loaded on the CPU, so the check runs where the daemon's GPU is absent or busy.
+    let engine = Engine::load(&cfg.model, DeviceChoice::Cpu, DTypeChoice::Auto)?;
+    let info = engine.info();
+    let mut listeners = Vec::new();
+    if let Some(u) = &cfg.unix {
+        match u.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => bail!(
+                "uds: {}: directory {} does not exist",
+                u.path.display(),
+                dir.display()
+            ),
+            _ => {}
+        }
+        listeners.push(format!("uds {}", u.path.display()));
+    }
+    if let Some(q) = &cfg.quic {
+        crate::wire::tls::server_config(
+            &q.cert,
+            &q.key,
+            q.client_ca.as_deref(),
+            q.allow_anonymous_loopback,
+            q.listen,
+            &crate::wire::quic::QuicLimits::from(cfg.connections),
+        )?;
+        listeners.push(format!("quic {}", q.listen));
+    }
+    if let Some(m) = cfg.metrics_addr {
+        listeners.push(format!("metrics {m}"));
+    }
+    let _ = s;
+    Ok(format!(
+        "model {} ({}, {} labels), {}",
+        cfg.model.display(),
+        info.architecture,
+        info.labels.len(),
+        listeners.join(", ")
+    ))
+}

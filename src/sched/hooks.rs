@@ -1,0 +1,192 @@
+//! Faults and holds the tests inject into a real engine thread. Compiled only with the
+//! `test-hooks` feature, which only the tests enable (a dev-dependency of the crate on itself);
+//! without it the functions the worker calls are empty and the flags do not exist.
+
+#[cfg(feature = "test-hooks")]
+use std::path::PathBuf;
+#[cfg(feature = "test-hooks")]
+use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "test-hooks")]
+use std::sync::OnceLock;
+#[cfg(test)]
+use std::sync::PoisonError;
+#[cfg(feature = "test-hooks")]
+use std::thread;
+#[cfg(feature = "test-hooks")]
+use std::time::Duration;
+
+use crate::sched::queue::{Lane, Shared};
+
+/// The hidden `serve` flags that arm the hooks.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HookArgs {
+    /// Test-only hook for the systemd watchdog tests (tests/daemon/systemd.rs): the engine
+    /// thread stops beating for good this many seconds after start, like a hung device.
+    #[arg(long, value_name = "SECS", hide = true)]
+    pub test_stall_worker_after_secs: Option<f64>,
+    /// Test-only hook for the fault tests (tests/daemon/faults.rs): the next N forward passes
+    /// panic in the engine call.
+    #[arg(long, value_name = "N", hide = true)]
+    pub test_fail_batches: Option<u64>,
+    /// Test-only hook for the fault tests: the engine thread holds each batch it has picked
+    /// while this file exists.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub test_hold_batches_while: Option<PathBuf>,
+    /// Test-only hook: the bulk lane's engine thread holds each batch it has picked while this
+    /// file exists (the fast lane goes on).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub test_hold_bulk_while: Option<PathBuf>,
+}
+
+#[cfg(feature = "test-hooks")]
+impl HookArgs {
+    /// Arms the hooks given, if any.
+    pub fn arm(&self) {
+        if self.test_fail_batches.is_some()
+            || self.test_hold_batches_while.is_some()
+            || self.test_hold_bulk_while.is_some()
+        {
+            arm_test_hooks(TestHooks {
+                fail_batches: self.test_fail_batches.unwrap_or(0).into(),
+                hold_while: self.test_hold_batches_while.clone(),
+                hold_bulk_while: self.test_hold_bulk_while.clone(),
+            });
+        }
+    }
+
+    /// `--test-stall-worker-after-secs` as a duration.
+    pub fn stall_after(&self) -> Option<Duration> {
+        self.test_stall_worker_after_secs
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+/// Faults the daemon tests (tests/daemon/faults.rs) inject into a real `classifyd serve`
+/// through hidden flags. Process-wide rather than per scheduler so that they need no plumbing
+/// through the scheduler's configuration and hold across reloads; armed once, by `serve`, only
+/// when one of those flags is given. Never armed in production.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Default)]
+pub struct TestHooks {
+    /// `--test-fail-batches N`: the next N forward passes panic inside the engine call.
+    pub fail_batches: AtomicU64,
+    /// `--test-hold-batches-while PATH`: a batch the worker has picked waits while PATH exists,
+    /// so a test can keep the engine busy, with work queued behind it, for as long as it needs.
+    pub hold_while: Option<PathBuf>,
+    /// `--test-hold-bulk-while PATH`: the same for the bulk lane alone.
+    pub hold_bulk_while: Option<PathBuf>,
+}
+
+#[cfg(feature = "test-hooks")]
+static TEST_HOOKS: OnceLock<TestHooks> = OnceLock::new();
+
+#[cfg(feature = "test-hooks")]
+/// Arms the test hooks for the rest of the process; a second call is ignored.
+pub fn arm_test_hooks(hooks: TestHooks) {
+    if TEST_HOOKS.set(hooks).is_ok() {
+        tracing::warn!("test hooks armed: {:?}", TEST_HOOKS.get());
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+impl TestHooks {
+    fn take_failure_now(&self) -> bool {
+        self.fail_batches
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn hold_now(&self, shared: &Shared, lane: Lane) {
+        let bulk = self.hold_bulk_while.as_ref().filter(|_| lane == Lane::Bulk);
+        let Some(path) = self.hold_while.iter().chain(bulk).find(|p| p.exists()) else {
+            return;
+        };
+        // Tests wait for this line to know the batch has left the queue.
+        tracing::warn!(
+            "test hook: holding a batch ({lane:?} lane) while {} exists",
+            path.display()
+        );
+        while path.exists() {
+            // Held, not hung: the watchdog keeps being fed.
+            shared.beat(lane);
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Whether this forward pass is to fail (`--test-fail-batches`).
+pub fn take_failure() -> bool {
+    #[cfg(feature = "test-hooks")]
+    return TEST_HOOKS.get().is_some_and(TestHooks::take_failure_now);
+    #[cfg(not(feature = "test-hooks"))]
+    false
+}
+
+/// Holds a picked batch while the hold file exists (`--test-hold-*-while`).
+pub(crate) fn hold(shared: &Shared, lane: Lane) {
+    #[cfg(feature = "test-hooks")]
+    if let Some(hooks) = TEST_HOOKS.get() {
+        hooks.hold_now(shared, lane);
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = (shared, lane);
+}
+
+#[cfg(test)]
+/// Lets tests hold the worker between picking a batch and computing it, so "while the worker is
+/// busy" is a state they can reach without sleeps.
+#[cfg(test)]
+pub(crate) struct Gate {
+    /// (batches allowed through, batches picked so far); `usize::MAX` permits means open.
+    state: std::sync::Mutex<(usize, usize)>,
+    cv: std::sync::Condvar,
+}
+
+#[cfg(test)]
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            state: std::sync::Mutex::new((usize::MAX, 0)),
+            cv: std::sync::Condvar::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, usize)> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+    pub(crate) fn pass(&self) {
+        let mut g = self.lock();
+        g.1 += 1;
+        self.cv.notify_all();
+        while g.0 == 0 {
+            g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+        }
+        if g.0 != usize::MAX {
+            g.0 -= 1;
+        }
+    }
+    pub fn shut(&self) {
+        self.lock().0 = 0;
+    }
+    pub fn open(&self) {
+        self.lock().0 = usize::MAX;
+        self.cv.notify_all();
+    }
+    /// Lets exactly one more batch through.
+    pub fn step(&self) {
+        self.lock().0 += 1;
+        self.cv.notify_all();
+    }
+    /// Waits until the worker has picked its `n`th batch.
+    pub fn wait_batches(&self, n: usize) {
+        let mut g = self.lock();
+        while g.1 < n {
+            g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}

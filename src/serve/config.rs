@@ -1,0 +1,139 @@
+//! [`ServeConfig`]: the [`Settings`] turned into what each part of the server runs with.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::engine::{DTypeChoice, DeviceChoice};
+use crate::sched::queue::SchedulerConfig;
+use crate::serve::limits::ConnectionLimits;
+use crate::serve::quic::QuicOptions;
+use crate::serve::unix::{self, UnixOptions};
+use crate::settings::Settings;
+use crate::wire::protocol::RequestLimits;
+
+/// Everything `serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub model: PathBuf,
+    /// The config file `model` was read from (no `--model` flag given); a reload reads the
+    /// model path from it again.
+    pub model_from_file: Option<PathBuf>,
+    pub device: DeviceChoice,
+    pub dtype: DTypeChoice,
+    pub unix: Option<UnixOptions>,
+    pub quic: Option<QuicOptions>,
+    pub connections: ConnectionLimits,
+    pub requests: RequestLimits,
+    pub scheduler: SchedulerConfig,
+    /// How long in-flight requests may take to finish after a stop signal before they are
+    /// answered UNAVAILABLE.
+    pub drain_timeout: Duration,
+    /// Loopback HTTP listener for Prometheus metrics and health probes; off when `None`.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl ServeConfig {
+    /// Checks the settings that only make sense together and derives each part's limits.
+    pub fn from_settings(s: &Settings) -> Result<ServeConfig, String> {
+        let unix = match &s.uds {
+            None => None,
+            Some(path) => Some(UnixOptions {
+                path: path.clone(),
+                mode: s.uds_mode.0,
+                group: match &s.uds_group {
+                    None => None,
+                    Some(g) => Some(
+                        unix::group_id(g)
+                            .ok_or_else(|| format!("--uds-group: no group named {g:?}"))?,
+                    ),
+                },
+                allow_uids: s.allow_uid.clone(),
+                allow_gids: s.allow_gid.clone(),
+            }),
+        };
+        let quic = match (s.quic, &s.tls_cert, &s.tls_key) {
+            (Some(listen), Some(cert), Some(key)) => {
+                if s.client_ca.is_none() && !s.allow_anonymous_loopback {
+                    return Err(
+                        "--quic needs --client-ca (mTLS) or --allow-anonymous-loopback".into(),
+                    );
+                }
+                Some(QuicOptions {
+                    listen,
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: s.client_ca.clone(),
+                    allow_anonymous_loopback: s.allow_anonymous_loopback,
+                })
+            }
+            (Some(_), _, _) => return Err("--quic needs --tls-cert and --tls-key".into()),
+            (None, _, _) => None,
+        };
+        Ok(ServeConfig {
+            model: s.model_dir().to_path_buf(),
+            model_from_file: s.model_from_file(),
+            device: s.device,
+            dtype: s.dtype,
+            unix,
+            quic,
+            connections: ConnectionLimits::of(s),
+            requests: RequestLimits {
+                max_inputs: s.max_inputs.max(1),
+                max_text_bytes: s.max_text_bytes,
+            },
+            scheduler: SchedulerConfig::of(s),
+            drain_timeout: Duration::from_secs(s.drain_timeout_secs),
+            metrics_addr: s.metrics_addr,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::ServeArgs;
+    use clap::{Args, Command, FromArgMatches};
+
+    fn settings(argv: &[&str]) -> Settings {
+        let cmd = ServeArgs::augment_args(Command::new("serve").no_binary_name(true));
+        let m = cmd.try_get_matches_from(argv).unwrap();
+        Settings::resolve(&ServeArgs::from_arg_matches(&m).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn limits_follow_the_settings() {
+        let limits = |flags: &[&str]| {
+            let argv: Vec<&str> = ["--model", "m"].iter().chain(flags).copied().collect();
+            ServeConfig::from_settings(&settings(&argv))
+                .unwrap()
+                .connections
+        };
+        assert_eq!(limits(&[]).max_receive_bytes, 128 << 20);
+        assert_eq!(limits(&[]), ConnectionLimits::default());
+        // Never below one largest frame, or no request of that size could ever be read.
+        let tight = limits(&["--max-receive-bytes", "10", "--max-frame-bytes", "4096"]);
+        assert_eq!(tight.max_receive_bytes, 4096);
+        let flagged = limits(&["--frame-timeout-secs", "7"]);
+        assert_eq!(flagged.frame_timeout, Duration::from_secs(7));
+        // Unrelated to the idle timeout, which keeps its default.
+        assert_eq!(flagged.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn quic_needs_its_certificate_and_client_authentication() {
+        let e = ServeConfig::from_settings(&settings(&["--model", "m", "--quic", "127.0.0.1:1"]));
+        assert!(e.unwrap_err().contains("--tls-cert"));
+        let e = ServeConfig::from_settings(&settings(&[
+            "--model",
+            "m",
+            "--quic",
+            "127.0.0.1:1",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ]));
+        assert!(e.unwrap_err().contains("--client-ca"));
+    }
+}

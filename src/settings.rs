@@ -1,0 +1,810 @@
+//! Every `serve` setting, written once: its name (the TOML key, and with `-` for `_` the flag),
+//! its type, its default, its doc line and its validation all come from one row of the
+//! [`settings!`] table below. The flags, the `--config` file's keys, the defaults, `--help`
+//! and `check-config`'s report are all generated from it, so they cannot disagree.
+//!
+//! Flags win over the file, the file over the defaults; paths in the file are relative to the
+//! file's directory. [`Settings::resolve`] does the merge and records where each value came
+//! from ([`Source`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
+
+use crate::engine::{DTypeChoice, DeviceChoice};
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Flag,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Default => "default",
+            Source::File => "file",
+            Source::Flag => "flag",
+        })
+    }
+}
+
+/// How a setting is given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `--key VALUE`; the last one given wins.
+    One,
+    /// `--key`, no value: sets it to true.
+    Switch,
+    /// `--key VALUE`, repeatable: every one given, in order.
+    Many,
+}
+
+/// A type a setting can have: how a flag value, a TOML value and the default text parse into
+/// it, and how it prints back as TOML.
+pub trait Value: Sized + Clone {
+    const SHAPE: Shape;
+    /// One flag value, or the default text (`""` is "unset" for optional settings).
+    fn parse(text: &[String]) -> Result<Self, String>;
+    fn from_toml(v: toml::Value) -> Result<Self, String>;
+    /// `None`: unset, printed as a comment.
+    fn to_toml(&self) -> Option<toml::Value>;
+    /// Makes a path from the file relative to the file's directory.
+    fn rebase(&mut self, _base: &Path) {}
+}
+
+/// The value types one flag value parses into.
+pub trait Scalar: Sized + Clone {
+    fn parse_one(s: &str) -> Result<Self, String>;
+    fn from_toml(v: toml::Value) -> Result<Self, String>;
+    fn to_toml(&self) -> toml::Value;
+    fn rebase(&mut self, _base: &Path) {}
+}
+
+fn want(what: &str, v: &toml::Value) -> String {
+    format!("expected {what}, found {} {v}", v.type_str())
+}
+
+fn last(text: &[String]) -> &str {
+    text.last().map_or("", String::as_str)
+}
+
+macro_rules! scalar_value {
+    ($($t:ty),*) => {$(
+        impl Value for $t {
+            const SHAPE: Shape = Shape::One;
+            fn parse(text: &[String]) -> Result<Self, String> {
+                <$t as Scalar>::parse_one(last(text))
+            }
+            fn from_toml(v: toml::Value) -> Result<Self, String> {
+                <$t as Scalar>::from_toml(v)
+            }
+            fn to_toml(&self) -> Option<toml::Value> {
+                Some(<$t as Scalar>::to_toml(self))
+            }
+            fn rebase(&mut self, base: &Path) {
+                <$t as Scalar>::rebase(self, base)
+            }
+        }
+    )*};
+}
+
+macro_rules! integer_scalar {
+    ($($t:ty),*) => {$(
+        impl Scalar for $t {
+            fn parse_one(s: &str) -> Result<Self, String> {
+                s.parse().map_err(|e| format!("{s:?}: {e} (expected a whole number)"))
+            }
+            fn from_toml(v: toml::Value) -> Result<Self, String> {
+                match v {
+                    toml::Value::Integer(n) => <$t>::try_from(n)
+                        .map_err(|_| format!("{n} is out of range")),
+                    other => Err(want("a whole number", &other)),
+                }
+            }
+            fn to_toml(&self) -> toml::Value {
+                toml::Value::Integer(i64::try_from(*self).unwrap_or(i64::MAX))
+            }
+        }
+    )*};
+}
+
+integer_scalar!(usize, u64, u32);
+
+/// A string-typed scalar parsed with `FromStr` and printed with `Display`.
+macro_rules! string_scalar {
+    ($($t:ty => $parse:expr),* $(,)?) => {$(
+        impl Scalar for $t {
+            fn parse_one(s: &str) -> Result<Self, String> {
+                ($parse)(s)
+            }
+            fn from_toml(v: toml::Value) -> Result<Self, String> {
+                match v {
+                    toml::Value::String(s) => Self::parse_one(&s),
+                    other => Err(want("a string", &other)),
+                }
+            }
+            fn to_toml(&self) -> toml::Value {
+                toml::Value::String(self.to_string())
+            }
+        }
+    )*};
+}
+
+string_scalar!(
+    String => |s: &str| Ok::<_, String>(s.to_string()),
+    DeviceChoice => |s: &str| s.parse::<DeviceChoice>(),
+    DTypeChoice => |s: &str| s.parse::<DTypeChoice>(),
+    SocketAddr => |s: &str| s
+        .parse::<SocketAddr>()
+        .map_err(|e| format!("{s:?}: {e} (expected HOST:PORT)")),
+);
+
+impl Scalar for PathBuf {
+    fn parse_one(s: &str) -> Result<Self, String> {
+        Ok(PathBuf::from(s))
+    }
+    fn from_toml(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::String(s) => Ok(PathBuf::from(s)),
+            other => Err(want("a path", &other)),
+        }
+    }
+    fn to_toml(&self) -> toml::Value {
+        toml::Value::String(self.display().to_string())
+    }
+    fn rebase(&mut self, base: &Path) {
+        if self.is_relative() {
+            *self = base.join(&*self);
+        }
+    }
+}
+
+/// Permission bits in octal, `660`: in the file either `660` or `"660"`, both read as octal
+/// digits like the flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl Scalar for Mode {
+    fn parse_one(s: &str) -> Result<Self, String> {
+        parse_mode(s).map(Mode)
+    }
+    fn from_toml(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(n) => Self::parse_one(&n.to_string()),
+            toml::Value::String(s) => Self::parse_one(&s),
+            other => Err(want("an octal mode like 660", &other)),
+        }
+    }
+    fn to_toml(&self) -> toml::Value {
+        toml::Value::String(format!("{:o}", self.0))
+    }
+}
+
+scalar_value!(
+    usize,
+    u64,
+    u32,
+    String,
+    PathBuf,
+    SocketAddr,
+    Mode,
+    DeviceChoice,
+    DTypeChoice
+);
+
+impl<T: Scalar> Value for Option<T> {
+    const SHAPE: Shape = Shape::One;
+    fn parse(text: &[String]) -> Result<Self, String> {
+        match last(text) {
+            "" => Ok(None),
+            s => T::parse_one(s).map(Some),
+        }
+    }
+    fn from_toml(v: toml::Value) -> Result<Self, String> {
+        T::from_toml(v).map(Some)
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        self.as_ref().map(T::to_toml)
+    }
+    fn rebase(&mut self, base: &Path) {
+        if let Some(v) = self {
+            v.rebase(base);
+        }
+    }
+}
+
+impl<T: Scalar> Value for Vec<T> {
+    const SHAPE: Shape = Shape::Many;
+    fn parse(text: &[String]) -> Result<Self, String> {
+        text.iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| T::parse_one(s))
+            .collect()
+    }
+    fn from_toml(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Array(items) => items.into_iter().map(T::from_toml).collect(),
+            other => Err(want("an array", &other)),
+        }
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::Array(self.iter().map(T::to_toml).collect()))
+    }
+}
+
+impl Value for bool {
+    const SHAPE: Shape = Shape::Switch;
+    fn parse(text: &[String]) -> Result<Self, String> {
+        match last(text) {
+            "" | "false" => Ok(false),
+            "true" => Ok(true),
+            s => Err(format!("{s:?} is not true or false")),
+        }
+    }
+    fn from_toml(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Boolean(b) => Ok(b),
+            other => Err(want("true or false", &other)),
+        }
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::Boolean(*self))
+    }
+}
+
+/// Parses an octal permission mode like `660`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal permission mode like 660"))
+}
+
+/// One row of the table, as the flag parser, the file reader and `check-config` see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// The TOML key; the flag is this with `-` for `_`.
+    pub key: &'static str,
+    pub doc: &'static str,
+    /// The default as a flag would write it; `""` is unset.
+    pub default: &'static str,
+    pub value_name: &'static str,
+    pub shape: Shape,
+    /// Checks one flag value (clap calls it while parsing).
+    check: fn(&str) -> Result<(), String>,
+}
+
+impl Spec {
+    pub fn flag(&self) -> String {
+        self.key.replace('_', "-")
+    }
+
+    fn arg(&self) -> Arg {
+        let help = if self.default.is_empty() {
+            self.doc.to_string()
+        } else {
+            format!("{} [default: {}]", self.doc, self.default)
+        };
+        let check = self.check;
+        let arg = Arg::new(self.key).long(self.flag()).help(help);
+        match self.shape {
+            Shape::Switch => arg.action(ArgAction::SetTrue),
+            shape => arg
+                .value_name(self.value_name)
+                .action(if shape == Shape::Many {
+                    ArgAction::Append
+                } else {
+                    ArgAction::Set
+                })
+                .value_parser(move |s: &str| check(s).map(|()| s.to_string())),
+        }
+    }
+}
+
+/// Why the settings could not be worked out.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a bad value in the file; `message` has the line.
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// A bad value from a flag or a default.
+    #[error("{key}: {message}")]
+    Value { key: &'static str, message: String },
+    #[error("no model: give --model DIR or --config FILE")]
+    NoModel,
+    #[error("{}: no model: give --model DIR or `model = \"DIR\"` in the file", .0.display())]
+    NoModelInFile(PathBuf),
+}
+
+/// 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// The `--config` file, parsed: each key with its value and line. Unknown keys are refused.
+#[derive(Debug, Clone, Default)]
+pub struct FileValues {
+    pub path: Option<PathBuf>,
+    values: BTreeMap<String, (toml::Value, usize)>,
+}
+
+impl FileValues {
+    /// Parses TOML text; errors are one line (`line N: message`), without the file name.
+    pub fn parse(text: &str) -> Result<FileValues, String> {
+        let table: BTreeMap<String, toml::Spanned<toml::Value>> =
+            toml::from_str(text).map_err(|e| {
+                let message = e.message().trim().replace('\n', " ");
+                match e.span() {
+                    Some(span) => format!("line {}: {message}", line_of(text, span.start)),
+                    None => message,
+                }
+            })?;
+        let mut values = BTreeMap::new();
+        for (key, v) in table {
+            let line = line_of(text, v.span().start);
+            if !SPECS.iter().any(|s| s.key == key) {
+                let known: Vec<&str> = SPECS.iter().map(|s| s.key).collect();
+                return Err(format!(
+                    "line {line}: unknown key `{key}`, expected one of {}",
+                    known.join(", ")
+                ));
+            }
+            values.insert(key, (v.into_inner(), line));
+        }
+        Ok(FileValues { path: None, values })
+    }
+
+    /// Reads and parses `path`. Errors name the file.
+    pub fn from_path(path: &Path) -> Result<FileValues, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut file = Self::parse(&text).map_err(|message| SettingsError::File {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        file.path = Some(path.to_path_buf());
+        Ok(file)
+    }
+
+    /// The file's value of `key`, made relative to the file's directory where it is a path.
+    fn get<T: Value>(&self, key: &'static str) -> Option<Result<T, SettingsError>> {
+        let (v, line) = self.values.get(key)?;
+        let path = self.path.clone().unwrap_or_default();
+        Some(
+            T::from_toml(v.clone())
+                .map(|mut t| {
+                    let base = path.parent().unwrap_or(Path::new("."));
+                    t.rebase(base);
+                    t
+                })
+                .map_err(|e| SettingsError::File {
+                    path,
+                    message: format!("line {line}: {key}: {e}"),
+                }),
+        )
+    }
+
+    /// The model directory the file names, for a reload that re-reads it.
+    pub fn model(&self) -> Result<Option<PathBuf>, SettingsError> {
+        self.get::<Option<PathBuf>>("model")
+            .transpose()
+            .map(Option::flatten)
+    }
+}
+
+/// Declares the settings: one row each, `key: Type = "default";` under its doc comment. The
+/// default is written as a flag would write it and parsed like one.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $key:ident : $ty:ty = $default:literal, $value_name:literal;
+    )*) => {
+        /// The effective `serve` settings: flags over file over defaults.
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            /// The config file these came from, if any.
+            pub config: Option<PathBuf>,
+            /// Where each value came from, by key.
+            pub sources: BTreeMap<&'static str, Source>,
+            $(
+                $(#[doc = $doc])+
+                pub $key: $ty,
+            )*
+        }
+
+        /// Every setting, in the order `--help` and `check-config` list them.
+        pub const SPECS: &[Spec] = &[$(
+            Spec {
+                key: stringify!($key),
+                doc: concat!($($doc),+),
+                default: $default,
+                value_name: $value_name,
+                shape: <$ty as Value>::SHAPE,
+                check: |s| <$ty as Value>::parse(&[s.to_string()]).map(drop),
+            },
+        )*];
+
+        impl Settings {
+            fn merge(flags: &ServeArgs, file: &FileValues) -> Result<Settings, SettingsError> {
+                let mut sources = BTreeMap::new();
+                $(
+                    let $key: $ty = {
+                        let key = stringify!($key);
+                        let value = |text: &[String]| {
+                            <$ty as Value>::parse(text).map_err(|message| {
+                                SettingsError::Value { key, message }
+                            })
+                        };
+                        if let Some(given) = flags.given(key) {
+                            sources.insert(key, Source::Flag);
+                            value(given)?
+                        } else if let Some(v) = file.get::<$ty>(key) {
+                            sources.insert(key, Source::File);
+                            v?
+                        } else {
+                            sources.insert(key, Source::Default);
+                            value(&[$default.to_string()])?
+                        }
+                    };
+                )*
+                Ok(Settings { config: file.path.clone(), sources, $($key,)* })
+            }
+
+            /// Each setting as `(key, value as TOML or None when unset)`, in table order.
+            pub fn values(&self) -> Vec<(&'static str, Option<toml::Value>)> {
+                vec![$((stringify!($key), Value::to_toml(&self.$key)),)*]
+            }
+        }
+    };
+}
+
+settings! {
+    /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json); required
+    /// unless the config file names it.
+    model: Option<PathBuf> = "", "DIR";
+    /// auto (CUDA when built with it and present), cpu, cuda or cuda:N.
+    device: DeviceChoice = "auto", "DEVICE";
+    /// auto (F32 on CPU, F16 on CUDA), f32, f16 or bf16.
+    dtype: DTypeChoice = "auto", "DTYPE";
+    /// Unix socket path to listen on.
+    uds: Option<PathBuf> = "", "PATH";
+    /// Permission bits of the socket file, in octal.
+    uds_mode: Mode = "660", "MODE";
+    /// Group (name or gid) to give the socket file.
+    uds_group: Option<String> = "", "GROUP";
+    /// Only peers with this uid may connect (repeatable; with --allow-gid, either matches).
+    allow_uid: Vec<u32> = "", "UID";
+    /// Only peers with this gid may connect (repeatable).
+    allow_gid: Vec<u32> = "", "GID";
+    /// QUIC address to listen on, e.g. 127.0.0.1:4433 (needs --tls-cert and --tls-key).
+    quic: Option<SocketAddr> = "", "HOST:PORT";
+    /// PEM certificate chain for QUIC.
+    tls_cert: Option<PathBuf> = "", "FILE";
+    /// PEM private key for QUIC.
+    tls_key: Option<PathBuf> = "", "FILE";
+    /// CA (PEM) that QUIC client certificates must chain to.
+    client_ca: Option<PathBuf> = "", "FILE";
+    /// Accept QUIC clients without a certificate; only on a loopback address.
+    allow_anonymous_loopback: bool = "false", "";
+    /// Requests waiting for the engine before new ones are answered OVERLOADED.
+    queue_capacity: usize = "256", "N";
+    /// Padded tokens (rows × longest row) one forward pass may take.
+    max_batch_tokens: usize = "8192", "N";
+    /// Rows one forward pass may take.
+    max_batch_size: usize = "32", "N";
+    /// Attention working set one forward pass may take, in MiB: batches are cut into passes
+    /// under it, and a single input over it is refused.
+    max_attention_mib: usize = "512", "MIB";
+    /// Largest request frame accepted, in bytes.
+    max_frame_bytes: usize = "1048576", "BYTES";
+    /// Inputs one request may carry.
+    max_inputs: usize = "64", "N";
+    /// Bytes of text one input may carry.
+    max_text_bytes: usize = "65536", "BYTES";
+    /// Requests in flight per connection; past it the connection is not read.
+    max_in_flight: usize = "64", "N";
+    /// Connections open at once, per listener.
+    max_connections: usize = "256", "N";
+    /// Request bytes a QUIC listener receives at once over all its streams; a request that
+    /// would go over is answered OVERLOADED without being read.
+    max_receive_bytes: usize = "134217728", "BYTES";
+    /// Seconds before an idle connection is closed.
+    idle_timeout_secs: u64 = "60", "SECS";
+    /// Seconds a request frame may take to arrive once its first byte has, and a response to be
+    /// taken by the peer; past it the connection (Unix socket) or stream (QUIC) is closed.
+    frame_timeout_secs: u64 = "10", "SECS";
+    /// Seconds in-flight requests get to finish after SIGTERM before they are answered
+    /// UNAVAILABLE.
+    drain_timeout_secs: u64 = "10", "SECS";
+    /// Serve Prometheus metrics, /healthz and /readyz over HTTP on this (loopback) address.
+    metrics_addr: Option<SocketAddr> = "", "HOST:PORT";
+}
+
+impl Settings {
+    /// Merges the flags in `a` over `--config` (when given) over the built-in defaults.
+    pub fn resolve(a: &ServeArgs) -> Result<Settings, SettingsError> {
+        let file = match &a.config {
+            Some(path) => FileValues::from_path(path)?,
+            None => FileValues::default(),
+        };
+        let s = Settings::merge(a, &file)?;
+        if s.model.is_none() {
+            return Err(match &a.config {
+                Some(p) => SettingsError::NoModelInFile(p.clone()),
+                None => SettingsError::NoModel,
+            });
+        }
+        Ok(s)
+    }
+
+    /// Every setting at its default (no flags, no file).
+    pub fn defaults() -> Settings {
+        // The defaults are literals checked by `every_default_parses`; a bad one is a bug.
+        Settings::merge(&ServeArgs::default(), &FileValues::default())
+            .unwrap_or_else(|e| panic!("a built-in default does not parse: {e}"))
+    }
+
+    /// The model directory: always set once [`Settings::resolve`] succeeded.
+    pub fn model_dir(&self) -> &Path {
+        self.model.as_deref().unwrap_or(Path::new("."))
+    }
+
+    /// The config file to read the model path from again on reload: set when the model came
+    /// from the file (no `--model` flag).
+    pub fn model_from_file(&self) -> Option<PathBuf> {
+        match self.sources.get("model") {
+            Some(Source::File) => self.config.clone(),
+            _ => None,
+        }
+    }
+
+    /// The effective settings as TOML, each line ending with where its value came from; unset
+    /// ones are comments.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        for (key, value) in self.values() {
+            let source = self.sources.get(key).copied().unwrap_or(Source::Default);
+            match value {
+                Some(v) => out.push_str(&format!("{key} = {v}  # {source}\n")),
+                None => out.push_str(&format!("# {key} unset  # {source}\n")),
+            }
+        }
+        out
+    }
+}
+
+/// The `serve` and `check-config` flags: `--config` and one per setting, generated from
+/// [`SPECS`]. Values are kept as given and parsed by [`Settings::resolve`].
+#[derive(Debug, Clone, Default)]
+pub struct ServeArgs {
+    pub config: Option<PathBuf>,
+    given: BTreeMap<&'static str, Vec<String>>,
+    #[cfg(feature = "test-hooks")]
+    pub hooks: crate::sched::hooks::HookArgs,
+}
+
+impl ServeArgs {
+    /// The values given for `key` on the command line, if any.
+    fn given(&self, key: &str) -> Option<&[String]> {
+        self.given.get(key).map(Vec::as_slice)
+    }
+}
+
+impl FromArgMatches for ServeArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut a = ServeArgs {
+            config: m.get_one::<PathBuf>("config").cloned(),
+            ..ServeArgs::default()
+        };
+        for spec in SPECS {
+            let values: Vec<String> = match spec.shape {
+                Shape::Switch if m.get_flag(spec.key) => vec!["true".to_string()],
+                Shape::Switch => Vec::new(),
+                _ => m
+                    .get_many::<String>(spec.key)
+                    .map(|v| v.cloned().collect())
+                    .unwrap_or_default(),
+            };
+            if !values.is_empty() {
+                a.given.insert(spec.key, values);
+            }
+        }
+        #[cfg(feature = "test-hooks")]
+        {
+            a.hooks = crate::sched::hooks::HookArgs::from_arg_matches(m)?;
+        }
+        Ok(a)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for ServeArgs {
+    fn augment_args(cmd: Command) -> Command {
+        let cmd = cmd.arg(
+            Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(
+                    "TOML file whose keys are these flags' long names with `_` for `-`; flags \
+                     win over it, and relative paths in it are relative to its directory",
+                ),
+        );
+        let cmd = SPECS.iter().fold(cmd, |cmd, s| cmd.arg(s.arg()));
+        let cmd = cmd.mut_arg("client_ca", |a| {
+            a.conflicts_with("allow_anonymous_loopback")
+        });
+        #[cfg(feature = "test-hooks")]
+        let cmd = crate::sched::hooks::HookArgs::augment_args(cmd);
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> ServeArgs {
+        let cmd = ServeArgs::augment_args(Command::new("serve").no_binary_name(true));
+        let m = cmd.try_get_matches_from(argv).unwrap();
+        ServeArgs::from_arg_matches(&m).unwrap()
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = FileValues::parse("model = \"m\"\nqueue_capacty = 3\n").unwrap_err();
+        assert!(e.contains("queue_capacty") && e.contains("line 2"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn every_default_parses() {
+        for spec in SPECS {
+            if !spec.default.is_empty() {
+                (spec.check)(spec.default).unwrap_or_else(|e| panic!("{}: {e}", spec.key));
+            }
+        }
+        let d = Settings::defaults();
+        assert!(d.sources.values().all(|s| *s == Source::Default));
+    }
+
+    /// For every setting: the default, the same text as a flag and the same value in a file
+    /// resolve alike, and each records its source. A flag or key that did not match the table
+    /// would fail to parse here.
+    #[test]
+    fn flag_key_and_default_agree_for_every_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = Settings::defaults();
+        let values: BTreeMap<_, _> = defaults.values().into_iter().collect();
+        for spec in SPECS {
+            // An example value for the unset ones, of the right type.
+            let example = match spec.key {
+                "model" | "uds" | "tls_cert" | "tls_key" | "client_ca" => "/x/y",
+                "uds_group" => "wheel",
+                "allow_uid" | "allow_gid" => "7",
+                "quic" | "metrics_addr" => "127.0.0.1:9",
+                "allow_anonymous_loopback" => "true",
+                _ => spec.default,
+            };
+            let argv: Vec<&str> = match spec.shape {
+                Shape::Switch => vec!["--model", "/m", "--allow-anonymous-loopback"],
+                _ => vec!["--model", "/m", "--x", example],
+            };
+            let flag = spec.flag();
+            let argv: Vec<&str> = argv
+                .into_iter()
+                .map(|a| if a == "--x" { flag.as_str() } else { a })
+                .collect();
+            let by_flag =
+                Settings::resolve(&parse(&argv)).unwrap_or_else(|e| panic!("{}: {e}", spec.key));
+            assert_eq!(by_flag.sources[spec.key], Source::Flag, "{}", spec.key);
+            let v = by_flag.values().into_iter().find(|(k, _)| *k == spec.key);
+            let v = v.and_then(|(_, v)| v).expect("set by the flag");
+            let path = dir.path().join(format!("{}.toml", spec.key));
+            let mut text = format!("{} = {v}\n", spec.key);
+            if spec.key != "model" {
+                text.push_str("model = \"/m\"\n");
+            }
+            std::fs::write(&path, text).unwrap();
+            let file_path = path.display().to_string();
+            let by_file = Settings::resolve(&parse(&["--config", &file_path]))
+                .unwrap_or_else(|e| panic!("{}: {e}", spec.key));
+            assert_eq!(by_file.sources[spec.key], Source::File, "{}", spec.key);
+            let fv = by_file.values().into_iter().find(|(k, _)| *k == spec.key);
+            assert_eq!(fv.and_then(|(_, v)| v), Some(v.clone()), "{}", spec.key);
+            if example == spec.default {
+                // The default's text as a flag gives the default's value.
+                assert_eq!(values[spec.key].as_ref(), Some(&v), "{}", spec.key);
+            }
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "model = \"m\"\nframe_timeout_secs = 3\nuds_mode = 640\n",
+        )
+        .unwrap();
+        let p = path.display().to_string();
+        let s = Settings::resolve(&parse(&["--config", &p])).unwrap();
+        assert_eq!(s.frame_timeout_secs, 3);
+        assert_eq!(s.uds_mode, Mode(0o640));
+        assert_eq!(s.model.as_deref(), Some(dir.path().join("m").as_path()));
+        assert_eq!(s.model_from_file(), Some(path.clone()));
+        assert_eq!(s.idle_timeout_secs, 60);
+        assert_eq!(s.sources["idle_timeout_secs"], Source::Default);
+        let s = Settings::resolve(&parse(&["--config", &p, "--frame-timeout-secs", "7"])).unwrap();
+        assert_eq!(s.frame_timeout_secs, 7);
+        assert_eq!(s.sources["frame_timeout_secs"], Source::Flag);
+        let s = Settings::resolve(&parse(&["--config", &p, "--model", "/n"])).unwrap();
+        assert_eq!(s.model_from_file(), None);
+        let report = s.report();
+        assert!(
+            report.contains("frame_timeout_secs = 3  # file\n"),
+            "{report}"
+        );
+        assert!(report.contains("model = \"/n\"  # flag\n"), "{report}");
+        assert!(
+            report.contains("queue_capacity = 256  # default\n"),
+            "{report}"
+        );
+        assert!(report.contains("# quic unset  # default\n"), "{report}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_line() {
+        let e = FileValues::parse("queue_capacity = \"many\"\n");
+        let file = e.unwrap();
+        let Some(Err(e)) = file.get::<usize>("queue_capacity") else {
+            panic!("a string is not a count");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("line 1: queue_capacity: expected a whole number"),
+            "{e}"
+        );
+        assert!(FileValues::parse("uds_mode = 999\n")
+            .unwrap()
+            .get::<Mode>("uds_mode")
+            .unwrap()
+            .is_err());
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/classifyd.toml");
+        let f = FileValues::from_path(&path).unwrap();
+        assert_eq!(
+            f.model().unwrap().as_deref(),
+            Some(Path::new("/var/lib/classifyd/model"))
+        );
+    }
+}
