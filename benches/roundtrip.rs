@@ -64,7 +64,7 @@ fn bench_model(c: &mut Criterion, name: &str, model: PathBuf) {
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(server::run(cfg, async {
+        rt.block_on(serve::run(cfg, async {
             let _ = stop_rx.await;
         }))
         .expect("server");

@@ -384,7 +384,7 @@ impl FileValues {
     }
 
     /// The file's value of `key`, made relative to the file's directory where it is a path.
-    fn get<T: Value>(&self, key: &'static str) -> Option<Result<T, SettingsError>> {
+    pub fn get<T: Value>(&self, key: &'static str) -> Option<Result<T, SettingsError>> {
         let (v, line) = self.values.get(key)?;
         let path = self.path.clone().unwrap_or_default();
         Some(
@@ -715,9 +715,11 @@ mod tests {
                 Shape::Switch => vec!["--model", "/m", "--allow-anonymous-loopback"],
                 _ => vec!["--model", "/m", "--x", example],
             };
-            let flag = spec.flag();
+            let flag = format!("--{}", spec.flag());
+            let skip = if spec.key == "model" { 2 } else { 0 };
             let argv: Vec<&str> = argv
                 .into_iter()
+                .skip(skip)
                 .map(|a| if a == "--x" { flag.as_str() } else { a })
                 .collect();
             let by_flag =

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use classifyd::settings::FileConfig;
+use classifyd::settings::FileValues;
 
 fn bert() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert")
@@ -65,8 +65,8 @@ fn valid_file_is_ok_and_relative_paths_follow_the_file() {
     let text = stdout(&out);
     assert!(text.starts_with("ok: "), "{text}");
     assert!(text.contains("BertForSequenceClassification"), "{text}");
-    assert!(text.contains("queue_capacity = 7\n"), "{text}");
-    assert!(text.contains("uds_mode = \"640\"\n"), "{text}");
+    assert!(text.contains("queue_capacity = 7  # file\n"), "{text}");
+    assert!(text.contains("uds_mode = \"640\"  # file\n"), "{text}");
     let sock = dir.path().join("classifyd.sock");
     assert!(
         text.contains(&format!("uds = {:?}", sock.display().to_string())),
@@ -83,9 +83,14 @@ fn flags_win_over_the_file() {
     );
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("queue_capacity = 64\n"), "{text}");
-    assert!(text.contains("max_batch_size = 4\n"), "{text}");
-    assert!(text.contains("uds = \"/tmp/flag.sock\"\n"), "{text}");
+    assert!(text.contains("queue_capacity = 64  # flag\n"), "{text}");
+    assert!(text.contains("max_batch_size = 4  # file\n"), "{text}");
+    assert!(
+        text.contains("uds = \"/tmp/flag.sock\"  # flag\n"),
+        "{text}"
+    );
+    // Untouched settings say so.
+    assert!(text.contains("max_inputs = 64  # default\n"), "{text}");
 }
 
 #[test]
@@ -162,9 +167,9 @@ fn bad_address_is_named() {
 #[test]
 fn shipped_example_parses() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/classifyd.toml");
-    let file = FileConfig::from_path(&path).expect("systemd/classifyd.toml");
+    let file = FileValues::from_path(&path).expect("systemd/classifyd.toml");
     assert_eq!(
-        file.model.as_deref(),
+        file.model().unwrap().as_deref(),
         Some(Path::new("/var/lib/classifyd/model"))
     );
     // The example and the unit agree on the socket.
@@ -172,7 +177,11 @@ fn shipped_example_parses() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/classifyd.service"),
     )
     .unwrap();
-    let uds = file.uds.expect("uds in the example");
+    let uds: PathBuf = file
+        .get::<Option<PathBuf>>("uds")
+        .expect("uds in the example")
+        .unwrap()
+        .expect("a path");
     assert!(
         unit.contains(&format!("--uds {}", uds.display())),
         "classifyd.service does not pass --uds {}",

@@ -407,10 +407,7 @@ fn a_failed_batch_answers_internal_and_the_worker_recovers() {
         metric(metrics, "classifyd_requests_total{status=\"ok\"}"),
         8.0
     );
-    assert_eq!(
-        crate::service::metrics::get(metrics, "/readyz").unwrap().0,
-        200
-    );
+    assert_eq!(crate::metrics::get(metrics, "/readyz").unwrap().0, 200);
     daemon.signal(15);
     let s = daemon.wait();
     assert!(s.success(), "{}: {}", exit_code(s), daemon.stderr());

@@ -281,13 +281,13 @@ pub fn wait_until(daemon: &Daemon, what: &str, limit: Duration, mut cond: impl F
 
 /// A loopback address for `--metrics-addr` on a free port.
 pub fn metrics_addr() -> std::net::SocketAddr {
-    ([127, 0, 0, 1], crate::service::metrics::free_port()).into()
+    ([127, 0, 0, 1], crate::metrics::free_port()).into()
 }
 
 /// The value of the sample `series` (name and labels exactly as exposed, e.g.
 /// `classifyd_connections{transport="quic"}`) in a scrape of `addr`'s `/metrics`.
 pub fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
-    let (code, body) = crate::service::metrics::get(addr, "/metrics").unwrap();
+    let (code, body) = crate::metrics::get(addr, "/metrics").unwrap();
     assert_eq!(code, 200, "{body}");
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))

@@ -469,7 +469,7 @@ fn a_slow_drip_quic_stream_is_reset_and_its_connection_still_served() {
         assert!(sent < 100, "the frame was never completed ({sent} bytes)");
         match end {
             Some(quinn::WriteError::Stopped(code)) => {
-                assert_eq!(code, classifyd::serve::quic::STREAM_FRAME_TIMEOUT)
+                assert_eq!(code, classifyd::wire::quic::STREAM_FRAME_TIMEOUT)
             }
             other => panic!("the drip ended with {other:?}"),
         }

@@ -96,8 +96,7 @@ async fn wait_new_revision(client: &Client, daemon: &Daemon, old: &str) -> Strin
 fn sighup_reloads_under_load_and_a_broken_model_keeps_the_old_one() {
     let model = tempfile::tempdir().unwrap();
     install(&fixture("bert"), model.path());
-    let metrics: std::net::SocketAddr =
-        ([127, 0, 0, 1], crate::service::metrics::free_port()).into();
+    let metrics: std::net::SocketAddr = ([127, 0, 0, 1], crate::metrics::free_port()).into();
     let mut daemon = Daemon::start(model.path(), &["--metrics-addr", &metrics.to_string()]);
     let load = Arc::new(Load {
         stop: AtomicBool::new(false),
@@ -170,7 +169,7 @@ fn sighup_reloads_under_load_and_a_broken_model_keeps_the_old_one() {
         }
         // Metrics follow the reloads: the info series names the model serving now, and the
         // computed counter kept counting across the scheduler changes.
-        let (code, body) = crate::service::metrics::get(metrics, "/metrics").unwrap();
+        let (code, body) = crate::metrics::get(metrics, "/metrics").unwrap();
         assert_eq!(code, 200);
         let info = body
             .lines()

@@ -173,7 +173,7 @@ fn large_requests_are_tokenized_off_the_io_threads_while_probes_and_others_are_s
         .collect();
     let small = rt.block_on(daemon.client());
     for _ in 0..20 {
-        let (code, body) = crate::service::metrics::get(metrics, "/healthz").unwrap();
+        let (code, body) = crate::metrics::get(metrics, "/healthz").unwrap();
         assert_eq!(code, 200, "{body}");
         let r = rt
             .block_on(small.classify(vec![text("still served")], logits_opts()))
