@@ -79,17 +79,16 @@ pub fn bind(opts: &UnixOptions) -> Result<UnixListener, BindError> {
     Ok(listener)
 }
 
-/// Resolves a group name (or a number) to a gid through /etc/group.
+/// Resolves a group name (or a number) to a gid through NSS (`getgrnam_r`), so groups from
+/// LDAP or sssd resolve as well as those in /etc/group.
 pub fn group_id(name: &str) -> Option<u32> {
     if let Ok(gid) = name.parse() {
         return Some(gid);
     }
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|line| {
-        let mut f = line.split(':');
-        (f.next()? == name).then_some(())?;
-        f.nth(1)?.parse().ok()
-    })
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
 }
 
 /// Accepts connections until `shutdown` fires, then waits for every connection to answer what
@@ -367,4 +366,16 @@ pub fn default_path() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new("/run/classifyd").to_path_buf())
         .join("classifyd.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_resolve_by_name_or_number() {
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("4242"), Some(4242));
+        assert_eq!(group_id("no-such-group-classifyd"), None);
+    }
 }
