@@ -3,24 +3,32 @@
 //! A daemon that memory-maps a fine-tuned transformer sequence classifier and answers text
 //! classification with low tail latency.
 //!
-//! ## Layout
-//! The engine, in the order a text travels through it:
-//! - [`loader`]: the model directory (config.json, safetensors, tokenizer files), validated.
-//! - [`tokenize`]: text or text pair → token ids, truncated as transformers does.
-//! - [`engine`]: padding into a batch, the forward pass, logits → labels and scores.
-//! - [`model`]: one file per architecture family, all behind
-//!   [`model::SequenceClassifier`].
-//! - [`error`]: typed errors for each stage; [`heap`]: a retired model's memory back to the kernel.
+//! ## Layout, in the order a request travels
+//! socket → frame → queue → batch → model → reply. Dependencies point down this list and
+//! never back up it (unit tests aside):
 //!
-//! The daemon, in the order a request travels (socket → frame → queue → batch → model → reply):
-//! - [`transport`]: Unix-socket and QUIC listeners; [`frame`]: the length prefix.
-//! - [`protocol`]: protobuf messages and their validation; [`service`]: one request end to end,
-//!   tokenized on [`tokenize_pool`]'s threads, never on an I/O thread.
-//! - [`queue`], [`batcher`], [`worker`]: admission, batch selection, the engine thread.
-//! - [`server`]: start, ready, drain; [`systemd`]: readiness, watchdog and socket activation
-//!   under systemd; [`metrics`]: Prometheus metrics and health probes. [`client`]: the same protocol from the other side.
-//! - [`cli`]: the `classifyd` binary's subcommands; [`bench`]: its load generator; [`config`]: the `serve --config` file;
-//!   [`cert`]: a development PKI for QUIC.
+//! - [`cli`]: the `classifyd` subcommands (`serve`, `check-config`, `classify`, `inspect`,
+//!   `bench`, `cert`), one file each.
+//! - [`serve`]: start, warm up, ready, reload and drain; the Unix-socket and QUIC listeners
+//!   ([`serve::unix`], [`serve::quic`]), the metrics/health HTTP endpoint ([`serve::http`]),
+//!   systemd readiness, watchdog and socket activation ([`serve::systemd`]); [`serve::config`]
+//!   turns the settings into what each listener runs with.
+//! - [`settings`]: every `serve` setting written once (flag, TOML key, default, doc), merged
+//!   flags over file over defaults, with where each value came from.
+//! - [`service`]: one request end to end (decode, validate, tokenize on
+//!   [`service::tokenize_pool`], submit, encode the reply), the model hot-swap, and the
+//!   Prometheus [`service::metrics`] it records.
+//! - [`sched`]: admission into a bounded queue with lanes, priorities and deadlines
+//!   ([`sched::queue`]), batch selection ([`sched::batch`]), and the engine threads
+//!   ([`sched::worker`]).
+//! - [`engine`]: the model directory ([`engine::loader`]), tokenization ([`engine::tokenize`]),
+//!   the device and dtype choice, cutting a batch into forward passes ([`engine::passes`]),
+//!   logits → labels and scores, typed errors ([`engine::error`]) and the heap ([`engine::heap`]).
+//! - [`model`]: the layers, the hand-written CPU kernels, and one file or folder per family
+//!   behind [`model::SequenceClassifier`].
+//! - [`wire`]: what both ends share, with no engine in it: the length prefix, the protobuf
+//!   messages, QUIC's stream and close codes, TLS and the development PKI.
+//! - [`client`] and [`mod@bench`]: the same protocol from the other side, and the load generator.
 
 pub mod bench;
 pub mod cli;

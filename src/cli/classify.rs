@@ -20,7 +20,7 @@ pub struct ClassifyArgs {
     pub local: LocalArgs,
     #[command(flatten)]
     pub remote: RemoteArgs,
-    /// Read tab-separated text pairs (premise<TAB>hypothesis) from stdin.
+    /// Read tab-separated text pairs (`premise<TAB>hypothesis`) from stdin.
     #[arg(long)]
     pub pair: bool,
     /// Refuse texts longer than the model's maximum instead of truncating them.

@@ -21,7 +21,7 @@ pub(crate) fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     let (_, mut cfg) = resolve(&a)?;
     #[cfg(feature = "test-hooks")]
     {
-        a.hooks.arm();
+        crate::sched::hooks::arm(&a.hooks);
         cfg.scheduler.stall_worker_after = a.hooks.stall_after();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

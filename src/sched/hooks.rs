@@ -16,49 +16,21 @@ use std::thread;
 use std::time::Duration;
 
 use crate::sched::queue::{Lane, Shared};
-
-/// The hidden `serve` flags that arm the hooks.
 #[cfg(feature = "test-hooks")]
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct HookArgs {
-    /// Test-only hook for the systemd watchdog tests (tests/daemon/systemd.rs): the engine
-    /// thread stops beating for good this many seconds after start, like a hung device.
-    #[arg(long, value_name = "SECS", hide = true)]
-    pub test_stall_worker_after_secs: Option<f64>,
-    /// Test-only hook for the fault tests (tests/daemon/faults.rs): the next N forward passes
-    /// panic in the engine call.
-    #[arg(long, value_name = "N", hide = true)]
-    pub test_fail_batches: Option<u64>,
-    /// Test-only hook for the fault tests: the engine thread holds each batch it has picked
-    /// while this file exists.
-    #[arg(long, value_name = "PATH", hide = true)]
-    pub test_hold_batches_while: Option<PathBuf>,
-    /// Test-only hook: the bulk lane's engine thread holds each batch it has picked while this
-    /// file exists (the fast lane goes on).
-    #[arg(long, value_name = "PATH", hide = true)]
-    pub test_hold_bulk_while: Option<PathBuf>,
-}
+use crate::settings::HookArgs;
 
 #[cfg(feature = "test-hooks")]
-impl HookArgs {
-    /// Arms the hooks given, if any.
-    pub fn arm(&self) {
-        if self.test_fail_batches.is_some()
-            || self.test_hold_batches_while.is_some()
-            || self.test_hold_bulk_while.is_some()
-        {
-            arm_test_hooks(TestHooks {
-                fail_batches: self.test_fail_batches.unwrap_or(0).into(),
-                hold_while: self.test_hold_batches_while.clone(),
-                hold_bulk_while: self.test_hold_bulk_while.clone(),
-            });
-        }
-    }
-
-    /// `--test-stall-worker-after-secs` as a duration.
-    pub fn stall_after(&self) -> Option<Duration> {
-        self.test_stall_worker_after_secs
-            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+/// Arms the hooks `args` gives, if any.
+pub fn arm(args: &HookArgs) {
+    if args.test_fail_batches.is_some()
+        || args.test_hold_batches_while.is_some()
+        || args.test_hold_bulk_while.is_some()
+    {
+        arm_test_hooks(TestHooks {
+            fail_batches: args.test_fail_batches.unwrap_or(0).into(),
+            hold_while: args.test_hold_batches_while.clone(),
+            hold_bulk_while: args.test_hold_bulk_while.clone(),
+        });
     }
 }
 

@@ -39,7 +39,7 @@ pub struct SchedulerConfig {
     /// ([`crate::engine::Engine::attention_bytes`]); a batch is cut into passes that keep
     /// under it, and an input over it on its own is refused at admission.
     pub max_attention_bytes: usize,
-    /// How often an idle worker wakes to beat its heartbeat ([`Scheduler::heartbeat_age`]);
+    /// How often an idle worker wakes to beat its heartbeat ([`crate::sched::Scheduler::heartbeat_age`]);
     /// a busy one beats around every batch.
     pub idle_heartbeat: Duration,
     /// Test-only (`serve --test-stall-worker-after-secs`): the worker stops for good this long

@@ -258,7 +258,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (format 0.0.4). `stats` counts since start across
-    /// reloads ([`Service::lifetime_stats`]); `labels` describe the model serving now.
+    /// reloads ([`crate::service::Service::lifetime_stats`]); `labels` describe the model serving now.
     pub fn render(&self, stats: Stats, labels: ModelLabels) -> String {
         let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
         self.queue_depth.set(stats.queued as i64);

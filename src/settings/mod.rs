@@ -1,6 +1,6 @@
 //! Every `serve` setting, written once: its name (the TOML key, and with `-` for `_` the flag),
 //! its type, its default, its doc line and its validation all come from one row of the
-//! [`settings!`] table below. The flags, the `--config` file's keys, the defaults, `--help`
+//! `settings!` table below. The flags, the `--config` file's keys, the defaults, `--help`
 //! and `check-config`'s report are all generated from it, so they cannot disagree.
 //!
 //! Flags win over the file, the file over the defaults; paths in the file are relative to the
@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 
 use crate::engine::{DTypeChoice, DeviceChoice};
+
+mod value;
+
+pub use value::{parse_mode, Mode, Scalar, Shape, Value};
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,238 +36,6 @@ impl fmt::Display for Source {
             Source::Flag => "flag",
         })
     }
-}
-
-/// How a setting is given on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
-    /// `--key VALUE`; the last one given wins.
-    One,
-    /// `--key`, no value: sets it to true.
-    Switch,
-    /// `--key VALUE`, repeatable: every one given, in order.
-    Many,
-}
-
-/// A type a setting can have: how a flag value, a TOML value and the default text parse into
-/// it, and how it prints back as TOML.
-pub trait Value: Sized + Clone {
-    const SHAPE: Shape;
-    /// One flag value, or the default text (`""` is "unset" for optional settings).
-    fn parse(text: &[String]) -> Result<Self, String>;
-    fn from_toml(v: toml::Value) -> Result<Self, String>;
-    /// `None`: unset, printed as a comment.
-    fn to_toml(&self) -> Option<toml::Value>;
-    /// Makes a path from the file relative to the file's directory.
-    fn rebase(&mut self, _base: &Path) {}
-}
-
-/// The value types one flag value parses into.
-pub trait Scalar: Sized + Clone {
-    fn parse_one(s: &str) -> Result<Self, String>;
-    fn from_toml(v: toml::Value) -> Result<Self, String>;
-    fn to_toml(&self) -> toml::Value;
-    fn rebase(&mut self, _base: &Path) {}
-}
-
-fn want(what: &str, v: &toml::Value) -> String {
-    format!("expected {what}, found {} {v}", v.type_str())
-}
-
-fn last(text: &[String]) -> &str {
-    text.last().map_or("", String::as_str)
-}
-
-macro_rules! scalar_value {
-    ($($t:ty),*) => {$(
-        impl Value for $t {
-            const SHAPE: Shape = Shape::One;
-            fn parse(text: &[String]) -> Result<Self, String> {
-                <$t as Scalar>::parse_one(last(text))
-            }
-            fn from_toml(v: toml::Value) -> Result<Self, String> {
-                <$t as Scalar>::from_toml(v)
-            }
-            fn to_toml(&self) -> Option<toml::Value> {
-                Some(<$t as Scalar>::to_toml(self))
-            }
-            fn rebase(&mut self, base: &Path) {
-                <$t as Scalar>::rebase(self, base)
-            }
-        }
-    )*};
-}
-
-macro_rules! integer_scalar {
-    ($($t:ty),*) => {$(
-        impl Scalar for $t {
-            fn parse_one(s: &str) -> Result<Self, String> {
-                s.parse().map_err(|e| format!("{s:?}: {e} (expected a whole number)"))
-            }
-            fn from_toml(v: toml::Value) -> Result<Self, String> {
-                match v {
-                    toml::Value::Integer(n) => <$t>::try_from(n)
-                        .map_err(|_| format!("{n} is out of range")),
-                    other => Err(want("a whole number", &other)),
-                }
-            }
-            fn to_toml(&self) -> toml::Value {
-                toml::Value::Integer(i64::try_from(*self).unwrap_or(i64::MAX))
-            }
-        }
-    )*};
-}
-
-integer_scalar!(usize, u64, u32);
-
-/// A string-typed scalar parsed with `FromStr` and printed with `Display`.
-macro_rules! string_scalar {
-    ($($t:ty => $parse:expr),* $(,)?) => {$(
-        impl Scalar for $t {
-            fn parse_one(s: &str) -> Result<Self, String> {
-                ($parse)(s)
-            }
-            fn from_toml(v: toml::Value) -> Result<Self, String> {
-                match v {
-                    toml::Value::String(s) => Self::parse_one(&s),
-                    other => Err(want("a string", &other)),
-                }
-            }
-            fn to_toml(&self) -> toml::Value {
-                toml::Value::String(self.to_string())
-            }
-        }
-    )*};
-}
-
-string_scalar!(
-    String => |s: &str| Ok::<_, String>(s.to_string()),
-    DeviceChoice => |s: &str| s.parse::<DeviceChoice>(),
-    DTypeChoice => |s: &str| s.parse::<DTypeChoice>(),
-    SocketAddr => |s: &str| s
-        .parse::<SocketAddr>()
-        .map_err(|e| format!("{s:?}: {e} (expected HOST:PORT)")),
-);
-
-impl Scalar for PathBuf {
-    fn parse_one(s: &str) -> Result<Self, String> {
-        Ok(PathBuf::from(s))
-    }
-    fn from_toml(v: toml::Value) -> Result<Self, String> {
-        match v {
-            toml::Value::String(s) => Ok(PathBuf::from(s)),
-            other => Err(want("a path", &other)),
-        }
-    }
-    fn to_toml(&self) -> toml::Value {
-        toml::Value::String(self.display().to_string())
-    }
-    fn rebase(&mut self, base: &Path) {
-        if self.is_relative() {
-            *self = base.join(&*self);
-        }
-    }
-}
-
-/// Permission bits in octal, `660`: in the file either `660` or `"660"`, both read as octal
-/// digits like the flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mode(pub u32);
-
-impl Scalar for Mode {
-    fn parse_one(s: &str) -> Result<Self, String> {
-        parse_mode(s).map(Mode)
-    }
-    fn from_toml(v: toml::Value) -> Result<Self, String> {
-        match v {
-            toml::Value::Integer(n) => Self::parse_one(&n.to_string()),
-            toml::Value::String(s) => Self::parse_one(&s),
-            other => Err(want("an octal mode like 660", &other)),
-        }
-    }
-    fn to_toml(&self) -> toml::Value {
-        toml::Value::String(format!("{:o}", self.0))
-    }
-}
-
-scalar_value!(
-    usize,
-    u64,
-    u32,
-    String,
-    PathBuf,
-    SocketAddr,
-    Mode,
-    DeviceChoice,
-    DTypeChoice
-);
-
-impl<T: Scalar> Value for Option<T> {
-    const SHAPE: Shape = Shape::One;
-    fn parse(text: &[String]) -> Result<Self, String> {
-        match last(text) {
-            "" => Ok(None),
-            s => T::parse_one(s).map(Some),
-        }
-    }
-    fn from_toml(v: toml::Value) -> Result<Self, String> {
-        T::from_toml(v).map(Some)
-    }
-    fn to_toml(&self) -> Option<toml::Value> {
-        self.as_ref().map(T::to_toml)
-    }
-    fn rebase(&mut self, base: &Path) {
-        if let Some(v) = self {
-            v.rebase(base);
-        }
-    }
-}
-
-impl<T: Scalar> Value for Vec<T> {
-    const SHAPE: Shape = Shape::Many;
-    fn parse(text: &[String]) -> Result<Self, String> {
-        text.iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| T::parse_one(s))
-            .collect()
-    }
-    fn from_toml(v: toml::Value) -> Result<Self, String> {
-        match v {
-            toml::Value::Array(items) => items.into_iter().map(T::from_toml).collect(),
-            other => Err(want("an array", &other)),
-        }
-    }
-    fn to_toml(&self) -> Option<toml::Value> {
-        Some(toml::Value::Array(self.iter().map(T::to_toml).collect()))
-    }
-}
-
-impl Value for bool {
-    const SHAPE: Shape = Shape::Switch;
-    fn parse(text: &[String]) -> Result<Self, String> {
-        match last(text) {
-            "" | "false" => Ok(false),
-            "true" => Ok(true),
-            s => Err(format!("{s:?} is not true or false")),
-        }
-    }
-    fn from_toml(v: toml::Value) -> Result<Self, String> {
-        match v {
-            toml::Value::Boolean(b) => Ok(b),
-            other => Err(want("true or false", &other)),
-        }
-    }
-    fn to_toml(&self) -> Option<toml::Value> {
-        Some(toml::Value::Boolean(*self))
-    }
-}
-
-/// Parses an octal permission mode like `660`.
-pub fn parse_mode(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s, 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("{s:?} is not an octal permission mode like 660"))
 }
 
 /// One row of the table, as the flag parser, the file reader and `check-config` see it.
@@ -597,7 +369,7 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     given: BTreeMap<&'static str, Vec<String>>,
     #[cfg(feature = "test-hooks")]
-    pub hooks: crate::sched::hooks::HookArgs,
+    pub hooks: HookArgs,
 }
 
 impl ServeArgs {
@@ -628,7 +400,7 @@ impl FromArgMatches for ServeArgs {
         }
         #[cfg(feature = "test-hooks")]
         {
-            a.hooks = crate::sched::hooks::HookArgs::from_arg_matches(m)?;
+            a.hooks = HookArgs::from_arg_matches(m)?;
         }
         Ok(a)
     }
@@ -656,12 +428,43 @@ impl Args for ServeArgs {
             a.conflicts_with("allow_anonymous_loopback")
         });
         #[cfg(feature = "test-hooks")]
-        let cmd = crate::sched::hooks::HookArgs::augment_args(cmd);
+        let cmd = HookArgs::augment_args(cmd);
         cmd
     }
 
     fn augment_args_for_update(cmd: Command) -> Command {
         Self::augment_args(cmd)
+    }
+}
+
+/// The hidden `serve` flags that arm the hooks.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HookArgs {
+    /// Test-only hook for the systemd watchdog tests (tests/daemon/systemd.rs): the engine
+    /// thread stops beating for good this many seconds after start, like a hung device.
+    #[arg(long, value_name = "SECS", hide = true)]
+    pub test_stall_worker_after_secs: Option<f64>,
+    /// Test-only hook for the fault tests (tests/daemon/faults.rs): the next N forward passes
+    /// panic in the engine call.
+    #[arg(long, value_name = "N", hide = true)]
+    pub test_fail_batches: Option<u64>,
+    /// Test-only hook for the fault tests: the engine thread holds each batch it has picked
+    /// while this file exists.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub test_hold_batches_while: Option<PathBuf>,
+    /// Test-only hook: the bulk lane's engine thread holds each batch it has picked while this
+    /// file exists (the fast lane goes on).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub test_hold_bulk_while: Option<PathBuf>,
+}
+
+#[cfg(feature = "test-hooks")]
+impl HookArgs {
+    /// `--test-stall-worker-after-secs` as a duration.
+    pub fn stall_after(&self) -> Option<std::time::Duration> {
+        self.test_stall_worker_after_secs
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
     }
 }
 

@@ -1,0 +1,239 @@
+//! The types a setting can have, and how each parses from a flag, from TOML and from its
+//! default text.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::engine::{DTypeChoice, DeviceChoice};
+
+/// How a setting is given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `--key VALUE`; the last one given wins.
+    One,
+    /// `--key`, no value: sets it to true.
+    Switch,
+    /// `--key VALUE`, repeatable: every one given, in order.
+    Many,
+}
+
+/// A type a setting can have: how a flag value, a TOML value and the default text parse into
+/// it, and how it prints back as TOML.
+pub trait Value: Sized + Clone {
+    const SHAPE: Shape;
+    /// One flag value, or the default text (`""` is "unset" for optional settings).
+    fn parse(text: &[String]) -> Result<Self, String>;
+    fn from_toml(v: toml::Value) -> Result<Self, String>;
+    /// `None`: unset, printed as a comment.
+    fn to_toml(&self) -> Option<toml::Value>;
+    /// Makes a path from the file relative to the file's directory.
+    fn rebase(&mut self, _base: &Path) {}
+}
+
+/// The value types one flag value parses into.
+pub trait Scalar: Sized + Clone {
+    fn parse_one(s: &str) -> Result<Self, String>;
+    fn from_toml(v: toml::Value) -> Result<Self, String>;
+    fn to_toml(&self) -> toml::Value;
+    fn rebase(&mut self, _base: &Path) {}
+}
+
+fn want(what: &str, v: &toml::Value) -> String {
+    format!("expected {what}, found {} {v}", v.type_str())
+}
+
+fn last(text: &[String]) -> &str {
+    text.last().map_or("", String::as_str)
+}
+
+macro_rules! scalar_value {
+    ($($t:ty),*) => {$(
+        impl Value for $t {
+            const SHAPE: Shape = Shape::One;
+            fn parse(text: &[String]) -> Result<Self, String> {
+                <$t as Scalar>::parse_one(last(text))
+            }
+            fn from_toml(v: toml::Value) -> Result<Self, String> {
+                <$t as Scalar>::from_toml(v)
+            }
+            fn to_toml(&self) -> Option<toml::Value> {
+                Some(<$t as Scalar>::to_toml(self))
+            }
+            fn rebase(&mut self, base: &Path) {
+                <$t as Scalar>::rebase(self, base)
+            }
+        }
+    )*};
+}
+
+macro_rules! integer_scalar {
+    ($($t:ty),*) => {$(
+        impl Scalar for $t {
+            fn parse_one(s: &str) -> Result<Self, String> {
+                s.parse().map_err(|e| format!("{s:?}: {e} (expected a whole number)"))
+            }
+            fn from_toml(v: toml::Value) -> Result<Self, String> {
+                match v {
+                    toml::Value::Integer(n) => <$t>::try_from(n)
+                        .map_err(|_| format!("{n} is out of range")),
+                    other => Err(want("a whole number", &other)),
+                }
+            }
+            fn to_toml(&self) -> toml::Value {
+                toml::Value::Integer(i64::try_from(*self).unwrap_or(i64::MAX))
+            }
+        }
+    )*};
+}
+
+integer_scalar!(usize, u64, u32);
+
+/// A string-typed scalar parsed with `FromStr` and printed with `Display`.
+macro_rules! string_scalar {
+    ($($t:ty => $parse:expr),* $(,)?) => {$(
+        impl Scalar for $t {
+            fn parse_one(s: &str) -> Result<Self, String> {
+                ($parse)(s)
+            }
+            fn from_toml(v: toml::Value) -> Result<Self, String> {
+                match v {
+                    toml::Value::String(s) => Self::parse_one(&s),
+                    other => Err(want("a string", &other)),
+                }
+            }
+            fn to_toml(&self) -> toml::Value {
+                toml::Value::String(self.to_string())
+            }
+        }
+    )*};
+}
+
+string_scalar!(
+    String => |s: &str| Ok::<_, String>(s.to_string()),
+    DeviceChoice => |s: &str| s.parse::<DeviceChoice>(),
+    DTypeChoice => |s: &str| s.parse::<DTypeChoice>(),
+    SocketAddr => |s: &str| s
+        .parse::<SocketAddr>()
+        .map_err(|e| format!("{s:?}: {e} (expected HOST:PORT)")),
+);
+
+impl Scalar for PathBuf {
+    fn parse_one(s: &str) -> Result<Self, String> {
+        Ok(PathBuf::from(s))
+    }
+    fn from_toml(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::String(s) => Ok(PathBuf::from(s)),
+            other => Err(want("a path", &other)),
+        }
+    }
+    fn to_toml(&self) -> toml::Value {
+        toml::Value::String(self.display().to_string())
+    }
+    fn rebase(&mut self, base: &Path) {
+        if self.is_relative() {
+            *self = base.join(&*self);
+        }
+    }
+}
+
+/// Permission bits in octal, `660`: in the file either `660` or `"660"`, both read as octal
+/// digits like the flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl Scalar for Mode {
+    fn parse_one(s: &str) -> Result<Self, String> {
+        parse_mode(s).map(Mode)
+    }
+    fn from_toml(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(n) => Self::parse_one(&n.to_string()),
+            toml::Value::String(s) => Self::parse_one(&s),
+            other => Err(want("an octal mode like 660", &other)),
+        }
+    }
+    fn to_toml(&self) -> toml::Value {
+        toml::Value::String(format!("{:o}", self.0))
+    }
+}
+
+scalar_value!(
+    usize,
+    u64,
+    u32,
+    String,
+    PathBuf,
+    SocketAddr,
+    Mode,
+    DeviceChoice,
+    DTypeChoice
+);
+
+impl<T: Scalar> Value for Option<T> {
+    const SHAPE: Shape = Shape::One;
+    fn parse(text: &[String]) -> Result<Self, String> {
+        match last(text) {
+            "" => Ok(None),
+            s => T::parse_one(s).map(Some),
+        }
+    }
+    fn from_toml(v: toml::Value) -> Result<Self, String> {
+        T::from_toml(v).map(Some)
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        self.as_ref().map(T::to_toml)
+    }
+    fn rebase(&mut self, base: &Path) {
+        if let Some(v) = self {
+            v.rebase(base);
+        }
+    }
+}
+
+impl<T: Scalar> Value for Vec<T> {
+    const SHAPE: Shape = Shape::Many;
+    fn parse(text: &[String]) -> Result<Self, String> {
+        text.iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| T::parse_one(s))
+            .collect()
+    }
+    fn from_toml(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Array(items) => items.into_iter().map(T::from_toml).collect(),
+            other => Err(want("an array", &other)),
+        }
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::Array(self.iter().map(T::to_toml).collect()))
+    }
+}
+
+impl Value for bool {
+    const SHAPE: Shape = Shape::Switch;
+    fn parse(text: &[String]) -> Result<Self, String> {
+        match last(text) {
+            "" | "false" => Ok(false),
+            "true" => Ok(true),
+            s => Err(format!("{s:?} is not true or false")),
+        }
+    }
+    fn from_toml(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Boolean(b) => Ok(b),
+            other => Err(want("true or false", &other)),
+        }
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::Boolean(*self))
+    }
+}
+
+/// Parses an octal permission mode like `660`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal permission mode like 660"))
+}
