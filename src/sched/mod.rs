@@ -1,6 +1,8 @@
 //! Scheduling: admission into a bounded queue, batch selection, and the engine threads.
 
 pub mod batch;
+#[cfg(test)]
+pub(crate) mod gate;
 pub mod hooks;
 pub mod priority;
 pub mod queue;
@@ -182,7 +184,7 @@ impl Scheduler {
     }
 
     #[cfg(test)]
-    pub(crate) fn gate(&self) -> &crate::sched::hooks::Gate {
+    pub(crate) fn gate(&self) -> &crate::sched::gate::Gate {
         &self.shared().gate
     }
 }

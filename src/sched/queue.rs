@@ -365,7 +365,7 @@ pub(crate) struct Shared {
     /// Told about every forward pass, on the engine thread (see [`Scheduler::observe_batches`]).
     pub observer: OnceLock<BatchObserver>,
     #[cfg(test)]
-    pub gate: crate::sched::hooks::Gate,
+    pub gate: crate::sched::gate::Gate,
 }
 
 /// Called with (rows, padded tokens) after each forward pass; must be cheap.

@@ -485,6 +485,17 @@ mod tests {
         assert!(!e.contains('\n'), "{e}");
     }
 
+    /// `Engine::logits` (in-process callers) cuts passes with the engine's own copy of these
+    /// three limits, since the engine sits below the settings; they must stay the serve defaults.
+    #[test]
+    fn the_engines_in_process_pass_limits_are_the_serve_defaults() {
+        use crate::engine::passes;
+        let d = Settings::defaults();
+        assert_eq!(d.max_batch_tokens, passes::DEFAULT_MAX_TOKENS);
+        assert_eq!(d.max_batch_size, passes::DEFAULT_MAX_ROWS);
+        assert_eq!(d.max_attention_mib << 20, passes::DEFAULT_MAX_ATTENTION_BYTES);
+    }
+
     #[test]
     fn every_default_parses() {
         for spec in SPECS {
