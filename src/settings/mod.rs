@@ -493,7 +493,10 @@ mod tests {
         let d = Settings::defaults();
         assert_eq!(d.max_batch_tokens, passes::DEFAULT_MAX_TOKENS);
         assert_eq!(d.max_batch_size, passes::DEFAULT_MAX_ROWS);
-        assert_eq!(d.max_attention_mib << 20, passes::DEFAULT_MAX_ATTENTION_BYTES);
+        assert_eq!(
+            d.max_attention_mib << 20,
+            passes::DEFAULT_MAX_ATTENTION_BYTES
+        );
     }
 
     #[test]
