@@ -14,6 +14,7 @@ use crate::client::quic::{QuicClient, QuicClientConfig};
 use crate::client::{classify_request, text, Client, ClientError, UnixClient};
 use crate::engine::tokenize::Input;
 use crate::engine::Engine;
+use crate::sched::hot::{EngineThreads, ThreadsConfig};
 use crate::wire::protocol::pb;
 
 use super::report::{Recorder, RunReport};
@@ -347,15 +348,27 @@ async fn open(
 }
 
 /// The reference point for the transport's cost: the same texts through the engine in this
-/// process, one request at a time (closed loop, concurrency 1 only).
+/// process, one request at a time (closed loop, concurrency 1 only), on engine threads as the
+/// daemon runs them at its default settings ([`crate::sched::hot`]).
 pub fn run_local(engine: &Engine, plan: &Plan) -> Result<Vec<RunReport>, BenchError> {
+    if plan
+        .loads
+        .iter()
+        .any(|l| *l != (Load::Closed { concurrency: 1 }))
+    {
+        return Err(BenchError::Plan(
+            "in-process (--model) runs one request at a time: use --concurrency 1".into(),
+        ));
+    }
+    let threads =
+        EngineThreads::for_engine("classifyd-bench", &ThreadsConfig::default(), engine, false)
+            .map_err(|e| BenchError::Plan(format!("cannot start the engine threads: {e}")))?;
+    Ok(threads.run(|| local_loads(engine, plan, &threads)))
+}
+
+fn local_loads(engine: &Engine, plan: &Plan, threads: &EngineThreads) -> Vec<RunReport> {
     let mut out = Vec::with_capacity(plan.loads.len());
     for load in &plan.loads {
-        if *load != (Load::Closed { concurrency: 1 }) {
-            return Err(BenchError::Plan(
-                "in-process (--model) runs one request at a time: use --concurrency 1".into(),
-            ));
-        }
         let mut rec = Recorder::new();
         let mut progress = Progress::new(plan.progress);
         let start = Instant::now();
@@ -374,7 +387,9 @@ pub fn run_local(engine: &Engine, plan: &Plan) -> Result<Vec<RunReport>, BenchEr
                 std::thread::sleep(plan.gap);
             }
             let t0 = Instant::now();
+            threads.pass_started();
             let res = engine.classify(&batch, true);
+            threads.pass_ended();
             let latency = t0.elapsed();
             if t0 >= measure_from {
                 rec.dispatched(Duration::ZERO);
@@ -393,7 +408,7 @@ pub fn run_local(engine: &Engine, plan: &Plan) -> Result<Vec<RunReport>, BenchEr
             rec,
         });
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

@@ -18,7 +18,17 @@ fn resolve(a: &ServeArgs) -> anyhow::Result<(Settings, ServeConfig)> {
 
 pub(crate) fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     #[allow(unused_mut)]
-    let (_, mut cfg) = resolve(&a)?;
+    let (s, mut cfg) = resolve(&a)?;
+    if let Some(cpus) = &s.cpus {
+        // Every thread started from here on inherits this mask; the engine threads then pin
+        // themselves to --cpus.
+        match crate::sched::hot::other_cpus(&cpus.0) {
+            Some(rest) => crate::sched::hot::pin_current_thread(&rest, "I/O and tokenizer"),
+            None => tracing::warn!(
+                "--cpus {cpus} leaves no other CPU for the I/O and tokenizer threads; they stay unpinned"
+            ),
+        }
+    }
     #[cfg(feature = "test-hooks")]
     {
         crate::sched::hooks::arm(&a.hooks);

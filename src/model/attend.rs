@@ -8,10 +8,22 @@
 //! projection left them (any row stride, features contiguous).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Multiply-adds below which rows are computed on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
+
+/// The output's base pointer, shared by the threads that write disjoint rows of it.
+#[derive(Clone, Copy)]
+struct RowsPtr(*mut f32);
+// SAFETY: each thread given a RowsPtr writes rows no other thread writes (see `cpu_fwd`).
+unsafe impl Send for RowsPtr {}
+unsafe impl Sync for RowsPtr {}
+impl RowsPtr {
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the allocation.
+        unsafe { self.0.add(offset) }
+    }
+}
 
 struct Attend {
     heads: usize,
@@ -116,8 +128,15 @@ impl CustomOp3 for Attend {
                 }
             }
         };
-        if b * t * t * hidden >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
-            out.par_chunks_mut(hidden).enumerate().for_each(row);
+        if b * t * t * hidden >= PARALLEL_MIN_MACS && super::team::current_threads() > 1 {
+            let base = RowsPtr(out.as_mut_ptr());
+            super::team::for_each(b * t, |r| {
+                // SAFETY: row r is `hidden` floats of `out` that no other index touches, and
+                // `out` outlives `for_each`.
+                let out_row =
+                    unsafe { std::slice::from_raw_parts_mut(base.at(r * hidden), hidden) };
+                row((r, out_row));
+            });
         } else {
             out.chunks_mut(hidden).enumerate().for_each(row);
         }

@@ -17,13 +17,13 @@
 //!
 //! Kernels: AVX-512F (6 rows × 32 columns, 12 accumulators) and AVX2+FMA (4 rows × 32 columns,
 //! 16 accumulators), chosen at run time, with a portable loop for other CPUs. Panels are split
-//! across rayon's threads only when the product is large enough to pay for the fork.
+//! across the engine's threads ([`super::team`]) only when the product is large enough to pay
+//! for the fork.
 
 use std::sync::OnceLock;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 
 /// Output columns per packed panel.
 pub const NR: usize = 32;
@@ -304,8 +304,8 @@ pub fn matmul(x: &[f32], m: usize, w: &Packed, epilogue: Epilogue) -> Vec<f32> {
             }
         }
     };
-    if m * n * k >= PARALLEL_MIN_MACS && np > 1 && rayon::current_num_threads() > 1 {
-        (0..np).into_par_iter().for_each(work);
+    if m * n * k >= PARALLEL_MIN_MACS && np > 1 && super::team::current_threads() > 1 {
+        super::team::for_each(np, work);
     } else {
         (0..np).for_each(work);
     }

@@ -14,6 +14,7 @@ pub mod gelu;
 pub mod gemm;
 pub mod modernbert;
 pub mod roberta;
+pub mod team;
 
 use std::sync::Arc;
 

@@ -4,6 +4,7 @@ pub mod batch;
 #[cfg(test)]
 pub(crate) mod gate;
 pub mod hooks;
+pub mod hot;
 pub mod priority;
 pub mod queue;
 pub mod worker;
@@ -65,6 +66,9 @@ impl Scheduler {
             epoch: Instant::now(),
             heartbeat_ms: Default::default(),
             observer: OnceLock::new(),
+            threads: Default::default(),
+            pushed: Default::default(),
+            sleeping: Default::default(),
             #[cfg(test)]
             gate: Default::default(),
         });
@@ -76,6 +80,20 @@ impl Scheduler {
 
     fn shared(&self) -> &Shared {
         &self.inner.0
+    }
+
+    /// A request has arrived and will be submitted once tokenized: wakes the fast lane's engine
+    /// threads now, so that its pass finds them running (see [`hot`]). Cheap when they are.
+    pub fn wake(&self) {
+        let shared = self.shared();
+        let lane = Lane::Fast as usize;
+        if let Some(t) = shared.threads[lane].get() {
+            t.wake();
+            if t.awake() && shared.sleeping[lane].load(Ordering::SeqCst) {
+                // Polls its queue from now on instead of waking when the job lands.
+                shared.work[lane].notify_one();
+            }
+        }
     }
 
     pub fn submit(
@@ -116,6 +134,7 @@ impl Scheduler {
         let lane = Lane::of(tokens, &shared.cfg);
         st.push(job, reply, now, lane);
         shared.counters.queued.store(st.len(), Ordering::Relaxed);
+        shared.pushed[lane as usize].fetch_add(1, Ordering::SeqCst);
         drop(st);
         shared.work[lane as usize].notify_one();
         Ok(rx)
@@ -127,8 +146,8 @@ impl Scheduler {
     }
 
     /// The limits this scheduler was started with.
-    pub fn config(&self) -> SchedulerConfig {
-        self.shared().cfg
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.shared().cfg
     }
 
     /// Counts since start; read from atomics, without the queue lock.

@@ -23,9 +23,10 @@ use crate::engine::passes::PassShape;
 use crate::engine::tokenize::Encoded;
 pub use crate::sched::batch::Priority;
 use crate::sched::batch::{Budget, Candidate, Index};
+use crate::sched::hot::{EngineThreads, ThreadsConfig};
 use crate::settings::Settings;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchedulerConfig {
     /// Jobs waiting, not counting the batch being computed.
     pub queue_capacity: usize,
@@ -45,6 +46,8 @@ pub struct SchedulerConfig {
     /// Test-only (`serve --test-stall-worker-after-secs`): the worker stops for good this long
     /// after start, without beating, as a hung device would. Never set in production.
     pub stall_worker_after: Option<Duration>,
+    /// The engine threads of each lane (see [`crate::sched::hot`]).
+    pub threads: ThreadsConfig,
 }
 
 impl SchedulerConfig {
@@ -79,6 +82,7 @@ impl SchedulerConfig {
             max_attention_bytes: s.max_attention_mib.max(1).saturating_mul(1 << 20),
             idle_heartbeat: Duration::from_secs(1),
             stall_worker_after: None,
+            threads: ThreadsConfig::of(s),
         }
     }
 }
@@ -364,6 +368,13 @@ pub(crate) struct Shared {
     pub heartbeat_ms: [AtomicU64; 2],
     /// Told about every forward pass, on the engine thread (see [`Scheduler::observe_batches`]).
     pub observer: OnceLock<BatchObserver>,
+    /// Per [`Lane`]: its engine threads, once started.
+    pub threads: [OnceLock<EngineThreads>; 2],
+    /// Per [`Lane`]: bumped by every push and by close, so that a worker polling its lane
+    /// (while its threads are kept awake) sees work without taking the lock.
+    pub pushed: [AtomicU64; 2],
+    /// Per [`Lane`]: its worker sleeps on its condvar (and a wake-up must notify it).
+    pub sleeping: [AtomicBool; 2],
     #[cfg(test)]
     pub gate: crate::sched::gate::Gate,
 }
@@ -401,6 +412,9 @@ impl Shared {
 
     pub fn close(&self) {
         self.lock().closed = true;
+        for p in &self.pushed {
+            p.fetch_add(1, Ordering::SeqCst);
+        }
         for w in &self.work {
             w.notify_all();
         }

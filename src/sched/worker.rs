@@ -19,26 +19,35 @@ use crate::engine::tokenize::Encoded;
 use crate::engine::Engine;
 use crate::sched::batch::Budget;
 use crate::sched::hooks;
+use crate::sched::hot::EngineThreads;
 use crate::sched::queue::{Job, JobError, JobOutput, Lane, Priority, Queued, Reply, Shared};
 
-/// Starts both lanes' engine threads.
+/// Starts both lanes' engine threads: each lane's loop runs inside its own pool (see
+/// [`crate::sched::hot`]), the bulk lane's at background priority. The thread that starts a
+/// loop (`classifyd-lane-*`) waits for it, so a panic that escapes the loop still ends in
+/// [`ExitGuard`].
 pub(crate) fn spawn(engine: Arc<Engine>, shared: Arc<Shared>) -> std::io::Result<()> {
-    let (e, s) = (engine.clone(), shared.clone());
-    thread::Builder::new()
-        .name("classifyd-engine".into())
-        .spawn(move || {
-            let _exit = ExitGuard(&s, Lane::Fast);
-            run(&e, &s, Lane::Fast, None);
+    for (lane, name) in [
+        (Lane::Fast, "classifyd-engine"),
+        (Lane::Bulk, "classifyd-bulk"),
+    ] {
+        let bulk = lane == Lane::Bulk;
+        let threads = EngineThreads::for_engine(name, &shared.cfg.threads, &engine, bulk)?;
+        // Started once per scheduler; a second call keeps the first lane's threads.
+        let _ = shared.threads[lane as usize].set(threads);
+    }
+    for (lane, name) in [
+        (Lane::Fast, "classifyd-lane-fast"),
+        (Lane::Bulk, "classifyd-lane-bulk"),
+    ] {
+        let (e, s) = (engine.clone(), shared.clone());
+        thread::Builder::new().name(name.into()).spawn(move || {
+            let _exit = ExitGuard(&s, lane);
+            if let Some(threads) = s.threads[lane as usize].get() {
+                threads.run(|| run(&e, &s, lane, threads));
+            }
         })?;
-    let pool =
-        crate::sched::priority::background_pool("classifyd-bulk", rayon::current_num_threads())?;
-    thread::Builder::new()
-        .name("classifyd-bulk".into())
-        .spawn(move || {
-            crate::sched::priority::lower_current_thread();
-            let _exit = ExitGuard(&shared, Lane::Bulk);
-            run(&engine, &shared, Lane::Bulk, Some(&pool));
-        })?;
+    }
     Ok(())
 }
 
@@ -66,11 +75,11 @@ impl Drop for ExitGuard<'_> {
     }
 }
 
-fn run(engine: &Engine, shared: &Shared, lane: Lane, pool: Option<&rayon::ThreadPool>) {
+fn run(engine: &Engine, shared: &Shared, lane: Lane, threads: &EngineThreads) {
     let budget = shared.cfg.budget();
     let shape = shared.cfg.pass_shape(engine.pads_batches());
     let stall_at = shared.cfg.stall_worker_after.map(|d| shared.epoch + d);
-    while let Some(batch) = next_batch(shared, lane, budget, stall_at) {
+    while let Some(batch) = next_batch(shared, lane, budget, stall_at, threads) {
         shared.beat(lane);
         #[cfg(test)]
         shared.gate.pass();
@@ -79,7 +88,9 @@ fn run(engine: &Engine, shared: &Shared, lane: Lane, pool: Option<&rayon::Thread
         // so a client holding its answer sees its batch counted.
         let c = &shared.counters;
         c.batches.fetch_add(1, Ordering::Relaxed);
-        let (rows, padded_tokens) = run_batch(engine, shared, lane, pool, shape, batch);
+        threads.pass_started();
+        let (rows, padded_tokens) = run_batch(engine, shared, lane, shape, batch);
+        threads.pass_ended();
         shared.beat(lane);
         if let Some(observe) = shared.observer.get() {
             observe(rows, padded_tokens);
@@ -92,12 +103,14 @@ fn run(engine: &Engine, shared: &Shared, lane: Lane, pool: Option<&rayon::Thread
 
 /// Blocks until there is work, then takes it out of the queue and marks the worker busy.
 /// `None` once the queue is closed and empty. Beats the heartbeat at least every
-/// `idle_heartbeat` while waiting.
+/// `idle_heartbeat` while waiting. While the lane's threads are kept awake it polls the queue
+/// instead of sleeping on it, so a job submitted then starts without a wake-up.
 fn next_batch(
     shared: &Shared,
     lane: Lane,
     budget: Budget,
     stall_at: Option<Instant>,
+    threads: &EngineThreads,
 ) -> Option<Vec<Queued>> {
     let mut st = shared.lock();
     // Never 0: wait_timeout(0) would spin.
@@ -124,10 +137,27 @@ fn next_batch(
         if st.closed {
             return None;
         }
+        if threads.awake() {
+            // Read under the lock: a push after it changes it.
+            let seen = shared.pushed[lane as usize].load(Ordering::SeqCst);
+            drop(st);
+            let until = Instant::now() + heartbeat;
+            while threads.awake()
+                && shared.pushed[lane as usize].load(Ordering::SeqCst) == seen
+                && Instant::now() < until
+            {
+                thread::yield_now();
+            }
+            st = shared.lock();
+            continue;
+        }
+        let sleeping = &shared.sleeping[lane as usize];
+        sleeping.store(true, Ordering::SeqCst);
         st = shared.work[lane as usize]
             .wait_timeout(st, heartbeat)
             .unwrap_or_else(PoisonError::into_inner)
             .0;
+        sleeping.store(false, Ordering::SeqCst);
     }
 }
 
@@ -163,7 +193,6 @@ fn run_batch(
     engine: &Engine,
     shared: &Shared,
     lane: Lane,
-    pool: Option<&rayon::ThreadPool>,
     shape: PassShape,
     batch: Vec<Queued>,
 ) -> (usize, usize) {
@@ -226,10 +255,7 @@ fn run_batch(
             .collect();
         computed_rows += inputs.len();
         padded_tokens += inputs.len() * inputs.iter().map(|e| e.len()).max().unwrap_or(0);
-        let result = match pool {
-            Some(pool) => pool.install(|| forward(engine, &inputs)),
-            None => forward(engine, &inputs),
-        };
+        let result = forward(engine, &inputs);
         drop(inputs);
         shared.beat(lane);
         shared

@@ -70,6 +70,15 @@ impl ServeConfig {
             (Some(_), _, _) => return Err("--quic needs --tls-cert and --tls-key".into()),
             (None, _, _) => None,
         };
+        if let Some(cpus) = &s.cpus {
+            let allowed = crate::sched::hot::allowed_cpus();
+            if let Some(c) = cpus.0.iter().find(|c| !allowed.contains(c)) {
+                return Err(format!(
+                    "--cpus: CPU {c} is not one this process may run on ({})",
+                    crate::settings::CpuList(allowed)
+                ));
+            }
+        }
         Ok(ServeConfig {
             model: s.model_dir().to_path_buf(),
             model_from_file: s.model_from_file(),
@@ -118,6 +127,38 @@ mod tests {
         assert_eq!(flagged.frame_timeout, Duration::from_secs(7));
         // Unrelated to the idle timeout, which keeps its default.
         assert_eq!(flagged.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn engine_threads_follow_the_settings_and_cpus_must_be_ours() {
+        let threads = |flags: &[&str]| {
+            let argv: Vec<&str> = ["--model", "m"].iter().chain(flags).copied().collect();
+            ServeConfig::from_settings(&settings(&argv)).map(|c| c.scheduler.threads)
+        };
+        let d = threads(&[]).unwrap();
+        assert_eq!(
+            (d.threads, d.spin, d.busy_poll, d.cpus),
+            (0, Duration::from_millis(1), false, None)
+        );
+        let mine = crate::sched::hot::allowed_cpus();
+        let first = mine[0].to_string();
+        let t = threads(&[
+            "--threads",
+            "3",
+            "--spin-us",
+            "0",
+            "--busy-poll",
+            "--cpus",
+            &first,
+        ])
+        .unwrap();
+        assert_eq!((t.threads, t.spin, t.busy_poll), (3, Duration::ZERO, true));
+        assert_eq!(t.cpus, Some(vec![mine[0]]));
+        let e = threads(&["--cpus", "1023"]).unwrap_err();
+        assert!(
+            e.contains("--cpus: CPU 1023 is not one this process may run on"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -144,7 +144,7 @@ async fn reload(
         Ok((engine, warm_runs)) => {
             let engine = Arc::new(engine);
             let identity = ModelIdentity::of(&path);
-            let scheduler = Scheduler::start(engine.clone(), sched_cfg);
+            let scheduler = Scheduler::start(engine.clone(), sched_cfg.clone());
             if let Some(m) = service.metrics() {
                 let observer = m.clone();
                 scheduler.observe_batches(Box::new(move |rows, tokens| {
@@ -203,12 +203,12 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     let engine = Arc::new(engine);
     let identity = ModelIdentity::of(&cfg.model);
     let watchdog = systemd::watchdog_interval();
-    let mut sched_cfg = cfg.scheduler;
+    let mut sched_cfg = cfg.scheduler.clone();
     if let Some(w) = watchdog {
         // An idle worker must beat several times per watchdog interval.
         sched_cfg.idle_heartbeat = sched_cfg.idle_heartbeat.min(w / 4);
     }
-    let scheduler = Scheduler::start(engine.clone(), sched_cfg);
+    let scheduler = Scheduler::start(engine.clone(), sched_cfg.clone());
     // The engine moves into the service: a copy kept here would outlive a reload and keep the
     // first model's ~90 MB resident for the life of the process (found by the soak).
     // Texts waiting for a tokenizer: room for several of the largest requests at once.
@@ -340,7 +340,7 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
             let (service, cfg) = (service.clone(), cfg.clone());
             notifiers.push(tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    reload(&service, &cfg, sched_cfg, &serving_on).await;
+                    reload(&service, &cfg, sched_cfg.clone(), &serving_on).await;
                 }
             }));
         }

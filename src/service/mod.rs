@@ -264,6 +264,8 @@ impl Service {
     ) -> Result<pb::Response, (pb::Status, String)> {
         let invalid = |m: String| (pb::Status::InvalidArgument, m);
         let inputs = protocol::inputs(&req, &self.limits).map_err(invalid)?;
+        // The engine threads wake while the texts are tokenized, not after.
+        model.scheduler.wake();
         // From here on the texts live in `inputs` only.
         drop(std::mem::take(&mut req.inputs));
         let options = req.options.unwrap_or_default();

@@ -18,7 +18,7 @@ use crate::engine::{DTypeChoice, DeviceChoice};
 
 mod value;
 
-pub use value::{parse_mode, Mode, Scalar, Shape, Value};
+pub use value::{parse_mode, CpuList, Mode, Scalar, Shape, Value};
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +307,18 @@ settings! {
     drain_timeout_secs: u64 = "10", "SECS";
     /// Serve Prometheus metrics, /healthz and /readyz over HTTP on this (loopback) address.
     metrics_addr: Option<SocketAddr> = "", "HOST:PORT";
+    /// Engine threads per lane, the engine thread itself included; 0 is one per CPU this
+    /// process may run on (or per CPU of --cpus).
+    threads: usize = "0", "N";
+    /// Microseconds the engine threads keep spinning after a forward pass, and after a request
+    /// arrives, before they sleep: the next request finds them awake. 0 sleeps at once.
+    spin_us: u64 = "1000", "MICROS";
+    /// Keep the engine threads and the engine's queue spinning for good, for cores given to
+    /// the daemon alone (with --cpus): the lowest latency, and those cores always at 100 %.
+    busy_poll: bool = "false", "";
+    /// Pin the engine threads to these CPUs (a list like 2-3 or 0,2-5) and keep the I/O and
+    /// tokenizer threads off them.
+    cpus: Option<CpuList> = "", "LIST";
 }
 
 impl Settings {
@@ -525,11 +537,12 @@ mod tests {
                 "uds_group" => "wheel",
                 "allow_uid" | "allow_gid" => "7",
                 "quic" | "metrics_addr" => "127.0.0.1:9",
-                "allow_anonymous_loopback" => "true",
+                "cpus" => "0",
+                _ if spec.shape == Shape::Switch => "true",
                 _ => spec.default,
             };
             let argv: Vec<&str> = match spec.shape {
-                Shape::Switch => vec!["--model", "/m", "--allow-anonymous-loopback"],
+                Shape::Switch => vec!["--model", "/m", "--x"],
                 _ => vec!["--model", "/m", "--x", example],
             };
             let flag = format!("--{}", spec.flag());

@@ -158,6 +158,80 @@ impl Scalar for Mode {
     }
 }
 
+/// A set of CPUs in the kernel's list format (`cpuset(7)`, as `taskset -c` and systemd's
+/// `CPUAffinity=` take it): `2`, `2-3`, `0,2-5`. Sorted, without repeats, never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+/// CPUs beyond this are refused: the kernel's affinity mask (`CPU_SETSIZE`) stops there.
+pub const MAX_CPU: usize = 1023;
+
+impl Scalar for CpuList {
+    fn parse_one(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("{s:?}: {why} (expected a CPU list like 2-3 or 0,2-5)");
+        let cpu = |t: &str| -> Result<usize, String> {
+            let n: usize = t.trim().parse().map_err(|_| bad("not a CPU number"))?;
+            if n > MAX_CPU {
+                return Err(bad(&format!("CPU {n} is over {MAX_CPU}")));
+            }
+            Ok(n)
+        };
+        let mut cpus = Vec::new();
+        for part in s.split(',') {
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (cpu(a)?, cpu(b)?);
+                    if a > b {
+                        return Err(bad("a range must go up"));
+                    }
+                    cpus.extend(a..=b);
+                }
+                None => cpus.push(cpu(part)?),
+            }
+        }
+        cpus.sort_unstable();
+        cpus.dedup();
+        Ok(CpuList(cpus))
+    }
+    fn from_toml(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::String(s) => Self::parse_one(&s),
+            toml::Value::Integer(n) => Self::parse_one(&n.to_string()),
+            other => Err(want("a CPU list like \"2-3\"", &other)),
+        }
+    }
+    fn to_toml(&self) -> toml::Value {
+        toml::Value::String(self.to_string())
+    }
+}
+
+impl std::fmt::Display for CpuList {
+    /// Runs of consecutive CPUs as ranges, the way the kernel prints a list.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        let mut i = 0;
+        while i < self.0.len() {
+            let start = self.0[i];
+            let mut end = start;
+            while i + 1 < self.0.len() && self.0[i + 1] == end + 1 {
+                i += 1;
+                end += 1;
+            }
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            if end == start {
+                write!(f, "{start}")?;
+            } else {
+                write!(f, "{start}-{end}")?;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
 scalar_value!(
     usize,
     u64,
@@ -166,6 +240,7 @@ scalar_value!(
     PathBuf,
     SocketAddr,
     Mode,
+    CpuList,
     DeviceChoice,
     DTypeChoice
 );
@@ -236,4 +311,28 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("{s:?} is not an octal permission mode like 660"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_as_the_kernel_writes_them() {
+        let p = |s: &str| CpuList::parse_one(s).map(|c| c.0);
+        assert_eq!(p("2"), Ok(vec![2]));
+        assert_eq!(p("0,2-4"), Ok(vec![0, 2, 3, 4]));
+        assert_eq!(p("3,1,1-2"), Ok(vec![1, 2, 3]));
+        for bad in ["", "a", "3-1", "1-", "-1", "1,,2", "1024"] {
+            let e = p(bad).unwrap_err();
+            assert!(e.contains("CPU"), "{bad:?}: {e}");
+        }
+        // Printed back in the same format, runs as ranges.
+        let printed = CpuList::parse_one("0,2-4,7,8").unwrap().to_string();
+        assert_eq!(printed, "0,2-4,7-8");
+        assert_eq!(
+            CpuList::parse_one(&printed).unwrap().0,
+            vec![0, 2, 3, 4, 7, 8]
+        );
+    }
 }

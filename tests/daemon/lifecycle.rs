@@ -158,3 +158,73 @@ fn socket_mode_and_peer_allow_list() {
         pb::Status::Ok
     );
 }
+
+/// `(thread name, CPUs it may run on)` for every thread of `pid`.
+fn thread_cpus(pid: i32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = match std::fs::read_to_string(task.unwrap().path().join("status")) {
+            Ok(s) => s,
+            Err(_) => continue, // the thread has just ended
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        out.push((field("Name:"), field("Cpus_allowed_list:")));
+    }
+    out
+}
+
+#[test]
+fn pinned_busy_polling_engine_threads_answer_alike_and_stop_on_sigterm() {
+    use classifyd::settings::Scalar;
+    let allowed = classifyd::sched::hot::allowed_cpus();
+    let engine_cpu = allowed[0].to_string();
+    let mut daemon = Daemon::start(
+        &default_model(),
+        &["--cpus", &engine_cpu, "--threads", "2", "--busy-poll"],
+    );
+    let local = in_process(&default_model());
+    let rt = runtime();
+    rt.block_on(async {
+        let c = daemon.client().await;
+        for t in ["what a wonderful film", "the plot was dull and slow", "meh"] {
+            let r = c
+                .classify(vec![text(t.to_string())], logits_opts())
+                .await
+                .unwrap();
+            let got = &classify_body(r).results[0].logits;
+            let want = local_logits(&local, t);
+            assert!(max_abs_diff(got, &want) <= 1e-5, "{t}: {got:?} vs {want:?}");
+        }
+    });
+    let threads = thread_cpus(daemon.pid());
+    // Both lanes' pools (names cut to 15 bytes by the kernel): two threads each, on the one CPU.
+    let engine: Vec<_> = threads
+        .iter()
+        .filter(|(n, _)| n.starts_with("classifyd-engin") || n.starts_with("classifyd-bulk-"))
+        .collect();
+    assert_eq!(engine.len(), 4, "{threads:?}");
+    for (name, cpus) in &engine {
+        assert_eq!(cpus, &engine_cpu, "{name}");
+    }
+    if allowed.len() > 1 {
+        // The I/O threads were moved off it.
+        let io: Vec<_> = threads
+            .iter()
+            .filter(|(n, _)| n == "classifyd-io")
+            .collect();
+        assert!(!io.is_empty(), "{threads:?}");
+        for (name, cpus) in io {
+            let list = classifyd::settings::CpuList::parse_one(cpus).unwrap();
+            assert!(!list.0.contains(&allowed[0]), "{name} on {cpus}");
+        }
+    }
+    // Spinning for good must not keep the daemon from draining and exiting.
+    daemon.signal(15);
+    assert_eq!(exit_code(daemon.wait()), "exit 0");
+}
