@@ -88,10 +88,12 @@ install_wheels() {
     echo "$WHEELS_TEXT" >"$WHEELS_MARKER"
 }
 
-# The driver API bindings of the cudarc that Cargo.lock pins.
+# The driver API bindings of the cudarc that Cargo.lock pins; nothing (and success) when they
+# are not downloaded yet: under pipefail a failed `ls` would otherwise end the script here,
+# before the `cargo fetch` below.
 find_cudarc() {
-    ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"cudarc-$CUDARC"/src/driver/sys/mod.rs \
-        2>/dev/null | tail -n 1
+    { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"cudarc-$CUDARC"/src/driver/sys/mod.rs \
+        2>/dev/null || true; } | tail -n 1
 }
 
 # Link-only libcuda stub: every driver entry point cudarc declares, each returning
