@@ -39,6 +39,9 @@ fn bench_model(c: &mut Criterion, name: &str, model: PathBuf) {
         model_from_file: None,
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::Auto,
+        load: classifyd::engine::LoadOptions {
+            cache_dir: Some(dir.path().join("cache")),
+        },
         unix: Some(UnixOptions {
             path: socket.clone(),
             mode: 0o600,

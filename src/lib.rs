@@ -21,11 +21,14 @@
 //! - [`sched`]: admission into a bounded queue with lanes, priorities and deadlines
 //!   ([`sched::queue`]), batch selection ([`sched::batch`]), each lane's engine loop
 //!   ([`sched::worker`]) and its threads: how many, where, how long awake ([`sched::hot`]).
-//! - [`engine`]: the model directory ([`engine::loader`]), tokenization ([`engine::tokenize`]),
+//! - [`engine`]: the model directory ([`engine::loader`]), the weights cache file
+//!   ([`engine::cache`]), tokenization ([`engine::tokenize`]),
 //!   the device and dtype choice, cutting a batch into forward passes ([`engine::passes`]),
 //!   logits → labels and scores, typed errors ([`engine::error`]) and the heap ([`engine::heap`]).
 //! - [`model`]: the layers, the hand-written CPU kernels and the thread team they split across
-//!   ([`model::team`]), and one file or folder per family behind [`model::SequenceClassifier`].
+//!   ([`model::team`]), weights recorded for the cache or viewed in place in its mapping
+//!   ([`model::weights`], [`model::mapped`]), and one file or folder per family behind
+//!   [`model::SequenceClassifier`].
 //! - [`wire`]: what both ends share, with no engine in it: the length prefix, the protobuf
 //!   messages, QUIC's stream and close codes, TLS and the development PKI.
 //! - [`client`] and [`mod@bench`]: the same protocol from the other side, and the load generator.

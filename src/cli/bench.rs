@@ -107,7 +107,8 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<i32> {
     bench::validate(&plan)?;
     let (target, runs) = match (&a.local.model, a.remote.remote()?) {
         (Some(dir), _) => {
-            let engine = Engine::load(dir, a.local.device, a.local.dtype)?;
+            let engine =
+                Engine::load_with(dir, a.local.device, a.local.dtype, &a.local.load_options())?;
             let i = engine.info();
             let target = format!(
                 "in-process {} ({}, {} {})",

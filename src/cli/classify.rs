@@ -89,10 +89,11 @@ enum Backend {
 impl Backend {
     fn open(a: &ClassifyArgs) -> anyhow::Result<Self> {
         if let Some(model) = &a.local.model {
-            return Ok(Backend::Local(Box::new(Engine::load(
+            return Ok(Backend::Local(Box::new(Engine::load_with(
                 model,
                 a.local.device,
                 a.local.dtype,
+                &a.local.load_options(),
             )?)));
         }
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -101,6 +101,27 @@ pub struct LocalArgs {
     pub device: DeviceChoice,
     #[arg(long, default_value = "auto")]
     pub dtype: DTypeChoice,
+    /// Weights cache directory (see `serve --cache-dir`).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Copy every weight into private memory; no weights cache.
+    #[arg(long)]
+    pub no_weights_cache: bool,
+}
+
+impl LocalArgs {
+    /// How this process's own load uses the weights cache.
+    pub fn load_options(&self) -> crate::engine::LoadOptions {
+        crate::engine::LoadOptions {
+            cache_dir: if self.no_weights_cache {
+                None
+            } else {
+                self.cache_dir
+                    .clone()
+                    .or_else(crate::engine::cache::default_dir)
+            },
+        }
+    }
 }
 
 /// How to reach a running daemon; shared by `classify` and `bench`.

@@ -3,18 +3,21 @@
 //! The engine is synchronous and owns its device. The daemon runs it on a dedicated thread;
 //! the CLI calls it directly.
 
+pub mod cache;
 pub mod error;
 pub mod heap;
 pub mod loader;
 pub mod passes;
 pub mod tokenize;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::engine::cache::{CacheFile, CacheStatus};
 use crate::engine::error::{EngineError, InputError, LoadError};
 use crate::engine::loader::{weight_summary, HeadConfig, ModelDir, ProblemType};
 use crate::engine::tokenize::{Encoded, Input, TextTokenizer};
@@ -23,9 +26,10 @@ use crate::model::{
     deberta::DebertaV2,
     distilbert::{DistilBert, DistilBertConfig},
     electra::Electra,
+    gemm,
     modernbert::ModernBert,
     roberta::Roberta,
-    Batch, SequenceClassifier,
+    weights, Batch, SequenceClassifier,
 };
 
 /// The architectures (`architectures[0]` in config.json) this build can serve.
@@ -209,8 +213,18 @@ pub struct Prediction {
     pub tokens: usize,
 }
 
+/// How a load treats the weights cache ([`cache`]).
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Where cache files live; `None` keeps every weight in private memory.
+    pub cache_dir: Option<PathBuf>,
+}
+
 pub struct Engine {
     model: Box<dyn SequenceClassifier>,
+    cache: CacheStatus,
+    /// Cache entries the model uses in place, of those in the file.
+    cache_views: (usize, usize),
     tokenizer: TextTokenizer,
     head: HeadConfig,
     info: ModelInfo,
@@ -296,9 +310,99 @@ fn build_model(dir: &ModelDir, vb: VarBuilder) -> Result<Box<dyn SequenceClassif
     Ok(model)
 }
 
+/// A built model, how it used the weights cache, and `(entries used in place, in the file)`.
+type Built = (Box<dyn SequenceClassifier>, CacheStatus, (usize, usize));
+
+/// Builds the model with its large CPU weights viewed in the cache file: replayed from a valid
+/// file, or recorded from the checkpoint, written, and then replayed from the new file (so the
+/// first start serves from shared pages too). Cache trouble never fails a load: the weights
+/// then stay private and the status says why.
+fn build_cached(
+    dir: &ModelDir,
+    vb: VarBuilder,
+    cache_dir: &Path,
+    device: &Device,
+) -> Result<Built, LoadError> {
+    let file = match CacheFile::for_model(cache_dir, dir, "f32", gemm::kernel_set()) {
+        Ok(f) => f,
+        Err(e) => {
+            let status = CacheStatus::Unwritable {
+                path: cache_dir.to_path_buf(),
+                why: format!("cannot key the model's files: {e}"),
+            };
+            return Ok((build_model(dir, vb)?, status, (0, 0)));
+        }
+    };
+    let why = match file.open() {
+        Ok(Some(cached)) => {
+            let cached = Arc::new(cached);
+            let model = weights::replaying(cached.clone(), || build_model(dir, vb))?;
+            let views = (cached.used(), cached.len());
+            return Ok((model, CacheStatus::Hit(file.path), views));
+        }
+        Ok(None) => "none yet".to_string(),
+        Err(invalid) => invalid,
+    };
+    let (model, rec) = weights::recording(|| build_model(dir, vb));
+    let model = model?;
+    if let Err(e) = file.write(&rec) {
+        let status = CacheStatus::Unwritable {
+            path: file.path,
+            why: e.to_string(),
+        };
+        return Ok((model, status, (0, 0)));
+    }
+    drop(rec);
+    match file.open() {
+        Ok(Some(cached)) => {
+            let vb =
+                VarBuilder::from_backend(Box::new(dir.map_weights()?), DType::F32, device.clone());
+            drop(model);
+            let cached = Arc::new(cached);
+            let model = weights::replaying(cached.clone(), || build_model(dir, vb))?;
+            let views = (cached.used(), cached.len());
+            Ok((
+                model,
+                CacheStatus::Written {
+                    path: file.path,
+                    why,
+                },
+                views,
+            ))
+        }
+        // Written but gone or unreadable at once (another process, a full disk): serve what
+        // was built.
+        other => {
+            let why = match other {
+                Err(e) => e,
+                _ => "vanished after writing".into(),
+            };
+            Ok((
+                model,
+                CacheStatus::Unwritable {
+                    path: file.path,
+                    why,
+                },
+                (0, 0),
+            ))
+        }
+    }
+}
+
 impl Engine {
-    /// Loads the model directory onto the chosen device in the chosen compute dtype.
+    /// Loads the model directory onto the chosen device in the chosen compute dtype, every
+    /// weight in private memory.
     pub fn load(root: &Path, device: DeviceChoice, dtype: DTypeChoice) -> Result<Self, LoadError> {
+        Self::load_with(root, device, dtype, &LoadOptions::default())
+    }
+
+    /// [`Engine::load`], with the weights cache when `opts` names a directory.
+    pub fn load_with(
+        root: &Path,
+        device: DeviceChoice,
+        dtype: DTypeChoice,
+        opts: &LoadOptions,
+    ) -> Result<Self, LoadError> {
         let _weights_apart = crate::engine::heap::Phase::load();
         let dir = ModelDir::open(root)?;
         if !SUPPORTED.contains(&dir.head.architecture.as_str()) {
@@ -313,7 +417,13 @@ impl Engine {
         let st = dir.map_weights()?;
         let (parameters, weight_dtype) = weight_summary(&st);
         let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone());
-        let model = build_model(&dir, vb)?;
+        let (model, cache, cache_views) = match &opts.cache_dir {
+            Some(cache_dir) if device.is_cpu() && dtype == DType::F32 => {
+                build_cached(&dir, vb, cache_dir, &device)?
+            }
+            Some(_) => (build_model(&dir, vb)?, CacheStatus::NotUsed, (0, 0)),
+            None => (build_model(&dir, vb)?, CacheStatus::Off, (0, 0)),
+        };
         let max_len = match dir.model_max_length {
             Some(m) => m.min(model.max_positions()),
             None => model.max_positions(),
@@ -338,12 +448,25 @@ impl Engine {
         };
         Ok(Self {
             model,
+            cache,
+            cache_views,
             tokenizer,
             head: dir.head,
             info,
             device,
             _release: ReleaseOnDrop,
         })
+    }
+
+    /// How this load used the weights cache.
+    pub fn cache_status(&self) -> &CacheStatus {
+        &self.cache
+    }
+
+    /// `(used in place, in the file)`: how many of the cache file's weights the model reads
+    /// from the mapping (every one, unless the model code and file disagree on a name).
+    pub fn cache_views(&self) -> (usize, usize) {
+        self.cache_views
     }
 
     pub fn info(&self) -> &ModelInfo {

@@ -6,7 +6,9 @@
 //! classification head, which live in their own files.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, VarBuilder};
+use candle_nn::VarBuilder;
+
+use super::Embedding;
 use serde::Deserialize;
 
 use super::{

@@ -5,7 +5,9 @@
 //! here has Hugging Face's meaning (1 = real token).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, VarBuilder};
+use candle_nn::VarBuilder;
+
+use super::Embedding;
 use serde::Deserialize;
 
 use super::{

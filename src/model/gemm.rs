@@ -25,6 +25,8 @@ use std::sync::OnceLock;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use super::mapped::{Buf, Values};
+
 /// Output columns per packed panel.
 pub const NR: usize = 32;
 
@@ -34,20 +36,20 @@ const PARALLEL_MIN_MACS: usize = 1 << 18;
 
 #[derive(Debug, Clone)]
 enum Panels {
-    F32(Vec<f32>),
+    F32(Buf<f32>),
     /// Used only when every weight converts to f16 and back unchanged.
-    F16(Vec<f16>),
+    F16(Buf<f16>),
 }
 
 impl Panels {
-    fn f16(&self) -> Option<&[f16]> {
+    fn f16(&self) -> Option<&Buf<f16>> {
         match self {
             Panels::F16(v) => Some(v),
             Panels::F32(_) => None,
         }
     }
 
-    fn f32(&self) -> Option<&[f32]> {
+    fn f32(&self) -> Option<&Buf<f32>> {
         match self {
             Panels::F32(v) => Some(v),
             Panels::F16(_) => None,
@@ -62,6 +64,15 @@ enum Panel<'a> {
     F16(&'a [f16]),
 }
 
+/// One named weight among the panels of a [`Packed`].
+pub struct NamedPart {
+    pub name: String,
+    /// `(k, width)`.
+    pub dims: (usize, usize),
+    /// Byte offset of its first panel in [`Packed::panel_bytes`].
+    pub at: usize,
+}
+
 /// A `[n, k]` weight (PyTorch's Linear layout) packed for [`matmul`], with its bias.
 #[derive(Debug, Clone)]
 pub struct Packed {
@@ -71,6 +82,10 @@ pub struct Packed {
     panels: Panels,
     /// Padded to a whole number of panels; zeros when the layer has no bias.
     bias: Vec<f32>,
+    /// The checkpoint names of the weights side by side in these panels, each with its width
+    /// (one for a plain layer, several for a fused one); empty when unnamed. The weights cache
+    /// writes and finds panels by these names (`super::weights`).
+    names: Vec<(String, usize)>,
 }
 
 impl Packed {
@@ -113,7 +128,7 @@ impl Packed {
                     halves[dst..dst + cols].convert_from_f32_slice(&row[..cols]);
                 }
             }
-            Panels::F16(halves)
+            Panels::F16(Buf::Owned(halves))
         } else {
             let mut panels = vec![0f32; np * k * NR];
             for p in 0..np {
@@ -123,9 +138,13 @@ impl Packed {
                     gather(kk, p * NR, &mut panels[dst..dst + cols]);
                 }
             }
-            Panels::F32(panels)
+            Panels::F32(Buf::Owned(panels))
         };
-        let mut padded = vec![0f32; np * NR];
+        Self::with_panels(k, n, panels, bias)
+    }
+
+    fn with_panels(k: usize, n: usize, panels: Panels, bias: Option<&[f32]>) -> Self {
+        let mut padded = vec![0f32; n.div_ceil(NR) * NR];
         if let Some(b) = bias {
             padded[..n].copy_from_slice(&b[..n]);
         }
@@ -134,6 +153,60 @@ impl Packed {
             n,
             panels,
             bias: padded,
+            names: Vec::new(),
+        }
+    }
+
+    /// A `[n, k]` weight whose panels are already packed (viewed in the weights cache), with
+    /// its bias; `None` when `values` is not `ceil(n / NR)` panels of `k × NR`.
+    pub fn from_panels(k: usize, n: usize, values: Values, bias: Option<&[f32]>) -> Option<Self> {
+        let want = n.div_ceil(NR) * NR * k;
+        let panels = match values {
+            Values::F32(v) if v.len() == want => Panels::F32(v),
+            Values::F16(v) if v.len() == want => Panels::F16(v),
+            _ => return None,
+        };
+        Some(Self::with_panels(k, n, panels, bias))
+    }
+
+    /// The same weight, named as in the checkpoint (see `names`).
+    pub fn named(mut self, name: String) -> Self {
+        self.names = vec![(name, self.n)];
+        self
+    }
+
+    /// Each named part, when every part has a name.
+    pub fn named_parts(&self) -> Option<Vec<NamedPart>> {
+        if self.names.is_empty() {
+            return None;
+        }
+        let elem = if self.is_f16() { 2 } else { 4 };
+        let mut at = 0;
+        let mut out = Vec::new();
+        for (name, n) in &self.names {
+            out.push(NamedPart {
+                name: name.clone(),
+                dims: (self.k, *n),
+                at,
+            });
+            at += n.div_ceil(NR) * NR * self.k * elem;
+        }
+        Some(out)
+    }
+
+    /// The panels as bytes (to write them to the weights cache).
+    pub fn panel_bytes(&self) -> &[u8] {
+        match &self.panels {
+            Panels::F32(v) => v.as_bytes(),
+            Panels::F16(v) => v.as_bytes(),
+        }
+    }
+
+    /// Whether the panels are a view into the mapped weights cache.
+    pub fn is_mapped(&self) -> bool {
+        match &self.panels {
+            Panels::F32(v) => v.is_mapped(),
+            Panels::F16(v) => v.is_mapped(),
         }
     }
 
@@ -151,27 +224,27 @@ impl Packed {
         }
         let n = parts.iter().map(|p| p.n).sum();
         // `fits` made every part the same element type, so each part yields its panels here.
+        // Parts viewed side by side in the weights cache stay a view (they were written as one).
         let panels = if f16 {
-            Panels::F16(
-                parts
-                    .iter()
-                    .filter_map(|p| p.panels.f16())
-                    .flatten()
-                    .copied()
-                    .collect(),
-            )
+            let bufs: Vec<_> = parts.iter().filter_map(|p| p.panels.f16()).collect();
+            Panels::F16(Buf::concat(&bufs))
         } else {
-            Panels::F32(
-                parts
-                    .iter()
-                    .filter_map(|p| p.panels.f32())
-                    .flatten()
-                    .copied()
-                    .collect(),
-            )
+            let bufs: Vec<_> = parts.iter().filter_map(|p| p.panels.f32()).collect();
+            Panels::F32(Buf::concat(&bufs))
         };
         let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
-        Some(Packed { k, n, panels, bias })
+        let names = if parts.iter().all(|p| !p.names.is_empty()) {
+            parts.iter().flat_map(|p| p.names.iter().cloned()).collect()
+        } else {
+            Vec::new()
+        };
+        Some(Packed {
+            k,
+            n,
+            panels,
+            bias,
+            names,
+        })
     }
 
     /// The weight back in `[k, n]` row-major (to fuse several layers into one, at load).
@@ -221,6 +294,15 @@ impl Packed {
     }
 }
 
+/// `values` as f16 when every one survives the round trip unchanged.
+pub fn to_f16_exactly(values: &[f32]) -> Option<Vec<f16>> {
+    exactly_f16(values).then(|| {
+        let mut halves = vec![f16::ZERO; values.len()];
+        halves.convert_from_f32_slice(values);
+        halves
+    })
+}
+
 /// Whether every value survives f32 → f16 → f32 unchanged, checked a block at a time with
 /// `half`'s vectorised slice conversions and no allocation.
 fn exactly_f16(values: &[f32]) -> bool {
@@ -265,6 +347,16 @@ fn isa() -> Isa {
         }
         Isa::Portable
     })
+}
+
+/// The matmul kernel set this CPU runs (`avx512`, `avx2` or `portable`), for the weights
+/// cache's key and what the daemon reports.
+pub fn kernel_set() -> &'static str {
+    match isa() {
+        Isa::Avx512 => "avx512",
+        Isa::Avx2 => "avx2",
+        Isa::Portable => "portable",
+    }
 }
 
 /// `x · Wᵀ + b` for `x` of `m` rows of `w.k()` values; returns `m` rows of `w.n()` values.
@@ -670,7 +762,7 @@ mod tests {
         let as_f32 = Packed::from_transposed(&w_odd, k, n, None);
         assert!(!as_f32.is_f16());
         let mut w_fixed = as_f32.clone();
-        if let Panels::F32(v) = &mut w_fixed.panels {
+        if let Panels::F32(Buf::Owned(v)) = &mut w_fixed.panels {
             // Put the representable value back: now both packings hold the same numbers.
             let last = v.iter().rposition(|&e| e == 1.0 + f32::EPSILON).unwrap();
             v[last] = w_t[k * n - 1];

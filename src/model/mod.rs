@@ -10,11 +10,16 @@ pub mod bert;
 pub mod deberta;
 pub mod distilbert;
 pub mod electra;
+pub mod embedding;
 pub mod gelu;
 pub mod gemm;
+pub mod mapped;
 pub mod modernbert;
 pub mod roberta;
 pub mod team;
+pub mod weights;
+
+pub use embedding::{embedding, Embedding};
 
 use std::sync::Arc;
 
@@ -179,6 +184,14 @@ pub struct Linear {
 
 impl Linear {
     pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Self::from_weights_named(weight, bias, None)
+    }
+
+    fn from_weights_named(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        name: Option<String>,
+    ) -> Result<Self> {
         if weight.device().is_cpu() && weight.dtype() == DType::F32 {
             // Packed straight from the loaded rows: no transposed copy on the way (see
             // `gemm::Packed::pack` for why a load avoids temporaries).
@@ -191,18 +204,48 @@ impl Linear {
                 candle_core::bail!("linear weight is not a contiguous CPU tensor");
             };
             let w = &cpu.as_slice::<f32>()?[start..end];
-            let packed = gemm::Packed::from_rows(w, n, k, b.as_deref());
+            let mut packed = gemm::Packed::from_rows(w, n, k, b.as_deref());
+            if let Some(name) = name {
+                packed = packed.named(name);
+            }
             return Ok(Self::packed(packed, bias));
         }
         Self::from_transposed(weight.t()?.contiguous()?, bias)
     }
 
     fn packed(packed: gemm::Packed, bias: Option<Tensor>) -> Self {
+        let packed = Arc::new(packed);
+        weights::note_packed(&packed);
         Self {
             weight_t: None,
             bias,
-            packed: Some(Arc::new(packed)),
+            packed: Some(packed),
         }
+    }
+
+    /// Whether the weight is a view into the mapped weights cache.
+    pub fn is_mapped(&self) -> bool {
+        self.packed.as_ref().is_some_and(|p| p.is_mapped())
+    }
+
+    /// The `[out_dim, in_dim]` weight at `vb`'s path: viewed in the weights cache when the build
+    /// replays one that has it, else read from the checkpoint and packed (and named, so that a
+    /// recording build can write it).
+    fn load_weight(
+        in_dim: usize,
+        out_dim: usize,
+        bias: Option<Tensor>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let name = weights::name(&vb, "weight");
+        if let Some(values) = weights::view(&vb, &name, weights::Kind::Panels, (in_dim, out_dim)) {
+            let b: Option<Vec<f32>> = bias.as_ref().map(|b| b.to_vec1()).transpose()?;
+            if let Some(p) = gemm::Packed::from_panels(in_dim, out_dim, values, b.as_deref()) {
+                return Ok(Self::packed(p.named(name), bias));
+            }
+        }
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        Self::from_weights_named(weight, bias, Some(name))
     }
 
     fn from_transposed(weight_t: Tensor, bias: Option<Tensor>) -> Result<Self> {
@@ -230,14 +273,12 @@ impl Linear {
     }
 
     pub fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = vb.get(out_dim, "bias")?;
-        Self::from_weights(weight, Some(bias))
+        Self::load_weight(in_dim, out_dim, Some(bias), vb)
     }
 
     pub fn load_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
-        Self::from_weights(weight, None)
+        Self::load_weight(in_dim, out_dim, None, vb)
     }
 
     pub fn load_opt_bias(
@@ -475,12 +516,6 @@ pub(crate) fn merge_heads(
 /// The hidden state of the first token of every row (`[CLS]` / `<s>`).
 pub fn first_token(hidden: &Tensor) -> Result<Tensor> {
     hidden.narrow(1, 0, 1)?.squeeze(1)
-}
-
-/// Loads an embedding table and checks its width.
-pub fn embedding(rows: usize, dim: usize, vb: VarBuilder) -> Result<candle_nn::Embedding> {
-    let w = vb.get((rows, dim), "weight")?;
-    Ok(candle_nn::Embedding::new(w, dim))
 }
 
 #[cfg(test)]

@@ -406,7 +406,7 @@ struct Masks {
 
 /// `ModernBertForSequenceClassification`.
 pub struct ModernBert {
-    tok_embeddings: candle_nn::Embedding,
+    tok_embeddings: super::Embedding,
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     final_norm: LayerNorm,

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::engine::{DTypeChoice, DeviceChoice};
+use crate::engine::{cache, DTypeChoice, DeviceChoice, LoadOptions};
 use crate::sched::queue::SchedulerConfig;
 use crate::serve::limits::ConnectionLimits;
 use crate::serve::quic::QuicOptions;
@@ -21,6 +21,8 @@ pub struct ServeConfig {
     pub model_from_file: Option<PathBuf>,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
+    /// How loads (at start and on reload) use the weights cache.
+    pub load: LoadOptions,
     pub unix: Option<UnixOptions>,
     pub quic: Option<QuicOptions>,
     pub connections: ConnectionLimits,
@@ -84,6 +86,13 @@ impl ServeConfig {
             model_from_file: s.model_from_file(),
             device: s.device,
             dtype: s.dtype,
+            load: LoadOptions {
+                cache_dir: if s.no_weights_cache {
+                    None
+                } else {
+                    s.cache_dir.clone().or_else(cache::default_dir)
+                },
+            },
             unix,
             quic,
             connections: ConnectionLimits::of(s),

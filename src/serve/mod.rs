@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::engine::error::LoadError;
 use crate::engine::tokenize::Input;
-use crate::engine::{DTypeChoice, DeviceChoice, Engine};
+use crate::engine::{DTypeChoice, DeviceChoice, Engine, LoadOptions};
 use crate::sched::queue::SchedulerConfig;
 use crate::sched::Scheduler;
 use crate::service::metrics::Metrics;
@@ -47,9 +47,22 @@ pub enum ServerError {
 /// [`TokenizePool`]); raised to four frames when `--max-frame-bytes` is larger.
 const TOKENIZE_BUDGET_BYTES: usize = 32 << 20;
 
-/// Runs one forward pass per batch-size bucket the scheduler can form, so the first real
-/// request finds every allocation and kernel path already taken.
+/// Rows the CPU warm-up stops at. The CPU kernels have one code path whatever the batch: what
+/// a warm-up pass buys there is the thread team's first fork, the allocator's first growth and
+/// the weights' pages. Passes of 1, 2 and 4 rows take all of that (the matmul tiles of one row
+/// and of many, split across threads) in ~25 ms; going on to 32 rows took ~210 ms of a
+/// 250 ms start (BENCHMARKS.md) and bought the first large batch a few page faults.
+const CPU_WARM_UP_ROWS: usize = 4;
+
+/// Runs one forward pass per batch-size bucket the scheduler can form (on the CPU, up to
+/// [`CPU_WARM_UP_ROWS`]), so the first real request finds every allocation and kernel path
+/// already taken.
 fn warm_up(engine: &Engine, max_batch: usize) -> Result<usize, ServerError> {
+    let max_batch = if engine.pads_batches() {
+        max_batch
+    } else {
+        max_batch.min(CPU_WARM_UP_ROWS)
+    };
     let text =
         Input::Text("warm up the model with a short sentence of about sixteen tokens".into());
     let one = engine
@@ -75,12 +88,30 @@ async fn load_warm(
     model: PathBuf,
     device: DeviceChoice,
     dtype: DTypeChoice,
+    load: LoadOptions,
     max_batch: usize,
 ) -> Result<(Engine, usize), ServerError> {
     tokio::task::spawn_blocking(move || -> Result<(Engine, usize), ServerError> {
         let warming = crate::engine::heap::Phase::warm_up();
-        let engine = Engine::load(&model, device, dtype)?;
+        let t0 = Instant::now();
+        let engine = Engine::load_with(&model, device, dtype, &load)?;
+        let load_ms = t0.elapsed().as_millis() as u64;
+        match engine.cache_status() {
+            s @ crate::engine::cache::CacheStatus::Unwritable { .. } => {
+                warn!(weights_cache = %s, load_ms, "weights cache not used")
+            }
+            s => {
+                let (in_place, entries) = engine.cache_views();
+                info!(weights_cache = %s, in_place, entries, load_ms, "loaded")
+            }
+        }
+        let t1 = Instant::now();
         let runs = warm_up(&engine, max_batch)?;
+        info!(
+            batches = runs,
+            warm_up_ms = t1.elapsed().as_millis() as u64,
+            "warmed up"
+        );
         drop(warming);
         // Loading and warming up free more than they keep: hand it back now, not at the next
         // reload (see `heap`).
@@ -140,7 +171,15 @@ async fn reload(
     };
     info!(revision = %old.identity.revision, "SIGHUP: reloading {}", path.display());
     let max_batch = cfg.scheduler.max_batch_size.max(1);
-    match load_warm(path.clone(), cfg.device, cfg.dtype, max_batch).await {
+    match load_warm(
+        path.clone(),
+        cfg.device,
+        cfg.dtype,
+        cfg.load.clone(),
+        max_batch,
+    )
+    .await
+    {
         Ok((engine, warm_runs)) => {
             let engine = Arc::new(engine);
             let identity = ModelIdentity::of(&path);
@@ -199,7 +238,7 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     let started = Instant::now();
     let (model, device, dtype) = (cfg.model.clone(), cfg.device, cfg.dtype);
     let max_batch = cfg.scheduler.max_batch_size.max(1);
-    let (engine, warm_runs) = load_warm(model, device, dtype, max_batch).await?;
+    let (engine, warm_runs) = load_warm(model, device, dtype, cfg.load.clone(), max_batch).await?;
     let engine = Arc::new(engine);
     let identity = ModelIdentity::of(&cfg.model);
     let watchdog = systemd::watchdog_interval();

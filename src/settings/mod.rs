@@ -255,6 +255,12 @@ settings! {
     device: DeviceChoice = "auto", "DEVICE";
     /// auto (F32 on CPU, F16 on CUDA), f32, f16 or bf16.
     dtype: DTypeChoice = "auto", "DTYPE";
+    /// Directory of the weights cache (CPU F32): the packed weights written once, then mapped
+    /// read-only and shared. Unset: $CACHE_DIRECTORY (systemd's CacheDirectory=), else
+    /// $XDG_CACHE_HOME/classifyd, else ~/.cache/classifyd.
+    cache_dir: Option<PathBuf> = "", "DIR";
+    /// No weights cache: every weight is copied into private memory at load.
+    no_weights_cache: bool = "false", "";
     /// Unix socket path to listen on.
     uds: Option<PathBuf> = "", "PATH";
     /// Permission bits of the socket file, in octal.
@@ -533,7 +539,7 @@ mod tests {
         for spec in SPECS {
             // An example value for the unset ones, of the right type.
             let example = match spec.key {
-                "model" | "uds" | "tls_cert" | "tls_key" | "client_ca" => "/x/y",
+                "model" | "uds" | "tls_cert" | "tls_key" | "client_ca" | "cache_dir" => "/x/y",
                 "uds_group" => "wheel",
                 "allow_uid" | "allow_gid" => "7",
                 "quic" | "metrics_addr" => "127.0.0.1:9",

@@ -96,6 +96,11 @@ impl Daemon {
         if launch.listen_fd.is_none() {
             cmd.env_remove("LISTEN_FDS");
         }
+        // The weights cache in the daemon's own directory, as systemd's CacheDirectory= gives
+        // it: every daemon test runs the cached load (written at start, mapped on reload), and
+        // none writes outside its temp dir.
+        cmd.env_remove("XDG_CACHE_HOME")
+            .env("CACHE_DIRECTORY", dir.path().join("cache"));
         cmd.arg("serve");
         // With a config file the model comes from the file, as it would in production.
         if !extra.contains(&"--config") {

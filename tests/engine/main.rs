@@ -7,3 +7,4 @@ mod common;
 mod default_model;
 mod helpers;
 mod parity;
+mod weights_cache;

@@ -26,7 +26,9 @@
 use std::sync::{Mutex, PoisonError};
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, VarBuilder};
+use candle_nn::VarBuilder;
+
+use super::Embedding;
 
 mod config;
 mod relpos;

@@ -1,0 +1,242 @@
+//! The weights cache (engine::cache): written once, then mapped and used in place, with the
+//! same logits bit for bit; a corrupt, truncated, stale or foreign file is rebuilt, never
+//! trusted; a directory that cannot be written leaves the weights private.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use candle_core::DType;
+use classifyd::engine::cache::CacheStatus;
+use classifyd::engine::tokenize::Encoded;
+use classifyd::engine::{DTypeChoice, DeviceChoice, Engine, LoadOptions};
+
+use crate::helpers::*;
+
+fn load_cached(model: &Path, cache: &Path) -> Engine {
+    let opts = LoadOptions {
+        cache_dir: Some(cache.to_path_buf()),
+    };
+    Engine::load_with(
+        model,
+        DeviceChoice::Cpu,
+        DTypeChoice::Fixed(DType::F32),
+        &opts,
+    )
+    .unwrap_or_else(|e| panic!("loading {}: {e}", model.display()))
+}
+
+/// Logits of the fixture's golden texts, one padded batch.
+fn logits(engine: &Engine, model: &Path) -> Vec<Vec<f32>> {
+    let golden = golden(model);
+    let encoded: Vec<Encoded> = golden["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| engine.tokenize(&case_input(c), true).expect("tokenizes"))
+        .collect();
+    engine
+        .logits_padded(&encoded.iter().collect::<Vec<_>>())
+        .expect("forward")
+}
+
+fn cache_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|d| d.map(|e| e.expect("entry").path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn why(status: &CacheStatus) -> String {
+    match status {
+        CacheStatus::Written { why, .. } => why.clone(),
+        other => panic!("expected the cache to be written, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_family_serves_the_same_logits_from_the_cache_bit_for_bit() {
+    for name in [
+        "bert",
+        "distilbert",
+        "roberta",
+        "xlm-roberta",
+        "electra",
+        "modernbert",
+        "deberta-v2",
+    ] {
+        let model = fixture(name);
+        let cache = tempfile::tempdir().expect("tempdir");
+        let private = load(&model, DType::F32);
+        assert_eq!(private.cache_status(), &CacheStatus::Off);
+        let want = logits(&private, &model);
+
+        let first = load_cached(&model, cache.path());
+        assert_eq!(why(first.cache_status()), "none yet", "{name}");
+        assert!(first.cache_status().mapped(), "{name}");
+        assert_eq!(logits(&first, &model), want, "{name}: written, then mapped");
+
+        let second = load_cached(&model, cache.path());
+        let files = cache_files(cache.path());
+        assert_eq!(
+            files.len(),
+            1,
+            "{name}: one file per model, no temporaries left"
+        );
+        assert_eq!(
+            second.cache_status(),
+            &CacheStatus::Hit(files[0].clone()),
+            "{name}"
+        );
+        let (used, entries) = second.cache_views();
+        assert!(
+            entries > 0 && used == entries,
+            "{name}: {used} of {entries} used in place"
+        );
+        assert_eq!(first.cache_views(), (used, entries), "{name}");
+        assert_eq!(logits(&second, &model), want, "{name}: mapped");
+    }
+}
+
+#[test]
+fn the_default_models_weights_are_mapped_and_give_its_logits() {
+    let model = default_model();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let texts = [
+        "what a wonderful film",
+        "a dull, plodding mess",
+        "it was fine",
+    ];
+    let private = load(&model, DType::F32);
+    let _written = load_cached(&model, cache.path());
+    let cached = load_cached(&model, cache.path());
+    assert!(matches!(cached.cache_status(), CacheStatus::Hit(_)));
+    // Six layers of Q, K, V (one blob), attention out, up, down; pooler and classifier; the
+    // three embedding tables.
+    assert_eq!(cached.cache_views(), (6 * 6 + 2 + 3, 6 * 6 + 2 + 3));
+    for text in texts {
+        let input = classifyd::engine::tokenize::Input::Text(text.into());
+        let a = private.tokenize(&input, true).expect("tokenizes");
+        let b = cached.tokenize(&input, true).expect("tokenizes");
+        assert_eq!(
+            private.logits(&[&a]).expect("forward"),
+            cached.logits(&[&b]).expect("forward"),
+            "{text}"
+        );
+    }
+    // The file holds the panels in f16 (as the checkpoint stores them) plus the word table:
+    // well under the 82 MiB the private f32 copy took.
+    let size = fs::metadata(&cache_files(cache.path())[0])
+        .expect("cache file")
+        .len();
+    assert!(size < 60 << 20, "cache file is {size} bytes");
+    assert!(
+        size > 20 << 20,
+        "cache file is {size} bytes: weights missing?"
+    );
+}
+
+#[test]
+fn a_corrupt_truncated_stale_or_foreign_cache_is_rebuilt_never_trusted() {
+    let model = scratch_copy("bert");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let want = logits(&load(model.path(), DType::F32), model.path());
+    let check = |expect_why: &str| {
+        let engine = load_cached(model.path(), cache.path());
+        let why = why(engine.cache_status());
+        assert!(
+            why.contains(expect_why),
+            "expected {expect_why:?}, got {why:?}"
+        );
+        assert_eq!(logits(&engine, model.path()), want, "after {expect_why}");
+        assert_eq!(
+            cache_files(cache.path()).len(),
+            1,
+            "the file was replaced in place"
+        );
+    };
+    check("none yet");
+    let file = || cache_files(cache.path())[0].clone();
+
+    // One bit flipped in the data.
+    let mut bytes = fs::read(file()).expect("read");
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x10;
+    fs::write(file(), &bytes).expect("write");
+    check("corrupt");
+
+    // Cut short.
+    let bytes = fs::read(file()).expect("read");
+    fs::write(file(), &bytes[..bytes.len() - 4096]).expect("write");
+    check("truncated");
+
+    // Not a cache file at all.
+    fs::write(file(), b"hello").expect("write");
+    check("not a weights cache");
+
+    // The model changed under the same path: a weight file touched, then the config edited.
+    let weights = model.path().join("model.safetensors");
+    let f = fs::File::options()
+        .write(true)
+        .open(&weights)
+        .expect("open");
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .expect("set mtime");
+    drop(f);
+    check("stale");
+    let config = model.path().join("config.json");
+    let text = fs::read_to_string(&config).expect("config");
+    fs::write(&config, format!("{text}\n")).expect("write config");
+    check("stale");
+
+    // And then it is trusted again.
+    let engine = load_cached(model.path(), cache.path());
+    assert!(matches!(engine.cache_status(), CacheStatus::Hit(_)));
+}
+
+#[test]
+fn an_unwritable_cache_directory_leaves_the_weights_private_and_a_read_only_one_is_read() {
+    let model = fixture("distilbert");
+    let want = logits(&load(&model, DType::F32), &model);
+
+    // A directory that cannot be made (its parent is a file), even by root.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let blocker = tmp.path().join("file");
+    fs::write(&blocker, b"").expect("write");
+    let engine = load_cached(&model, &blocker.join("cache"));
+    assert!(
+        matches!(engine.cache_status(), CacheStatus::Unwritable { .. }),
+        "{:?}",
+        engine.cache_status()
+    );
+    assert!(!engine.cache_status().mapped());
+    assert_eq!(logits(&engine, &model), want);
+
+    // A valid file in a directory made read-only afterwards is mapped, not written.
+    let cache = tmp.path().join("ro");
+    drop(load_cached(&model, &cache));
+    let mut perms = fs::metadata(&cache).expect("dir").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o555);
+    fs::set_permissions(&cache, perms).expect("chmod");
+    let engine = load_cached(&model, &cache);
+    assert!(matches!(engine.cache_status(), CacheStatus::Hit(_)));
+    assert_eq!(logits(&engine, &model), want);
+}
+
+#[test]
+fn other_dtypes_do_not_use_the_cache() {
+    let model = fixture("bert");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let opts = LoadOptions {
+        cache_dir: Some(cache.path().to_path_buf()),
+    };
+    let engine = Engine::load_with(
+        &model,
+        DeviceChoice::Cpu,
+        DTypeChoice::Fixed(DType::F16),
+        &opts,
+    )
+    .expect("loads");
+    assert_eq!(engine.cache_status(), &CacheStatus::NotUsed);
+    assert!(cache_files(cache.path()).is_empty());
+}
