@@ -9,8 +9,14 @@
 # Usage: benches/sporadic.sh ROUNDS 'label|BIN|serve flags' ...
 #   e.g. benches/sporadic.sh 3 'spin 0|target/release/classifyd|--spin-us 0' \
 #            'default|target/release/classifyd|' 'busy-poll|target/release/classifyd|--busy-poll'
+# Two other kinds of configuration run in the same rounds, for the peers the daemon is measured
+# against (both in process, tokenization included, the same texts and pauses):
+#   'label|BIN|in-process'   `BIN bench --model MODEL` (classifyd without a socket);
+#   'label|ort:FILE.onnx|'   benches/peers/peer_latency.py ort on that graph, with $PY (a
+#                            python with onnxruntime and tokenizers) and $ORT_THREADS (2).
 # Environment: MODEL (models/sentiment-minilm), TEXTS (benches/texts/tweets.txt), GAP_MS (50),
-# DURATION_S (15), IDLE_S (10), CLIENT (the binary that runs `bench`: the first config's).
+# DURATION_S (15), IDLE_S (10), CLIENT (the binary that runs `bench`: the first config's),
+# KEEP_TSV (a path to keep the raw per-round results at).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=$1
@@ -29,11 +35,49 @@ results=$dir/results.tsv
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# One line of results from `classifyd bench --json` (bench) or peer_latency.py (peer) output.
+record() {
+    python3 - "$@" >>"$results" <<'EOF'
+import json, sys
+kind, path, label, gap, idle = sys.argv[1:]
+doc = json.load(open(path))
+if kind == "peer":
+    l, inf, ok = doc["latency_us"], 0, doc["requests"]
+else:
+    runs = doc["runs"] if isinstance(doc, dict) and "runs" in doc else doc
+    r = runs[0]
+    l, ok = r["latency_us"], r["ok"]
+    inf = (r.get("server_us") or {}).get("inference") or 0  # none in process
+print("\t".join(map(str, [label, gap, l["p50"], l["p99"], l["max"], inf, ok, idle])))
+EOF
+}
+
 for round in $(seq "$rounds"); do
     for config in "$@"; do
         IFS='|' read -r label bin flags <<<"$config"
+        if [[ $bin == ort:* ]]; then
+            # One pass over the texts per load: about as many requests as the daemon's runs.
+            for g in 0 "$gap"; do
+                "${PY:-python3}" benches/peers/peer_latency.py ort --onnx "${bin#ort:}" \
+                    --texts "$texts" --threads "${ORT_THREADS:-2}" --passes 1 --gap-ms "$g" \
+                    --out "$dir/peer.json" 2>/dev/null
+                record peer "$dir/peer.json" "$label" "$g" 0
+            done
+            echo "round $round: $label done" >&2
+            continue
+        fi
+        if [[ $flags == in-process ]]; then
+            for g in 0 "$gap"; do
+                "$bin" bench --model "$model" --texts "$texts" --gap-ms "$g" \
+                    --duration-secs "$duration" --warmup-secs 2 --quiet --json >"$dir/bench.json"
+                record bench "$dir/bench.json" "$label" "$g" 0
+            done
+            echo "round $round: $label done" >&2
+            continue
+        fi
         sock=$dir/s.sock
-        rm -f "$sock"
+        # The log too: a stale ready line from the last daemon would pass the wait below.
+        rm -f "$sock" "$dir/log"
         # shellcheck disable=SC2086 # the flags are words
         "$bin" serve --model "$model" --uds "$sock" --log-format json $flags 2>"$dir/log" &
         pid=$!
@@ -50,15 +94,7 @@ for round in $(seq "$rounds"); do
         for g in 0 "$gap"; do
             "$client" bench --uds "$sock" --texts "$texts" --gap-ms "$g" --duration-secs "$duration" \
                 --warmup-secs 2 --quiet --json >"$dir/bench.json"
-            python3 - "$dir/bench.json" "$label" "$g" "$idle_pct" >>"$results" <<'EOF'
-import json, sys
-path, label, gap, idle = sys.argv[1:]
-doc = json.load(open(path))
-runs = doc["runs"] if isinstance(doc, dict) and "runs" in doc else doc
-r = runs[0]
-l, s = r["latency_us"], r["server_us"]
-print("\t".join(map(str, [label, gap, l["p50"], l["p99"], l["max"], s["inference"], r["ok"], idle])))
-EOF
+            record bench "$dir/bench.json" "$label" "$g" "$idle_pct"
         done
         kill -TERM "$pid"
         wait "$pid" || true
@@ -67,6 +103,7 @@ EOF
     done
 done
 
+[ -n "${KEEP_TSV:-}" ] && cp "$results" "$KEEP_TSV"
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 echo "CPU: $cpu, $(nproc) CPUs; $rounds rounds, ${duration} s per load; medians over rounds"
 python3 - "$results" <<'EOF'

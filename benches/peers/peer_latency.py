@@ -8,10 +8,13 @@ a user would call the model one request at a time:
          model (benches/peers/export_onnx.py; ORT_ENABLE_ALL, intra_op N, inter_op 1).
 
 Every text is classified once as warm-up, then --passes times in file order; each call is timed
-from the text (str) to the label and score. Writes JSON: latency percentiles in microseconds
+from the text (str) to the label and score. --gap-ms sleeps that long before each timed call,
+as `classifyd bench --gap-ms` does: one request at a time after a quiet spell, the pattern in
+which idle threads have gone to sleep and caches gone cold. Writes JSON: latency percentiles in microseconds
 (end to end, and the tokenization part alone), to stdout or --out.
 
-Usage: peer_latency.py torch|ort [--texts FILE] [--threads 2] [--passes 3] [--out FILE]
+Usage: peer_latency.py torch|ort [--texts FILE] [--threads 2] [--passes 3] [--gap-ms 0]
+                        [--onnx FILE] [--out FILE]
 """
 import argparse
 import json
@@ -68,6 +71,7 @@ def main():
     ap.add_argument("--texts", type=Path, default=ROOT / "benches/texts/tweets.txt")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--gap-ms", type=float, default=0.0)
     ap.add_argument("--onnx", type=Path, default=ROOT / "benches/peers/out/sentiment-minilm.onnx")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
@@ -83,6 +87,8 @@ def main():
     start = time.perf_counter()
     for _ in range(a.passes):
         for t in texts:
+            if a.gap_ms > 0:
+                time.sleep(a.gap_ms / 1e3)
             t0 = time.perf_counter()
             label, _score, tok_s = classify(t)
             total.append((time.perf_counter() - t0) * 1e6)
@@ -91,6 +97,7 @@ def main():
     wall = time.perf_counter() - start
     result = {
         "system": a.engine, "versions": versions, "threads": a.threads, "batch": 1,
+        "gap_ms": a.gap_ms, "onnx": a.onnx.name if a.engine == "ort" else None,
         "texts": str(a.texts.relative_to(ROOT) if a.texts.is_relative_to(ROOT) else a.texts),
         "requests": len(total), "positive": positive,
         "throughput_rps": round(len(total) / wall, 1),
@@ -103,7 +110,7 @@ def main():
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(text + "\n")
     l = result["latency_us"]
-    print(f"{a.engine}: n={len(total)} p50 {l['p50'] / 1e3:.2f} ms, p90 {l['p90'] / 1e3:.2f} ms, "
+    print(f"{a.engine} gap {a.gap_ms:g} ms: n={len(total)} p50 {l['p50'] / 1e3:.2f} ms, p90 {l['p90'] / 1e3:.2f} ms, "
           f"p99 {l['p99'] / 1e3:.2f} ms, max {l['max'] / 1e3:.2f} ms; "
           f"tokenize p50 {result['tokenize_us']['p50']:.0f} us", file=sys.stderr)
     if not a.out:
