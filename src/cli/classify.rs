@@ -48,6 +48,7 @@ pub(crate) fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
         writeln!(out, "max length     {} tokens", info.max_length)?;
         writeln!(out, "weight dtype   {}", info.weight_dtype)?;
         writeln!(out, "compute dtype  {}", info.compute_dtype)?;
+        writeln!(out, "kernels        {}", info.kernels)?;
         writeln!(out, "device         {}", info.device)?;
     }
     Ok(0)

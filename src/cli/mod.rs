@@ -76,7 +76,7 @@ pub struct ModelArgs {
     /// auto (CUDA when built with it and present), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
-    /// auto (F32 on CPU, F16 on CUDA), f32, f16 or bf16.
+    /// auto (F32 on CPU, F16 on CUDA), f32, f16, bf16 or int8 (CPU).
     #[arg(long, default_value = "auto")]
     pub dtype: DTypeChoice,
 }

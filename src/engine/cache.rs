@@ -42,8 +42,8 @@ const ALIGN: usize = 64;
 pub enum CacheStatus {
     /// No cache directory was given, or caching is off.
     Off,
-    /// The build does not pack weights on the CPU in F32 (a GPU, or F16/BF16), so nothing is
-    /// cached.
+    /// The build does not pack weights on the CPU in F32 (a GPU, F16/BF16, or int8), so
+    /// nothing is cached.
     NotUsed,
     /// A valid cache file was mapped and its weights used in place.
     Hit(PathBuf),

@@ -150,6 +150,8 @@ fn cuda_open_error(raw: String) -> String {
 pub enum DTypeChoice {
     Auto,
     Fixed(DType),
+    /// F32 with the transformer layers' matmul weights in int8 (CPU only; `model::qgemm`).
+    Int8,
 }
 
 impl FromStr for DTypeChoice {
@@ -160,8 +162,9 @@ impl FromStr for DTypeChoice {
             "f32" => Ok(Self::Fixed(DType::F32)),
             "f16" => Ok(Self::Fixed(DType::F16)),
             "bf16" => Ok(Self::Fixed(DType::BF16)),
+            "int8" => Ok(Self::Int8),
             _ => Err(format!(
-                "unknown dtype {s:?} (expected auto, f32, f16 or bf16)"
+                "unknown dtype {s:?} (expected auto, f32, f16, bf16 or int8)"
             )),
         }
     }
@@ -174,15 +177,18 @@ impl std::fmt::Display for DTypeChoice {
             DTypeChoice::Fixed(DType::F16) => "f16",
             DTypeChoice::Fixed(DType::BF16) => "bf16",
             DTypeChoice::Fixed(_) => "f32",
+            DTypeChoice::Int8 => "int8",
         })
     }
 }
 
 impl DTypeChoice {
-    /// F32 on CPU (no f16 arithmetic in AVX2), F16 on CUDA.
+    /// F32 on CPU (no f16 arithmetic in AVX2), F16 on CUDA. Int8 computes everything but the
+    /// quantized matmuls in F32.
     pub fn resolve(self, device: &Device) -> DType {
         match self {
             DTypeChoice::Fixed(d) => d,
+            DTypeChoice::Int8 => DType::F32,
             DTypeChoice::Auto if device.is_cuda() => DType::F16,
             DTypeChoice::Auto => DType::F32,
         }
@@ -199,6 +205,9 @@ pub struct ModelInfo {
     pub max_length: usize,
     pub weight_dtype: String,
     pub compute_dtype: String,
+    /// The matmul kernels that run: `f32 avx512|avx2|portable` (packed panels), `int8
+    /// avx512-vnni|portable`, or `candle` (GPU, F16/BF16).
+    pub kernels: String,
     pub device: String,
 }
 
@@ -413,11 +422,26 @@ impl Engine {
             });
         }
         let device = device.open()?;
+        let int8 = dtype == DTypeChoice::Int8;
+        if int8 && !device.is_cpu() {
+            return Err(LoadError::Device {
+                device: device_name(&device),
+                message: "--dtype int8 runs on the CPU only; use f16 or bf16 on a GPU".into(),
+            });
+        }
         let dtype = dtype.resolve(&device);
         let st = dir.map_weights()?;
         let (parameters, weight_dtype) = weight_summary(&st);
         let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone());
         let (model, cache, cache_views) = match &opts.cache_dir {
+            _ if int8 => {
+                let model = weights::quantizing(|| build_model(&dir, vb))?;
+                let status = match opts.cache_dir {
+                    Some(_) => CacheStatus::NotUsed,
+                    None => CacheStatus::Off,
+                };
+                (model, status, (0, 0))
+            }
             Some(cache_dir) if device.is_cpu() && dtype == DType::F32 => {
                 build_cached(&dir, vb, cache_dir, &device)?
             }
@@ -443,7 +467,16 @@ impl Engine {
             parameters,
             max_length: max_len,
             weight_dtype,
-            compute_dtype: format!("{dtype:?}").to_lowercase(),
+            compute_dtype: if int8 {
+                "int8".into()
+            } else {
+                format!("{dtype:?}").to_lowercase()
+            },
+            kernels: match (int8, device.is_cpu() && dtype == DType::F32) {
+                (true, _) => format!("int8 {}", crate::model::qgemm::kernel_set()),
+                (false, true) => format!("f32 {}", gemm::kernel_set()),
+                (false, false) => "candle".into(),
+            },
             device: device_name(&device),
         };
         Ok(Self {

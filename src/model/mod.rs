@@ -15,6 +15,7 @@ pub mod gelu;
 pub mod gemm;
 pub mod mapped;
 pub mod modernbert;
+pub mod qgemm;
 pub mod roberta;
 pub mod team;
 pub mod weights;
@@ -180,6 +181,9 @@ pub struct Linear {
     weight_t: Option<Tensor>,
     bias: Option<Tensor>,
     packed: Option<Arc<gemm::Packed>>,
+    /// `--dtype int8`: the weight quantized instead (see [`qgemm`]); then the other two are
+    /// `None`.
+    quant: Option<Arc<qgemm::QPacked>>,
 }
 
 impl Linear {
@@ -204,6 +208,10 @@ impl Linear {
                 candle_core::bail!("linear weight is not a contiguous CPU tensor");
             };
             let w = &cpu.as_slice::<f32>()?[start..end];
+            if name.as_deref().is_some_and(weights::quantize) {
+                let q = qgemm::QPacked::from_rows(w, n, k, b.as_deref());
+                return Ok(Self::quantized(q, bias));
+            }
             let mut packed = gemm::Packed::from_rows(w, n, k, b.as_deref());
             if let Some(name) = name {
                 packed = packed.named(name);
@@ -220,7 +228,22 @@ impl Linear {
             weight_t: None,
             bias,
             packed: Some(packed),
+            quant: None,
         }
+    }
+
+    fn quantized(q: qgemm::QPacked, bias: Option<Tensor>) -> Self {
+        Self {
+            weight_t: None,
+            bias,
+            packed: None,
+            quant: Some(Arc::new(q)),
+        }
+    }
+
+    /// Whether the weight is int8 (`--dtype int8`).
+    pub fn is_int8(&self) -> bool {
+        self.quant.is_some()
     }
 
     /// Whether the weight is a view into the mapped weights cache.
@@ -238,6 +261,10 @@ impl Linear {
         vb: VarBuilder,
     ) -> Result<Self> {
         let name = weights::name(&vb, "weight");
+        if weights::quantize(&name) {
+            let weight = vb.get((out_dim, in_dim), "weight")?;
+            return Self::from_weights_named(weight, bias, Some(name));
+        }
         if let Some(values) = weights::view(&vb, &name, weights::Kind::Panels, (in_dim, out_dim)) {
             let b: Option<Vec<f32>> = bias.as_ref().map(|b| b.to_vec1()).transpose()?;
             if let Some(p) = gemm::Packed::from_panels(in_dim, out_dim, values, b.as_deref()) {
@@ -260,6 +287,7 @@ impl Linear {
             weight_t: Some(weight_t),
             bias,
             packed: None,
+            quant: None,
         })
     }
 
@@ -305,6 +333,14 @@ impl Linear {
         // Packed parts are joined panel by panel; each packed bias is zeros where it had none,
         // so that is exact only when all or none have one.
         let same_bias = bias.is_some() || parts.iter().all(|p| p.bias.is_none());
+        let quant: Option<Vec<&qgemm::QPacked>> =
+            parts.iter().map(|p| p.quant.as_deref()).collect();
+        if let Some(joined) = quant
+            .filter(|_| same_bias)
+            .and_then(|qs| qgemm::QPacked::concat(&qs))
+        {
+            return Ok(Self::quantized(joined, bias));
+        }
         let packed: Option<Vec<&gemm::Packed>> =
             parts.iter().map(|p| p.packed.as_deref()).collect();
         if let Some(joined) = packed
@@ -323,21 +359,58 @@ impl Linear {
 
     /// `act(self(xs))`, with exact GELU fused into the matmul where the packed kernel runs.
     pub fn forward_act(&self, xs: &Tensor, act: Activation) -> Result<Tensor> {
-        match (&self.packed, act) {
-            (Some(p), Activation::Gelu) => packed_forward(p, xs, gemm::Epilogue::GeluErf),
+        match (self.kernel(), act) {
+            (Some(w), Activation::Gelu) => packed_forward(w, xs, gemm::Epilogue::GeluErf),
             _ => act.apply(&self.forward(xs)?),
+        }
+    }
+
+    /// The hand-written kernel's weight, where one runs this layer.
+    fn kernel(&self) -> Option<Kernel<'_>> {
+        match (&self.quant, &self.packed) {
+            (Some(q), _) => Some(Kernel::Int8(q)),
+            (None, Some(p)) => Some(Kernel::F32(p)),
+            (None, None) => None,
         }
     }
 }
 
-fn packed_forward(p: &gemm::Packed, xs: &Tensor, epilogue: gemm::Epilogue) -> Result<Tensor> {
-    xs.contiguous()?
-        .apply_op1_no_bwd(&PackedMatmul { w: p, epilogue })
+/// A weight in one of the CPU kernels' layouts.
+#[derive(Clone, Copy)]
+enum Kernel<'a> {
+    F32(&'a gemm::Packed),
+    Int8(&'a qgemm::QPacked),
 }
 
-/// [`gemm::matmul`] as a candle op on `[.., in]` f32 CPU tensors.
+impl Kernel<'_> {
+    fn k(&self) -> usize {
+        match self {
+            Kernel::F32(w) => w.k(),
+            Kernel::Int8(w) => w.k(),
+        }
+    }
+    fn n(&self) -> usize {
+        match self {
+            Kernel::F32(w) => w.n(),
+            Kernel::Int8(w) => w.n(),
+        }
+    }
+    fn matmul(&self, x: &[f32], m: usize, epilogue: gemm::Epilogue) -> Vec<f32> {
+        match self {
+            Kernel::F32(w) => gemm::matmul(x, m, w, epilogue),
+            Kernel::Int8(w) => qgemm::matmul(x, m, w, epilogue),
+        }
+    }
+}
+
+fn packed_forward(w: Kernel<'_>, xs: &Tensor, epilogue: gemm::Epilogue) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op1_no_bwd(&PackedMatmul { w, epilogue })
+}
+
+/// [`gemm::matmul`] or [`qgemm::matmul`] as a candle op on `[.., in]` f32 CPU tensors.
 struct PackedMatmul<'a> {
-    w: &'a gemm::Packed,
+    w: Kernel<'a>,
     epilogue: gemm::Epilogue,
 }
 
@@ -362,7 +435,7 @@ impl candle_core::CustomOp1 for PackedMatmul<'_> {
             candle_core::bail!("packed matmul: input {dims:?}, weight takes {k} features");
         }
         let m = (end - start) / k;
-        let out = gemm::matmul(&data[start..end], m, self.w, self.epilogue);
+        let out = self.w.matmul(&data[start..end], m, self.epilogue);
         let mut out_dims = dims.to_vec();
         let last = out_dims.len() - 1;
         out_dims[last] = self.w.n();
@@ -372,8 +445,8 @@ impl candle_core::CustomOp1 for PackedMatmul<'_> {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if let Some(p) = &self.packed {
-            return packed_forward(p, xs, gemm::Epilogue::None);
+        if let Some(w) = self.kernel() {
+            return packed_forward(w, xs, gemm::Epilogue::None);
         }
         let weight_t = self.weight_t()?;
         let dims = xs.dims();

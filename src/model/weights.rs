@@ -11,7 +11,7 @@
 //! argument: [`super::Linear::load`] and [`super::embedding`] ask it by the `VarBuilder` path.
 //! Only CPU F32 builds take part (the packed kernels' path).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -178,6 +178,31 @@ enum Mode {
 
 thread_local! {
     static MODE: RefCell<Option<Mode>> = const { RefCell::new(None) };
+    static QUANTIZE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `build` with the transformer layers' matmul weights quantized to int8
+/// (`--dtype int8`, see `super::qgemm`).
+pub fn quantizing<R>(build: impl FnOnce() -> R) -> R {
+    struct Off;
+    impl Drop for Off {
+        fn drop(&mut self) {
+            QUANTIZE.with(|q| q.set(false));
+        }
+    }
+    QUANTIZE.with(|q| q.set(true));
+    let _off = Off;
+    build()
+}
+
+/// Whether the weight `name` is quantized in this build: the matmuls inside the transformer
+/// layers (`….layer.N.…`, `….layers.N.…`), which are nearly all of the arithmetic. Embeddings,
+/// norms, the pooler and the classification head stay in floating point: they are a sliver of
+/// the work, and the head's few outputs are where a rounding error would show up as a flipped
+/// label.
+pub fn quantize(name: &str) -> bool {
+    QUANTIZE.with(Cell::get)
+        && (name.contains(".layer.") || name.contains(".layers.") || name.starts_with("layers."))
 }
 
 /// Restores "no mode" when a build ends, by return or by unwinding.

@@ -113,7 +113,7 @@ impl EngineThreads {
         background: bool,
     ) -> std::io::Result<EngineThreads> {
         let cpu = !engine.pads_batches();
-        let candle_wide = !cpu || engine.info().compute_dtype != "f32";
+        let candle_wide = !cpu || !matches!(engine.info().compute_dtype.as_str(), "f32" | "int8");
         EngineThreads::new(name, cfg, cpu, candle_wide, background)
     }
 

@@ -253,7 +253,8 @@ settings! {
     model: Option<PathBuf> = "", "DIR";
     /// auto (CUDA when built with it and present), cpu, cuda or cuda:N.
     device: DeviceChoice = "auto", "DEVICE";
-    /// auto (F32 on CPU, F16 on CUDA), f32, f16 or bf16.
+    /// auto (F32 on CPU, F16 on CUDA), f32, f16, bf16, or int8 (CPU: the transformer layers'
+    /// matmuls in int8).
     dtype: DTypeChoice = "auto", "DTYPE";
     /// Directory of the weights cache (CPU F32): the packed weights written once, then mapped
     /// read-only and shared. Unset: $CACHE_DIRECTORY (systemd's CacheDirectory=), else

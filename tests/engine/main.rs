@@ -6,5 +6,6 @@ mod cli;
 mod common;
 mod default_model;
 mod helpers;
+mod int8;
 mod parity;
 mod weights_cache;

@@ -1,0 +1,433 @@
+//! The CPU int8 matmul behind `--dtype int8`: `x · Wᵀ + b` with the weight quantized once at
+//! load, per output channel and symmetric, and `x` quantized per row as it arrives.
+//!
+//! Why per channel and per row: one scale for a whole weight (ONNX Runtime's default dynamic
+//! quantization) lets one large column set the step for all the others, and on the default
+//! model that flips 1 label in 23 against fp32 (BENCHMARKS.md). A scale per output column and
+//! per input row keeps each dot product at the full 8 bits of its own range.
+//!
+//! The arithmetic: with `W[j] ≈ sw[j] · wq[j]` (wq in ±127) and each row of `x` mapped onto
+//! the 256 levels between its own extremes, `x[r] ≈ lo[r] + sx[r] · u[r]` (u in 0..=255, the
+//! unsigned operand the integer instructions want), `y[r][j] = sw[j] · (sx[r] · Σ u·wq + lo[r]
+//! · Σ wq) + b[j]`, where `Σ wq[j]` is precomputed at load (`sums`). Dot products stay in i32 (at
+//! most k · 255 · 127, far from overflow for any hidden size here).
+//!
+//! Layout: panels of [`NR`] columns; inside a panel the weight bytes are in groups of four
+//! consecutive `k` per column (`[k/4][column][4]`), the operand shape of `vpdpbusd`, which
+//! multiplies four byte pairs and adds them into one i32 lane. Kernels: AVX-512 VNNI (6 rows ×
+//! 32 columns, 12 accumulators), chosen at run time, and a portable loop for every other CPU.
+
+use std::sync::OnceLock;
+
+/// Output columns per panel (two vectors of 16 i32).
+pub const NR: usize = 32;
+/// `k` values per group: the four bytes one i32 lane sums.
+const KG: usize = 4;
+/// Rows per kernel tile.
+const MR: usize = 6;
+/// Multiply-adds below which the product stays on the calling thread (as in `gemm`).
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// A `[n, k]` weight quantized for [`matmul`].
+#[derive(Debug, Clone)]
+pub struct QPacked {
+    k: usize,
+    n: usize,
+    /// `ceil(n / NR)` panels of `groups() × NR × KG` bytes; zero past `k` and past `n`.
+    panels: Vec<i8>,
+    /// Per column (padded to whole panels): the dequantization step `sw[j]`.
+    scales: Vec<f32>,
+    /// Per column: `Σ_k wq[j][k]`, what the activations' offset (`lo`) multiplies.
+    sums: Vec<i32>,
+    /// Per column; zeros when the layer has no bias.
+    bias: Vec<f32>,
+}
+
+impl QPacked {
+    /// Quantizes `w`, `[n, k]` row-major (PyTorch's Linear layout).
+    pub fn from_rows(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
+        assert_eq!(w.len(), n * k, "weight is not {n} × {k}");
+        let np = n.div_ceil(NR);
+        let groups = k.div_ceil(KG);
+        let mut panels = vec![0i8; np * groups * NR * KG];
+        let mut scales = vec![0f32; np * NR];
+        let mut sums = vec![0i32; np * NR];
+        let mut q = vec![0i8; k];
+        for j in 0..n {
+            let row = &w[j * k..(j + 1) * k];
+            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let step = if amax > 0.0 { amax / 127.0 } else { 0.0 };
+            let mut sum = 0i32;
+            for (d, v) in q.iter_mut().zip(row) {
+                *d = if step > 0.0 {
+                    (v / step).round().clamp(-127.0, 127.0) as i8
+                } else {
+                    0
+                };
+                sum += i32::from(*d);
+            }
+            scales[j] = step;
+            sums[j] = sum;
+            let (p, c) = (j / NR, j % NR);
+            for (kk, &v) in q.iter().enumerate() {
+                // As `at(j, kk / KG)`, before `self` exists.
+                panels[((p * groups + kk / KG) * NR + c) * KG + kk % KG] = v;
+            }
+        }
+        let mut padded = vec![0f32; np * NR];
+        if let Some(b) = bias {
+            padded[..n].copy_from_slice(&b[..n]);
+        }
+        Self {
+            k,
+            n,
+            panels,
+            scales,
+            sums,
+            bias: padded,
+        }
+    }
+
+    /// Several quantized weights over the same input side by side (Q, K and V as one
+    /// matmul), column by column; `None` when their input widths differ.
+    pub fn concat(parts: &[&QPacked]) -> Option<QPacked> {
+        let k = parts.first()?.k;
+        if parts.iter().any(|p| p.k != k) {
+            return None;
+        }
+        let n: usize = parts.iter().map(|p| p.n).sum();
+        let (np, groups) = (n.div_ceil(NR), k.div_ceil(KG));
+        let mut out = QPacked {
+            k,
+            n,
+            panels: vec![0i8; np * groups * NR * KG],
+            scales: vec![0f32; np * NR],
+            sums: vec![0i32; np * NR],
+            bias: vec![0f32; np * NR],
+        };
+        let mut to = 0;
+        for part in parts {
+            for j in 0..part.n {
+                for g in 0..groups {
+                    let src = part.at(j, g);
+                    let dst = out.at(to, g);
+                    out.panels[dst..dst + KG].copy_from_slice(&part.panels[src..src + KG]);
+                }
+                out.scales[to] = part.scales[j];
+                out.sums[to] = part.sums[j];
+                out.bias[to] = part.bias[j];
+                to += 1;
+            }
+        }
+        Some(out)
+    }
+
+    /// Where column `j`'s four bytes of group `g` start in `panels`.
+    fn at(&self, j: usize, g: usize) -> usize {
+        ((j / NR * self.groups() + g) * NR + j % NR) * KG
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    fn groups(&self) -> usize {
+        self.k.div_ceil(KG)
+    }
+
+    fn panel(&self, p: usize) -> &[i8] {
+        let len = self.groups() * NR * KG;
+        &self.panels[p * len..(p + 1) * len]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512Vnni,
+    Portable,
+}
+
+fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vnni")
+            {
+                return Isa::Avx512Vnni;
+            }
+        }
+        Isa::Portable
+    })
+}
+
+/// The int8 kernel set this CPU runs (`avx512-vnni` or `portable`), for what the daemon
+/// reports and the weights cache's key.
+pub fn kernel_set() -> &'static str {
+    match isa() {
+        Isa::Avx512Vnni => "avx512-vnni",
+        Isa::Portable => "portable",
+    }
+}
+
+/// Rows of `x` quantized: `x[r][k] ≈ lo[r] + steps[r] · u[r][k]`, `u` padded to whole groups.
+struct QRows {
+    u: Vec<u8>,
+    steps: Vec<f32>,
+    lows: Vec<f32>,
+    stride: usize,
+}
+
+/// Each row to the 256 levels between its own minimum and maximum (asymmetric): a one-sided
+/// row, like GELU's outputs in [-0.17, max], keeps all 8 bits instead of the 7 a symmetric
+/// ±max scale leaves it. Measured on the default model (2,014 held-out sentences and 300
+/// tweets): 11 labels differ from f32 with symmetric rows, 6 with these (BENCHMARKS.md).
+fn quantize_rows(x: &[f32], m: usize, k: usize) -> QRows {
+    let stride = k.div_ceil(KG) * KG;
+    let mut u = vec![0u8; m * stride];
+    let mut steps = vec![0f32; m];
+    let mut lows = vec![0f32; m];
+    for r in 0..m {
+        let row = &x[r * k..(r + 1) * k];
+        let (lo, hi) = row
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        if !(lo.is_finite() && hi.is_finite()) {
+            // A non-finite row cannot be quantized: NaN out, as the f32 path would give.
+            steps[r] = f32::NAN;
+            continue;
+        }
+        lows[r] = lo;
+        if hi == lo {
+            continue;
+        }
+        let step = (hi - lo) / 255.0;
+        let inv = 255.0 / (hi - lo);
+        for (d, v) in u[r * stride..r * stride + k].iter_mut().zip(row) {
+            *d = ((v - lo) * inv).round().clamp(0.0, 255.0) as u8;
+        }
+        steps[r] = step;
+    }
+    QRows {
+        u,
+        steps,
+        lows,
+        stride,
+    }
+}
+
+/// `x · Wᵀ + b` for `x` of `m` rows of `w.k()` values; returns `m` rows of `w.n()` values.
+pub fn matmul(x: &[f32], m: usize, w: &QPacked, epilogue: super::gemm::Epilogue) -> Vec<f32> {
+    let (k, n) = (w.k, w.n);
+    assert_eq!(x.len(), m * k, "matmul: x is not {m} rows of {k}");
+    let rows = quantize_rows(x, m, k);
+    let np = n.div_ceil(NR);
+    let mut out = vec![0f32; m * n];
+    let dst = OutPtr(out.as_mut_ptr());
+    let isa = isa();
+    let work = |p: usize| {
+        let cols = (n - p * NR).min(NR);
+        let mut acc = vec![0i32; m * NR];
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512F/BW/VNNI (checked in `isa`); `acc` holds m × NR.
+            Isa::Avx512Vnni => unsafe { panel_vnni(&rows, m, w.groups(), w.panel(p), &mut acc) },
+            _ => panel_portable(&rows, m, w.groups(), w.panel(p), &mut acc),
+        }
+        for r in 0..m {
+            // SAFETY: panel p alone writes columns p·NR .. p·NR+cols of each row of `out`
+            // (m·n floats, alive for the whole call).
+            let y = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * n + p * NR), cols) };
+            let (step, lo) = (rows.steps[r], rows.lows[r]);
+            for (c, v) in y.iter_mut().enumerate() {
+                let j = p * NR + c;
+                // Σ x·w ≈ sw · (step · Σ u·wq + lo · Σ wq)
+                let dot = step * acc[r * NR + c] as f32 + lo * w.sums[j] as f32;
+                *v = w.scales[j] * dot + w.bias[j];
+            }
+            if epilogue == super::gemm::Epilogue::GeluErf {
+                super::gelu::gelu_in_place(y);
+            }
+        }
+    };
+    if m * n * k >= PARALLEL_MIN_MACS && np > 1 && super::team::current_threads() > 1 {
+        super::team::for_each(np, work);
+    } else {
+        (0..np).for_each(work);
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the threads given an OutPtr write disjoint elements (see `matmul`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `acc[r][c] = Σ_g Σ_t u[r][4g+t] · panel[g][c][t]`, the reference for the vector kernel.
+fn panel_portable(rows: &QRows, m: usize, groups: usize, panel: &[i8], acc: &mut [i32]) {
+    for r in 0..m {
+        let u = &rows.u[r * rows.stride..(r + 1) * rows.stride];
+        let out = &mut acc[r * NR..(r + 1) * NR];
+        for g in 0..groups {
+            let a = &u[g * KG..(g + 1) * KG];
+            let wg = &panel[g * NR * KG..(g + 1) * NR * KG];
+            for (c, o) in out.iter_mut().enumerate() {
+                let b = &wg[c * KG..(c + 1) * KG];
+                *o += (0..KG)
+                    .map(|t| i32::from(a[t]) * i32::from(b[t]))
+                    .sum::<i32>();
+            }
+        }
+    }
+}
+
+/// The AVX-512 VNNI panel product: tiles of up to [`MR`] rows, two vectors of 16 columns each,
+/// one `vpdpbusd` per row and vector per group of four `k`.
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX-512BW and AVX-512 VNNI; `acc` must hold `m × NR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn panel_vnni(rows: &QRows, m: usize, groups: usize, panel: &[i8], acc: &mut [i32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(acc.len() >= m * NR && panel.len() >= groups * NR * KG);
+    let mut r0 = 0;
+    while r0 < m {
+        let mr = (m - r0).min(MR);
+        let mut c = [[_mm512_setzero_si512(); 2]; MR];
+        for g in 0..groups {
+            let wp = panel.as_ptr().add(g * NR * KG);
+            let w0 = _mm512_loadu_si512(wp.cast());
+            let w1 = _mm512_loadu_si512(wp.add(16 * KG).cast());
+            for (r, cr) in c.iter_mut().enumerate().take(mr) {
+                let up = rows.u.as_ptr().add((r0 + r) * rows.stride + g * KG);
+                let a = _mm512_set1_epi32(std::ptr::read_unaligned(up.cast::<i32>()));
+                cr[0] = _mm512_dpbusd_epi32(cr[0], a, w0);
+                cr[1] = _mm512_dpbusd_epi32(cr[1], a, w1);
+            }
+        }
+        for (r, cr) in c.iter().enumerate().take(mr) {
+            let o = acc.as_mut_ptr().add((r0 + r) * NR);
+            _mm512_storeu_si512(o.cast(), cr[0]);
+            _mm512_storeu_si512(o.add(16).cast(), cr[1]);
+        }
+        r0 += mr;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gemm::Epilogue;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, b: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for r in 0..m {
+            for j in 0..n {
+                out[r * n + j] = b[j] + (0..k).map(|kk| x[r * k + kk] * w[j * k + kk]).sum::<f32>();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_vector_kernel_equals_the_portable_one_exactly() {
+        for (m, k, n) in [(1, 4, 32), (7, 37, 45), (13, 384, 96), (6, 130, 64)] {
+            let w = QPacked::from_rows(&data(n * k, 1), n, k, None);
+            let rows = quantize_rows(&data(m * k, 2), m, k);
+            for p in 0..n.div_ceil(NR) {
+                let mut want = vec![0i32; m * NR];
+                panel_portable(&rows, m, w.groups(), w.panel(p), &mut want);
+                if isa() == Isa::Avx512Vnni {
+                    let mut got = vec![0i32; m * NR];
+                    // SAFETY: isa() found the features; got holds m × NR.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        panel_vnni(&rows, m, w.groups(), w.panel(p), &mut got)
+                    };
+                    assert_eq!(got, want, "{m}x{k}x{n} panel {p}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_matmul_is_within_quantization_error_of_f32() {
+        let (m, k, n) = (9, 384, 70);
+        let (x, w, b) = (data(m * k, 3), data(n * k, 4), data(n, 5));
+        let want = reference(&x, m, &w, n, k, &b);
+        let q = QPacked::from_rows(&w, n, k, Some(&b));
+        let got = matmul(&x, m, &q, Epilogue::None);
+        // Each product carries at most half a step of error from each side; over k terms of
+        // uniform values the sum's error is a small fraction of its typical size (~√k / 3).
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 0.05 * (k as f32).sqrt() / 3.0, "worst {worst}");
+        // Joined parts give exactly what each part gives alone.
+        let (w2, b2) = (data(32 * k, 6), data(32, 7));
+        let q2 = QPacked::from_rows(&w2, 32, k, Some(&b2));
+        let q1 = QPacked::from_rows(&w[..64 * k], 64, k, Some(&b[..64]));
+        let joined = QPacked::concat(&[&q1, &q2]).expect("joins");
+        // A ragged part first: still exact, column by column.
+        let q3 = QPacked::from_rows(&w[..45 * k], 45, k, Some(&b[..45]));
+        let ragged = QPacked::concat(&[&q3, &q2]).expect("joins");
+        let (r3, rj) = (
+            matmul(&x, m, &q3, Epilogue::None),
+            matmul(&x, m, &ragged, Epilogue::None),
+        );
+        for r in 0..m {
+            assert_eq!(&rj[r * 77..r * 77 + 45], &r3[r * 45..(r + 1) * 45]);
+        }
+        let (a, c) = (
+            matmul(&x, m, &q1, Epilogue::None),
+            matmul(&x, m, &q2, Epilogue::None),
+        );
+        let j = matmul(&x, m, &joined, Epilogue::None);
+        for r in 0..m {
+            assert_eq!(&j[r * 96..r * 96 + 64], &a[r * 64..(r + 1) * 64]);
+            assert_eq!(&j[r * 96 + 64..(r + 1) * 96], &c[r * 32..(r + 1) * 32]);
+        }
+    }
+
+    #[test]
+    fn zero_rows_and_zero_columns_give_the_bias() {
+        let (m, k, n) = (2, 8, 3);
+        let mut w = data(n * k, 8);
+        w[k..2 * k].fill(0.0);
+        let q = QPacked::from_rows(&w, n, k, Some(&[1.0, 2.0, 3.0]));
+        let x = vec![0f32; m * k];
+        assert_eq!(
+            matmul(&x, m, &q, Epilogue::None),
+            vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
+        );
+    }
+}
