@@ -406,12 +406,13 @@ pub fn matmul(x: &[f32], m: usize, w: &Packed, epilogue: Epilogue) -> Vec<f32> {
 
 /// The output's base pointer, shared by the threads that write disjoint columns of it.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the threads given an OutPtr write disjoint elements (see `matmul`).
+pub(super) struct OutPtr(pub(super) *mut f32);
+// SAFETY: the threads given an OutPtr write disjoint elements (see `matmul` here and in
+// `qgemm`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -19,6 +19,8 @@
 
 use std::sync::OnceLock;
 
+use super::gemm::OutPtr;
+
 /// Output columns per panel (two vectors of 16 i32).
 pub const NR: usize = 32;
 /// `k` values per group: the four bytes one i32 lane sums.
@@ -264,17 +266,6 @@ pub fn matmul(x: &[f32], m: usize, w: &QPacked, epilogue: super::gemm::Epilogue)
         (0..np).for_each(work);
     }
     out
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the threads given an OutPtr write disjoint elements (see `matmul`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `acc[r][c] = Σ_g Σ_t u[r][4g+t] · panel[g][c][t]`, the reference for the vector kernel.

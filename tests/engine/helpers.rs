@@ -9,6 +9,19 @@ use serde_json::Value;
 
 pub use crate::common::*;
 
+/// Every tiny random fixture of tests/fixtures (one or more per architecture and head).
+pub const FIXTURES: [&str; 9] = [
+    "bert",
+    "bert-multilabel",
+    "distilbert",
+    "roberta",
+    "xlm-roberta",
+    "electra",
+    "modernbert",
+    "deberta-v2",
+    "deberta-v2-conv",
+];
+
 pub fn load(dir: &Path, dtype: DType) -> Engine {
     Engine::load(dir, DeviceChoice::Cpu, DTypeChoice::Fixed(dtype))
         .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))

@@ -47,17 +47,7 @@ fn compare(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f64, f32) {
 
 #[test]
 fn every_family_in_int8_keeps_the_f32_labels_on_its_golden_texts() {
-    for name in [
-        "bert",
-        "bert-multilabel",
-        "distilbert",
-        "roberta",
-        "xlm-roberta",
-        "electra",
-        "modernbert",
-        "deberta-v2",
-        "deberta-v2-conv",
-    ] {
+    for name in FIXTURES {
         let dir = fixture(name);
         let inputs: Vec<Input> = golden(&dir)["cases"]
             .as_array()

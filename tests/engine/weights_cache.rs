@@ -56,15 +56,7 @@ fn why(status: &CacheStatus) -> String {
 
 #[test]
 fn every_family_serves_the_same_logits_from_the_cache_bit_for_bit() {
-    for name in [
-        "bert",
-        "distilbert",
-        "roberta",
-        "xlm-roberta",
-        "electra",
-        "modernbert",
-        "deberta-v2",
-    ] {
+    for name in FIXTURES {
         let model = fixture(name);
         let cache = tempfile::tempdir().expect("tempdir");
         let private = load(&model, DType::F32);
