@@ -14,8 +14,11 @@
 //!
 //! Layout: panels of [`NR`] columns; inside a panel the weight bytes are in groups of four
 //! consecutive `k` per column (`[k/4][column][4]`), the operand shape of `vpdpbusd`, which
-//! multiplies four byte pairs and adds them into one i32 lane. Kernels: AVX-512 VNNI (6 rows ×
-//! 32 columns, 12 accumulators), chosen at run time, and a portable loop for every other CPU.
+//! multiplies four byte pairs and adds them into one i32 lane. Kernels, chosen at run time:
+//! AVX-512 VNNI (6 rows × 32 columns, 12 accumulators); AVX2 (weights widened to i16 and
+//! `vpmaddwd`, a row at a time: exact, where `vpmaddubsw` would saturate); and a portable loop
+//! for every other CPU. All three give the same sums bit for bit, so a label never depends on
+//! the machine.
 
 use std::sync::OnceLock;
 
@@ -150,30 +153,46 @@ impl QPacked {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isa {
     Avx512Vnni,
+    Avx2,
     Portable,
 }
 
+/// The best kernel this CPU runs, or a lesser one named by `CLASSIFYD_INT8_KERNELS`
+/// (`avx2`, `portable`), to measure what a machine without AVX-512 VNNI would get.
 fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vnni")
-            {
-                return Isa::Avx512Vnni;
-            }
+        let best = best_isa();
+        match std::env::var("CLASSIFYD_INT8_KERNELS").as_deref() {
+            Ok("portable") => Isa::Portable,
+            Ok("avx2") if best != Isa::Portable => Isa::Avx2,
+            _ => best,
         }
-        Isa::Portable
     })
 }
 
-/// The int8 kernel set this CPU runs (`avx512-vnni` or `portable`), for what the daemon
-/// reports and the weights cache's key.
+fn best_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+        {
+            return Isa::Avx512Vnni;
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
+}
+
+/// The int8 kernel set this CPU runs (`avx512-vnni`, `avx2` or `portable`), for what the
+/// daemon reports and the weights cache's key.
 pub fn kernel_set() -> &'static str {
     match isa() {
         Isa::Avx512Vnni => "avx512-vnni",
+        Isa::Avx2 => "avx2",
         Isa::Portable => "portable",
     }
 }
@@ -230,11 +249,11 @@ fn quantize_rows(x: &[f32], m: usize, k: usize) -> QRows {
 pub fn matmul(x: &[f32], m: usize, w: &QPacked, epilogue: super::gemm::Epilogue) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), m * k, "matmul: x is not {m} rows of {k}");
+    let isa = isa();
     let rows = quantize_rows(x, m, k);
     let np = n.div_ceil(NR);
     let mut out = vec![0f32; m * n];
     let dst = OutPtr(out.as_mut_ptr());
-    let isa = isa();
     let work = |p: usize| {
         let cols = (n - p * NR).min(NR);
         let mut acc = vec![0i32; m * NR];
@@ -242,6 +261,9 @@ pub fn matmul(x: &[f32], m: usize, w: &QPacked, epilogue: super::gemm::Epilogue)
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX-512F/BW/VNNI (checked in `isa`); `acc` holds m × NR.
             Isa::Avx512Vnni => unsafe { panel_vnni(&rows, m, w.groups(), w.panel(p), &mut acc) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 (checked in `isa`); `acc` holds m × NR.
+            Isa::Avx2 => unsafe { panel_avx2(&rows, m, w.groups(), w.panel(p), &mut acc) },
             _ => panel_portable(&rows, m, w.groups(), w.panel(p), &mut acc),
         }
         for r in 0..m {
@@ -320,6 +342,53 @@ unsafe fn panel_vnni(rows: &QRows, m: usize, groups: usize, panel: &[i8], acc: &
     }
 }
 
+/// The AVX2 panel product, a row at a time. `vpmaddubsw` would add two u8 × s8 products into
+/// a saturating i16 (255 · 127 · 2 overflows it), so the weight bytes are widened to i16 as they
+/// load (`vpmovsxbw`) and multiplied with `vpmaddwd`, which adds pairs into i32 exactly: the
+/// same sums as the other kernels, bit for bit, at twice the instructions of the saturating
+/// form. Each i32 lane holds half a column's group (two `k`); the halves are added at the end.
+///
+/// # Safety
+/// The CPU must support AVX2; `acc` must hold `m × NR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn panel_avx2(rows: &QRows, m: usize, groups: usize, panel: &[i8], acc: &mut [i32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(acc.len() >= m * NR && panel.len() >= groups * NR * KG);
+    const BLOCKS: usize = NR / 8;
+    for r in 0..m {
+        // [block][half]: half 0 holds columns 8b..8b+4, half 1 columns 8b+4..8b+8, two lanes each.
+        let mut c = [[_mm256_setzero_si256(); 2]; BLOCKS];
+        let urow = rows.u.as_ptr().add(r * rows.stride);
+        for g in 0..groups {
+            // The group's four activations as i16, repeated for the four columns of a half.
+            let u = std::ptr::read_unaligned(urow.add(g * KG).cast::<[u8; 4]>());
+            let spread = u
+                .iter()
+                .enumerate()
+                .fold(0u64, |acc, (i, &b)| acc | (u64::from(b) << (16 * i)));
+            let a = _mm256_set1_epi64x(spread as i64);
+            let wp = panel.as_ptr().add(g * NR * KG);
+            for (b, cb) in c.iter_mut().enumerate() {
+                for (h, ch) in cb.iter_mut().enumerate() {
+                    let bytes = _mm_loadu_si128(wp.add((2 * b + h) * 16).cast());
+                    let w = _mm256_cvtepi8_epi16(bytes);
+                    *ch = _mm256_add_epi32(*ch, _mm256_madd_epi16(w, a));
+                }
+            }
+        }
+        let mut lanes = [0i32; 2 * NR];
+        for (b, cb) in c.iter().enumerate() {
+            for (h, ch) in cb.iter().enumerate() {
+                _mm256_storeu_si256(lanes.as_mut_ptr().add((2 * b + h) * 8).cast(), *ch);
+            }
+        }
+        for (col, out) in acc[r * NR..(r + 1) * NR].iter_mut().enumerate() {
+            *out = lanes[2 * col] + lanes[2 * col + 1];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,24 +417,41 @@ mod tests {
     }
 
     #[test]
-    fn the_vector_kernel_equals_the_portable_one_exactly() {
+    fn the_vector_kernels_equal_the_portable_one_exactly() {
+        #[cfg(target_arch = "x86_64")]
+        let (vnni, avx2) = (
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vnni"),
+            std::is_x86_feature_detected!("avx2"),
+        );
+        #[cfg(not(target_arch = "x86_64"))]
+        let (vnni, avx2) = (false, false);
         for (m, k, n) in [(1, 4, 32), (7, 37, 45), (13, 384, 96), (6, 130, 64)] {
             let w = QPacked::from_rows(&data(n * k, 1), n, k, None);
-            let rows = quantize_rows(&data(m * k, 2), m, k);
-            for p in 0..n.div_ceil(NR) {
-                let mut want = vec![0i32; m * NR];
-                panel_portable(&rows, m, w.groups(), w.panel(p), &mut want);
-                if isa() == Isa::Avx512Vnni {
-                    let mut got = vec![0i32; m * NR];
-                    // SAFETY: isa() found the features; got holds m × NR.
+            {
+                let rows = quantize_rows(&data(m * k, 2), m, k);
+                for p in 0..n.div_ceil(NR) {
+                    let mut want = vec![0i32; m * NR];
+                    panel_portable(&rows, m, w.groups(), w.panel(p), &mut want);
                     #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        panel_vnni(&rows, m, w.groups(), w.panel(p), &mut got)
-                    };
-                    assert_eq!(got, want, "{m}x{k}x{n} panel {p}");
+                    {
+                        let mut got = vec![0i32; m * NR];
+                        if vnni {
+                            // SAFETY: the features were detected; got holds m × NR.
+                            unsafe { panel_vnni(&rows, m, w.groups(), w.panel(p), &mut got) };
+                            assert_eq!(got, want, "vnni {m}x{k}x{n} panel {p}");
+                        }
+                        if avx2 {
+                            // SAFETY: as above.
+                            unsafe { panel_avx2(&rows, m, w.groups(), w.panel(p), &mut got) };
+                            assert_eq!(got, want, "avx2 {m}x{k}x{n} panel {p}");
+                        }
+                    }
                 }
             }
         }
+        let _ = (vnni, avx2);
     }
 
     #[test]
