@@ -65,7 +65,7 @@ impl QPacked {
             let mut sum = 0i32;
             for (d, v) in q.iter_mut().zip(row) {
                 *d = if step > 0.0 {
-                    (v / step).round().clamp(-127.0, 127.0) as i8
+                    (v / step).round_ties_even().clamp(-127.0, 127.0) as i8
                 } else {
                     0
                 };
@@ -233,7 +233,9 @@ fn quantize_rows(x: &[f32], m: usize, k: usize) -> QRows {
         let step = (hi - lo) / 255.0;
         let inv = 255.0 / (hi - lo);
         for (d, v) in u[r * stride..r * stride + k].iter_mut().zip(row) {
-            *d = ((v - lo) * inv).round().clamp(0.0, 255.0) as u8;
+            // Ties to even: one vector instruction, where `round` (ties away) is a libm call
+            // per value and kept this loop scalar.
+            *d = ((v - lo) * inv).round_ties_even().clamp(0.0, 255.0) as u8;
         }
         steps[r] = step;
     }
