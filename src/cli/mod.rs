@@ -112,15 +112,7 @@ pub struct LocalArgs {
 impl LocalArgs {
     /// How this process's own load uses the weights cache.
     pub fn load_options(&self) -> crate::engine::LoadOptions {
-        crate::engine::LoadOptions {
-            cache_dir: if self.no_weights_cache {
-                None
-            } else {
-                self.cache_dir
-                    .clone()
-                    .or_else(crate::engine::cache::default_dir)
-            },
-        }
+        crate::engine::LoadOptions::from_settings(self.cache_dir.as_deref(), self.no_weights_cache)
     }
 }
 

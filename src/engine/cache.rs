@@ -227,7 +227,7 @@ fn write_file(path: &Path, key: &[u8; 32], blobs: &[Blob]) -> io::Result<()> {
         for p in &b.parts {
             toc_record(&mut toc, &p.name, p.kind, p.f16, p.dims, (at + p.at) as u64);
         }
-        at = align(at + b.bytes.len());
+        at = align(at + b.bytes().len());
     }
     let end = at;
 
@@ -241,9 +241,9 @@ fn write_file(path: &Path, key: &[u8; 32], blobs: &[Blob]) -> io::Result<()> {
         let pad = vec![0u8; start - pos];
         f.write_all(&pad)?;
         crc.update(&pad);
-        f.write_all(&b.bytes)?;
-        crc.update(&b.bytes);
-        pos = start + b.bytes.len();
+        f.write_all(b.bytes())?;
+        crc.update(b.bytes());
+        pos = start + b.bytes().len();
     }
     let pad = vec![0u8; end - pos];
     f.write_all(&pad)?;

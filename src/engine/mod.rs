@@ -206,7 +206,7 @@ pub struct ModelInfo {
     pub weight_dtype: String,
     pub compute_dtype: String,
     /// The matmul kernels that run: `f32 avx512|avx2|portable` (packed panels), `int8
-    /// avx512-vnni|portable`, or `candle` (GPU, F16/BF16).
+    /// avx512-vnni|avx2|portable`, or `candle` (GPU, F16/BF16).
     pub kernels: String,
     pub device: String,
 }
@@ -227,6 +227,20 @@ pub struct Prediction {
 pub struct LoadOptions {
     /// Where cache files live; `None` keeps every weight in private memory.
     pub cache_dir: Option<PathBuf>,
+}
+
+impl LoadOptions {
+    /// From the `cache_dir` / `no_weights_cache` settings (serve) or flags (classify, bench):
+    /// off, the directory given, or [`cache::default_dir`].
+    pub fn from_settings(cache_dir: Option<&Path>, no_weights_cache: bool) -> Self {
+        Self {
+            cache_dir: if no_weights_cache {
+                None
+            } else {
+                cache_dir.map(Path::to_path_buf).or_else(cache::default_dir)
+            },
+        }
+    }
 }
 
 pub struct Engine {
@@ -322,6 +336,19 @@ fn build_model(dir: &ModelDir, vb: VarBuilder) -> Result<Box<dyn SequenceClassif
 /// A built model, how it used the weights cache, and `(entries used in place, in the file)`.
 type Built = (Box<dyn SequenceClassifier>, CacheStatus, (usize, usize));
 
+/// Builds the model taking its large CPU weights from `cached`, reporting `status` and how many
+/// of the file's entries the model uses in place.
+fn replay(
+    dir: &ModelDir,
+    vb: VarBuilder,
+    cached: crate::model::weights::Cached,
+    status: CacheStatus,
+) -> Result<Built, LoadError> {
+    let cached = Arc::new(cached);
+    let model = weights::replaying(cached.clone(), || build_model(dir, vb))?;
+    Ok((model, status, (cached.used(), cached.len())))
+}
+
 /// Builds the model with its large CPU weights viewed in the cache file: replayed from a valid
 /// file, or recorded from the checkpoint, written, and then replayed from the new file (so the
 /// first start serves from shared pages too). Cache trouble never fails a load: the weights
@@ -343,12 +370,7 @@ fn build_cached(
         }
     };
     let why = match file.open() {
-        Ok(Some(cached)) => {
-            let cached = Arc::new(cached);
-            let model = weights::replaying(cached.clone(), || build_model(dir, vb))?;
-            let views = (cached.used(), cached.len());
-            return Ok((model, CacheStatus::Hit(file.path), views));
-        }
+        Ok(Some(cached)) => return replay(dir, vb, cached, CacheStatus::Hit(file.path)),
         Ok(None) => "none yet".to_string(),
         Err(invalid) => invalid,
     };
@@ -367,17 +389,11 @@ fn build_cached(
             let vb =
                 VarBuilder::from_backend(Box::new(dir.map_weights()?), DType::F32, device.clone());
             drop(model);
-            let cached = Arc::new(cached);
-            let model = weights::replaying(cached.clone(), || build_model(dir, vb))?;
-            let views = (cached.used(), cached.len());
-            Ok((
-                model,
-                CacheStatus::Written {
-                    path: file.path,
-                    why,
-                },
-                views,
-            ))
+            let status = CacheStatus::Written {
+                path: file.path,
+                why,
+            };
+            replay(dir, vb, cached, status)
         }
         // Written but gone or unreadable at once (another process, a full disk): serve what
         // was built.

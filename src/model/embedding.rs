@@ -35,13 +35,6 @@ pub fn embedding(rows: usize, width: usize, vb: VarBuilder) -> Result<Embedding>
     Ok(Embedding::Tensor(candle_nn::Embedding::new(w, width)))
 }
 
-impl Embedding {
-    /// Whether the table is a view into the weights cache.
-    pub fn is_mapped(&self) -> bool {
-        matches!(self, Embedding::Mapped { .. })
-    }
-}
-
 impl Module for Embedding {
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (rows, width, values) = match self {

@@ -202,14 +202,6 @@ impl Packed {
         }
     }
 
-    /// Whether the panels are a view into the mapped weights cache.
-    pub fn is_mapped(&self) -> bool {
-        match &self.panels {
-            Panels::F32(v) => v.is_mapped(),
-            Panels::F16(v) => v.is_mapped(),
-        }
-    }
-
     /// Several packed weights over the same input side by side (Q, K and V as one matmul),
     /// by moving whole panels; `None` where that cannot be done exactly (a part whose width is
     /// not a whole number of panels before the last, mixed element types, different `k`).

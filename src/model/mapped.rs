@@ -122,10 +122,6 @@ impl<T: Plain> Buf<T> {
         Buf::Owned(parts.iter().flat_map(|p| p.iter().copied()).collect())
     }
 
-    pub fn is_mapped(&self) -> bool {
-        matches!(self, Buf::Mapped(_))
-    }
-
     /// The values as bytes, to write them to the cache.
     pub fn as_bytes(&self) -> &[u8] {
         let values: &[T] = self;
@@ -189,7 +185,7 @@ mod tests {
         // Not adjacent: copied, same values.
         let (ba, bc) = (Buf::Mapped(a), Buf::Mapped(c));
         let joined = Buf::concat(&[&ba, &bc]);
-        assert!(!joined.is_mapped());
+        assert!(matches!(joined, Buf::Owned(_)));
         assert_eq!(&*joined, [&values[..4], &values[12..16]].concat());
         assert_eq!(ba.as_bytes(), &bytes[..16]);
     }

@@ -241,16 +241,6 @@ impl Linear {
         }
     }
 
-    /// Whether the weight is int8 (`--dtype int8`).
-    pub fn is_int8(&self) -> bool {
-        self.quant.is_some()
-    }
-
-    /// Whether the weight is a view into the mapped weights cache.
-    pub fn is_mapped(&self) -> bool {
-        self.packed.as_ref().is_some_and(|p| p.is_mapped())
-    }
-
     /// The `[out_dim, in_dim]` weight at `vb`'s path: viewed in the weights cache when the build
     /// replays one that has it, else read from the checkpoint and packed (and named, so that a
     /// recording build can write it).
@@ -261,10 +251,6 @@ impl Linear {
         vb: VarBuilder,
     ) -> Result<Self> {
         let name = weights::name(&vb, "weight");
-        if weights::quantize(&name) {
-            let weight = vb.get((out_dim, in_dim), "weight")?;
-            return Self::from_weights_named(weight, bias, Some(name));
-        }
         if let Some(values) = weights::view(&vb, &name, weights::Kind::Panels, (in_dim, out_dim)) {
             let b: Option<Vec<f32>> = bias.as_ref().map(|b| b.to_vec1()).transpose()?;
             if let Some(p) = gemm::Packed::from_panels(in_dim, out_dim, values, b.as_deref()) {

@@ -111,10 +111,28 @@ pub struct Recording {
     rows: Vec<(String, Tensor)>,
 }
 
-/// One blob to write: a name per part and where the part starts in the blob.
+/// One blob to write: a name per part and where the part starts in the blob. It holds the
+/// weight itself, not a copy of its bytes: a load that writes the cache allocates no second
+/// copy of the model.
 pub struct Blob {
     pub parts: Vec<Part>,
-    pub bytes: Vec<u8>,
+    data: BlobData,
+}
+
+enum BlobData {
+    Panels(Arc<Packed>),
+    Rows(Values),
+}
+
+impl Blob {
+    /// What is written to the file.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.data {
+            BlobData::Panels(p) => p.panel_bytes(),
+            BlobData::Rows(Values::F32(v)) => v.as_bytes(),
+            BlobData::Rows(Values::F16(v)) => v.as_bytes(),
+        }
+    }
 }
 
 /// One named weight of a [`Blob`].
@@ -145,16 +163,16 @@ impl Recording {
                             at: n.at,
                         })
                         .collect(),
-                    bytes: p.panel_bytes().to_vec(),
+                    data: BlobData::Panels(p.clone()),
                 });
             }
         }
         for (name, table) in &self.rows {
             let dims = table.dims2()?;
             let values: Vec<f32> = table.flatten_all()?.to_vec1()?;
-            let (f16, bytes) = match gemm::to_f16_exactly(&values) {
-                Some(halves) => (true, Buf::Owned(halves).as_bytes().to_vec()),
-                None => (false, Buf::Owned(values).as_bytes().to_vec()),
+            let (f16, values) = match gemm::to_f16_exactly(&values) {
+                Some(halves) => (true, Values::F16(Buf::Owned(halves))),
+                None => (false, Values::F32(Buf::Owned(values))),
             };
             out.push(Blob {
                 parts: vec![Part {
@@ -164,7 +182,7 @@ impl Recording {
                     dims,
                     at: 0,
                 }],
-                bytes,
+                data: BlobData::Rows(values),
             });
         }
         Ok(out)

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::engine::{cache, DTypeChoice, DeviceChoice, LoadOptions};
+use crate::engine::{DTypeChoice, DeviceChoice, LoadOptions};
 use crate::sched::queue::SchedulerConfig;
 use crate::serve::limits::ConnectionLimits;
 use crate::serve::quic::QuicOptions;
@@ -86,13 +86,7 @@ impl ServeConfig {
             model_from_file: s.model_from_file(),
             device: s.device,
             dtype: s.dtype,
-            load: LoadOptions {
-                cache_dir: if s.no_weights_cache {
-                    None
-                } else {
-                    s.cache_dir.clone().or_else(cache::default_dir)
-                },
-            },
+            load: LoadOptions::from_settings(s.cache_dir.as_deref(), s.no_weights_cache),
             unix,
             quic,
             connections: ConnectionLimits::of(s),
