@@ -281,6 +281,13 @@ def save_tokenizer(tok: Tokenizer, special: dict, out: Path, model_max_length: i
 COMMON = dict(initializer_range=0.3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
+def _scale_params(model, names, factor):
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if any(n in pname for n in names):
+                p.mul_(factor)
+
+
 def fixtures():
     """name -> (builder(), tokenizer spec, extra). Builders return (model_cls, config)."""
     return [
@@ -292,6 +299,16 @@ def fixtures():
                  hidden_act="gelu", pad_token_id=sp["pad"],
                  id2label={0: "neg", 1: "neu", 2: "pos"},
                  label2id={"neg": 0, "neu": 1, "pos": 2}, **COMMON))),
+        # Query and key weights ×40: unscaled q·k reaches ~1e5, past F16's 65,504, so a model
+        # that forms Q·Kᵀ before scaling it overflows at F16 (tests/engine/half.rs).
+        dict(name="bert-hot", tok=("wordpiece", 500), model_max_length=64, pairs=False,
+             input_names=["input_ids", "token_type_ids", "attention_mask"], dtype=torch.float32,
+             post=lambda m: _scale_params(m, ("attention.self.query.", "attention.self.key."), 40.0),
+             model=lambda v, sp: (BertForSequenceClassification, BertConfig(
+                 vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+                 hidden_act="gelu", pad_token_id=sp["pad"],
+                 id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1}, **COMMON))),
         dict(name="bert-multilabel", tok=("wordpiece", 500), model_max_length=64, pairs=False,
              input_names=["input_ids", "token_type_ids", "attention_mask"], dtype=torch.float32,
              shard="100KB",
@@ -432,6 +449,8 @@ def make_fixture(fx: dict) -> None:
                     p.copy_(0.2 * torch.randn_like(p))
                 else:
                     p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    if "post" in fx:
+        fx["post"](model)
     if fx["dtype"] != torch.float32:
         model = model.to(fx["dtype"])
     save_kwargs = dict(safe_serialization=True)

@@ -37,9 +37,17 @@ pub struct ClassifyArgs {
 pub(crate) fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
     let engine = load(&a.model)?;
     let info = engine.info();
+    let ops = match a.ops {
+        Some(len) => engine.tensors_per_forward(1, len)?,
+        None => None,
+    };
     let mut out = std::io::stdout().lock();
     if a.json {
-        writeln!(out, "{}", serde_json::to_string(info)?)?;
+        let mut v = serde_json::to_value(info)?;
+        if let (Some(n), Some(o)) = (ops, v.as_object_mut()) {
+            o.insert("tensors_per_forward".into(), json!(n));
+        }
+        writeln!(out, "{v}")?;
     } else {
         writeln!(out, "architecture   {}", info.architecture)?;
         writeln!(out, "labels         {}", info.labels.join(", "))?;
@@ -50,6 +58,12 @@ pub(crate) fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
         writeln!(out, "compute dtype  {}", info.compute_dtype)?;
         writeln!(out, "kernels        {}", info.kernels)?;
         writeln!(out, "device         {}", info.device)?;
+        if let (Some(n), Some(len)) = (ops, a.ops) {
+            writeln!(
+                out,
+                "tensor ops     {n} per forward pass of 1 × {len} tokens"
+            )?;
+        }
     }
     Ok(0)
 }

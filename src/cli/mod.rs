@@ -88,6 +88,10 @@ pub struct InspectArgs {
     /// Print one JSON object instead of aligned text.
     #[arg(long)]
     pub json: bool,
+    /// Also run one forward pass of one row of N tokens and count the tensors it creates
+    /// (kernel launches and views on a GPU; see docs/GPU.md).
+    #[arg(long, value_name = "N")]
+    pub ops: Option<usize>,
 }
 
 /// The model to run in this process instead of asking a daemon; shared by `classify` and

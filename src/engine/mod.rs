@@ -7,6 +7,7 @@ pub mod cache;
 pub mod error;
 pub mod heap;
 pub mod loader;
+pub mod opcount;
 pub mod passes;
 pub mod tokenize;
 
@@ -535,32 +536,37 @@ impl Engine {
         Ok(e)
     }
 
-    /// Pads the inputs into one batch and uploads it in one go per tensor.
+    /// Pads the inputs into one batch and uploads it in one go: ids, mask, segments and
+    /// positions are four planes of one `[4, rows, cols]` tensor, so a GPU sees one host-to-device
+    /// copy per pass rather than four, and the model gets views.
     pub fn make_batch(&self, inputs: &[&Encoded]) -> Result<Batch, EngineError> {
         let rows = inputs.len();
         let cols = inputs.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
         let scheme = self.model.position_scheme();
         let types = self.model.uses_token_types();
         let pad = self.tokenizer.pad_id();
-        let mut ids = Vec::with_capacity(rows * cols);
-        let mut mask = Vec::with_capacity(rows * cols);
-        let mut type_ids = Vec::with_capacity(rows * cols);
-        let mut positions = Vec::with_capacity(rows * cols);
-        for e in inputs {
+        let n = rows * cols;
+        let mut planes = vec![0u32; 4 * n];
+        let (ids, rest) = planes.split_at_mut(n);
+        let (mask, rest) = rest.split_at_mut(n);
+        let (type_ids, positions) = rest.split_at_mut(n);
+        for (r, e) in inputs.iter().enumerate() {
             for j in 0..cols {
+                let at = r * cols + j;
                 let real = j < e.len();
-                ids.push(if real { e.ids[j] } else { pad });
-                mask.push(real as u32);
-                type_ids.push(if real && types { e.type_ids[j] } else { 0 });
-                positions.push(scheme.position(j, real));
+                ids[at] = if real { e.ids[j] } else { pad };
+                mask[at] = real as u32;
+                type_ids[at] = if real && types { e.type_ids[j] } else { 0 };
+                positions[at] = scheme.position(j, real);
             }
         }
-        let t = |v: Vec<u32>| Tensor::from_vec(v, (rows, cols), &self.device);
+        let all = Tensor::from_vec(planes, (4, rows, cols), &self.device)?;
+        let plane = |i: usize| all.get(i);
         Ok(Batch {
-            input_ids: t(ids)?,
-            attention_mask: t(mask)?,
-            token_type_ids: t(type_ids)?,
-            position_ids: t(positions)?,
+            input_ids: plane(0)?,
+            attention_mask: plane(1)?,
+            token_type_ids: plane(2)?,
+            position_ids: plane(3)?,
         })
     }
 
@@ -614,6 +620,21 @@ impl Engine {
         let batch = self.make_batch(inputs)?;
         let logits = self.model.forward(&batch)?;
         Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    }
+
+    /// Tensors one forward pass of `rows` rows of `len` tokens creates, the upload included
+    /// (see [`opcount`]): a proxy for kernel launches. `None` if candle's counter is unreadable.
+    pub fn tensors_per_forward(
+        &self,
+        rows: usize,
+        len: usize,
+    ) -> Result<Option<usize>, EngineError> {
+        let len = len.clamp(1, self.info.max_length.max(1));
+        let row = Encoded::synthetic(self.tokenizer.pad_id(), len);
+        let inputs: Vec<&Encoded> = (0..rows.max(1)).map(|_| &row).collect();
+        let (logits, n) = opcount::tensors_created(|| self.logits_padded(&inputs));
+        logits?;
+        Ok(n)
     }
 
     /// Turns logits into labels and scores as transformers' pipelines do.

@@ -31,6 +31,14 @@ impl Encoded {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+    /// `len` copies of token `id`, segment 0: a stand-in input of a chosen length (warm-up,
+    /// measurements).
+    pub fn synthetic(id: u32, len: usize) -> Self {
+        Self {
+            ids: vec![id; len],
+            type_ids: vec![0; len],
+        }
+    }
 }
 
 pub struct TextTokenizer {

@@ -12,8 +12,8 @@ use super::Embedding;
 use serde::Deserialize;
 
 use super::{
-    additive_key_mask, attention, embedding, first_token, Activation, Batch, LayerNorm, Linear,
-    SequenceClassifier,
+    additive_key_mask, attention_dtype, embedding, first_token, head_vb, kernel_path,
+    self_attention, to_head, Activation, Batch, LayerNorm, Linear, SequenceClassifier,
 };
 
 fn default_act() -> Activation {
@@ -113,7 +113,9 @@ struct Layer {
     down: Linear,
     out_norm: LayerNorm,
     heads: usize,
-    hidden: usize,
+    /// The query projection carries 1/√head_dim (off the CPU kernels: see
+    /// [`Linear::load_scaled`]).
+    prescaled: bool,
     act: Activation,
 }
 
@@ -121,7 +123,8 @@ impl Layer {
     fn load(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let att = vb.pp("attention");
-        let q = Linear::load(h, h, att.pp("self").pp("query"))?;
+        let scale = 1.0 / ((h / cfg.num_attention_heads) as f64).sqrt();
+        let q = Linear::load_scaled(h, h, scale, att.pp("self").pp("query"))?;
         let k = Linear::load(h, h, att.pp("self").pp("key"))?;
         let v = Linear::load(h, h, att.pp("self").pp("value"))?;
         Ok(Self {
@@ -132,18 +135,13 @@ impl Layer {
             down: Linear::load(cfg.intermediate_size, h, vb.pp("output").pp("dense"))?,
             out_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             heads: cfg.num_attention_heads,
-            hidden: h,
+            prescaled: !kernel_path(&vb),
             act: cfg.hidden_act,
         })
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let qkv = self.qkv.forward(x)?;
-        let h = self.hidden;
-        let q = qkv.narrow(2, 0, h)?;
-        let k = qkv.narrow(2, h, h)?;
-        let v = qkv.narrow(2, 2 * h, h)?;
-        let ctx = attention(&q, &k, &v, self.heads, mask)?;
+        let ctx = self_attention(&self.qkv.forward(x)?, self.heads, mask, self.prescaled)?;
         let x = self
             .attn_norm
             .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
@@ -166,7 +164,7 @@ impl Encoder {
     }
 
     pub fn forward(&self, x: &Tensor, batch: &Batch) -> Result<Tensor> {
-        let mask = additive_key_mask(&batch.attention_mask, x.dtype())?;
+        let mask = additive_key_mask(&batch.attention_mask, attention_dtype(x.dtype()))?;
         let mut x = x.clone();
         for layer in &self.layers {
             x = layer.forward(&x, &mask)?;
@@ -188,11 +186,12 @@ impl Bert {
     pub fn load(cfg: EncoderConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let body = vb.pp("bert");
+        let head = head_vb(vb.clone());
         Ok(Self {
             embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
             encoder: Encoder::load(&cfg, body.pp("encoder"))?,
-            pooler: Linear::load(h, h, body.pp("pooler").pp("dense"))?,
-            classifier: Linear::load(h, num_labels, vb.pp("classifier"))?,
+            pooler: Linear::load(h, h, head.pp("bert").pp("pooler").pp("dense"))?,
+            classifier: Linear::load(h, num_labels, head.pp("classifier"))?,
             cfg,
         })
     }
@@ -202,7 +201,7 @@ impl SequenceClassifier for Bert {
     fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let x = self.embeddings.forward(batch)?;
         let x = self.encoder.forward(&x, batch)?;
-        let pooled = self.pooler.forward(&first_token(&x)?)?.tanh()?;
+        let pooled = self.pooler.forward(&to_head(&first_token(&x)?)?)?.tanh()?;
         self.classifier.forward(&pooled)
     }
     fn uses_token_types(&self) -> bool {

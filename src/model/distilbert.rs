@@ -11,8 +11,8 @@ use super::Embedding;
 use serde::Deserialize;
 
 use super::{
-    additive_key_mask, attention, embedding, first_token, Activation, Batch, LayerNorm, Linear,
-    SequenceClassifier,
+    additive_key_mask, attention_dtype, embedding, first_token, head_vb, kernel_path,
+    self_attention, to_head, Activation, Batch, LayerNorm, Linear, SequenceClassifier,
 };
 
 // DistilBERT's LayerNorms are built with a fixed eps.
@@ -61,7 +61,8 @@ struct Layer {
     lin2: Linear,
     out_norm: LayerNorm,
     heads: usize,
-    dim: usize,
+    /// The query projection carries 1/√head_dim (see [`Linear::load_scaled`]).
+    prescaled: bool,
     act: Activation,
 }
 
@@ -69,7 +70,8 @@ impl Layer {
     fn load(cfg: &DistilBertConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.dim;
         let att = vb.pp("attention");
-        let q = Linear::load(d, d, att.pp("q_lin"))?;
+        let scale = 1.0 / ((d / cfg.n_heads) as f64).sqrt();
+        let q = Linear::load_scaled(d, d, scale, att.pp("q_lin"))?;
         let k = Linear::load(d, d, att.pp("k_lin"))?;
         let v = Linear::load(d, d, att.pp("v_lin"))?;
         Ok(Self {
@@ -80,21 +82,13 @@ impl Layer {
             lin2: Linear::load(cfg.hidden_dim, d, vb.pp("ffn").pp("lin2"))?,
             out_norm: LayerNorm::load(d, EPS, vb.pp("output_layer_norm"))?,
             heads: cfg.n_heads,
-            dim: d,
+            prescaled: !kernel_path(&vb),
             act: cfg.activation,
         })
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let qkv = self.qkv.forward(x)?;
-        let d = self.dim;
-        let ctx = attention(
-            &qkv.narrow(2, 0, d)?,
-            &qkv.narrow(2, d, d)?,
-            &qkv.narrow(2, 2 * d, d)?,
-            self.heads,
-            mask,
-        )?;
+        let ctx = self_attention(&self.qkv.forward(x)?, self.heads, mask, self.prescaled)?;
         let x = self.sa_norm.forward(&(self.out.forward(&ctx)? + x)?)?;
         let inner = self.lin1.forward_act(&x, self.act)?;
         self.out_norm.forward(&(self.lin2.forward(&inner)? + x)?)
@@ -128,8 +122,8 @@ impl DistilBert {
             )?,
             norm: LayerNorm::load(d, EPS, emb.pp("LayerNorm"))?,
             layers,
-            pre_classifier: Linear::load(d, d, vb.pp("pre_classifier"))?,
-            classifier: Linear::load(d, num_labels, vb.pp("classifier"))?,
+            pre_classifier: Linear::load(d, d, head_vb(vb.pp("pre_classifier")))?,
+            classifier: Linear::load(d, num_labels, head_vb(vb.pp("classifier")))?,
             cfg,
         })
     }
@@ -140,11 +134,14 @@ impl SequenceClassifier for DistilBert {
         let x = (self.words.forward(&batch.input_ids)?
             + self.positions.forward(&batch.position_ids)?)?;
         let mut x = self.norm.forward(&x)?;
-        let mask = additive_key_mask(&batch.attention_mask, x.dtype())?;
+        let mask = additive_key_mask(&batch.attention_mask, attention_dtype(x.dtype()))?;
         for layer in &self.layers {
             x = layer.forward(&x, &mask)?;
         }
-        let x = self.pre_classifier.forward(&first_token(&x)?)?.relu()?;
+        let x = self
+            .pre_classifier
+            .forward(&to_head(&first_token(&x)?)?)?
+            .relu()?;
         self.classifier.forward(&x)
     }
     fn max_positions(&self) -> usize {

@@ -24,7 +24,7 @@ impl Electra {
         let h = cfg.hidden_size;
         let e = cfg.embedding_width();
         let body = vb.pp("electra");
-        let head = vb.pp("classifier");
+        let head = super::head_vb(vb.pp("classifier"));
         let project = if e != h {
             Some(Linear::load(e, h, body.pp("embeddings_project"))?)
         } else {
@@ -52,7 +52,7 @@ impl SequenceClassifier for Electra {
         let x = self.encoder.forward(&x, batch)?;
         let x = self
             .head_act
-            .apply(&self.dense.forward(&first_token(&x)?)?)?;
+            .apply(&self.dense.forward(&super::to_head(&first_token(&x)?)?)?)?;
         self.out_proj.forward(&x)
     }
     fn uses_token_types(&self) -> bool {

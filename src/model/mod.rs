@@ -171,6 +171,45 @@ pub fn additive_key_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor
     masked.to_dtype(dtype)?.reshape((b, 1, 1, t))
 }
 
+/// Whether a build at `vb` runs the hand-written CPU kernels (f32 on the CPU: packed matmuls,
+/// one-pass attention) rather than candle's ops (every GPU build, and F16/BF16 on the CPU).
+pub fn kernel_path(vb: &VarBuilder) -> bool {
+    vb.device().is_cpu() && vb.dtype() == DType::F32
+}
+
+/// Whether `dtype` is a reduced precision whose attention, norms and head we keep in f32.
+pub fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16)
+}
+
+/// The dtype attention scores and softmax are computed in: f32 for F16/BF16 (as PyTorch's
+/// attention kernels accumulate them), else the compute dtype. Rounding scores to F16/BF16
+/// before the softmax was the largest part of our reduced-precision error (tests/engine/half.rs).
+pub fn attention_dtype(dtype: DType) -> DType {
+    if is_half(dtype) {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
+/// The classification head's builder: f32 when the body runs in F16/BF16, so the pooler and
+/// classifier read the checkpoint's weights unrounded and add up in f32 (a few `[batch, hidden]`
+/// rows: nothing to save by doing them in half).
+pub fn head_vb(vb: VarBuilder) -> VarBuilder {
+    let dtype = vb.dtype();
+    if is_half(dtype) {
+        vb.set_dtype(DType::F32)
+    } else {
+        vb
+    }
+}
+
+/// A row of hidden states entering the head, in the head's dtype (see [`head_vb`]).
+pub fn to_head(x: &Tensor) -> Result<Tensor> {
+    x.to_dtype(attention_dtype(x.dtype()))
+}
+
 /// A Linear layer. On the CPU in f32 its weight lives only in [`gemm::Packed`] form (see there
 /// for why); elsewhere it is stored transposed and contiguous, so the matmul streams rows of the
 /// weight instead of striding across them.
@@ -184,6 +223,45 @@ pub struct Linear {
     /// `--dtype int8`: the weight quantized instead (see [`qgemm`]); then the other two are
     /// `None`.
     quant: Option<Arc<qgemm::QPacked>>,
+    /// F16/BF16 off the CPU kernels: the bias is folded into `weight_t` as row `in` (then
+    /// zeros up to a multiple of 8 rows, this many in all past `in`), and the input gets a
+    /// matching `[1, 0, …]` tail ([`unit_columns`]). The matmul then adds the bias inside its
+    /// f32 accumulation and rounds once, as PyTorch's `addmm` does; a separate bias add rounded
+    /// the product to F16/BF16 first (tests/engine/half.rs measured ~1.5× PyTorch's error from
+    /// that alone). Same launches on a GPU: the input's copy replaces the bias add.
+    folded: Option<usize>,
+}
+
+/// Extra rows a folded bias takes: the bias row, then zeros so `in + n` is a multiple of 8
+/// (tensor-core GEMMs want aligned K).
+fn folded_rows(in_dim: usize) -> usize {
+    (in_dim + 1).next_multiple_of(8) - in_dim
+}
+
+thread_local! {
+    /// The last `[rows, n]` tail [`unit_columns`] made: every Linear of a pass has the same
+    /// rows, so a pass makes it once.
+    static UNIT: std::cell::RefCell<Option<Tensor>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `[rows, n]` of `[1, 0, …, 0]` rows in `dtype` on `device`, the input tail of a folded bias.
+fn unit_columns(rows: usize, n: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    UNIT.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if let Some(t) = cell.as_ref() {
+            if t.dims() == [rows, n] && t.dtype() == dtype && t.device().same_device(device) {
+                return Ok(t.clone());
+            }
+        }
+        let one = Tensor::ones((rows, 1), dtype, device)?;
+        let t = if n > 1 {
+            Tensor::cat(&[one, Tensor::zeros((rows, n - 1), dtype, device)?], 1)?
+        } else {
+            one
+        };
+        *cell = Some(t.clone());
+        Ok(t)
+    })
 }
 
 impl Linear {
@@ -229,6 +307,7 @@ impl Linear {
             bias,
             packed: Some(packed),
             quant: None,
+            folded: None,
         }
     }
 
@@ -238,6 +317,7 @@ impl Linear {
             bias,
             packed: None,
             quant: Some(Arc::new(q)),
+            folded: None,
         }
     }
 
@@ -269,17 +349,34 @@ impl Linear {
             let packed = gemm::Packed::from_transposed(&w, k, n, b.as_deref());
             return Ok(Self::packed(packed, bias));
         }
+        let mut folded = None;
+        let mut weight_t = weight_t;
+        if let (true, Some(b)) = (is_half(weight_t.dtype()), &bias) {
+            let (k, n) = weight_t.dims2()?;
+            let extra = folded_rows(k);
+            let mut rows = vec![weight_t, b.reshape((1, n))?];
+            if extra > 1 {
+                rows.push(Tensor::zeros((extra - 1, n), b.dtype(), b.device())?);
+            }
+            weight_t = Tensor::cat(&rows, 0)?.contiguous()?;
+            folded = Some(extra);
+        }
         Ok(Self {
             weight_t: Some(weight_t),
             bias,
             packed: None,
             quant: None,
+            folded,
         })
     }
 
     /// `[in, out]`, rebuilt from the packed form where that is all there is.
     fn weight_t(&self) -> Result<Tensor> {
         match (&self.weight_t, &self.packed) {
+            (Some(w), _) if self.folded.is_some() => {
+                let k = w.dim(0)? - self.folded.unwrap_or(0);
+                w.narrow(0, 0, k)
+            }
             (Some(w), _) => Ok(w.clone()),
             (None, Some(p)) => Tensor::from_vec(p.to_transposed(), (p.k(), p.n()), &Device::Cpu),
             (None, None) => candle_core::bail!("linear layer without a weight"),
@@ -289,6 +386,21 @@ impl Linear {
     pub fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
         let bias = vb.get(out_dim, "bias")?;
         Self::load_weight(in_dim, out_dim, Some(bias), vb)
+    }
+
+    /// [`Self::load`] with weight and bias multiplied by `scale` (the attention's 1/√d folded
+    /// into the query projection), in f32 before the one rounding to the compute dtype. On the
+    /// [`kernel_path`] it loads unscaled: the one-pass attention scales in f32 at no extra op,
+    /// and the weights cache holds the checkpoint's panels.
+    pub fn load_scaled(in_dim: usize, out_dim: usize, scale: f64, vb: VarBuilder) -> Result<Self> {
+        if kernel_path(&vb) {
+            return Self::load(in_dim, out_dim, vb);
+        }
+        let dtype = vb.dtype();
+        let f = vb.set_dtype(DType::F32);
+        let w = f.get((out_dim, in_dim), "weight")?.affine(scale, 0.0)?;
+        let b = f.get(out_dim, "bias")?.affine(scale, 0.0)?;
+        Self::from_weights(w.to_dtype(dtype)?, Some(b.to_dtype(dtype)?))
     }
 
     pub fn load_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
@@ -434,18 +546,26 @@ impl Module for Linear {
         if let Some(w) = self.kernel() {
             return packed_forward(w, xs, gemm::Epilogue::None);
         }
-        let weight_t = self.weight_t()?;
         let dims = xs.dims();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let flat = xs.reshape((rows, in_dim))?;
-        let mut out = flat.matmul(&weight_t)?;
-        if let Some(bias) = &self.bias {
-            out = out.broadcast_add(bias)?;
-        }
+        let out = match (&self.weight_t, self.folded) {
+            (Some(w), Some(extra)) => {
+                let tail = unit_columns(rows, extra, xs.dtype(), xs.device())?;
+                Tensor::cat(&[&flat, &tail], 1)?.matmul(w)?
+            }
+            _ => {
+                let mut out = flat.matmul(&self.weight_t()?)?;
+                if let Some(bias) = &self.bias {
+                    out = out.broadcast_add(bias)?;
+                }
+                out
+            }
+        };
         let mut out_dims = dims.to_vec();
         let last = out_dims.len() - 1;
-        out_dims[last] = weight_t.dim(1)?;
+        out_dims[last] = out.dim(1)?;
         out.reshape(out_dims)
     }
 }
@@ -487,54 +607,83 @@ impl Module for LayerNorm {
     }
 }
 
-/// Multi-head scaled dot-product attention over `[batch, seq, heads*head_dim]` projections.
-/// `mask` is additive and broadcastable to `[batch, heads, seq, seq]`.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+/// Multi-head scaled dot-product attention straight from a fused `[batch, seq, 3·hidden]` Q/K/V
+/// projection. `mask` is additive, broadcastable to `[batch, heads, seq, seq]`, in
+/// [`attention_dtype`]. `prescaled`: the query projection already carries 1/√d
+/// ([`Linear::load_scaled`]), as it does everywhere but on the [`kernel_path`].
+///
+/// On the CPU in f32 this is the one-pass kernel ([`attend`]). Otherwise, candle ops: one
+/// reshape and permute into `[3, batch, heads, seq, head_dim]` and one copy that also casts
+/// F16/BF16 to f32 (a single kernel on a GPU, where splitting q, k and v apart took three),
+/// the scores and softmax in f32, and the merge of the heads and the cast back as one more copy.
+pub fn self_attention(
+    qkv: &Tensor,
     heads: usize,
     mask: &Tensor,
+    prescaled: bool,
 ) -> Result<Tensor> {
-    if let Some(ctx) = attend::attend(q, k, v, heads, mask)? {
-        return Ok(ctx);
+    let (b, t, three) = qkv.dims3()?;
+    let hidden = three / 3;
+    if hidden * 3 != three || heads == 0 || !hidden.is_multiple_of(heads) {
+        candle_core::bail!("attention: {three} fused features do not split into 3 × {heads} heads");
     }
-    attention_ops(q, k, v, heads, mask)
-}
-
-/// [`attention`] in candle ops, for every device and dtype. Queries go in chunks of
-/// [`attention_chunk`] rows, so the scores never take more than [`ATTENTION_CHUNK_BYTES`]
-/// (about) whatever the sequence length; short sequences are one chunk.
-fn attention_ops(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: usize,
-    mask: &Tensor,
-) -> Result<Tensor> {
-    let (b, t, _) = q.dims3()?;
+    let hd = hidden / heads;
+    let scale = if prescaled {
+        1.0
+    } else {
+        1.0 / (hd as f64).sqrt()
+    };
+    if !prescaled {
+        let (q, k, v) = (
+            qkv.narrow(2, 0, hidden)?,
+            qkv.narrow(2, hidden, hidden)?,
+            qkv.narrow(2, 2 * hidden, hidden)?,
+        );
+        if let Some(ctx) = attend::attend(&q, &k, &v, heads, mask)? {
+            return Ok(ctx);
+        }
+    }
     let chunk = attention_chunk(ATTENTION_CHUNK_BYTES, b, heads, t, t);
-    attention_ops_chunked(q, k, v, heads, mask, chunk)
+    attention_ops(qkv, heads, mask, scale, chunk)
 }
 
-/// [`attention_ops`] with `chunk` query rows at a time.
-fn attention_ops_chunked(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+/// [`self_attention`] in candle ops, for every device and dtype, `chunk` query rows at a time.
+fn attention_ops(
+    qkv: &Tensor,
     heads: usize,
     mask: &Tensor,
+    scale: f64,
     chunk: usize,
 ) -> Result<Tensor> {
-    let (b, t, hidden) = q.dims3()?;
-    let head_dim = hidden / heads;
-    let split = |x: &Tensor| -> Result<Tensor> {
-        x.reshape((b, t, heads, head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
+    let (b, t, three) = qkv.dims3()?;
+    let hidden = three / 3;
+    let dtype = qkv.dtype();
+    // The permute and the cast are one copy: a cast of a strided view writes it contiguous.
+    let split = qkv
+        .reshape((b, t, 3, heads, hidden / heads))?
+        .permute((2, 0, 3, 1, 4))?;
+    let split = if attention_dtype(dtype) == dtype {
+        split.contiguous()?
+    } else {
+        split.to_dtype(attention_dtype(dtype))?
     };
-    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-    let scale = 1.0 / (head_dim as f64).sqrt();
+    let (q, k, v) = (split.get(0)?, split.get(1)?, split.get(2)?);
+    let parts = attention_heads(&q, &k, &v, mask, scale, chunk)?;
+    merge_heads_as(parts, (b, t, hidden), dtype)
+}
+
+/// Attention over heads already split, `[B, H, T, D]` each, `chunk` query rows at a time, so
+/// that the scores never take more than [`ATTENTION_CHUNK_BYTES`] (about) whatever the length;
+/// short sequences are one chunk. Returns each chunk's `[B, H, c, D]` context.
+fn attention_heads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    chunk: usize,
+) -> Result<Vec<Tensor>> {
+    let t = q.dim(2)?;
     let kt = k.t()?;
     let chunk = chunk.clamp(1, t.max(1));
     let per_query_mask = mask.rank() == 4 && mask.dim(2)? == t && t > 1;
@@ -549,27 +698,37 @@ fn attention_ops_chunked(
             } else {
                 mask.clone()
             };
-            (q.narrow(2, i0, c)?.contiguous()?, m)
+            (q.narrow(2, i0, c)?, m)
         };
-        let scores = (qc.matmul(&kt)? * scale)?.broadcast_add(&mc)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        parts.push(probs.matmul(&v)?);
+        let mut scores = qc.matmul(&kt)?;
+        if scale != 1.0 {
+            scores = (scores * scale)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mc)?)?;
+        parts.push(probs.matmul(v)?);
     }
-    merge_heads(parts, (b, t, hidden))
+    Ok(parts)
 }
 
-/// The per-chunk contexts `[B, H, c, D]` of a chunked attention, in query order, as one
-/// `[B, T, H·D]` tensor. A single chunk (every short sequence) is not copied by a concat.
-pub(crate) fn merge_heads(
+/// The per-chunk contexts `[B, H, c, D]` of a chunked attention as one `[B, T, H·D]` tensor in
+/// `dtype`: the merge of the heads and the cast are one copy.
+pub(crate) fn merge_heads_as(
     mut parts: Vec<Tensor>,
     (b, t, hidden): (usize, usize, usize),
+    dtype: DType,
 ) -> Result<Tensor> {
     let ctx = if parts.len() == 1 {
         parts.remove(0)
     } else {
         Tensor::cat(&parts, 2)?
     };
-    ctx.transpose(1, 2)?.reshape((b, t, hidden))
+    let ctx = ctx.transpose(1, 2)?;
+    let ctx = if ctx.dtype() == dtype {
+        ctx.contiguous()?
+    } else {
+        ctx.to_dtype(dtype)?
+    };
+    ctx.reshape((b, t, hidden))
 }
 
 /// The hidden state of the first token of every row (`[CLS]` / `<s>`).
@@ -581,18 +740,8 @@ pub fn first_token(hidden: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
 
-    /// q, k and v as narrow views of one random fused projection, as the encoders pass them.
-    fn qkv_views(b: usize, t: usize, h: usize) -> (Tensor, Tensor, Tensor) {
-        let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * h), &Device::Cpu).unwrap();
-        (
-            qkv.narrow(2, 0, h).unwrap(),
-            qkv.narrow(2, h, h).unwrap(),
-            qkv.narrow(2, 2 * h, h).unwrap(),
-        )
-    }
-
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
+        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
             .unwrap()
             .abs()
             .unwrap()
@@ -608,26 +757,61 @@ mod tests {
     fn fused_cpu_attention_matches_candle_ops_with_padding() {
         let dev = Device::Cpu;
         let (b, t, heads, hd) = (2, 7, 3, 8);
-        let (q, k, v) = qkv_views(b, t, heads * hd);
+        let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * heads * hd), &dev).unwrap();
         // The second row is padded after 4 tokens.
         let keep = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], &dev).unwrap();
         let mask = additive_key_mask(&keep, DType::F32).unwrap();
-        let fast = attend::attend(&q, &k, &v, heads, &mask).unwrap().unwrap();
-        let slow = attention_ops(&q, &k, &v, heads, &mask).unwrap();
+        let fast = self_attention(&qkv, heads, &mask, false).unwrap();
+        let scale = 1.0 / (hd as f64).sqrt();
+        let slow = attention_ops(&qkv, heads, &mask, scale, t).unwrap();
         let diff = max_abs_diff(&fast, &slow);
         assert!(diff < 1e-5, "max |Δ| {diff}");
-        // Other dtypes take candle's path.
-        let q16 = q.to_dtype(DType::F16).unwrap();
-        assert!(attend::attend(&q16, &k, &v, heads, &mask)
+        // A query projection that carries the scale gives the same context.
+        let h = heads * hd;
+        let pre = Tensor::cat(
+            &[
+                qkv.narrow(2, 0, h).unwrap().affine(scale, 0.0).unwrap(),
+                qkv.narrow(2, h, 2 * h).unwrap(),
+            ],
+            2,
+        )
+        .unwrap();
+        let diff = max_abs_diff(&self_attention(&pre, heads, &mask, true).unwrap(), &slow);
+        assert!(diff < 1e-5, "prescaled: max |Δ| {diff}");
+        // F16 takes candle's path, scores in f32, and comes back in F16.
+        let half = self_attention(&pre.to_dtype(DType::F16).unwrap(), heads, &mask, true).unwrap();
+        assert_eq!(half.dtype(), DType::F16);
+        let diff = max_abs_diff(&half, &slow);
+        assert!(diff < 1e-2, "f16: max |Δ| {diff}");
+    }
+
+    #[test]
+    fn unscaled_scores_that_overflow_f16_stay_finite() {
+        let dev = Device::Cpu;
+        let (b, t, heads, hd) = (1, 5, 2, 16);
+        // q·k ≈ 16 × 80 × 80 = 102,400 before scaling: past f16's 65,504.
+        let qkv = (Tensor::ones((b, t, 3 * heads * hd), DType::F32, &dev).unwrap() * 80.0)
             .unwrap()
-            .is_none());
+            .to_dtype(DType::F16)
+            .unwrap();
+        let keep = Tensor::ones((b, t), DType::U32, &dev).unwrap();
+        let mask = additive_key_mask(&keep, DType::F32).unwrap();
+        let ctx = self_attention(&qkv, heads, &mask, false).unwrap();
+        let v: Vec<f32> = ctx
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(v.iter().all(|x| (x - 80.0).abs() < 1e-3), "{v:?}");
     }
 
     #[test]
     fn chunked_attention_equals_one_chunk_and_its_bound_holds_for_any_length() {
         let dev = Device::Cpu;
         let (b, t, heads, hd) = (2, 11, 2, 4);
-        let (q, k, v) = qkv_views(b, t, heads * hd);
+        let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * heads * hd), &dev).unwrap();
         let keep = Tensor::new(
             &[
                 [1u32, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
@@ -637,9 +821,9 @@ mod tests {
         )
         .unwrap();
         let mask = additive_key_mask(&keep, DType::F32).unwrap();
-        let whole = attention_ops_chunked(&q, &k, &v, heads, &mask, t).unwrap();
+        let whole = attention_ops(&qkv, heads, &mask, 0.5, t).unwrap();
         for chunk in [1, 3, 4, 10] {
-            let parts = attention_ops_chunked(&q, &k, &v, heads, &mask, chunk).unwrap();
+            let parts = attention_ops(&qkv, heads, &mask, 0.5, chunk).unwrap();
             let diff = max_abs_diff(&whole, &parts);
             assert!(diff < 1e-6, "chunk {chunk}: max |Δ| {diff}");
         }

@@ -297,11 +297,14 @@ impl Layer {
         let (b, t, hidden) = x.dims3()?;
         let (nh, hd) = (self.heads, self.head_dim);
         // [B, T, 3, H, D] -> [3, B, H, T, D], one copy.
+        let dtype = x.dtype();
+        // The permute and the cast to the attention's dtype are one copy.
         let qkv = self
             .wqkv
             .forward(x)?
             .reshape((b, t, 3, nh, hd))?
             .permute((2, 0, 3, 1, 4))?
+            .to_dtype(super::attention_dtype(dtype))?
             .contiguous()?;
         // Rotate Q and K together: [2B, H, T, D].
         let qk = qkv.narrow(0, 0, 2)?.reshape((2 * b, nh, t, hd))?;
@@ -333,7 +336,7 @@ impl Layer {
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             parts.push(probs.matmul(&vc)?);
         }
-        let ctx = super::merge_heads(parts, (b, t, hidden))?;
+        let ctx = super::merge_heads_as(parts, (b, t, hidden), dtype)?;
         self.wo.forward(&ctx)
     }
 
@@ -366,6 +369,15 @@ struct Rope {
 }
 
 impl Rope {
+    /// The first `t` positions: views of the tables built at load, nothing computed or
+    /// uploaded per pass.
+    fn first(&self, t: usize) -> Result<Self> {
+        Ok(Self {
+            cos: self.cos.narrow(0, 0, t)?,
+            sin: self.sin.narrow(0, 0, t)?,
+        })
+    }
+
     fn new(inv_freq: &[f32], t: usize, dtype: DType, device: &Device) -> Result<Self> {
         let half = inv_freq.len();
         let mut cos = Vec::with_capacity(t * half);
@@ -413,8 +425,11 @@ pub struct ModernBert {
     head_dense: Linear,
     head_norm: LayerNorm,
     classifier: Linear,
-    global_inv_freq: Vec<f32>,
-    local_inv_freq: Vec<f32>,
+    /// cos/sin tables of every position for the global and the local layers' RoPE bases, in
+    /// the attention's dtype, built once at load (they were rebuilt on the host and uploaded
+    /// every pass).
+    global_rope: Rope,
+    local_rope: Rope,
     /// Half window: key j is visible from query i on local layers when `|i - j| <= half_window`.
     half_window: usize,
     /// Bytes of scores per attention chunk ([`super::ATTENTION_CHUNK_BYTES`]; tests lower it).
@@ -458,11 +473,36 @@ impl ModernBert {
                 cfg.norm_bias,
                 body.pp("final_norm"),
             )?,
-            head_dense: Linear::load_opt_bias(h, h, cfg.classifier_bias, head.pp("dense"))?,
-            head_norm: LayerNorm::load_opt_bias(h, cfg.norm_eps, cfg.norm_bias, head.pp("norm"))?,
-            classifier: Linear::load_opt_bias(h, num_labels, classifier_bias, vb.pp("classifier"))?,
-            global_inv_freq: inv_freq(global_theta, cfg.head_dim()),
-            local_inv_freq: inv_freq(local_theta, cfg.head_dim()),
+            head_dense: Linear::load_opt_bias(
+                h,
+                h,
+                cfg.classifier_bias,
+                super::head_vb(head.pp("dense")),
+            )?,
+            head_norm: LayerNorm::load_opt_bias(
+                h,
+                cfg.norm_eps,
+                cfg.norm_bias,
+                super::head_vb(head.pp("norm")),
+            )?,
+            classifier: Linear::load_opt_bias(
+                h,
+                num_labels,
+                classifier_bias,
+                super::head_vb(vb.pp("classifier")),
+            )?,
+            global_rope: Rope::new(
+                &inv_freq(global_theta, cfg.head_dim()),
+                cfg.max_position_embeddings,
+                super::attention_dtype(vb.dtype()),
+                vb.device(),
+            )?,
+            local_rope: Rope::new(
+                &inv_freq(local_theta, cfg.head_dim()),
+                cfg.max_position_embeddings,
+                super::attention_dtype(vb.dtype()),
+                vb.device(),
+            )?,
             half_window: cfg.local_window() / 2,
             chunk_bytes: super::ATTENTION_CHUNK_BYTES,
             cfg,
@@ -525,10 +565,11 @@ impl ModernBert {
 
     fn pool(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         match self.cfg.classifier_pooling {
-            Pooling::Cls => first_token(hidden),
+            Pooling::Cls => super::to_head(&first_token(hidden)?),
             Pooling::Mean => {
-                // Summed in f32: F16 sums over thousands of tokens can overflow.
-                let dtype = hidden.dtype();
+                // Summed in f32 (F16 sums over thousands of tokens can overflow), and left in
+                // f32 for the head (see `super::head_vb`).
+                let dtype = super::attention_dtype(hidden.dtype());
                 let keep = attention_mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
                 let sum = hidden.to_dtype(DType::F32)?.broadcast_mul(&keep)?.sum(1)?;
                 let count = keep.sum(1)?;
@@ -542,11 +583,11 @@ impl SequenceClassifier for ModernBert {
     fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let x = self.tok_embeddings.forward(&batch.input_ids)?;
         let mut x = self.emb_norm.forward(&x)?;
-        let (dtype, device) = (x.dtype(), x.device().clone());
+        let dtype = x.dtype();
         let t = x.dim(1)?;
-        let masks = self.masks(&batch.attention_mask, dtype)?;
-        let global_rope = Rope::new(&self.global_inv_freq, t, dtype, &device)?;
-        let local_rope = Rope::new(&self.local_inv_freq, t, dtype, &device)?;
+        let masks = self.masks(&batch.attention_mask, super::attention_dtype(dtype))?;
+        let global_rope = self.global_rope.first(t)?;
+        let local_rope = self.local_rope.first(t)?;
         for layer in &self.layers {
             let rope = if layer.sliding {
                 &local_rope

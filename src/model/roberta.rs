@@ -23,7 +23,7 @@ impl Roberta {
     pub fn load(cfg: EncoderConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let body = vb.pp("roberta");
-        let head = vb.pp("classifier");
+        let head = super::head_vb(vb.pp("classifier"));
         Ok(Self {
             embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
             encoder: Encoder::load(&cfg, body.pp("encoder"))?,
@@ -39,7 +39,10 @@ impl SequenceClassifier for Roberta {
     fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let x = self.embeddings.forward(batch)?;
         let x = self.encoder.forward(&x, batch)?;
-        let x = self.dense.forward(&first_token(&x)?)?.tanh()?;
+        let x = self
+            .dense
+            .forward(&super::to_head(&first_token(&x)?)?)?
+            .tanh()?;
         self.out_proj.forward(&x)
     }
     fn position_scheme(&self) -> PositionScheme {

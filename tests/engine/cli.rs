@@ -114,3 +114,31 @@ fn inspect_describes_the_model() {
     assert_eq!(out.status.code(), Some(2), "clap rejects a bad flag value");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device"));
 }
+
+/// Tensors one pass creates, from `inspect --ops` in a process of its own (candle's counter is
+/// process-wide, and this test binary runs tests in parallel).
+fn tensors_per_forward(model: &std::path::Path, dtype: &str) -> u64 {
+    let out = classifyd()
+        .args(["inspect", "--json", "--device", "cpu", "--ops", "16", "--dtype", dtype])
+        .arg("--model")
+        .arg(model)
+        .env("CLASSIFYD_NO_WEIGHTS_CACHE", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    json_lines(&out.stdout)[0]["tensors_per_forward"]
+        .as_u64()
+        .expect("tensors_per_forward")
+}
+
+#[test]
+fn a_bert_layer_on_candles_path_creates_at_most_39_tensors() {
+    // The default model has 6 layers, the bert fixture 2, and the same ops around them, so the
+    // difference is 4 layers' worth. F16 takes candle's ops, as every GPU build does; each
+    // tensor made from data is a kernel launch there (docs/GPU.md, BENCHMARKS.md).
+    let six = tensors_per_forward(&default_model(), "f16");
+    let two = tensors_per_forward(&fixture("bert"), "f16");
+    let per_layer = (six - two) / 4;
+    assert_eq!((six - two) % 4, 0, "{six} vs {two}");
+    assert!(per_layer <= 39, "{per_layer} tensors per layer (46 before #17)");
+}

@@ -10,8 +10,9 @@ use serde_json::Value;
 pub use crate::common::*;
 
 /// Every tiny random fixture of tests/fixtures (one or more per architecture and head).
-pub const FIXTURES: [&str; 9] = [
+pub const FIXTURES: [&str; 10] = [
     "bert",
+    "bert-hot",
     "bert-multilabel",
     "distilbert",
     "roberta",

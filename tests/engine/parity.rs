@@ -120,6 +120,7 @@ macro_rules! parity {
 
 parity! {
     bert => "bert",
+    bert_scores_past_f16_range => "bert-hot",
     bert_multilabel_sharded => "bert-multilabel",
     distilbert_bf16_weights => "distilbert",
     roberta_f16_weights => "roberta",

@@ -23,8 +23,6 @@
 //!   exactly a key mask, and padded query rows never influence real ones, so an additive key
 //!   mask (finite, in the compute dtype) gives identical logits.
 
-use std::sync::{Mutex, PoisonError};
-
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -39,15 +37,32 @@ use relpos::log_bucket;
 use relpos::relative_indices;
 
 use super::{
-    additive_key_mask, embedding, first_token, Activation, Batch, LayerNorm, Linear,
-    SequenceClassifier,
+    additive_key_mask, attention_dtype, embedding, first_token, Activation, Batch, LayerNorm,
+    Linear, SequenceClassifier,
 };
 
-/// Gather tables for one sequence length, on the model's device.
-#[derive(Clone)]
+/// Gather tables, on the model's device: `[T, T]` for the longest sequence the model takes,
+/// built once at load (an entry depends on i - j only, so the tables of a shorter length are
+/// their top-left corner), or the flattened `[q·t]` slices of one pass.
 struct RelIndex {
     c2p: Tensor,
     p2c: Tensor,
+}
+
+impl RelIndex {
+    /// The flattened tables of `q_len` query rows over `t` keys.
+    fn slice(&self, q_len: usize, t: usize) -> Result<RelIndex> {
+        let cut = |x: &Tensor| -> Result<Tensor> {
+            x.narrow(0, 0, q_len)?
+                .narrow(1, 0, t)?
+                .contiguous()?
+                .flatten_all()
+        };
+        Ok(RelIndex {
+            c2p: cut(&self.c2p)?,
+            p2c: cut(&self.p2c)?,
+        })
+    }
 }
 
 struct Embeddings {
@@ -127,12 +142,17 @@ struct Layer {
     act: Activation,
 }
 
-/// `[B, L, heads*d]` → `[heads, B, L, d]`.
-fn heads_first(x: &Tensor, heads: usize) -> Result<Tensor> {
+/// `[B, L, heads*d]` → `[heads, B, L, d]` in `dtype`: the permute and the cast are one copy.
+fn heads_first(x: &Tensor, heads: usize, dtype: DType) -> Result<Tensor> {
     let (b, l, hd) = x.dims3()?;
-    x.reshape((b, l, heads, hd / heads))?
-        .permute((2, 0, 1, 3))?
-        .contiguous()
+    let x = x
+        .reshape((b, l, heads, hd / heads))?
+        .permute((2, 0, 1, 3))?;
+    if x.dtype() == dtype {
+        x.contiguous()
+    } else {
+        x.to_dtype(dtype)
+    }
 }
 
 /// `[2*span, hidden]` relative embeddings through a projection → `[heads, head_dim, 2*span]`.
@@ -144,6 +164,8 @@ fn project_positions(proj: &Linear, rel: &Tensor, heads: usize, scale: f64) -> R
         .reshape((n, heads, hd / heads))?
         .permute((1, 2, 0))?
         .contiguous()?;
+    // Kept in the attention's dtype (f32 under F16/BF16), scaled there.
+    let p = p.to_dtype(attention_dtype(p.dtype()))?;
     if scale == 1.0 {
         Ok(p)
     } else {
@@ -159,9 +181,12 @@ impl Layer {
         let sa = att.pp("self");
         let inv_scale = 1.0 / ((cfg.head_dim() as f32) * cfg.scale_factor() as f32).sqrt() as f64;
 
-        let q_vb = sa.pp("query_proj");
-        let q_w = q_vb.get((h, h), "weight")?;
-        let q_b = q_vb.get(h, "bias")?;
+        // Read in f32 so that the folded scale costs no extra rounding at F16/BF16.
+        let q_vb = sa.pp("query_proj").set_dtype(DType::F32);
+        let q_w = q_vb.get((h, h), "weight")?.to_dtype(vb.dtype())?;
+        let q_b = q_vb.get(h, "bias")?.to_dtype(vb.dtype())?;
+        let q_w32 = q_vb.get((h, h), "weight")?;
+        let q_b32 = q_vb.get(h, "bias")?;
         let query_raw = Linear::from_weights(q_w.clone(), Some(q_b.clone()))?;
         let key = Linear::load(h, h, sa.pp("key_proj"))?;
         let value = Linear::load(h, h, sa.pp("value_proj"))?;
@@ -188,8 +213,8 @@ impl Layer {
 
         Ok(Self {
             query: Linear::from_weights(
-                q_w.affine(inv_scale, 0.0)?,
-                Some(q_b.affine(inv_scale, 0.0)?),
+                q_w32.affine(inv_scale, 0.0)?.to_dtype(vb.dtype())?,
+                Some(q_b32.affine(inv_scale, 0.0)?.to_dtype(vb.dtype())?),
             )?,
             kv: Linear::fused(&[key, value])?,
             pos_key_t,
@@ -223,38 +248,46 @@ impl Layer {
             x.narrow(1, 0, q_len)?
         };
 
-        let q = heads_first(&self.query.forward(&x_q)?, heads)?; // [heads, B, q, d], pre-scaled
+        let dtype = x.dtype();
+        let adt = attention_dtype(dtype);
+        // [heads, B, q, d], pre-scaled; scores and softmax in f32 under F16/BF16.
+        let q = heads_first(&self.query.forward(&x_q)?, heads, adt)?;
         let kv = self.kv.forward(x)?;
-        let k = heads_first(&kv.narrow(2, 0, h)?, heads)?; // [heads, B, T, d]
-        let v = heads_first(&kv.narrow(2, h, h)?, heads)?;
+        let k = heads_first(&kv.narrow(2, 0, h)?, heads, adt)?; // [heads, B, T, d]
+        let v = heads_first(&kv.narrow(2, h, h)?, heads, adt)?;
 
         let mut scores = q.matmul(&k.t()?)?; // [heads, B, q, T]
         if let Some(rel) = rel {
-            let n = q_len * t;
+            let rel = rel.slice(q_len, t)?;
             if let Some(pk) = &self.pos_key_t {
                 // [heads, B*q, d] x [heads, d, 2span] → gather along the flattened (i, r) axis.
                 let span2 = pk.dim(2)?;
                 let att = q.reshape((heads, b * q_len, d))?.matmul(pk)?;
                 let att = att.reshape((heads, b, q_len * span2))?;
-                let idx = rel.c2p.narrow(0, 0, n)?;
-                let c2p = att.index_select(&idx, 2)?.reshape((heads, b, q_len, t))?;
+                let c2p = att
+                    .index_select(&rel.c2p, 2)?
+                    .reshape((heads, b, q_len, t))?;
                 scores = (scores + c2p)?;
             }
             if let Some(pq) = &self.pos_query_t {
                 let span2 = pq.dim(2)?;
                 let att = k.reshape((heads, b * t, d))?.matmul(pq)?;
                 let att = att.reshape((heads, b, t * span2))?;
-                let idx = rel.p2c.narrow(0, 0, n)?;
-                let p2c = att.index_select(&idx, 2)?.reshape((heads, b, q_len, t))?;
+                let p2c = att
+                    .index_select(&rel.p2c, 2)?
+                    .reshape((heads, b, q_len, t))?;
                 scores = (scores + p2c)?;
             }
         }
         let scores = scores.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs
-            .matmul(&v)? // [heads, B, q, d]
-            .permute((1, 2, 0, 3))?
-            .reshape((b, q_len, h))?;
+        let ctx = probs.matmul(&v)?.permute((1, 2, 0, 3))?; // [B, q, heads, d]
+        let ctx = if ctx.dtype() == dtype {
+            ctx.contiguous()?
+        } else {
+            ctx.to_dtype(dtype)?
+        };
+        let ctx = ctx.reshape((b, q_len, h))?;
 
         let x = self
             .attn_norm
@@ -317,17 +350,11 @@ pub struct DebertaV2 {
     conv: Option<Conv>,
     pooler: Linear,
     classifier: Linear,
-    relative: bool,
-    /// Gather tables of the last few lengths seen, newest last: building them is O(T²) host
-    /// work and an upload per forward pass otherwise.
-    rel_cache: Mutex<Vec<(usize, RelIndex)>>,
+    /// The gather tables for the longest input, when relative attention is on.
+    rel_index: Option<RelIndex>,
     dtype: DType,
-    device: Device,
     cfg: Config,
 }
-
-/// Lengths whose gather tables [`DebertaV2`] keeps (at 512 tokens, 2 MiB each).
-const REL_CACHE_LENGTHS: usize = 4;
 
 impl DebertaV2 {
     pub fn load(cfg: Config, num_labels: usize, vb: VarBuilder) -> Result<Self> {
@@ -365,43 +392,26 @@ impl DebertaV2 {
             embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
             layers,
             conv,
-            pooler: Linear::load(h, h, vb.pp("pooler").pp("dense"))?,
-            classifier: Linear::load(h, num_labels, vb.pp("classifier"))?,
-            relative,
-            rel_cache: Mutex::new(Vec::new()),
+            pooler: Linear::load(h, h, super::head_vb(vb.pp("pooler").pp("dense")))?,
+            classifier: Linear::load(h, num_labels, super::head_vb(vb.pp("classifier")))?,
+            rel_index: if relative {
+                Some(rel_index(&cfg, cfg.max_position_embeddings, vb.device())?)
+            } else {
+                None
+            },
             dtype: vb.dtype(),
-            device: vb.device().clone(),
             cfg,
         })
     }
+}
 
-    fn rel_index(&self, t: usize) -> Result<RelIndex> {
-        let mut cache = self
-            .rel_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(i) = cache.iter().position(|(len, _)| *len == t) {
-            let hit = cache.remove(i);
-            let index = hit.1.clone();
-            cache.push(hit);
-            return Ok(index);
-        }
-        let (c2p, p2c) = relative_indices(
-            t,
-            self.cfg.att_span(),
-            self.cfg.position_buckets,
-            self.cfg.max_relative(),
-        );
-        let index = RelIndex {
-            c2p: Tensor::from_vec(c2p, t * t, &self.device)?,
-            p2c: Tensor::from_vec(p2c, t * t, &self.device)?,
-        };
-        if cache.len() >= REL_CACHE_LENGTHS {
-            cache.remove(0);
-        }
-        cache.push((t, index.clone()));
-        Ok(index)
-    }
+/// The `[T, T]` gather tables of [`RelIndex`] for `t` positions.
+fn rel_index(cfg: &Config, t: usize, device: &Device) -> Result<RelIndex> {
+    let (c2p, p2c) = relative_indices(t, cfg.att_span(), cfg.position_buckets, cfg.max_relative());
+    Ok(RelIndex {
+        c2p: Tensor::from_vec(c2p, (t, t), device)?,
+        p2c: Tensor::from_vec(p2c, (t, t), device)?,
+    })
 }
 
 impl SequenceClassifier for DebertaV2 {
@@ -412,13 +422,9 @@ impl SequenceClassifier for DebertaV2 {
             .to_dtype(DType::F32)?
             .to_dtype(self.dtype)?
             .reshape((b, t, 1))?;
-        let key_mask =
-            additive_key_mask(&batch.attention_mask, self.dtype)?.reshape((1, b, 1, t))?;
-        let rel = if self.relative {
-            Some(self.rel_index(t)?)
-        } else {
-            None
-        };
+        let key_mask = additive_key_mask(&batch.attention_mask, attention_dtype(self.dtype))?
+            .reshape((1, b, 1, t))?;
+        let rel = self.rel_index.as_ref();
 
         let embedded = self.embeddings.forward(batch, &keep)?;
         let mut x = embedded.clone();
@@ -426,7 +432,7 @@ impl SequenceClassifier for DebertaV2 {
         for (i, layer) in self.layers.iter().enumerate() {
             // Only [CLS] of the last layer is read by the pooler.
             let q_len = if i == last { 1 } else { t };
-            x = layer.forward(&x, q_len, &key_mask, rel.as_ref())?;
+            x = layer.forward(&x, q_len, &key_mask, rel)?;
             if i == 0 {
                 if let Some(conv) = &self.conv {
                     x = conv.forward(&embedded, &x, &keep)?;
@@ -436,7 +442,7 @@ impl SequenceClassifier for DebertaV2 {
         let pooled = self
             .cfg
             .pooler_hidden_act
-            .apply(&self.pooler.forward(&first_token(&x)?)?)?;
+            .apply(&self.pooler.forward(&super::to_head(&first_token(&x)?)?)?)?;
         self.classifier.forward(&pooled)
     }
     fn uses_token_types(&self) -> bool {
