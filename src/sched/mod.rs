@@ -66,6 +66,7 @@ impl Scheduler {
             epoch: Instant::now(),
             heartbeat_ms: Default::default(),
             observer: OnceLock::new(),
+            unhealthy: OnceLock::new(),
             threads: Default::default(),
             pushed: Default::default(),
             sleeping: Default::default(),
@@ -103,6 +104,9 @@ impl Scheduler {
         let shared = self.shared();
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
+        if let Some(why) = shared.unhealthy.get() {
+            return Err(SubmitError::Unhealthy(why.clone()));
+        }
         let mut st = shared.lock();
         if st.closed {
             return Err(SubmitError::ShuttingDown);
@@ -161,6 +165,12 @@ impl Scheduler {
     /// ([`crate::serve::systemd`]) is fed only while this stays small.
     pub fn heartbeat_age(&self) -> Duration {
         self.shared().heartbeat_age()
+    }
+
+    /// Why the engine is unhealthy, if it is: a failed pass whose probe failed too. Then every
+    /// queued and later job is answered UNAVAILABLE, and the service reports not ready.
+    pub fn unhealthy(&self) -> Option<String> {
+        self.shared().unhealthy.get().cloned()
     }
 
     /// Refuses new jobs; queued ones still run. Idempotent.

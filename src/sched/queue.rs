@@ -143,6 +143,9 @@ pub enum JobError {
     Engine(EngineError),
     #[error("shutting down")]
     ShuttingDown,
+    /// The engine failed a pass and then its health probe (see [`Shared::unhealthy`]).
+    #[error("engine unhealthy: {0}")]
+    Unhealthy(String),
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -151,6 +154,8 @@ pub enum SubmitError {
     Overloaded { capacity: usize },
     #[error("shutting down")]
     ShuttingDown,
+    #[error("engine unhealthy: {0}")]
+    Unhealthy(String),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -375,6 +380,11 @@ pub(crate) struct Shared {
     pub pushed: [AtomicU64; 2],
     /// Per [`Lane`]: its worker sleeps on its condvar (and a wake-up must notify it).
     pub sleeping: [AtomicBool; 2],
+    /// Why the engine is unhealthy, once it is: a forward pass failed and so did the tiny
+    /// probe pass after it (a sticky device fault: on CUDA every later launch fails too). Never
+    /// cleared; the service stops answering ready and feeding the watchdog, so systemd
+    /// restarts it (a reload builds a new scheduler and engine).
+    pub unhealthy: OnceLock<String>,
     #[cfg(test)]
     pub gate: crate::sched::gate::Gate,
 }

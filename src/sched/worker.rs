@@ -249,6 +249,16 @@ fn run_batch(
         if live.is_empty() {
             continue;
         }
+        if let Some(why) = shared.unhealthy.get() {
+            for &i in &live {
+                finish(
+                    shared,
+                    &mut jobs[rows[i].0],
+                    Err(JobError::Unhealthy(why.clone())),
+                );
+            }
+            continue;
+        }
         let inputs: Vec<&Encoded> = live
             .iter()
             .map(|&i| &jobs[rows[i].0].job.inputs[rows[i].1])
@@ -280,6 +290,7 @@ fn run_batch(
                         Err(JobError::Engine(e.clone())),
                     );
                 }
+                check_health(engine, shared, &e);
                 continue;
             }
         }
@@ -317,6 +328,35 @@ fn finish(shared: &Shared, p: &mut Progress, answer: Result<JobOutput, JobError>
         // The client may have gone during the pass; nothing else to do for it.
         let _ = reply.send(answer);
     }
+}
+
+/// After a failed pass: one tiny probe pass (one row of two tokens). A pass can fail on its
+/// own inputs (a kernel refusing a shape) and the engine is fine, and the probe passes; after a
+/// sticky device fault (on CUDA an illegal access poisons the context) every later pass fails,
+/// the probe too, and the engine is marked unhealthy: every queued job is answered
+/// UNAVAILABLE, later submissions are refused, and the service stops reporting ready and
+/// feeding the watchdog.
+fn check_health(engine: &Engine, shared: &Shared, failure: &EngineError) {
+    let probe = Encoded::synthetic(0, 2);
+    let Err(e) = forward(engine, &[&probe]) else {
+        tracing::info!("health probe passed after the failed batch; the engine goes on");
+        return;
+    };
+    let why = format!("a forward pass failed ({failure}) and so did the health probe ({e})");
+    if shared.unhealthy.set(why.clone()).is_err() {
+        return;
+    }
+    tracing::error!("engine unhealthy: {why}; answering UNAVAILABLE until restarted");
+    let queued: Vec<Queued> = {
+        let mut st = shared.lock();
+        let all = st.drain_all();
+        shared.counters.queued.store(0, Ordering::Relaxed);
+        all
+    };
+    for q in queued {
+        let _ = q.reply.send(Err(JobError::Unhealthy(why.clone())));
+    }
+    shared.idle.notify_waiters();
 }
 
 /// One forward pass. A panic in a kernel must cost this pass, not every later request.

@@ -62,8 +62,8 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
 }
 
-/// Sends `WATCHDOG=1` every half `interval`, but only while the engine thread's heartbeat is
-/// younger than `interval`: a forward pass stuck on a hung device or a wedged worker stops the
+/// Sends `WATCHDOG=1` every half `interval`, but only while the engine is not unhealthy (see
+/// [`Scheduler::unhealthy`]) and its thread's heartbeat is younger than `interval`: a forward pass stuck on a hung device or a wedged worker stops the
 /// pings, and systemd kills and restarts the service. (So `WatchdogSec=` must exceed the
 /// longest forward pass of the fast lane; the bulk lane's passes, at background priority, are
 /// not timed, only its loop between them: see [`Scheduler::heartbeat_age`].)
@@ -78,7 +78,15 @@ pub fn spawn_watchdog(
         let mut stale = false;
         loop {
             tick.tick().await;
-            let age = current().heartbeat_age();
+            let scheduler = current();
+            if let Some(why) = scheduler.unhealthy() {
+                if !stale {
+                    warn!("engine unhealthy ({why}); withholding WATCHDOG=1 so systemd restarts the service");
+                    stale = true;
+                }
+                continue;
+            }
+            let age = scheduler.heartbeat_age();
             if age < interval {
                 if stale {
                     info!("engine heartbeat is back; feeding the systemd watchdog again");
@@ -114,7 +122,10 @@ pub fn spawn_status(
             let secs = now.duration_since(last.0).as_secs_f64().max(1e-3);
             let rate = stats.computed.saturating_sub(last.1) as f64 / secs;
             last = (now, stats.computed);
-            let status = format!("{base}; {rate:.1} requests/s, {} queued", stats.queued);
+            let status = match scheduler.unhealthy() {
+                Some(why) => format!("engine unhealthy, not ready: {why}"),
+                None => format!("{base}; {rate:.1} requests/s, {} queued", stats.queued),
+            };
             notify(&[NotifyState::Status(&status)]);
         }
     }))

@@ -129,8 +129,14 @@ impl Service {
         self
     }
 
+    /// Started, warmed up and not draining, with an engine that is not unhealthy.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.unhealthy().is_none()
+    }
+
+    /// Why the serving engine is unhealthy, if it is (see [`Scheduler::unhealthy`]).
+    pub fn unhealthy(&self) -> Option<String> {
+        self.model().scheduler.unhealthy()
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -245,7 +251,7 @@ impl Service {
                 max_length: info.max_length as u32,
                 device: info.device.clone(),
                 dtype: info.compute_dtype.clone(),
-                ready: self.ready.load(Ordering::Acquire),
+                ready: self.ready.load(Ordering::Acquire) && model.scheduler.unhealthy().is_none(),
                 problem_type: info.problem_type.to_string(),
                 protocol_version: protocol::VERSION,
                 server_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -320,6 +326,9 @@ impl Service {
             SubmitError::ShuttingDown => {
                 (pb::Status::Unavailable, "server is shutting down".into())
             }
+            SubmitError::Unhealthy(why) => {
+                (pb::Status::Unavailable, format!("engine unhealthy: {why}"))
+            }
         })?;
         let output = match rx.await {
             Ok(Ok(out)) => out,
@@ -333,6 +342,9 @@ impl Service {
                 return Err((pb::Status::Unavailable, "server is shutting down".into()))
             }
             Ok(Err(JobError::Engine(e))) => return Err((pb::Status::Internal, e.to_string())),
+            Ok(Err(e @ JobError::Unhealthy(_))) => {
+                return Err((pb::Status::Unavailable, e.to_string()))
+            }
             Err(_) => return Err((pb::Status::Internal, "engine worker stopped".into())),
         };
         let results = output

@@ -414,6 +414,71 @@ fn a_failed_batch_answers_internal_and_the_worker_recovers() {
 }
 
 #[test]
+fn a_failed_batch_whose_probe_fails_too_turns_the_engine_unhealthy() {
+    // Two injected failures: the batch, then the health probe after it, as a sticky device
+    // fault (a poisoned CUDA context) fails every pass.
+    let metrics = metrics_addr();
+    let scratch = tempfile::tempdir().unwrap();
+    let hold = scratch.path().join("hold");
+    let daemon = Daemon::start(
+        &fixture("bert"),
+        &[
+            "--test-fail-batches",
+            "2",
+            "--metrics-addr",
+            &metrics.to_string(),
+            "--test-hold-batches-while",
+            hold.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(crate::metrics::get(metrics, "/readyz").unwrap().0, 200);
+    let rt = runtime();
+    std::fs::write(&hold, b"").unwrap();
+    let first = {
+        let c = rt.block_on(daemon.client());
+        rt.spawn(async move { c.classify(vec![text("first")], logits_opts()).await })
+    };
+    wait_until(&daemon, "the held batch", Duration::from_secs(60), || {
+        daemon.stderr().contains("test hook: holding a batch")
+    });
+    // Two more wait in the queue behind the failing batch.
+    let queued: Vec<_> = (0..2)
+        .map(|i| {
+            let c = rt.block_on(daemon.client());
+            rt.spawn(async move {
+                c.classify(vec![text(format!("queued {i}"))], logits_opts())
+                    .await
+            })
+        })
+        .collect();
+    wait_until(&daemon, "two queued", Duration::from_secs(30), || {
+        metric(metrics, "classifyd_queue_depth") >= 2.0
+    });
+    std::fs::remove_file(&hold).unwrap();
+
+    let r = rt.block_on(first).unwrap().unwrap();
+    assert_eq!(status(&r), pb::Status::Internal, "{}", r.message);
+    for q in queued {
+        let r = rt.block_on(q).unwrap().unwrap();
+        assert_eq!(status(&r), pb::Status::Unavailable, "{}", r.message);
+        assert!(r.message.contains("engine unhealthy"), "{}", r.message);
+    }
+    // Later requests are refused the same way; nothing reports ready any more.
+    let c = rt.block_on(daemon.client());
+    let r = rt
+        .block_on(c.classify(vec![text("later")], logits_opts()))
+        .unwrap();
+    assert_eq!(status(&r), pb::Status::Unavailable, "{}", r.message);
+    assert_eq!(crate::metrics::get(metrics, "/readyz").unwrap().0, 503);
+    assert!(!info(&daemon).ready);
+    assert!(
+        daemon.stderr().contains("engine unhealthy"),
+        "{}",
+        daemon.stderr()
+    );
+}
+
+#[test]
 fn a_client_that_never_reads_its_answers_is_disconnected() {
     let metrics = metrics_addr();
     let daemon = Daemon::start(

@@ -201,6 +201,55 @@ fn a_stalled_engine_thread_stops_the_watchdog_pings() {
 }
 
 #[test]
+fn an_unhealthy_engine_stops_the_watchdog_pings_and_says_why_in_status() {
+    let notify = NotifySocket::new();
+    // The batch fails and so does the probe after it: a sticky device fault.
+    let mut daemon = Daemon::spawn(
+        &fixture("bert"),
+        None,
+        &["--test-fail-batches", "2"],
+        Launch {
+            env: notify.env(),
+            ..Launch::default()
+        },
+    );
+    notify.wait_for(&mut daemon, "READY=1", Duration::from_secs(120));
+    daemon.wait_ready();
+    let before = notify.count("WATCHDOG=1", Duration::from_secs(1));
+    assert!(before >= 3, "{before} WATCHDOG=1 while healthy");
+    let r = runtime().block_on(async {
+        let client = daemon.client().await;
+        client
+            .classify(vec![text("x")], logits_opts())
+            .await
+            .unwrap()
+    });
+    assert_eq!(status(&r), pb::Status::Internal, "{}", r.message);
+    // STATUS= is refreshed every 5 s; it names the fault.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status_line = None;
+    let mut pings = 0;
+    while Instant::now() < deadline && status_line.is_none() {
+        if let Some(lines) = notify.recv(Duration::from_millis(200)) {
+            pings += usize::from(lines.iter().any(|l| l == "WATCHDOG=1"));
+            status_line = lines
+                .into_iter()
+                .find(|l| l.starts_with("STATUS=engine unhealthy"));
+        }
+    }
+    assert!(
+        status_line.is_some(),
+        "no unhealthy STATUS=: {}",
+        daemon.stderr()
+    );
+    assert!(pings <= 1, "{pings} WATCHDOG=1 after the fault");
+    assert_eq!(notify.count("WATCHDOG=1", Duration::from_secs(1)), 0);
+    daemon.signal(15);
+    let exit = daemon.wait();
+    assert_eq!(exit.code(), Some(0), "{}", daemon.stderr());
+}
+
+#[test]
 fn socket_activation_serves_the_inherited_socket_and_leaves_it_to_systemd() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("activated.sock");

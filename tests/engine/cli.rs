@@ -119,13 +119,19 @@ fn inspect_describes_the_model() {
 /// process-wide, and this test binary runs tests in parallel).
 fn tensors_per_forward(model: &std::path::Path, dtype: &str) -> u64 {
     let out = classifyd()
-        .args(["inspect", "--json", "--device", "cpu", "--ops", "16", "--dtype", dtype])
+        .args([
+            "inspect", "--json", "--device", "cpu", "--ops", "16", "--dtype", dtype,
+        ])
         .arg("--model")
         .arg(model)
         .env("CLASSIFYD_NO_WEIGHTS_CACHE", "1")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     json_lines(&out.stdout)[0]["tensors_per_forward"]
         .as_u64()
         .expect("tensors_per_forward")
@@ -140,5 +146,8 @@ fn a_bert_layer_on_candles_path_creates_at_most_39_tensors() {
     let two = tensors_per_forward(&fixture("bert"), "f16");
     let per_layer = (six - two) / 4;
     assert_eq!((six - two) % 4, 0, "{six} vs {two}");
-    assert!(per_layer <= 39, "{per_layer} tensors per layer (46 before #17)");
+    assert!(
+        per_layer <= 39,
+        "{per_layer} tensors per layer (46 before #17)"
+    );
 }
