@@ -622,6 +622,15 @@ impl Engine {
         Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 
+    /// A stand-in input of `len` tokens (clamped to the model's maximum): the pad token
+    /// repeated, which every vocabulary has. For warm-up and measurements.
+    pub fn synthetic_input(&self, len: usize) -> Encoded {
+        Encoded::synthetic(
+            self.tokenizer.pad_id(),
+            len.clamp(1, self.info.max_length.max(1)),
+        )
+    }
+
     /// Tensors one forward pass of `rows` rows of `len` tokens creates, the upload included
     /// (see [`opcount`]): a proxy for kernel launches. `None` if candle's counter is unreadable.
     pub fn tensors_per_forward(
@@ -629,8 +638,7 @@ impl Engine {
         rows: usize,
         len: usize,
     ) -> Result<Option<usize>, EngineError> {
-        let len = len.clamp(1, self.info.max_length.max(1));
-        let row = Encoded::synthetic(self.tokenizer.pad_id(), len);
+        let row = self.synthetic_input(len);
         let inputs: Vec<&Encoded> = (0..rows.max(1)).map(|_| &row).collect();
         let (logits, n) = opcount::tensors_created(|| self.logits_padded(&inputs));
         logits?;

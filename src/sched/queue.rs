@@ -24,7 +24,7 @@ use crate::engine::tokenize::Encoded;
 pub use crate::sched::batch::Priority;
 use crate::sched::batch::{Budget, Candidate, Index};
 use crate::sched::hot::{EngineThreads, ThreadsConfig};
-use crate::settings::Settings;
+use crate::settings::{Settings, Source};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -48,7 +48,16 @@ pub struct SchedulerConfig {
     pub stall_worker_after: Option<Duration>,
     /// The engine threads of each lane (see [`crate::sched::hot`]).
     pub threads: ThreadsConfig,
+    /// Whether `max_batch_tokens` / `max_batch_size` are the defaults, which are sized for a
+    /// CPU; [`Self::for_device`] sizes them for a GPU then.
+    pub default_limits: (bool, bool),
 }
+
+/// Rows one pass takes by default on a GPU: at BERT-base size a 128-row pass still fills an
+/// H100 better than four 32-row ones, and launches per pass do not grow with rows.
+pub const GPU_DEFAULT_ROWS: usize = 128;
+/// Padded tokens one pass takes by default on a GPU (128 rows of 512 tokens).
+pub const GPU_DEFAULT_TOKENS: usize = 65_536;
 
 impl SchedulerConfig {
     /// What one batch may hold.
@@ -83,7 +92,30 @@ impl SchedulerConfig {
             idle_heartbeat: Duration::from_secs(1),
             stall_worker_after: None,
             threads: ThreadsConfig::of(s),
+            default_limits: (
+                s.sources.get("max_batch_tokens") != Some(&Source::Flag)
+                    && s.sources.get("max_batch_tokens") != Some(&Source::File),
+                s.sources.get("max_batch_size") != Some(&Source::Flag)
+                    && s.sources.get("max_batch_size") != Some(&Source::File),
+            ),
         }
+    }
+
+    /// The limits for a device that pads batches (`pads`, a GPU) or not: on a GPU, pass sizes
+    /// left at their CPU defaults become [`GPU_DEFAULT_ROWS`] and [`GPU_DEFAULT_TOKENS`]
+    /// (what was set by flag or file stays).
+    pub fn for_device(&self, pads: bool) -> SchedulerConfig {
+        let mut c = self.clone();
+        if pads {
+            if c.default_limits.0 {
+                c.max_batch_tokens = GPU_DEFAULT_TOKENS;
+                c.bulk_tokens = GPU_DEFAULT_TOKENS / 4;
+            }
+            if c.default_limits.1 {
+                c.max_batch_size = GPU_DEFAULT_ROWS;
+            }
+        }
+        c
     }
 }
 

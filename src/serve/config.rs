@@ -114,6 +114,23 @@ mod tests {
     }
 
     #[test]
+    fn pass_sizes_left_at_their_defaults_grow_on_a_gpu_and_set_ones_stay() {
+        let sched = |flags: &[&str]| {
+            let argv: Vec<&str> = ["--model", "m"].iter().chain(flags).copied().collect();
+            ServeConfig::from_settings(&settings(&argv))
+                .unwrap()
+                .scheduler
+        };
+        let cpu = sched(&[]).for_device(false);
+        assert_eq!((cpu.max_batch_size, cpu.max_batch_tokens), (32, 8192));
+        let gpu = sched(&[]).for_device(true);
+        assert_eq!((gpu.max_batch_size, gpu.max_batch_tokens), (128, 65_536));
+        assert_eq!(gpu.bulk_tokens, 65_536 / 4);
+        let set = sched(&["--max-batch-size", "8"]).for_device(true);
+        assert_eq!((set.max_batch_size, set.max_batch_tokens), (8, 65_536));
+    }
+
+    #[test]
     fn limits_follow_the_settings() {
         let limits = |flags: &[&str]| {
             let argv: Vec<&str> = ["--model", "m"].iter().chain(flags).copied().collect();

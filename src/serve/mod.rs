@@ -77,11 +77,29 @@ fn warm_up(engine: &Engine, max_batch: usize) -> Result<usize, ServerError> {
             .map_err(|e| ServerError::WarmUp(e.to_string()))?;
         runs += 1;
         if size >= max_batch {
-            return Ok(runs);
+            break;
         }
         size = (size * 2).min(max_batch);
     }
+    if engine.pads_batches() {
+        // A GPU picks GEMM algorithms per shape and its kernels per size class: one row at each
+        // longer length too, so that the first long request does not pay for that choice.
+        for len in GPU_WARM_UP_LENGTHS
+            .into_iter()
+            .filter(|&l| l <= engine.info().max_length)
+        {
+            let row = engine.synthetic_input(len);
+            engine
+                .logits(&[&row])
+                .map_err(|e| ServerError::WarmUp(e.to_string()))?;
+            runs += 1;
+        }
+    }
+    Ok(runs)
 }
+
+/// Lengths a GPU warm-up also runs one row at (besides the ~16-token rows at every batch size).
+const GPU_WARM_UP_LENGTHS: [usize; 4] = [64, 128, 256, 512];
 
 /// Loads the model directory and warms it up, on a blocking thread.
 async fn load_warm(
@@ -89,7 +107,7 @@ async fn load_warm(
     device: DeviceChoice,
     dtype: DTypeChoice,
     load: LoadOptions,
-    max_batch: usize,
+    sched: SchedulerConfig,
 ) -> Result<(Engine, usize), ServerError> {
     tokio::task::spawn_blocking(move || -> Result<(Engine, usize), ServerError> {
         let warming = crate::engine::heap::Phase::warm_up();
@@ -106,6 +124,10 @@ async fn load_warm(
             }
         }
         let t1 = Instant::now();
+        let max_batch = sched
+            .for_device(engine.pads_batches())
+            .max_batch_size
+            .max(1);
         let runs = warm_up(&engine, max_batch)?;
         info!(
             batches = runs,
@@ -170,13 +192,12 @@ async fn reload(
         }
     };
     info!(revision = %old.identity.revision, "SIGHUP: reloading {}", path.display());
-    let max_batch = cfg.scheduler.max_batch_size.max(1);
     match load_warm(
         path.clone(),
         cfg.device,
         cfg.dtype,
         cfg.load.clone(),
-        max_batch,
+        sched_cfg.clone(),
     )
     .await
     {
@@ -237,12 +258,18 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     }
     let started = Instant::now();
     let (model, device, dtype) = (cfg.model.clone(), cfg.device, cfg.dtype);
-    let max_batch = cfg.scheduler.max_batch_size.max(1);
-    let (engine, warm_runs) = load_warm(model, device, dtype, cfg.load.clone(), max_batch).await?;
+    let (engine, warm_runs) = load_warm(
+        model,
+        device,
+        dtype,
+        cfg.load.clone(),
+        cfg.scheduler.clone(),
+    )
+    .await?;
     let engine = Arc::new(engine);
     let identity = ModelIdentity::of(&cfg.model);
     let watchdog = systemd::watchdog_interval();
-    let mut sched_cfg = cfg.scheduler.clone();
+    let mut sched_cfg = cfg.scheduler.for_device(engine.pads_batches());
     if let Some(w) = watchdog {
         // An idle worker must beat several times per watchdog interval.
         sched_cfg.idle_heartbeat = sched_cfg.idle_heartbeat.min(w / 4);

@@ -284,9 +284,9 @@ settings! {
     allow_anonymous_loopback: bool = "false", "";
     /// Requests waiting for the engine before new ones are answered OVERLOADED.
     queue_capacity: usize = "256", "N";
-    /// Padded tokens (rows × longest row) one forward pass may take.
+    /// Padded tokens (rows × longest row) one forward pass may take (65536 on a GPU unless set).
     max_batch_tokens: usize = "8192", "N";
-    /// Rows one forward pass may take.
+    /// Rows one forward pass may take (128 on a GPU unless set).
     max_batch_size: usize = "32", "N";
     /// Attention working set one forward pass may take, in MiB: batches are cut into passes
     /// under it, and a single input over it is refused.
