@@ -21,11 +21,13 @@ use crate::settings::HookArgs;
 /// Arms the hooks `args` gives, if any.
 pub fn arm(args: &HookArgs) {
     if args.test_fail_batches.is_some()
+        || args.test_fail_probes.is_some()
         || args.test_hold_batches_while.is_some()
         || args.test_hold_bulk_while.is_some()
     {
         arm_test_hooks(TestHooks {
             fail_batches: args.test_fail_batches.unwrap_or(0).into(),
+            fail_probes: args.test_fail_probes.unwrap_or(0).into(),
             hold_while: args.test_hold_batches_while.clone(),
             hold_bulk_while: args.test_hold_bulk_while.clone(),
         });
@@ -42,6 +44,8 @@ pub fn arm(args: &HookArgs) {
 pub struct TestHooks {
     /// `--test-fail-batches N`: the next N forward passes panic inside the engine call.
     pub fail_batches: AtomicU64,
+    /// `--test-fail-probes N`: the next N health probes panic (see `worker::check_health`).
+    pub fail_probes: AtomicU64,
     /// `--test-hold-batches-while PATH`: a batch the worker has picked waits while PATH exists,
     /// so a test can keep the engine busy, with work queued behind it, for as long as it needs.
     pub hold_while: Option<PathBuf>,
@@ -62,8 +66,13 @@ pub fn arm_test_hooks(hooks: TestHooks) {
 
 #[cfg(feature = "test-hooks")]
 impl TestHooks {
-    fn take_failure_now(&self) -> bool {
-        self.fail_batches
+    fn take_failure_now(&self, probe: bool) -> bool {
+        let count = if probe {
+            &self.fail_probes
+        } else {
+            &self.fail_batches
+        };
+        count
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok()
     }
@@ -86,12 +95,16 @@ impl TestHooks {
     }
 }
 
-/// Whether this forward pass is to fail (`--test-fail-batches`).
-pub fn take_failure() -> bool {
+/// Whether this forward pass is to fail: a batch (`--test-fail-batches`) or a health probe
+/// (`probe`, `--test-fail-probes`).
+pub fn take_failure(probe: bool) -> bool {
     #[cfg(feature = "test-hooks")]
-    return TEST_HOOKS.get().is_some_and(TestHooks::take_failure_now);
+    return TEST_HOOKS.get().is_some_and(|h| h.take_failure_now(probe));
     #[cfg(not(feature = "test-hooks"))]
-    false
+    {
+        let _ = probe;
+        false
+    }
 }
 
 /// Holds a picked batch while the hold file exists (`--test-hold-*-while`).

@@ -265,7 +265,7 @@ fn run_batch(
             .collect();
         computed_rows += inputs.len();
         padded_tokens += inputs.len() * inputs.iter().map(|e| e.len()).max().unwrap_or(0);
-        let result = forward(engine, &inputs);
+        let result = forward(engine, &inputs, false);
         drop(inputs);
         shared.beat(lane);
         shared
@@ -338,7 +338,7 @@ fn finish(shared: &Shared, p: &mut Progress, answer: Result<JobOutput, JobError>
 /// feeding the watchdog.
 fn check_health(engine: &Engine, shared: &Shared, failure: &EngineError) {
     let probe = Encoded::synthetic(0, 2);
-    let Err(e) = forward(engine, &[&probe]) else {
+    let Err(e) = forward(engine, &[&probe], true) else {
         tracing::info!("health probe passed after the failed batch; the engine goes on");
         return;
     };
@@ -360,11 +360,16 @@ fn check_health(engine: &Engine, shared: &Shared, failure: &EngineError) {
 }
 
 /// One forward pass. A panic in a kernel must cost this pass, not every later request.
-fn forward(engine: &Engine, inputs: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError> {
+/// `probe`: the health probe after a failed pass (for the test hooks only).
+fn forward(
+    engine: &Engine,
+    inputs: &[&Encoded],
+    probe: bool,
+) -> Result<Vec<Vec<f32>>, EngineError> {
     let rows = inputs.len();
     panic::catch_unwind(AssertUnwindSafe(|| {
-        if hooks::take_failure() {
-            panic!("test hook: this forward pass fails (--test-fail-batches)");
+        if hooks::take_failure(probe) {
+            panic!("test hook: this forward pass fails (--test-fail-batches/--test-fail-probes)");
         }
         engine.logits_padded(inputs)
     }))

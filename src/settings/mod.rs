@@ -468,6 +468,10 @@ pub struct HookArgs {
     /// panic in the engine call.
     #[arg(long, value_name = "N", hide = true)]
     pub test_fail_batches: Option<u64>,
+    /// Test-only hook for the device-health tests: the next N health probes (the pass after a
+    /// failed one) panic too, as on a device with a sticky fault.
+    #[arg(long, value_name = "N", hide = true)]
+    pub test_fail_probes: Option<u64>,
     /// Test-only hook for the fault tests: the engine thread holds each batch it has picked
     /// while this file exists.
     #[arg(long, value_name = "PATH", hide = true)]

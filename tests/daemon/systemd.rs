@@ -207,7 +207,7 @@ fn an_unhealthy_engine_stops_the_watchdog_pings_and_says_why_in_status() {
     let mut daemon = Daemon::spawn(
         &fixture("bert"),
         None,
-        &["--test-fail-batches", "2"],
+        &["--test-fail-batches", "1", "--test-fail-probes", "1"],
         Launch {
             env: notify.env(),
             ..Launch::default()
