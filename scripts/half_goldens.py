@@ -5,15 +5,19 @@ Dev-only, run from the crate root after scripts/make_fixtures.py:
 
     /work/venv/bin/python scripts/half_goldens.py [fixture ...]
 
-For each tests/fixtures/<name>/golden.json, loads the checkpoint with transformers at each
-reduced dtype on the CPU (as a user would: `from_pretrained(dtype=...)`, the default attention
-implementation, eager for ModernBERT as the F32 goldens use), runs every golden case as one
-right-padded batch, and writes tests/fixtures/<name>/half.json:
+For each tests/fixtures/<name>/golden.json, loads the checkpoint with transformers at F32 and
+at each reduced dtype on the CPU (as a user would: `from_pretrained(dtype=...)`, the default
+attention implementation, eager for ModernBERT as the F32 goldens use). The inputs are the
+golden cases plus the first 100 lines of benches/texts/tweets.txt tokenized by the fixture's own
+tokenizer (ten texts alone made the error ratios a coin toss), run in right-padded batches of
+32 in order. Writes tests/fixtures/<name>/half.json:
 
-    {"float16": [[logit, ...], ...], "bfloat16": [...], "torch": "2.x", "transformers": "5.x"}
+    {"input_ids": [[...], ...], "token_type_ids": [...], "batch": 32,
+     "float32": [[logit, ...], ...], "float16": [...], "bfloat16": [...],
+     "torch": "2.x", "transformers": "5.x"}
 
-tests/engine/half.rs compares our error at each dtype against PyTorch's, both measured from
-the F32 goldens. Deterministic: no randomness, one thread.
+tests/engine/half.rs runs the same ids in the same batches and compares our error at each dtype
+against PyTorch's, both measured from PyTorch's F32. Deterministic: no randomness, one thread.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ hf_logging.disable_progress_bar()
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
+TEXTS = ROOT / "benches" / "texts" / "tweets.txt"
+EXTRA_TEXTS = 100
+BATCH = 32
 
 
 def padded(cases, pad_id):
@@ -52,25 +59,40 @@ def run(out: Path) -> None:
     golden = json.loads((out / "golden.json").read_text())
     cfg = json.loads((out / "config.json").read_text())
     tok = AutoTokenizer.from_pretrained(str(out))
-    ids, types, mask = padded(golden["cases"], tok.pad_token_id)
-    result = {"torch": torch.__version__, "transformers": transformers.__version__}
-    for name, dtype in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+    cases = [dict(input_ids=c["input_ids"], token_type_ids=c["token_type_ids"])
+             for c in golden["cases"] if not c.get("refused")]
+    for line in TEXTS.read_text().splitlines()[:EXTRA_TEXTS]:
+        enc = tok(line, truncation=True, max_length=golden["max_length"])
+        ids = list(enc["input_ids"])
+        if not ids:
+            continue
+        cases.append(dict(input_ids=ids, token_type_ids=[0] * len(ids)))
+    result = {"input_ids": [c["input_ids"] for c in cases],
+              "token_type_ids": [c["token_type_ids"] for c in cases], "batch": BATCH,
+              "torch": torch.__version__, "transformers": transformers.__version__}
+    for name, dtype in (("float32", torch.float32), ("float16", torch.float16),
+                        ("bfloat16", torch.bfloat16)):
         kw = dict(dtype=dtype)
         if cfg.get("model_type") == "modernbert":
             kw["attn_implementation"] = "eager"
         model = AutoModelForSequenceClassification.from_pretrained(str(out), **kw).eval()
-        args = dict(input_ids=ids, attention_mask=mask)
-        if cfg.get("type_vocab_size", 0) > 0 and "token_type_ids" in tok.model_input_names:
-            args["token_type_ids"] = types
-        with torch.no_grad():
-            logits = model(**args).logits.float()
-        result[name] = [[float(x) for x in row] for row in logits.tolist()]
-        want = torch.tensor(golden["batch_logits"])
-        err = (logits - want).abs()
-        wrong = int((logits.argmax(-1) != want.argmax(-1)).sum()) if want.shape[1] > 1 else 0
+        rows = []
+        for at in range(0, len(cases), BATCH):
+            ids, types, mask = padded(cases[at:at + BATCH], tok.pad_token_id)
+            args = dict(input_ids=ids, attention_mask=mask)
+            if cfg.get("type_vocab_size", 0) > 0 and "token_type_ids" in tok.model_input_names:
+                args["token_type_ids"] = types
+            with torch.no_grad():
+                rows += model(**args).logits.float().tolist()
+        result[name] = [[float(x) for x in row] for row in rows]
+    want = torch.tensor(result["float32"])
+    for name in ("float16", "bfloat16"):
+        got = torch.tensor(result[name])
+        err = (got - want).abs()
+        wrong = int((got.argmax(-1) != want.argmax(-1)).sum()) if want.shape[1] > 1 else 0
         print(f"{out.name:24} {name:9} mean |Δ| {err.mean():.3e}  max {err.max():.3e}  "
               f"wrong labels {wrong}")
-    (out / "half.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "half.json").write_text(json.dumps(result) + "\n")
 
 
 def main(argv):

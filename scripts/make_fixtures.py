@@ -35,6 +35,14 @@ from transformers import (
     DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+    MistralConfig,
+    MistralForSequenceClassification,
+    Qwen2Config,
+    Qwen2ForSequenceClassification,
+    Qwen3Config,
+    Qwen3ForSequenceClassification,
     ModernBertConfig,
     ModernBertForSequenceClassification,
     PreTrainedTokenizerFast,
@@ -190,6 +198,10 @@ def wordpiece_tokenizer(vocab_size: int) -> tuple[Tokenizer, dict]:
 def bytelevel_bpe_tokenizer(vocab_size: int, style: str) -> tuple[Tokenizer, dict]:
     if style == "roberta":
         specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    elif style == "llama":  # a BOS before every text, nothing after; pad = eos
+        specials = ["<s>", "</s>", "<unk>"]
+    elif style == "qwen":  # nothing added; pad = eos = <|endoftext|>
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     else:  # modernbert-style: BPE with [CLS]/[SEP] template
         specials = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]
     tok = Tokenizer(models.BPE())
@@ -205,6 +217,13 @@ def bytelevel_bpe_tokenizer(vocab_size: int, style: str) -> tuple[Tokenizer, dic
             ("</s>", 2), ("<s>", 0), trim_offsets=True, add_prefix_space=False)
         st = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
                   cls_token="<s>", sep_token="</s>", mask_token="<mask>")
+    elif style == "llama":
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", ids["<s>"])])
+        st = dict(bos_token="<s>", eos_token="</s>", pad_token="</s>", unk_token="<unk>")
+    elif style == "qwen":
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        st = dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     else:
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
@@ -404,6 +423,49 @@ def fixtures():
                  pooler_hidden_size=40, pooler_hidden_act="gelu", pooler_dropout=0.0,
                  id2label={0: "LABEL_0", 1: "LABEL_1"}, label2id={"LABEL_0": 0, "LABEL_1": 1},
                  **COMMON))),
+        # Decoder classifiers. GQA everywhere; head_dim ≠ hidden/heads (Qwen3); sliding windows
+        # shorter than most texts; a BOS tokenizer (Llama, Mistral) and one that adds nothing
+        # (Qwen, where "" is no tokens at all and must be refused); RoPE llama3 and linear
+        # scaling; 3 labels, regression and multi-label heads.
+        dict(name="qwen3", tok=("bpe-qwen", 400), model_max_length=64, pairs=False, decoder=True,
+             input_names=["input_ids", "attention_mask"], dtype=torch.float32,
+             model=lambda v, sp: (Qwen3ForSequenceClassification, Qwen3Config(
+                 vocab_size=v, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, intermediate_size=80,
+                 max_position_embeddings=128, use_sliding_window=True, sliding_window=5,
+                 max_window_layers=1, pad_token_id=sp["pad"], tie_word_embeddings=False,
+                 initializer_range=0.2,
+                 id2label={0: "negative", 1: "neutral", 2: "positive"},
+                 label2id={"negative": 0, "neutral": 1, "positive": 2}))),
+        dict(name="qwen2", tok=("bpe-qwen", 400), model_max_length=64, pairs=False, decoder=True,
+             input_names=["input_ids", "attention_mask"], dtype=torch.bfloat16,
+             model=lambda v, sp: (Qwen2ForSequenceClassification, Qwen2Config(
+                 vocab_size=v, hidden_size=40, num_hidden_layers=2, num_attention_heads=5,
+                 num_key_value_heads=1, intermediate_size=72, max_position_embeddings=128,
+                 pad_token_id=sp["pad"], tie_word_embeddings=False, initializer_range=0.2,
+                 problem_type="regression", id2label={0: "score"}, label2id={"score": 0}))),
+        dict(name="llama", tok=("bpe-llama", 400), model_max_length=64, pairs=False, decoder=True,
+             input_names=["input_ids", "attention_mask"], dtype=torch.float32,
+             model=lambda v, sp: (LlamaForSequenceClassification, LlamaConfig(
+                 vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                 attention_bias=True, pad_token_id=sp["pad"], bos_token_id=0, eos_token_id=1,
+                 rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                  "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                  "original_max_position_embeddings": 16},
+                 tie_word_embeddings=False, initializer_range=0.2,
+                 id2label={0: "safe", 1: "unsafe"}, label2id={"safe": 0, "unsafe": 1}))),
+        dict(name="mistral", tok=("bpe-llama", 400), model_max_length=64, pairs=False,
+             decoder=True, input_names=["input_ids", "attention_mask"], dtype=torch.float16,
+             model=lambda v, sp: (MistralForSequenceClassification, MistralConfig(
+                 vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=1, intermediate_size=48, max_position_embeddings=128,
+                 sliding_window=6, pad_token_id=sp["pad"], bos_token_id=0, eos_token_id=1,
+                 rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0},
+                 tie_word_embeddings=False, initializer_range=0.2,
+                 problem_type="multi_label_classification",
+                 id2label={0: "toxic", 1: "pii", 2: "spam"},
+                 label2id={"toxic": 0, "pii": 1, "spam": 2}))),
     ]
 
 
@@ -415,6 +477,10 @@ def build_tokenizer(spec):
         return bytelevel_bpe_tokenizer(vocab, "roberta")
     if kind == "bpe-modernbert":
         return bytelevel_bpe_tokenizer(vocab, "modernbert")
+    if kind == "bpe-llama":
+        return bytelevel_bpe_tokenizer(vocab, "llama")
+    if kind == "bpe-qwen":
+        return bytelevel_bpe_tokenizer(vocab, "qwen")
     if kind == "unigram-xlmr":
         return unigram_tokenizer(vocab, "xlmr")
     if kind == "unigram-deberta":
@@ -434,7 +500,8 @@ def make_fixture(fx: dict) -> None:
     out.mkdir(parents=True)
 
     tok, special = build_tokenizer(fx["tok"])
-    sp = {k: tok.token_to_id(special[f"{k}_token"]) for k in ("pad", "cls", "sep")}
+    sp = {k: tok.token_to_id(special[f"{k}_token"]) for k in ("pad", "cls", "sep")
+          if f"{k}_token" in special}
     save_tokenizer(tok, special, out, fx["model_max_length"], fx["input_names"])
 
     torch.manual_seed(sum(map(ord, name)) + 17)
@@ -484,11 +551,19 @@ def make_fixture(fx: dict) -> None:
     cases = [(t, None) for t in SINGLE_CASES]
     if fx["pairs"]:
         cases += PAIR_CASES
+    if fx.get("decoder"):
+        # A text whose own last token is the pad id: transformers reads the token before it.
+        cases.append((f"great movie{special['pad_token']}", None))
 
     golden_cases = []
     for text, pair in cases:
         enc = hf_tok(text, pair, truncation=True, max_length=max_length)
         ids = list(enc["input_ids"])
+        if not ids:
+            # No tokens at all (a tokenizer that adds none, on ""): refused, not classified.
+            golden_cases.append(dict(text=text, text_pair=pair, input_ids=[], token_type_ids=[],
+                                     refused=True))
+            continue
         tt = list(enc["token_type_ids"]) if "token_type_ids" in enc else [0] * len(ids)
         r = raw.encode(text, pair, add_special_tokens=True)
         assert r.ids == ids, (name, text, pair, r.ids, ids)
@@ -503,7 +578,9 @@ def make_fixture(fx: dict) -> None:
         golden_cases.append(dict(text=text, text_pair=pair, input_ids=ids, token_type_ids=tt,
                                  logits=logits))
 
-    # All cases as one right-padded batch.
+    # All cases as one right-padded batch (those refused left out).
+    refused = [c for c in golden_cases if c.get("refused")]
+    golden_cases = [c for c in golden_cases if not c.get("refused")]
     pad_id = hf_tok.pad_token_id
     assert pad_id == sp["pad"]
     L = max(len(c["input_ids"]) for c in golden_cases)
@@ -517,6 +594,9 @@ def make_fixture(fx: dict) -> None:
         mask_b[i, :n] = 1
     # Sanity: the manual padding equals what transformers itself produces.
     singles = [c for c in golden_cases if c["text_pair"] is None]
+    if fx.get("decoder"):
+        # The pad-id-ending case pads differently from what transformers' own padding gives.
+        singles = [c for c in singles if c["input_ids"][-1] != pad_id]
     hf_b = hf_tok([c["text"] for c in singles], padding=True, truncation=True,
                   max_length=max_length, return_tensors="pt")
     Ls = hf_b["input_ids"].shape[1]
@@ -536,6 +616,7 @@ def make_fixture(fx: dict) -> None:
 
     for c in golden_cases:
         c["logits"] = [sig7(x) for x in c["logits"]]
+    golden_cases += refused
     # transformers 5 omits id2label/label2id from config.json when they are the default
     # {0: "LABEL_0", 1: "LABEL_1"}; the loader must then assume 2 labels named LABEL_i.
     id2label = {str(k): v for k, v in model.config.id2label.items()}

@@ -49,6 +49,10 @@ pub enum InputError {
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("pre-tokenized input is empty")]
     EmptyIds,
+    /// A tokenizer that adds no special tokens (most decoder LLMs') gives none for "" or for
+    /// text it drops entirely; there is no token to read a label at.
+    #[error("the input tokenizes to no tokens")]
+    NoTokens,
     #[error("token type id {id} is outside the model's {types} token types")]
     TokenTypeOutOfRange { id: u32, types: usize },
 }

@@ -42,6 +42,10 @@ pub const SUPPORTED: &[&str] = &[
     "ElectraForSequenceClassification",
     "ModernBertForSequenceClassification",
     "DebertaV2ForSequenceClassification",
+    "LlamaForSequenceClassification",
+    "MistralForSequenceClassification",
+    "Qwen2ForSequenceClassification",
+    "Qwen3ForSequenceClassification",
 ];
 
 /// `--device auto|cpu|cuda[:N]`.
@@ -323,6 +327,24 @@ fn build_model(dir: &ModelDir, vb: VarBuilder) -> Result<Box<dyn SequenceClassif
             check(dir, cfg.check())?;
             Box::new(DebertaV2::load(cfg, n, vb).map_err(weights_err)?)
         }
+        arch @ ("LlamaForSequenceClassification"
+        | "MistralForSequenceClassification"
+        | "Qwen2ForSequenceClassification"
+        | "Qwen3ForSequenceClassification") => {
+            use crate::model::decoder;
+            let raw: decoder::RawConfig = parse_config(dir)?;
+            let cfg = match arch {
+                "LlamaForSequenceClassification" => decoder::llama::config(&raw),
+                "MistralForSequenceClassification" => decoder::mistral::config(&raw),
+                "Qwen2ForSequenceClassification" => decoder::qwen2::config(&raw),
+                _ => decoder::qwen3::config(&raw),
+            };
+            let cfg = cfg.map_err(|message| LoadError::Config {
+                path: dir.config_path.clone(),
+                message,
+            })?;
+            Box::new(decoder::Decoder::load(cfg, n, vb).map_err(weights_err)?)
+        }
         other => {
             return Err(LoadError::UnknownArchitecture {
                 path: dir.config_path.clone(),
@@ -527,6 +549,9 @@ impl Engine {
     /// range ever reaches the device.
     pub fn tokenize(&self, input: &Input, truncate: bool) -> Result<Encoded, InputError> {
         let e = self.tokenizer.encode(input, truncate)?;
+        if e.is_empty() {
+            return Err(InputError::NoTokens);
+        }
         if self.model.uses_token_types() {
             let types = self.model.token_types();
             if let Some(&id) = e.type_ids.iter().find(|&&t| t as usize >= types) {

@@ -98,9 +98,11 @@ impl Embeddings {
     }
 
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        // transformers' order (words + segments, then positions): at F16/BF16 each sum rounds,
+        // and the other order measurably moved logits near an attention tie (bert-hot).
         let x = self.words.forward(&batch.input_ids)?;
-        let x = (x + self.positions.forward(&batch.position_ids)?)?;
         let x = (x + self.token_types.forward(&batch.token_type_ids)?)?;
+        let x = (x + self.positions.forward(&batch.position_ids)?)?;
         self.norm.forward(&x)
     }
 }

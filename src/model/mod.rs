@@ -8,6 +8,7 @@
 pub mod attend;
 pub mod bert;
 pub mod deberta;
+pub mod decoder;
 pub mod distilbert;
 pub mod electra;
 pub mod embedding;

@@ -252,3 +252,61 @@ fn binary_prints_one_error_line_and_exits_nonzero() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn a_decoder_without_pad_token_id_or_with_an_unknown_rope_is_refused_naming_the_field() {
+    let dir = scratch_copy("qwen3");
+    edit_json(&dir.path().join("config.json"), |v| {
+        v.as_object_mut().unwrap().remove("pad_token_id");
+    });
+    assert_mentions(
+        &load_error(dir.path()),
+        &["config.json", "pad_token_id is missing"],
+    );
+
+    let dir = scratch_copy("llama");
+    edit_json(&dir.path().join("config.json"), |v| {
+        v["rope_parameters"]["rope_type"] = "longrope".into();
+    });
+    assert_mentions(
+        &load_error(dir.path()),
+        &["rope_type \"longrope\"", "not supported"],
+    );
+
+    let dir = scratch_copy("mistral");
+    edit_json(&dir.path().join("config.json"), |v| {
+        v["num_key_value_heads"] = 3.into();
+    });
+    assert_mentions(&load_error(dir.path()), &["num_key_value_heads 3"]);
+
+    let dir = scratch_copy("qwen3");
+    edit_json(&dir.path().join("config.json"), |v| {
+        v["num_labels"] = 5.into();
+    });
+    assert_mentions(
+        &load_error(dir.path()),
+        &["num_labels is 5", "id2label has 3"],
+    );
+}
+
+#[test]
+fn a_text_of_no_tokens_is_refused_by_a_tokenizer_that_adds_none() {
+    let engine = Engine::load(&fixture("qwen3"), DeviceChoice::Cpu, DTypeChoice::Auto).unwrap();
+    let refused = engine.tokenize(&Input::Text(String::new()), true);
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("no tokens")),
+        "{:?}",
+        refused.map(|e| e.ids)
+    );
+    // A BOS-adding tokenizer gives "" one token, and it is classified.
+    let llama = Engine::load(&fixture("llama"), DeviceChoice::Cpu, DTypeChoice::Auto).unwrap();
+    assert_eq!(
+        llama
+            .tokenize(&Input::Text(String::new()), true)
+            .unwrap()
+            .len(),
+        1
+    );
+}

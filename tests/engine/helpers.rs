@@ -10,7 +10,7 @@ use serde_json::Value;
 pub use crate::common::*;
 
 /// Every tiny random fixture of tests/fixtures (one or more per architecture and head).
-pub const FIXTURES: [&str; 10] = [
+pub const FIXTURES: [&str; 14] = [
     "bert",
     "bert-hot",
     "bert-multilabel",
@@ -21,6 +21,10 @@ pub const FIXTURES: [&str; 10] = [
     "modernbert",
     "deberta-v2",
     "deberta-v2-conv",
+    "qwen3",
+    "qwen2",
+    "llama",
+    "mistral",
 ];
 
 pub fn load(dir: &Path, dtype: DType) -> Engine {
@@ -73,4 +77,15 @@ pub fn scratch_copy(name: &str) -> tempfile::TempDir {
         std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).expect("copy");
     }
     tmp
+}
+
+/// The golden cases a model classifies: all but those it must refuse (`"refused": true`, texts
+/// that tokenize to nothing).
+pub fn classified_cases(golden: &Value) -> Vec<&Value> {
+    golden["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .filter(|c| c["refused"].as_bool() != Some(true))
+        .collect()
 }

@@ -49,10 +49,9 @@ fn compare(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f64, f32) {
 fn every_family_in_int8_keeps_the_f32_labels_on_its_golden_texts() {
     for name in FIXTURES {
         let dir = fixture(name);
-        let inputs: Vec<Input> = golden(&dir)["cases"]
-            .as_array()
-            .expect("cases")
-            .iter()
+        let golden = golden(&dir);
+        let inputs: Vec<Input> = classified_cases(&golden)
+            .into_iter()
             .map(case_input)
             .collect();
         let f32 = logits_of(&load(&dir, DType::F32), &inputs);

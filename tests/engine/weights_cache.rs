@@ -28,10 +28,8 @@ fn load_cached(model: &Path, cache: &Path) -> Engine {
 /// Logits of the fixture's golden texts, one padded batch.
 fn logits(engine: &Engine, model: &Path) -> Vec<Vec<f32>> {
     let golden = golden(model);
-    let encoded: Vec<Encoded> = golden["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
+    let encoded: Vec<Encoded> = classified_cases(&golden)
+        .into_iter()
         .map(|c| engine.tokenize(&case_input(c), true).expect("tokenizes"))
         .collect();
     engine

@@ -1,0 +1,594 @@
+//! Decoder-LLM sequence classifiers: the Llama-shaped stack that Llama, Mistral, Qwen2 and Qwen3
+//! share (transformers' `GenericForSequenceClassification` over `*Model`), with a `score` head
+//! read at each text's last token.
+//!
+//! The family files ([`llama`], [`mistral`], [`qwen2`], [`qwen3`]) turn their config.json into
+//! one [`Config`]; everything that differs between them is a field of it: biases on Q/K/V
+//! (Qwen2), RMSNorm on each head of Q and K (Qwen3), which layers see only a sliding window
+//! (Mistral; Qwen2/Qwen3 `layer_types`), and the RoPE frequencies (`default`, `linear`,
+//! `llama3`).
+//!
+//! What transformers does that we do too:
+//! - causal attention with grouped-query heads: K/V heads are not repeated, the query heads of a
+//!   group are stacked against their one K/V head instead;
+//! - pooling at `argmax(index × (id ≠ pad_token_id))` of each row: the rightmost token that is
+//!   not the pad id (0 if none), so a text whose own last tokens are the pad id is read before
+//!   them, as transformers reads it;
+//! - RMSNorm statistics in f32.
+//!
+//! At F16/BF16 the attention (RoPE included), its softmax and the head run in f32, as for the
+//! encoders (see [`super::attention_dtype`]).
+
+pub mod llama;
+pub mod mistral;
+pub mod qwen2;
+pub mod qwen3;
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use super::{
+    attention_dtype, head_vb, is_half, mask_fill_value, Batch, Linear, SequenceClassifier,
+};
+
+/// How RoPE's inverse frequencies are derived from `rope_theta` (transformers'
+/// `ROPE_INIT_FUNCTIONS`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    Default,
+    /// Positions divided by `factor`.
+    Linear {
+        factor: f32,
+    },
+    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: f32,
+    },
+}
+
+/// The normalized shape of a decoder classifier, whatever family it came from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub max_position_embeddings: usize,
+    pub rope_theta: f32,
+    pub rope_scaling: RopeScaling,
+    /// Biases on the Q/K/V projections (Qwen2; Llama's `attention_bias`).
+    pub qkv_bias: bool,
+    /// A bias on the output projection (Llama's `attention_bias`).
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// Qwen3: RMSNorm over each head of Q and K, before RoPE.
+    pub qk_norm: bool,
+    /// The window of each layer that sees only the last `w` keys (`None`: full causal).
+    pub windows: Vec<Option<usize>>,
+    pub pad_token_id: u32,
+    pub hidden_act: super::Activation,
+}
+
+/// The config.json fields the Llama-shaped families share, with transformers' defaults where a
+/// family's config class has one that matters here.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+    #[serde(default = "default_act")]
+    pub hidden_act: super::Activation,
+    /// transformers 5: `{"rope_type": …, "rope_theta": …, …}`.
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
+    /// transformers 4: top-level `rope_theta` and `rope_scaling`.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    #[serde(default)]
+    pub max_window_layers: Option<usize>,
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_max_pos() -> usize {
+    2048
+}
+fn default_act() -> super::Activation {
+    super::Activation::Silu
+}
+
+impl RawConfig {
+    /// The shared part of [`Config`]; `family` adds its own (biases, Q/K norms, windows).
+    /// Errors name the config.json field at fault.
+    pub fn base(&self, default_theta: f64) -> std::result::Result<Config, String> {
+        let heads = self.num_attention_heads;
+        let kv = self.num_key_value_heads.unwrap_or(heads);
+        if heads == 0 || kv == 0 || !heads.is_multiple_of(kv) {
+            return Err(format!(
+                "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
+            ));
+        }
+        let head_dim = match self.head_dim {
+            Some(d) => d,
+            None if self.hidden_size.is_multiple_of(heads) => self.hidden_size / heads,
+            None => {
+                return Err(format!(
+                    "hidden_size {} is not a multiple of num_attention_heads {heads} and head_dim is not set",
+                    self.hidden_size
+                ))
+            }
+        };
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(format!("head_dim {head_dim} must be even for RoPE"));
+        }
+        let pad_token_id = match self.pad_token_id {
+            Some(p) if p >= 0 && (p as usize) < self.vocab_size => p as u32,
+            Some(p) => {
+                return Err(format!(
+                    "pad_token_id {p} is outside the vocabulary of {}",
+                    self.vocab_size
+                ))
+            }
+            None => {
+                return Err(
+                    "pad_token_id is missing: a decoder classifier reads each text at its \
+                            last token that is not the pad id, and transformers refuses batches \
+                            without one; set it (often to the eos id)"
+                        .into(),
+                )
+            }
+        };
+        let (theta, scaling) = self.rope(default_theta)?;
+        Ok(Config {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            head_dim,
+            rms_norm_eps: self.rms_norm_eps,
+            max_position_embeddings: self.max_position_embeddings,
+            rope_theta: theta as f32,
+            rope_scaling: scaling,
+            qkv_bias: self.attention_bias,
+            o_bias: self.attention_bias,
+            mlp_bias: self.mlp_bias,
+            qk_norm: false,
+            windows: vec![None; self.num_hidden_layers],
+            pad_token_id,
+            hidden_act: self.hidden_act,
+        })
+    }
+
+    /// `rope_theta` and the scaling, from transformers 5's `rope_parameters` or 4's
+    /// `rope_theta`/`rope_scaling`.
+    fn rope(&self, default_theta: f64) -> std::result::Result<(f64, RopeScaling), String> {
+        let params = self
+            .rope_parameters
+            .as_ref()
+            .or(self.rope_scaling.as_ref())
+            .filter(|v| !v.is_null());
+        let theta = params
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(serde_json::Value::as_f64)
+            .or(self.rope_theta)
+            .unwrap_or(default_theta);
+        let Some(p) = params else {
+            return Ok((theta, RopeScaling::Default));
+        };
+        let kind = p
+            .get("rope_type")
+            .or_else(|| p.get("type"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("default");
+        let num = |key: &str| -> std::result::Result<f32, String> {
+            p.get(key)
+                .and_then(serde_json::Value::as_f64)
+                .map(|x| x as f32)
+                .ok_or_else(|| format!("rope {kind:?} needs a numeric {key:?}"))
+        };
+        let scaling = match kind {
+            "default" => RopeScaling::Default,
+            "linear" => RopeScaling::Linear {
+                factor: num("factor")?,
+            },
+            "llama3" => RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")?,
+            },
+            other => {
+                return Err(format!(
+                    "rope_type {other:?} is not supported (default, linear and llama3 are)"
+                ))
+            }
+        };
+        Ok((theta, scaling))
+    }
+
+    /// Windows from `layer_types` when the config lists them, else from `sliding_window` for
+    /// layers from `max_window_layers` on, when `use_sliding_window` (Qwen2's and Qwen3's rule).
+    pub fn qwen_windows(&self) -> std::result::Result<Vec<Option<usize>>, String> {
+        let window = self.sliding_window.filter(|_| self.use_sliding_window);
+        match &self.layer_types {
+            Some(types) => {
+                if types.len() != self.num_hidden_layers {
+                    return Err(format!(
+                        "layer_types has {} entries for {} layers",
+                        types.len(),
+                        self.num_hidden_layers
+                    ));
+                }
+                types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        "full_attention" => Ok(None),
+                        "sliding_attention" => self
+                            .sliding_window
+                            .map(Some)
+                            .ok_or_else(|| "sliding_attention layers need sliding_window".into()),
+                        other => Err(format!("layer_types: {other:?} is not supported")),
+                    })
+                    .collect()
+            }
+            None => {
+                let from = self.max_window_layers.unwrap_or(self.num_hidden_layers);
+                Ok((0..self.num_hidden_layers)
+                    .map(|i| window.filter(|_| i >= from))
+                    .collect())
+            }
+        }
+    }
+}
+
+/// RMSNorm as transformers' `LlamaRMSNorm`: statistics in f32 (candle's fused kernel).
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn load(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = if self.weight.dtype() == x.dtype() {
+            self.weight.clone()
+        } else {
+            self.weight.to_dtype(x.dtype())?
+        };
+        candle_nn::ops::rms_norm(&x.contiguous()?, &w, self.eps)
+    }
+}
+
+/// RoPE inverse frequencies in f32, as transformers computes them.
+pub fn inv_freq(cfg: &Config) -> Vec<f32> {
+    let d = cfg.head_dim;
+    let base: Vec<f32> = (0..d)
+        .step_by(2)
+        .map(|i| 1.0f32 / cfg.rope_theta.powf(i as f32 / d as f32))
+        .collect();
+    match cfg.rope_scaling {
+        RopeScaling::Default => base,
+        RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old,
+        } => {
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            base.into_iter()
+                .map(|f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                    if wavelen < high_wavelen || wavelen > low_wavelen {
+                        scaled
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    /// Q, K and V in one matmul: `[q: heads·d | k: kv·d | v: kv·d]`.
+    qkv: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    o_proj: Linear,
+    post_norm: RmsNorm,
+    /// Gate and up in one matmul: `[gate | up]`.
+    gate_up: Linear,
+    down: Linear,
+    window: Option<usize>,
+}
+
+impl Layer {
+    fn load(cfg: &Config, window: Option<usize>, vb: VarBuilder) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (qd, kvd) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+        let att = vb.pp("self_attn");
+        let proj =
+            |n: usize, bias: bool, name: &str| Linear::load_opt_bias(h, n, bias, att.pp(name));
+        let qkv = Linear::fused(&[
+            proj(qd, cfg.qkv_bias, "q_proj")?,
+            proj(kvd, cfg.qkv_bias, "k_proj")?,
+            proj(kvd, cfg.qkv_bias, "v_proj")?,
+        ])?;
+        let norm = |name: &str| RmsNorm::load(d, cfg.rms_norm_eps, att.pp(name));
+        let mlp = vb.pp("mlp");
+        let i = cfg.intermediate_size;
+        Ok(Self {
+            input_norm: RmsNorm::load(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            qkv,
+            q_norm: cfg.qk_norm.then(|| norm("q_norm")).transpose()?,
+            k_norm: cfg.qk_norm.then(|| norm("k_norm")).transpose()?,
+            o_proj: Linear::load_opt_bias(qd, h, cfg.o_bias, att.pp("o_proj"))?,
+            post_norm: RmsNorm::load(h, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            gate_up: Linear::fused(&[
+                Linear::load_opt_bias(h, i, cfg.mlp_bias, mlp.pp("gate_proj"))?,
+                Linear::load_opt_bias(h, i, cfg.mlp_bias, mlp.pp("up_proj"))?,
+            ])?,
+            down: Linear::load_opt_bias(i, h, cfg.mlp_bias, mlp.pp("down_proj"))?,
+            window,
+        })
+    }
+}
+
+/// Per-pass tables: RoPE for the pass's length and the additive masks, in the attention dtype.
+struct Pass {
+    cos: Tensor,
+    sin: Tensor,
+    /// `[1, 1, 1, T, T]` causal, and per window size the causal band.
+    causal: Tensor,
+    banded: Vec<(usize, Tensor)>,
+    /// `[B, 1, 1, 1, T]` padded keys.
+    keys: Tensor,
+}
+
+/// A Llama-shaped decoder with a `score` head, for every family in this module.
+pub struct Decoder {
+    embed: super::Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    score: Linear,
+    /// cos/sin `[max_positions, head_dim/2]` in the attention dtype, built at load.
+    cos: Tensor,
+    sin: Tensor,
+    cfg: Config,
+}
+
+impl Decoder {
+    pub fn load(cfg: Config, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+        let body = vb.pp("model");
+        let layers = cfg
+            .windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Layer::load(&cfg, *w, body.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let freqs = inv_freq(&cfg);
+        let half = freqs.len();
+        let positions = cfg.max_position_embeddings;
+        let mut cos = Vec::with_capacity(positions * half);
+        let mut sin = Vec::with_capacity(positions * half);
+        for p in 0..positions {
+            for &f in &freqs {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let adt = attention_dtype(vb.dtype());
+        let dev = vb.device().clone();
+        Ok(Self {
+            embed: super::embedding(cfg.vocab_size, cfg.hidden_size, body.pp("embed_tokens"))?,
+            layers,
+            norm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, body.pp("norm"))?,
+            score: Linear::load_no_bias(cfg.hidden_size, num_labels, head_vb(vb.pp("score")))?,
+            cos: Tensor::from_vec(cos, (positions, half), &dev)?.to_dtype(adt)?,
+            sin: Tensor::from_vec(sin, (positions, half), &dev)?.to_dtype(adt)?,
+            cfg,
+        })
+    }
+
+    fn pass(&self, batch: &Batch, adt: DType) -> Result<Pass> {
+        let (b, t) = batch.input_ids.dims2()?;
+        let dev = batch.input_ids.device();
+        let fill = mask_fill_value(adt) as f32;
+        let band = |window: Option<usize>| -> Result<Tensor> {
+            let v: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    (0..t).map(move |j| {
+                        let seen = j <= i && window.is_none_or(|w| i - j < w);
+                        if seen {
+                            0.0
+                        } else {
+                            fill
+                        }
+                    })
+                })
+                .collect();
+            Tensor::from_vec(v, (1, 1, 1, t, t), dev)?.to_dtype(adt)
+        };
+        let mut banded = Vec::new();
+        for w in self.layers.iter().filter_map(|l| l.window) {
+            if w < t && !banded.iter().any(|(x, _)| *x == w) {
+                banded.push((w, band(Some(w))?));
+            }
+        }
+        let keep = batch.attention_mask.to_dtype(DType::F32)?;
+        let keys = ((keep - 1.0)? * -f64::from(fill))?
+            .to_dtype(adt)?
+            .reshape((b, 1, 1, 1, t))?;
+        Ok(Pass {
+            cos: self.cos.narrow(0, 0, t)?,
+            sin: self.sin.narrow(0, 0, t)?,
+            causal: band(None)?,
+            banded,
+            keys,
+        })
+    }
+
+    fn attention(&self, layer: &Layer, x: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let cfg = &self.cfg;
+        let (nh, nkv, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let dtype = x.dtype();
+        let adt = attention_dtype(dtype);
+        let qkv = layer.qkv.forward(x)?;
+        let split = |at: usize, heads: usize| -> Result<Tensor> {
+            qkv.narrow(2, at * d, heads * d)?.reshape((b, t, heads, d))
+        };
+        let (mut q, mut k) = (split(0, nh)?, split(nh, nkv)?);
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        // [B, heads, T, D] in the attention dtype: the permute and the cast are one copy.
+        let heads_first = |x: Tensor| -> Result<Tensor> {
+            let x = x.transpose(1, 2)?;
+            if x.dtype() == adt {
+                x.contiguous()
+            } else {
+                x.to_dtype(adt)
+            }
+        };
+        let q = candle_nn::rotary_emb::rope(&heads_first(q)?, &pass.cos, &pass.sin)?;
+        let k = candle_nn::rotary_emb::rope(&heads_first(k)?, &pass.cos, &pass.sin)?;
+        let v = heads_first(split(nh + nkv, nkv)?)?;
+        // Grouped-query attention without repeating K/V: the `rep` query heads of a group are
+        // stacked as rows against their one K/V head.
+        let rep = nh / nkv;
+        let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, nkv, rep * t, d))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, nkv, rep, t, t))?;
+        let mask = match layer.window.filter(|&w| w < t) {
+            Some(w) => pass
+                .banded
+                .iter()
+                .find(|(x, _)| *x == w)
+                .map(|(_, m)| m)
+                .unwrap_or(&pass.causal),
+            None => &pass.causal,
+        };
+        let scores = scores.broadcast_add(mask)?.broadcast_add(&pass.keys)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, nkv, rep * t, t))?;
+        let ctx = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?;
+        let ctx = if ctx.dtype() == dtype {
+            ctx.contiguous()?
+        } else {
+            ctx.to_dtype(dtype)?
+        };
+        layer.o_proj.forward(&ctx.reshape((b, t, nh * d))?)
+    }
+
+    /// `[B]` index of the token each row is read at, as transformers picks it: the rightmost
+    /// token whose id is not the pad id (among the row's real tokens), else 0.
+    fn last_tokens(&self, batch: &Batch) -> Result<Tensor> {
+        let (_, t) = batch.input_ids.dims2()?;
+        let dev = batch.input_ids.device();
+        let not_pad = batch
+            .input_ids
+            .ne(self.cfg.pad_token_id)?
+            .to_dtype(DType::U32)?
+            .mul(&batch.attention_mask)?;
+        let index = Tensor::arange(0u32, t as u32, dev)?.unsqueeze(0)?;
+        not_pad.broadcast_mul(&index)?.argmax(D::Minus1)
+    }
+}
+
+impl SequenceClassifier for Decoder {
+    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let mut x = self.embed.forward(&batch.input_ids)?;
+        let adt = attention_dtype(x.dtype());
+        let pass = self.pass(batch, adt)?;
+        for layer in &self.layers {
+            let a = self.attention(layer, &layer.input_norm.forward(&x)?, &pass)?;
+            x = (x + a)?;
+            let gu = layer.gate_up.forward(&layer.post_norm.forward(&x)?)?;
+            let i = self.cfg.intermediate_size;
+            let gate = self.cfg.hidden_act.apply(&gu.narrow(D::Minus1, 0, i)?)?;
+            let inner = (gate * gu.narrow(D::Minus1, i, i)?)?;
+            x = (x + layer.down.forward(&inner)?)?;
+        }
+        let (b, t, h) = x.dims3()?;
+        // Only the rows read by the head are normed and scored.
+        let last = self.last_tokens(batch)?;
+        let rows = Tensor::arange_step(0u32, (b * t) as u32, t as u32, x.device())?.add(&last)?;
+        let picked = x.reshape((b * t, h))?.index_select(&rows, 0)?;
+        let picked = self.norm.forward(&picked)?;
+        let picked = if is_half(picked.dtype()) {
+            picked.to_dtype(DType::F32)?
+        } else {
+            picked
+        };
+        self.score.forward(&picked)
+    }
+    fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+    fn attention_bytes(&self, rows: usize, len: usize) -> usize {
+        // Scores and probabilities of every head, f32, plus the masks.
+        rows.saturating_mul(self.cfg.num_attention_heads)
+            .saturating_mul(len)
+            .saturating_mul(len)
+            .saturating_mul(4 * 2)
+            .saturating_add(
+                len.saturating_mul(len)
+                    .saturating_mul(4 * (1 + self.layers.len())),
+            )
+    }
+}
