@@ -28,7 +28,7 @@
 //! - [`model`]: the layers, the hand-written CPU kernels and the thread team they split across
 //!   ([`model::team`]), weights recorded for the cache or viewed in place in its mapping
 //!   ([`model::weights`], [`model::mapped`]), and one file or folder per family behind
-//!   [`model::SequenceClassifier`].
+//!   [`model::SequenceClassifier`] (the decoder LLMs share [`model::decoder`]).
 //! - [`wire`]: what both ends share, with no engine in it: the length prefix, the protobuf
 //!   messages, QUIC's stream and close codes, TLS and the development PKI.
 //! - [`client`] and [`mod@bench`]: the same protocol from the other side, and the load generator.
