@@ -35,6 +35,10 @@ from transformers import (
     DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
+    Gemma2Config,
+    Gemma2ForSequenceClassification,
+    Gemma3TextConfig,
+    Gemma3TextForSequenceClassification,
     LlamaConfig,
     LlamaForSequenceClassification,
     MistralConfig,
@@ -466,6 +470,32 @@ def fixtures():
                  problem_type="multi_label_classification",
                  id2label={0: "toxic", 1: "pii", 2: "spam"},
                  label2id={"toxic": 0, "pii": 1, "spam": 2}))),
+        # Gemma: 1 + w norms, √hidden embedding scale, query_pre_attn_scalar ≠ head_dim, a
+        # window shorter than the texts; Gemma 2's softcapping (low, so that it bites) and
+        # alternating layers; Gemma 3's Q/K norms, two RoPE bases and linear scaling on the
+        # global one.
+        dict(name="gemma2", tok=("bpe-llama", 400), model_max_length=64, pairs=False,
+             decoder=True, input_names=["input_ids", "attention_mask"], dtype=torch.float32,
+             model=lambda v, sp: (Gemma2ForSequenceClassification, Gemma2Config(
+                 vocab_size=v, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=12, intermediate_size=56,
+                 max_position_embeddings=128, sliding_window=5, query_pre_attn_scalar=20,
+                 attn_logit_softcapping=2.0, pad_token_id=sp["pad"], bos_token_id=0,
+                 eos_token_id=1, initializer_range=0.2,
+                 id2label={0: "no", 1: "yes"}, label2id={"no": 0, "yes": 1}))),
+        dict(name="gemma3", tok=("bpe-llama", 400), model_max_length=64, pairs=False,
+             decoder=True, input_names=["input_ids", "attention_mask"], dtype=torch.bfloat16,
+             model=lambda v, sp: (Gemma3TextForSequenceClassification, Gemma3TextConfig(
+                 vocab_size=v, hidden_size=40, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=1, head_dim=16, intermediate_size=64,
+                 max_position_embeddings=128, sliding_window=6, query_pre_attn_scalar=16,
+                 sliding_window_pattern=3,
+                 rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0,
+                                                     "rope_theta": 1000000.0},
+                                  "sliding_attention": {"rope_type": "default",
+                                                        "rope_theta": 10000.0}},
+                 pad_token_id=sp["pad"], bos_token_id=0, eos_token_id=1, initializer_range=0.2,
+                 id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2}))),
     ]
 
 

@@ -46,6 +46,8 @@ pub const SUPPORTED: &[&str] = &[
     "MistralForSequenceClassification",
     "Qwen2ForSequenceClassification",
     "Qwen3ForSequenceClassification",
+    "Gemma2ForSequenceClassification",
+    "Gemma3TextForSequenceClassification",
 ];
 
 /// `--device auto|cpu|cuda[:N]`.
@@ -330,13 +332,17 @@ fn build_model(dir: &ModelDir, vb: VarBuilder) -> Result<Box<dyn SequenceClassif
         arch @ ("LlamaForSequenceClassification"
         | "MistralForSequenceClassification"
         | "Qwen2ForSequenceClassification"
-        | "Qwen3ForSequenceClassification") => {
+        | "Qwen3ForSequenceClassification"
+        | "Gemma2ForSequenceClassification"
+        | "Gemma3TextForSequenceClassification") => {
             use crate::model::decoder;
             let raw: decoder::RawConfig = parse_config(dir)?;
             let cfg = match arch {
                 "LlamaForSequenceClassification" => decoder::llama::config(&raw),
                 "MistralForSequenceClassification" => decoder::mistral::config(&raw),
                 "Qwen2ForSequenceClassification" => decoder::qwen2::config(&raw),
+                "Gemma2ForSequenceClassification" => decoder::gemma2::config(&raw),
+                "Gemma3TextForSequenceClassification" => decoder::gemma3::config(&raw),
                 _ => decoder::qwen3::config(&raw),
             };
             let cfg = cfg.map_err(|message| LoadError::Config {

@@ -10,7 +10,7 @@ use serde_json::Value;
 pub use crate::common::*;
 
 /// Every tiny random fixture of tests/fixtures (one or more per architecture and head).
-pub const FIXTURES: [&str; 14] = [
+pub const FIXTURES: [&str; 16] = [
     "bert",
     "bert-hot",
     "bert-multilabel",
@@ -25,6 +25,8 @@ pub const FIXTURES: [&str; 14] = [
     "qwen2",
     "llama",
     "mistral",
+    "gemma2",
+    "gemma3",
 ];
 
 pub fn load(dir: &Path, dtype: DType) -> Engine {

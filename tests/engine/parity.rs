@@ -157,4 +157,6 @@ parity! {
     qwen2_mqa_qkv_bias_regression_bf16_weights => "qwen2",
     llama_rope_llama3_bos => "llama",
     mistral_sliding_rope_linear_multilabel_f16_weights => "mistral",
+    gemma2_softcap_alternating_windows => "gemma2",
+    gemma3_qk_norm_two_rope_bases_bf16_weights => "gemma3",
 }

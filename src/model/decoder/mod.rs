@@ -2,11 +2,13 @@
 //! share (transformers' `GenericForSequenceClassification` over `*Model`), with a `score` head
 //! read at each text's last token.
 //!
-//! The family files ([`llama`], [`mistral`], [`qwen2`], [`qwen3`]) turn their config.json into
-//! one [`Config`]; everything that differs between them is a field of it: biases on Q/K/V
-//! (Qwen2), RMSNorm on each head of Q and K (Qwen3), which layers see only a sliding window
-//! (Mistral; Qwen2/Qwen3 `layer_types`), and the RoPE frequencies (`default`, `linear`,
-//! `llama3`).
+//! The family files ([`llama`], [`mistral`], [`qwen2`], [`qwen3`], [`gemma2`], [`gemma3`]) turn
+//! their config.json into one [`Config`]; everything that differs between them is a field of
+//! it: biases on Q/K/V (Qwen2), RMSNorm on each head of Q and K (Qwen3, Gemma 3), which layers
+//! see only a sliding window (Mistral; Qwen and Gemma `layer_types`), the RoPE frequencies
+//! (`default`, `linear`, `llama3`; Gemma 3 has one base for local and one for global layers),
+//! and Gemma's ways: `1 + w` RMSNorms around both blocks, embeddings scaled by √hidden,
+//! `query_pre_attn_scalar` and Gemma 2's attention-logit softcapping.
 //!
 //! What transformers does that we do too:
 //! - causal attention with grouped-query heads: K/V heads are not repeated, the query heads of a
@@ -19,6 +21,8 @@
 //! At F16/BF16 the attention (RoPE included), its softmax and the head run in f32, as for the
 //! encoders (see [`super::attention_dtype`]).
 
+pub mod gemma2;
+pub mod gemma3;
 pub mod llama;
 pub mod mistral;
 pub mod qwen2;
@@ -75,7 +79,22 @@ pub struct Config {
     pub windows: Vec<Option<usize>>,
     pub pad_token_id: u32,
     pub hidden_act: super::Activation,
+    /// Scores are multiplied by this: `head_dim^-0.5`, or Gemma's `query_pre_attn_scalar^-0.5`.
+    pub attention_scale: f64,
+    /// Gemma 2: scores become `cap · tanh(scores / cap)` before the mask.
+    pub softcap: Option<f64>,
+    /// Gemma: embeddings times √hidden (rounded to the compute dtype, as transformers does).
+    pub embed_scale: Option<f64>,
+    /// Gemma: RMSNorms scale by `1 + w` (in f32), and the attention and MLP outputs are normed
+    /// before their residual adds (`post_attention_layernorm`, `pre_`/`post_feedforward_layernorm`).
+    pub gemma_norms: bool,
+    /// Gemma 3: the RoPE base and scaling of the sliding-window layers, when they differ.
+    pub local_rope: Option<(f32, RopeScaling)>,
 }
+
+/// Longest RoPE table built at load, and so the longest input a decoder takes: a classifier
+/// reads texts, and tables for 131,072 positions of 256-wide heads would be 256 MiB.
+pub const MAX_DECODER_POSITIONS: usize = 8192;
 
 /// The config.json fields the Llama-shaped families share, with transformers' defaults where a
 /// family's config class has one that matters here.
@@ -118,6 +137,17 @@ pub struct RawConfig {
     pub max_window_layers: Option<usize>,
     #[serde(default)]
     pub layer_types: Option<Vec<String>>,
+    /// Gemma's name for the MLP activation.
+    #[serde(default)]
+    pub hidden_activation: Option<super::Activation>,
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+    #[serde(default)]
+    pub attn_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    pub rope_local_base_freq: Option<f64>,
+    #[serde(default)]
+    pub use_bidirectional_attention: Option<bool>,
 }
 
 fn default_eps() -> f64 {
@@ -171,7 +201,7 @@ impl RawConfig {
                 )
             }
         };
-        let (theta, scaling) = self.rope(default_theta)?;
+        let (theta, scaling) = self.rope(default_theta, "full_attention")?;
         Ok(Config {
             vocab_size: self.vocab_size,
             hidden_size: self.hidden_size,
@@ -191,17 +221,30 @@ impl RawConfig {
             windows: vec![None; self.num_hidden_layers],
             pad_token_id,
             hidden_act: self.hidden_act,
+            attention_scale: 1.0 / (head_dim as f64).sqrt(),
+            softcap: None,
+            embed_scale: None,
+            gemma_norms: false,
+            local_rope: None,
         })
     }
 
-    /// `rope_theta` and the scaling, from transformers 5's `rope_parameters` or 4's
-    /// `rope_theta`/`rope_scaling`.
-    fn rope(&self, default_theta: f64) -> std::result::Result<(f64, RopeScaling), String> {
+    /// `rope_theta` and the scaling, from transformers 5's `rope_parameters` (flat, or keyed by
+    /// layer type as Gemma 3 writes it: `layer_type` picks) or 4's `rope_theta`/`rope_scaling`.
+    pub fn rope(
+        &self,
+        default_theta: f64,
+        layer_type: &str,
+    ) -> std::result::Result<(f64, RopeScaling), String> {
         let params = self
             .rope_parameters
             .as_ref()
             .or(self.rope_scaling.as_ref())
             .filter(|v| !v.is_null());
+        let params = match params.and_then(|p| p.get(layer_type)) {
+            Some(per_type) => Some(per_type),
+            None => params,
+        };
         let theta = params
             .and_then(|p| p.get("rope_theta"))
             .and_then(serde_json::Value::as_f64)
@@ -245,6 +288,15 @@ impl RawConfig {
     /// layers from `max_window_layers` on, when `use_sliding_window` (Qwen2's and Qwen3's rule).
     pub fn qwen_windows(&self) -> std::result::Result<Vec<Option<usize>>, String> {
         let window = self.sliding_window.filter(|_| self.use_sliding_window);
+        let from = self.max_window_layers.unwrap_or(self.num_hidden_layers);
+        self.windows_or(|i| window.filter(|_| i >= from))
+    }
+
+    /// Windows from `layer_types` when the config lists them, else `default(layer)`.
+    pub fn windows_or(
+        &self,
+        default: impl Fn(usize) -> Option<usize>,
+    ) -> std::result::Result<Vec<Option<usize>>, String> {
         match &self.layer_types {
             Some(types) => {
                 if types.len() != self.num_hidden_layers {
@@ -266,31 +318,60 @@ impl RawConfig {
                     })
                     .collect()
             }
-            None => {
-                let from = self.max_window_layers.unwrap_or(self.num_hidden_layers);
-                Ok((0..self.num_hidden_layers)
-                    .map(|i| window.filter(|_| i >= from))
-                    .collect())
-            }
+            None => Ok((0..self.num_hidden_layers).map(default).collect()),
         }
+    }
+
+    /// What Gemma 2 and Gemma 3 share on top of [`Self::base`].
+    pub fn gemma(&self, mut c: Config) -> std::result::Result<Config, String> {
+        if self.use_bidirectional_attention == Some(true) {
+            return Err(
+                "use_bidirectional_attention is not supported (causal decoders only)".into(),
+            );
+        }
+        if let Some(act) = self.hidden_activation {
+            c.hidden_act = act;
+        }
+        let scalar = self.query_pre_attn_scalar.unwrap_or(c.head_dim as f64);
+        if scalar <= 0.0 {
+            return Err(format!("query_pre_attn_scalar {scalar} must be positive"));
+        }
+        c.attention_scale = 1.0 / scalar.sqrt();
+        c.embed_scale = Some((c.hidden_size as f64).sqrt());
+        c.gemma_norms = true;
+        c.o_bias = c.qkv_bias;
+        Ok(c)
     }
 }
 
-/// RMSNorm as transformers' `LlamaRMSNorm`: statistics in f32 (candle's fused kernel).
+/// RMSNorm as transformers' `LlamaRMSNorm`: statistics in f32 (candle's fused kernel). Gemma's
+/// scales by `1 + w` and multiplies in f32 before the one rounding (`Gemma2RMSNorm`); that
+/// weight is kept in f32 and the norm runs in f32.
 struct RmsNorm {
     weight: Tensor,
     eps: f32,
+    in_f32: bool,
 }
 
 impl RmsNorm {
-    fn load(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+    fn load(dim: usize, eps: f64, plus_one: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = if plus_one {
+            (vb.set_dtype(DType::F32).get(dim, "weight")? + 1.0)?
+        } else {
+            vb.get(dim, "weight")?
+        };
         Ok(Self {
-            weight: vb.get(dim, "weight")?,
+            weight,
             eps: eps as f32,
+            in_f32: plus_one,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.in_f32 && x.dtype() != DType::F32 {
+            let y = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, &self.weight, self.eps)?;
+            return y.to_dtype(x.dtype());
+        }
         let w = if self.weight.dtype() == x.dtype() {
             self.weight.clone()
         } else {
@@ -301,13 +382,13 @@ impl RmsNorm {
 }
 
 /// RoPE inverse frequencies in f32, as transformers computes them.
-pub fn inv_freq(cfg: &Config) -> Vec<f32> {
-    let d = cfg.head_dim;
+pub fn inv_freq(head_dim: usize, theta: f32, scaling: &RopeScaling) -> Vec<f32> {
+    let d = head_dim;
     let base: Vec<f32> = (0..d)
         .step_by(2)
-        .map(|i| 1.0f32 / cfg.rope_theta.powf(i as f32 / d as f32))
+        .map(|i| 1.0f32 / theta.powf(i as f32 / d as f32))
         .collect();
-    match cfg.rope_scaling {
+    match *scaling {
         RopeScaling::Default => base,
         RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
         RopeScaling::Llama3 {
@@ -337,12 +418,18 @@ pub fn inv_freq(cfg: &Config) -> Vec<f32> {
 
 struct Layer {
     input_norm: RmsNorm,
+    /// Gemma: the attention output normed before its residual add.
+    post_attn_norm: Option<RmsNorm>,
+    /// Gemma: the MLP output normed before its residual add.
+    post_ff_norm: Option<RmsNorm>,
     /// Q, K and V in one matmul: `[q: heads·d | k: kv·d | v: kv·d]`.
     qkv: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     o_proj: Linear,
-    post_norm: RmsNorm,
+    /// The norm before the MLP (Llama's `post_attention_layernorm`, Gemma's
+    /// `pre_feedforward_layernorm`).
+    pre_ff_norm: RmsNorm,
     /// Gate and up in one matmul: `[gate | up]`.
     gate_up: Linear,
     down: Linear,
@@ -361,16 +448,24 @@ impl Layer {
             proj(kvd, cfg.qkv_bias, "k_proj")?,
             proj(kvd, cfg.qkv_bias, "v_proj")?,
         ])?;
-        let norm = |name: &str| RmsNorm::load(d, cfg.rms_norm_eps, att.pp(name));
+        let g = cfg.gemma_norms;
+        let norm = |name: &str| RmsNorm::load(d, cfg.rms_norm_eps, g, att.pp(name));
+        let wide = |name: &str| RmsNorm::load(h, cfg.rms_norm_eps, g, vb.pp(name));
         let mlp = vb.pp("mlp");
         let i = cfg.intermediate_size;
         Ok(Self {
-            input_norm: RmsNorm::load(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            input_norm: wide("input_layernorm")?,
+            post_attn_norm: g.then(|| wide("post_attention_layernorm")).transpose()?,
+            post_ff_norm: g.then(|| wide("post_feedforward_layernorm")).transpose()?,
+            pre_ff_norm: wide(if g {
+                "pre_feedforward_layernorm"
+            } else {
+                "post_attention_layernorm"
+            })?,
             qkv,
             q_norm: cfg.qk_norm.then(|| norm("q_norm")).transpose()?,
             k_norm: cfg.qk_norm.then(|| norm("k_norm")).transpose()?,
             o_proj: Linear::load_opt_bias(qd, h, cfg.o_bias, att.pp("o_proj"))?,
-            post_norm: RmsNorm::load(h, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
             gate_up: Linear::fused(&[
                 Linear::load_opt_bias(h, i, cfg.mlp_bias, mlp.pp("gate_proj"))?,
                 Linear::load_opt_bias(h, i, cfg.mlp_bias, mlp.pp("up_proj"))?,
@@ -385,6 +480,8 @@ impl Layer {
 struct Pass {
     cos: Tensor,
     sin: Tensor,
+    /// The sliding layers' RoPE, when it differs (Gemma 3).
+    local: Option<(Tensor, Tensor)>,
     /// `[1, 1, 1, T, T]` causal, and per window size the causal band.
     causal: Tensor,
     banded: Vec<(usize, Tensor)>,
@@ -398,10 +495,35 @@ pub struct Decoder {
     layers: Vec<Layer>,
     norm: RmsNorm,
     score: Linear,
-    /// cos/sin `[max_positions, head_dim/2]` in the attention dtype, built at load.
+    /// cos/sin `[positions, head_dim/2]` in the attention dtype, built at load; and the
+    /// sliding layers' own, when they differ.
     cos: Tensor,
     sin: Tensor,
+    local: Option<(Tensor, Tensor)>,
     cfg: Config,
+}
+
+/// cos and sin of every position up to `positions` for `freqs`, in `dtype` on `dev`.
+fn rope_tables(
+    freqs: &[f32],
+    positions: usize,
+    dtype: DType,
+    dev: &candle_core::Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = freqs.len();
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for p in 0..positions {
+        for &f in freqs {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (positions, half), dev)?.to_dtype(dtype)?,
+        Tensor::from_vec(sin, (positions, half), dev)?.to_dtype(dtype)?,
+    ))
 }
 
 impl Decoder {
@@ -413,27 +535,33 @@ impl Decoder {
             .enumerate()
             .map(|(i, w)| Layer::load(&cfg, *w, body.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let freqs = inv_freq(&cfg);
-        let half = freqs.len();
-        let positions = cfg.max_position_embeddings;
-        let mut cos = Vec::with_capacity(positions * half);
-        let mut sin = Vec::with_capacity(positions * half);
-        for p in 0..positions {
-            for &f in &freqs {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
+        let positions = cfg.max_position_embeddings.min(MAX_DECODER_POSITIONS);
         let adt = attention_dtype(vb.dtype());
         let dev = vb.device().clone();
+        let freqs = inv_freq(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling);
+        let (cos, sin) = rope_tables(&freqs, positions, adt, &dev)?;
+        let local = match &cfg.local_rope {
+            Some((theta, scaling)) => Some(rope_tables(
+                &inv_freq(cfg.head_dim, *theta, scaling),
+                positions,
+                adt,
+                &dev,
+            )?),
+            None => None,
+        };
         Ok(Self {
             embed: super::embedding(cfg.vocab_size, cfg.hidden_size, body.pp("embed_tokens"))?,
             layers,
-            norm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, body.pp("norm"))?,
+            norm: RmsNorm::load(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                cfg.gemma_norms,
+                body.pp("norm"),
+            )?,
             score: Linear::load_no_bias(cfg.hidden_size, num_labels, head_vb(vb.pp("score")))?,
-            cos: Tensor::from_vec(cos, (positions, half), &dev)?.to_dtype(adt)?,
-            sin: Tensor::from_vec(sin, (positions, half), &dev)?.to_dtype(adt)?,
+            cos,
+            sin,
+            local,
             cfg,
         })
     }
@@ -467,9 +595,14 @@ impl Decoder {
         let keys = ((keep - 1.0)? * -f64::from(fill))?
             .to_dtype(adt)?
             .reshape((b, 1, 1, 1, t))?;
+        let local = match &self.local {
+            Some((c, s)) => Some((c.narrow(0, 0, t)?, s.narrow(0, 0, t)?)),
+            None => None,
+        };
         Ok(Pass {
             cos: self.cos.narrow(0, 0, t)?,
             sin: self.sin.narrow(0, 0, t)?,
+            local,
             causal: band(None)?,
             banded,
             keys,
@@ -504,14 +637,21 @@ impl Decoder {
                 x.to_dtype(adt)
             }
         };
-        let q = candle_nn::rotary_emb::rope(&heads_first(q)?, &pass.cos, &pass.sin)?;
-        let k = candle_nn::rotary_emb::rope(&heads_first(k)?, &pass.cos, &pass.sin)?;
+        let (cos, sin) = match (&pass.local, layer.window) {
+            (Some((c, s)), Some(_)) => (c, s),
+            _ => (&pass.cos, &pass.sin),
+        };
+        let q = candle_nn::rotary_emb::rope(&heads_first(q)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&heads_first(k)?, cos, sin)?;
         let v = heads_first(split(nh + nkv, nkv)?)?;
         // Grouped-query attention without repeating K/V: the `rep` query heads of a group are
         // stacked as rows against their one K/V head.
         let rep = nh / nkv;
-        let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, nkv, rep * t, d))?;
-        let scores = q.matmul(&k.t()?)?.reshape((b, nkv, rep, t, t))?;
+        let q = (q * cfg.attention_scale)?.reshape((b, nkv, rep * t, d))?;
+        let mut scores = q.matmul(&k.t()?)?.reshape((b, nkv, rep, t, t))?;
+        if let Some(cap) = cfg.softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
         let mask = match layer.window.filter(|&w| w < t) {
             Some(w) => pass
                 .banded
@@ -550,16 +690,27 @@ impl Decoder {
 impl SequenceClassifier for Decoder {
     fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let mut x = self.embed.forward(&batch.input_ids)?;
+        if let Some(scale) = self.cfg.embed_scale {
+            // transformers multiplies by √hidden rounded to the weights' dtype.
+            x = x.affine(rounded_to(scale, x.dtype()), 0.0)?;
+        }
         let adt = attention_dtype(x.dtype());
         let pass = self.pass(batch, adt)?;
         for layer in &self.layers {
-            let a = self.attention(layer, &layer.input_norm.forward(&x)?, &pass)?;
+            let mut a = self.attention(layer, &layer.input_norm.forward(&x)?, &pass)?;
+            if let Some(n) = &layer.post_attn_norm {
+                a = n.forward(&a)?;
+            }
             x = (x + a)?;
-            let gu = layer.gate_up.forward(&layer.post_norm.forward(&x)?)?;
+            let gu = layer.gate_up.forward(&layer.pre_ff_norm.forward(&x)?)?;
             let i = self.cfg.intermediate_size;
             let gate = self.cfg.hidden_act.apply(&gu.narrow(D::Minus1, 0, i)?)?;
             let inner = (gate * gu.narrow(D::Minus1, i, i)?)?;
-            x = (x + layer.down.forward(&inner)?)?;
+            let mut m = layer.down.forward(&inner)?;
+            if let Some(n) = &layer.post_ff_norm {
+                m = n.forward(&m)?;
+            }
+            x = (x + m)?;
         }
         let (b, t, h) = x.dims3()?;
         // Only the rows read by the head are normed and scored.
@@ -575,7 +726,7 @@ impl SequenceClassifier for Decoder {
         self.score.forward(&picked)
     }
     fn max_positions(&self) -> usize {
-        self.cfg.max_position_embeddings
+        self.cfg.max_position_embeddings.min(MAX_DECODER_POSITIONS)
     }
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
@@ -590,5 +741,15 @@ impl SequenceClassifier for Decoder {
                 len.saturating_mul(len)
                     .saturating_mul(4 * (1 + self.layers.len())),
             )
+    }
+}
+
+/// `x` as the nearest value of `dtype`, back in f64.
+fn rounded_to(x: f64, dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => half::f16::from_f64(x).to_f64(),
+        DType::BF16 => half::bf16::from_f64(x).to_f64(),
+        DType::F32 => f64::from(x as f32),
+        _ => x,
     }
 }
