@@ -58,6 +58,9 @@ pub(crate) fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
         writeln!(out, "compute dtype  {}", info.compute_dtype)?;
         writeln!(out, "kernels        {}", info.kernels)?;
         writeln!(out, "device         {}", info.device)?;
+        writeln!(out, "task           {}", info.task)?;
+        writeln!(out, "pooling        {}", info.pooling)?;
+        writeln!(out, "attention      {}", info.attention)?;
         if let (Some(n), Some(len)) = (ops, a.ops) {
             writeln!(
                 out,

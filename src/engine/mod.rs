@@ -216,6 +216,12 @@ pub struct ModelInfo {
     /// avx512-vnni|avx2|portable`, or `candle` (GPU, F16/BF16).
     pub kernels: String,
     pub device: String,
+    /// `sequence`: one row of logits per text (token classification is not served yet).
+    pub task: &'static str,
+    /// Where the head reads each text (first token, mean, last non-pad token).
+    pub pooling: String,
+    /// Bidirectional or causal, heads, windows.
+    pub attention: String,
 }
 
 /// One input's answer.
@@ -523,6 +529,9 @@ impl Engine {
                 (false, false) => "candle".into(),
             },
             device: device_name(&device),
+            task: "sequence",
+            pooling: model.pooling(),
+            attention: model.attention_pattern(),
         };
         Ok(Self {
             model,

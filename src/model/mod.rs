@@ -87,6 +87,14 @@ pub trait SequenceClassifier: Send + Sync {
     fn token_types(&self) -> usize {
         0
     }
+    /// Where the head reads each text, for `inspect`: `"first token"` unless said otherwise.
+    fn pooling(&self) -> String {
+        "first token".into()
+    }
+    /// The attention pattern, for `inspect`: `"bidirectional"` unless said otherwise.
+    fn attention_pattern(&self) -> String {
+        "bidirectional".into()
+    }
     /// Longest sequence the position table (or rotary setup) allows, in tokens.
     fn max_positions(&self) -> usize;
     /// Rows of the word-embedding table; a tokenizer with more ids than this would index out of it.

@@ -604,6 +604,18 @@ impl SequenceClassifier for ModernBert {
             .forward(&self.cfg.classifier_activation.apply(&pooled)?)?;
         self.classifier.forward(&pooled)
     }
+    fn pooling(&self) -> String {
+        match self.cfg.classifier_pooling {
+            Pooling::Cls => "first token".into(),
+            Pooling::Mean => "mean of the real tokens".into(),
+        }
+    }
+    fn attention_pattern(&self) -> String {
+        format!(
+            "bidirectional; a local window of ±{} tokens on layers between the global ones",
+            self.half_window
+        )
+    }
     fn max_positions(&self) -> usize {
         self.cfg.max_position_embeddings
     }

@@ -451,6 +451,13 @@ impl SequenceClassifier for DebertaV2 {
     fn token_types(&self) -> usize {
         self.cfg.type_vocab_size
     }
+    fn attention_pattern(&self) -> String {
+        if self.rel_index.is_some() {
+            "bidirectional, disentangled (content and relative position)".into()
+        } else {
+            "bidirectional".into()
+        }
+    }
     fn max_positions(&self) -> usize {
         self.cfg.max_position_embeddings
     }

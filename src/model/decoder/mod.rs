@@ -725,6 +725,31 @@ impl SequenceClassifier for Decoder {
         };
         self.score.forward(&picked)
     }
+    fn pooling(&self) -> String {
+        format!(
+            "last token that is not pad_token_id {}",
+            self.cfg.pad_token_id
+        )
+    }
+    fn attention_pattern(&self) -> String {
+        let c = &self.cfg;
+        let mut s = format!(
+            "causal, {} query heads over {} key/value heads of {}",
+            c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        );
+        let windowed: Vec<usize> = c.windows.iter().flatten().copied().collect();
+        if let Some(w) = windowed.first() {
+            s += &format!(
+                ", a sliding window of {w} on {} of {} layers",
+                windowed.len(),
+                c.windows.len()
+            );
+        }
+        if let Some(cap) = c.softcap {
+            s += &format!(", scores soft-capped at {cap}");
+        }
+        s
+    }
     fn max_positions(&self) -> usize {
         self.cfg.max_position_embeddings.min(MAX_DECODER_POSITIONS)
     }
