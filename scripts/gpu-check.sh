@@ -202,7 +202,9 @@ for name in sorted(os.listdir(fixtures)):
         continue
     golden = json.load(open(path))
     model = os.path.join(fixtures, name) if "model" not in golden else default_model
-    cases = golden["cases"]
+    # Cases a model must refuse (a text of no tokens) are not classified here; the CPU tests
+    # check the refusal.
+    cases = [c for c in golden["cases"] if not c.get("refused")]
     # Sorted by length so the CLI's batches of 64 are padded little (the held-out split).
     cases = sorted(cases[:LIMIT] if LIMIT else cases, key=lambda c: len(c["input_ids"]))
     for dtype in TOL:
@@ -253,7 +255,11 @@ with cf.ThreadPoolExecutor(max_workers=4) as pool:
             if d != d:  # NaN
                 d = float("inf")
             r["max_abs"] = max(r["max_abs"], d)
-            if dtype != "f32" and argmax(got["logits"]) != argmax(want):
+            # A label whose top two F32 logits are under 0.05 apart is a toss at F16/BF16
+            # (tests/engine/parity.rs skips the same).
+            top = sorted(want, reverse=True)
+            clear = len(top) < 2 or top[0] - top[1] >= 0.05
+            if dtype != "f32" and clear and argmax(got["logits"]) != argmax(want):
                 r["argmax_mismatch"] += 1
 for name, per in results.items():
     for dtype, r in per.items():
