@@ -37,8 +37,11 @@ from transformers import (
     ElectraForSequenceClassification,
     Gemma2Config,
     Gemma2ForSequenceClassification,
+    Gemma3Config,
+    Gemma3ForSequenceClassification,
     Gemma3TextConfig,
     Gemma3TextForSequenceClassification,
+    SiglipVisionConfig,
     LlamaConfig,
     LlamaForSequenceClassification,
     MistralConfig,
@@ -496,6 +499,23 @@ def fixtures():
                                                         "rope_theta": 10000.0}},
                  pad_token_id=sp["pad"], bos_token_id=0, eos_token_id=1, initializer_range=0.2,
                  id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2}))),
+        # The multimodal class as text-only checkpoints of it ship: a tiny vision tower whose
+        # weights are never read, the text model under model.language_model, text_config.
+        dict(name="gemma3-mm", tok=("bpe-llama", 400), model_max_length=64, pairs=False,
+             decoder=True, input_names=["input_ids", "attention_mask"], dtype=torch.float32,
+             model=lambda v, sp: (Gemma3ForSequenceClassification, Gemma3Config(
+                 text_config=Gemma3TextConfig(
+                     vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=1, head_dim=16, intermediate_size=48,
+                     max_position_embeddings=128, sliding_window=4, query_pre_attn_scalar=16,
+                     pad_token_id=sp["pad"], bos_token_id=0, eos_token_id=1,
+                     initializer_range=0.2),
+                 vision_config=SiglipVisionConfig(
+                     hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, image_size=28, patch_size=14),
+                 mm_tokens_per_image=4, initializer_range=0.2,
+                 id2label={0: "benign", 1: "injection"},
+                 label2id={"benign": 0, "injection": 1}))),
     ]
 
 
@@ -568,7 +588,7 @@ def make_fixture(fx: dict) -> None:
     hf_tok = AutoTokenizer.from_pretrained(str(out))
     tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
 
-    max_pos = cfg_json["max_position_embeddings"]
+    max_pos = cfg_json.get("text_config", cfg_json)["max_position_embeddings"]
     if cfg_json["model_type"] in ("roberta", "xlm-roberta"):
         max_pos -= cfg_json["pad_token_id"] + 1
     mml = tok_cfg.get("model_max_length")

@@ -48,6 +48,7 @@ pub const SUPPORTED: &[&str] = &[
     "Qwen3ForSequenceClassification",
     "Gemma2ForSequenceClassification",
     "Gemma3TextForSequenceClassification",
+    "Gemma3ForSequenceClassification",
 ];
 
 /// `--device auto|cpu|cuda[:N]`.
@@ -356,6 +357,28 @@ fn build_model(dir: &ModelDir, vb: VarBuilder) -> Result<Box<dyn SequenceClassif
                 message,
             })?;
             Box::new(decoder::Decoder::load(cfg, n, vb).map_err(weights_err)?)
+        }
+        "Gemma3ForSequenceClassification" => {
+            use crate::model::decoder;
+            let config_err = |message: String| LoadError::Config {
+                path: dir.config_path.clone(),
+                message,
+            };
+            let text = dir.config.get("text_config").ok_or_else(|| {
+                config_err("text_config is missing (Gemma 3's text model is read from it)".into())
+            })?;
+            let raw = <decoder::RawConfig as serde::Deserialize>::deserialize(text)
+                .map_err(|e| config_err(format!("text_config: {e}")))?;
+            let cfg = decoder::gemma3::config(&raw)
+                .map_err(|m| config_err(format!("text_config: {m}")))?;
+            // Checkpoints name the text model `language_model.model` (as transformers saves
+            // them) or `model.language_model` (its in-memory names).
+            let body = if vb.contains_tensor("language_model.model.embed_tokens.weight") {
+                "language_model.model"
+            } else {
+                "model.language_model"
+            };
+            Box::new(decoder::Decoder::load_at(cfg, n, vb, body).map_err(weights_err)?)
         }
         other => {
             return Err(LoadError::UnknownArchitecture {

@@ -10,7 +10,7 @@ use serde_json::Value;
 pub use crate::common::*;
 
 /// Every tiny random fixture of tests/fixtures (one or more per architecture and head).
-pub const FIXTURES: [&str; 16] = [
+pub const FIXTURES: [&str; 17] = [
     "bert",
     "bert-hot",
     "bert-multilabel",
@@ -27,6 +27,7 @@ pub const FIXTURES: [&str; 16] = [
     "mistral",
     "gemma2",
     "gemma3",
+    "gemma3-mm",
 ];
 
 pub fn load(dir: &Path, dtype: DType) -> Engine {

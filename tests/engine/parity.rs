@@ -159,4 +159,5 @@ parity! {
     mistral_sliding_rope_linear_multilabel_f16_weights => "mistral",
     gemma2_softcap_alternating_windows => "gemma2",
     gemma3_qk_norm_two_rope_bases_bf16_weights => "gemma3",
+    gemma3_multimodal_class_read_as_text => "gemma3-mm",
 }

@@ -1,4 +1,5 @@
-//! `Gemma3TextForSequenceClassification`. Mirrors transformers' `Gemma3TextConfig`: Gemma 2's
+//! `Gemma3TextForSequenceClassification`, and `Gemma3ForSequenceClassification` read as text only
+//! (its `text_config`, and the weights under `language_model.model`). Mirrors transformers' `Gemma3TextConfig`: Gemma 2's
 //! shape without softcapping, with `1 + w` RMSNorms on each head of Q and K, and two RoPE bases:
 //! `rope_parameters["full_attention"]` (or `rope_theta`, with its scaling) for the global
 //! layers and `rope_parameters["sliding_attention"]` (or `rope_local_base_freq`) for the

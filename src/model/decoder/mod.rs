@@ -528,7 +528,13 @@ fn rope_tables(
 
 impl Decoder {
     pub fn load(cfg: Config, num_labels: usize, vb: VarBuilder) -> Result<Self> {
-        let body = vb.pp("model");
+        Self::load_at(cfg, num_labels, vb, "model")
+    }
+
+    /// [`Self::load`] with the decoder's weights under `body` (Gemma 3's multimodal checkpoints
+    /// keep the text model at `language_model.model`; its vision tower is never read).
+    pub fn load_at(cfg: Config, num_labels: usize, vb: VarBuilder, body: &str) -> Result<Self> {
+        let body = vb.pp(body);
         let layers = cfg
             .windows
             .iter()
