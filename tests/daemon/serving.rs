@@ -329,3 +329,42 @@ fn a_short_request_is_answered_while_a_bulk_request_computes() {
     assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
     assert_eq!(classify_body(r).results.len(), 32);
 }
+
+#[test]
+fn a_decoder_classifier_serves_batched_texts_as_it_computes_them_alone_and_refuses_no_tokens() {
+    // Qwen3's tokenizer adds nothing, so "" is no tokens: refused as INVALID_ARGUMENT naming
+    // the input, as every bad input is (the protocol has no per-input status yet), and other
+    // requests are answered. Pipelined requests of mixed lengths share the engine's batches.
+    let daemon = Daemon::start(&fixture("qwen3"), &[]);
+    let engine = in_process(&fixture("qwen3"));
+    let rt = runtime();
+    let client = std::sync::Arc::new(rt.block_on(daemon.client()));
+    let texts = mixed_texts();
+    let answers = rt.block_on(futures::future::join_all(texts.iter().map(|t| {
+        let (client, t) = (client.clone(), t.clone());
+        async move { client.classify(vec![text(t)], logits_opts()).await }
+    })));
+    for (t, r) in texts.iter().zip(answers) {
+        let r = r.unwrap();
+        if t.is_empty() {
+            assert_eq!(status(&r), pb::Status::InvalidArgument, "{}", r.message);
+            assert!(r.message.contains("no tokens"), "{}", r.message);
+            continue;
+        }
+        assert_eq!(status(&r), pb::Status::Ok, "{t:?}: {}", r.message);
+        let got = classify_body(r).results.remove(0).logits;
+        let want = local_logits(&engine, t);
+        assert!(
+            max_abs_diff(&got, &want) <= 1e-4,
+            "{t:?}: {got:?} vs {want:?}"
+        );
+    }
+    let r = rt
+        .block_on(client.classify(
+            vec![text("great movie"), text(""), text("a")],
+            logits_opts(),
+        ))
+        .unwrap();
+    assert_eq!(status(&r), pb::Status::InvalidArgument, "{}", r.message);
+    assert!(r.message.contains("input 1"), "{}", r.message);
+}
