@@ -279,6 +279,19 @@ fn a_decoder_without_pad_token_id_or_with_an_unknown_rope_is_refused_naming_the_
     });
     assert_mentions(&load_error(dir.path()), &["num_key_value_heads 3"]);
 
+    // Absurd sizes are refused before anything is allocated for them.
+    let dir = scratch_copy("qwen3");
+    edit_json(&dir.path().join("config.json"), |v| {
+        v["num_hidden_layers"] = serde_json::json!(1u64 << 60);
+        v.as_object_mut().unwrap().remove("layer_types");
+    });
+    assert_mentions(&load_error(dir.path()), &["num_hidden_layers", "more than"]);
+    let dir = scratch_copy("qwen3");
+    edit_json(&dir.path().join("config.json"), |v| {
+        v["head_dim"] = serde_json::json!(1u64 << 40);
+    });
+    assert_mentions(&load_error(dir.path()), &["head_dim", "more than"]);
+
     let dir = scratch_copy("qwen3");
     edit_json(&dir.path().join("config.json"), |v| {
         v["num_labels"] = 5.into();

@@ -92,6 +92,11 @@ pub struct Config {
     pub local_rope: Option<(f32, RopeScaling)>,
 }
 
+/// Most layers a decoder config may declare (the largest open models have under 200).
+const MAX_LAYERS: usize = 1024;
+/// Largest head width (and head count) a decoder config may declare.
+const MAX_HEAD_DIM: usize = 4096;
+
 /// Longest RoPE table built at load, and so the longest input a decoder takes: a classifier
 /// reads texts, and tables for 131,072 positions of 256-wide heads would be 256 MiB.
 pub const MAX_DECODER_POSITIONS: usize = 8192;
@@ -164,6 +169,21 @@ impl RawConfig {
     /// The shared part of [`Config`]; `family` adds its own (biases, Q/K norms, windows).
     /// Errors name the config.json field at fault.
     pub fn base(&self, default_theta: f64) -> std::result::Result<Config, String> {
+        // Sizes are checked against the weights only as each is read; these bound what is
+        // allocated before that (per-layer tables, RoPE tables), whatever config.json says.
+        for (field, value, max) in [
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                MAX_HEAD_DIM,
+            ),
+            ("head_dim", self.head_dim.unwrap_or(0), MAX_HEAD_DIM),
+        ] {
+            if value > max {
+                return Err(format!("{field} {value} is more than the {max} supported"));
+            }
+        }
         let heads = self.num_attention_heads;
         let kv = self.num_key_value_heads.unwrap_or(heads);
         if heads == 0 || kv == 0 || !heads.is_multiple_of(kv) {
