@@ -502,11 +502,55 @@ struct Pass {
     sin: Tensor,
     /// The sliding layers' RoPE, when it differs (Gemma 3).
     local: Option<(Tensor, Tensor)>,
-    /// `[1, 1, 1, T, T]` causal, and per window size the causal band.
-    causal: Tensor,
-    banded: Vec<(usize, Tensor)>,
     /// `[B, 1, 1, 1, T]` padded keys.
     keys: Tensor,
+    /// Query rows per attention chunk (the whole length for all but long inputs).
+    chunk: usize,
+    /// With a single chunk, the `[1, 1, 1, T, T]` causal mask of each window (`None` first),
+    /// built once for all layers; longer inputs build each chunk's rows as they need them, so
+    /// no `T × T` table ever exists.
+    whole: Vec<(Option<usize>, Tensor)>,
+    len: usize,
+    fill: f32,
+    dtype: DType,
+    device: candle_core::Device,
+}
+
+impl Pass {
+    /// The causal (and, with `window`, banded) additive mask of query rows `i0 .. i0 + c`,
+    /// `[1, 1, 1, c, T]`.
+    fn mask(&self, window: Option<usize>, i0: usize, c: usize) -> Result<Tensor> {
+        let window = window.filter(|&w| w < self.len);
+        if let Some((_, m)) = self.whole.iter().find(|(w, _)| *w == window) {
+            return Ok(m.clone());
+        }
+        causal_rows(window, i0, c, self.len, self.fill, self.dtype, &self.device)
+    }
+}
+
+/// Rows `i0 .. i0 + c` of the causal mask over `t` keys (a key is seen when it is not after
+/// the query and, with a window `w`, less than `w` before it), `[1, 1, 1, c, t]`.
+fn causal_rows(
+    window: Option<usize>,
+    i0: usize,
+    c: usize,
+    t: usize,
+    fill: f32,
+    dtype: DType,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    let v: Vec<f32> = (i0..i0 + c)
+        .flat_map(|i| {
+            (0..t).map(move |j| {
+                if j <= i && window.is_none_or(|w| i - j < w) {
+                    0.0
+                } else {
+                    fill
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(v, (1, 1, 1, c, t), dev)?.to_dtype(dtype)
 }
 
 /// A Llama-shaped decoder with a `score` head, for every family in this module.
@@ -520,6 +564,8 @@ pub struct Decoder {
     cos: Tensor,
     sin: Tensor,
     local: Option<(Tensor, Tensor)>,
+    /// [`super::ATTENTION_CHUNK_BYTES`]; smaller in tests, to force chunks.
+    chunk_bytes: usize,
     cfg: Config,
 }
 
@@ -588,6 +634,7 @@ impl Decoder {
             cos,
             sin,
             local,
+            chunk_bytes: super::ATTENTION_CHUNK_BYTES,
             cfg,
         })
     }
@@ -596,25 +643,15 @@ impl Decoder {
         let (b, t) = batch.input_ids.dims2()?;
         let dev = batch.input_ids.device();
         let fill = mask_fill_value(adt) as f32;
-        let band = |window: Option<usize>| -> Result<Tensor> {
-            let v: Vec<f32> = (0..t)
-                .flat_map(|i| {
-                    (0..t).map(move |j| {
-                        let seen = j <= i && window.is_none_or(|w| i - j < w);
-                        if seen {
-                            0.0
-                        } else {
-                            fill
-                        }
-                    })
-                })
-                .collect();
-            Tensor::from_vec(v, (1, 1, 1, t, t), dev)?.to_dtype(adt)
-        };
-        let mut banded = Vec::new();
-        for w in self.layers.iter().filter_map(|l| l.window) {
-            if w < t && !banded.iter().any(|(x, _)| *x == w) {
-                banded.push((w, band(Some(w))?));
+        let chunk = super::attention_chunk(self.chunk_bytes, b, self.cfg.num_attention_heads, t, t);
+        let mut whole = Vec::new();
+        if chunk >= t {
+            let windows = std::iter::once(None)
+                .chain(self.layers.iter().map(|l| l.window.filter(|&w| w < t)));
+            for w in windows {
+                if !whole.iter().any(|(x, _)| *x == w) {
+                    whole.push((w, causal_rows(w, 0, t, t, fill, adt, dev)?));
+                }
             }
         }
         let keep = batch.attention_mask.to_dtype(DType::F32)?;
@@ -629,9 +666,13 @@ impl Decoder {
             cos: self.cos.narrow(0, 0, t)?,
             sin: self.sin.narrow(0, 0, t)?,
             local,
-            causal: band(None)?,
-            banded,
             keys,
+            chunk: chunk.min(t).max(1),
+            whole,
+            len: t,
+            fill,
+            dtype: adt,
+            device: dev.clone(),
         })
     }
 
@@ -671,25 +712,39 @@ impl Decoder {
         let k = candle_nn::rotary_emb::rope(&heads_first(k)?, cos, sin)?;
         let v = heads_first(split(nh + nkv, nkv)?)?;
         // Grouped-query attention without repeating K/V: the `rep` query heads of a group are
-        // stacked as rows against their one K/V head.
+        // stacked as rows against their one K/V head. Queries go in chunks of `pass.chunk` rows
+        // (one chunk unless the input is long), so the scores never exceed
+        // ATTENTION_CHUNK_BYTES, about, whatever the length.
         let rep = nh / nkv;
-        let q = (q * cfg.attention_scale)?.reshape((b, nkv, rep * t, d))?;
-        let mut scores = q.matmul(&k.t()?)?.reshape((b, nkv, rep, t, t))?;
-        if let Some(cap) = cfg.softcap {
-            scores = ((scores / cap)?.tanh()? * cap)?;
+        let q = (q * cfg.attention_scale)?.reshape((b, nkv, rep, t, d))?;
+        let kt = k.t()?;
+        let mut parts = Vec::with_capacity(t.div_ceil(pass.chunk));
+        for i0 in (0..t).step_by(pass.chunk) {
+            let c = pass.chunk.min(t - i0);
+            let qc = if c == t {
+                q.clone()
+            } else {
+                q.narrow(3, i0, c)?.contiguous()?
+            };
+            let mut scores = qc
+                .reshape((b, nkv, rep * c, d))?
+                .matmul(&kt)?
+                .reshape((b, nkv, rep, c, t))?;
+            if let Some(cap) = cfg.softcap {
+                scores = ((scores / cap)?.tanh()? * cap)?;
+            }
+            let scores = scores
+                .broadcast_add(&pass.mask(layer.window, i0, c)?)?
+                .broadcast_add(&pass.keys)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, nkv, rep * c, t))?;
+            parts.push(probs.matmul(&v)?.reshape((b, nkv, rep, c, d))?);
         }
-        let mask = match layer.window.filter(|&w| w < t) {
-            Some(w) => pass
-                .banded
-                .iter()
-                .find(|(x, _)| *x == w)
-                .map(|(_, m)| m)
-                .unwrap_or(&pass.causal),
-            None => &pass.causal,
+        let ctx = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Tensor::cat(&parts, 3)?
         };
-        let scores = scores.broadcast_add(mask)?.broadcast_add(&pass.keys)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, nkv, rep * t, t))?;
-        let ctx = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?;
+        let ctx = ctx.reshape((b, nh, t, d))?.transpose(1, 2)?;
         let ctx = if ctx.dtype() == dtype {
             ctx.contiguous()?
         } else {
@@ -783,15 +838,18 @@ impl SequenceClassifier for Decoder {
         self.cfg.vocab_size
     }
     fn attention_bytes(&self, rows: usize, len: usize) -> usize {
-        // Scores and probabilities of every head, f32, plus the masks.
-        rows.saturating_mul(self.cfg.num_attention_heads)
-            .saturating_mul(len)
-            .saturating_mul(len)
-            .saturating_mul(4 * 2)
-            .saturating_add(
-                len.saturating_mul(len)
-                    .saturating_mul(4 * (1 + self.layers.len())),
-            )
+        // Query-chunked as the encoders' (scores, masked scores, probabilities of one chunk),
+        // plus the masks: whole `T × T` tables (one per window size) when one chunk holds the
+        // input, else one chunk's rows at a time.
+        let heads = self.cfg.num_attention_heads;
+        let chunk = super::attention_chunk(super::ATTENTION_CHUNK_BYTES, rows, heads, len, len);
+        let masks = if chunk >= len {
+            let windows = 1 + self.cfg.windows.iter().flatten().count().min(1);
+            len.saturating_mul(len).saturating_mul(4 * windows)
+        } else {
+            chunk.saturating_mul(len).saturating_mul(4)
+        };
+        super::chunked_attention_bytes(rows, heads, len).saturating_add(masks)
     }
 }
 
@@ -802,5 +860,79 @@ fn rounded_to(x: f64, dtype: DType) -> f64 {
         DType::BF16 => half::bf16::from_f64(x).to_f64(),
         DType::F32 => f64::from(x as f32),
         _ => x,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The decoder of a committed fixture, in f32 on the CPU.
+    fn fixture(name: &str) -> Decoder {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        let raw: RawConfig =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        let cfg = match name {
+            "qwen3" => qwen3::config(&raw),
+            "gemma2" => gemma2::config(&raw),
+            _ => llama::config(&raw),
+        }
+        .unwrap();
+        // SAFETY: a committed fixture, not modified while mapped.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(
+                &[dir.join("model.safetensors")],
+                DType::F32,
+                &Device::Cpu,
+            )
+        }
+        .unwrap();
+        let labels = if name == "qwen3" { 3 } else { 2 };
+        Decoder::load(cfg, labels, vb).unwrap()
+    }
+
+    #[test]
+    fn query_chunks_give_the_logits_of_one_chunk_across_windows_and_padding() {
+        let dev = Device::Cpu;
+        // 40 tokens against windows of 5 (qwen3) and 5 with softcapping (gemma2); the second
+        // row is padded after 25.
+        let t = 40usize;
+        let ids: Vec<u32> = (0..2 * t as u32).map(|i| 5 + (i * 7) % 300).collect();
+        let keep: Vec<u32> = (0..2 * t).map(|i| u32::from(i < t || i % t < 25)).collect();
+        let positions: Vec<u32> = (0..2 * t as u32).map(|i| i % t as u32).collect();
+        let batch = Batch {
+            input_ids: Tensor::from_vec(ids, (2, t), &dev).unwrap(),
+            attention_mask: Tensor::from_vec(keep, (2, t), &dev).unwrap(),
+            token_type_ids: Tensor::zeros((2, t), DType::U32, &dev).unwrap(),
+            position_ids: Tensor::from_vec(positions, (2, t), &dev).unwrap(),
+        };
+        for name in ["qwen3", "gemma2", "llama"] {
+            let mut m = fixture(name);
+            let logits = |m: &Decoder| -> Vec<Vec<f32>> {
+                m.forward(&batch).unwrap().to_vec2::<f32>().unwrap()
+            };
+            let whole = logits(&m);
+            // One query row a chunk, then seven (a boundary inside a window).
+            for bytes in [1, 2 * m.cfg.num_attention_heads * t * 4 * 7] {
+                m.chunk_bytes = bytes;
+                let parts = logits(&m);
+                for (a, b) in whole.iter().flatten().zip(parts.iter().flatten()) {
+                    assert!(
+                        (a - b).abs() <= 1e-5,
+                        "{name}, chunk bytes {bytes}: {a} vs {b}"
+                    );
+                }
+            }
+            // The attention memory estimate stops growing with T² once chunks are needed.
+            let long = m.attention_bytes(1, 1 << 15);
+            assert!(
+                long <= 4 * super::super::ATTENTION_CHUNK_BYTES,
+                "{name}: {long}"
+            );
+        }
     }
 }
