@@ -18,6 +18,7 @@ pub mod mapped;
 pub mod modernbert;
 pub mod qgemm;
 pub mod roberta;
+pub mod rope;
 pub mod team;
 pub mod weights;
 
@@ -133,6 +134,25 @@ pub fn chunked_attention_bytes(rows: usize, heads: usize, len: usize) -> usize {
         .saturating_mul(4)
 }
 
+/// `layer_types` as transformers 5 writes it, one entry a layer: whether each layer attends
+/// within a sliding window (`"sliding_attention"`) or to every key (`"full_attention"`).
+pub fn sliding_layers(types: &[String], layers: usize) -> std::result::Result<Vec<bool>, String> {
+    if types.len() != layers {
+        return Err(format!(
+            "layer_types has {} entries for {layers} layers",
+            types.len()
+        ));
+    }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            "sliding_attention" => Ok(true),
+            "full_attention" => Ok(false),
+            other => Err(format!("layer_types: {other:?} is not supported")),
+        })
+        .collect()
+}
+
 /// Hidden activations named in config.json (`hidden_act`, `classifier_activation`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -199,6 +219,16 @@ pub fn attention_dtype(dtype: DType) -> DType {
         DType::F32
     } else {
         dtype
+    }
+}
+
+/// `x` contiguous and in `dtype`, in one copy: a cast of a strided view writes it contiguous, so
+/// a permute followed by a cast costs one kernel, not two.
+pub fn contiguous_as(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    if x.dtype() == dtype {
+        x.contiguous()
+    } else {
+        x.to_dtype(dtype)
     }
 }
 
@@ -667,15 +697,11 @@ fn attention_ops(
     let (b, t, three) = qkv.dims3()?;
     let hidden = three / 3;
     let dtype = qkv.dtype();
-    // The permute and the cast are one copy: a cast of a strided view writes it contiguous.
-    let split = qkv
-        .reshape((b, t, 3, heads, hidden / heads))?
-        .permute((2, 0, 3, 1, 4))?;
-    let split = if attention_dtype(dtype) == dtype {
-        split.contiguous()?
-    } else {
-        split.to_dtype(attention_dtype(dtype))?
-    };
+    let split = contiguous_as(
+        &qkv.reshape((b, t, 3, heads, hidden / heads))?
+            .permute((2, 0, 3, 1, 4))?,
+        attention_dtype(dtype),
+    )?;
     let (q, k, v) = (split.get(0)?, split.get(1)?, split.get(2)?);
     let parts = attention_heads(&q, &k, &v, mask, scale, chunk)?;
     merge_heads_as(parts, (b, t, hidden), dtype)
@@ -731,13 +757,7 @@ pub(crate) fn merge_heads_as(
     } else {
         Tensor::cat(&parts, 2)?
     };
-    let ctx = ctx.transpose(1, 2)?;
-    let ctx = if ctx.dtype() == dtype {
-        ctx.contiguous()?
-    } else {
-        ctx.to_dtype(dtype)?
-    };
-    ctx.reshape((b, t, hidden))
+    contiguous_as(&ctx.transpose(1, 2)?, dtype)?.reshape((b, t, hidden))
 }
 
 /// The hidden state of the first token of every row (`[CLS]` / `<s>`).

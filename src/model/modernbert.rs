@@ -8,9 +8,11 @@
 //! `mean` pooling and the `dense → act → norm → classifier` head. Returns logits, not
 //! probabilities.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
+
+use super::rope::{Rope, RopeScaling};
 
 use super::{
     first_token, mask_fill_value, Activation, Batch, LayerNorm, Linear, SequenceClassifier,
@@ -136,23 +138,7 @@ impl Config {
     /// Whether each layer is local (sliding-window) attention.
     pub fn sliding_layers(&self) -> std::result::Result<Vec<bool>, String> {
         match &self.layer_types {
-            Some(types) => {
-                if types.len() != self.num_hidden_layers {
-                    return Err(format!(
-                        "layer_types has {} entries for {} layers",
-                        types.len(),
-                        self.num_hidden_layers
-                    ));
-                }
-                types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        "sliding_attention" => Ok(true),
-                        "full_attention" => Ok(false),
-                        other => Err(format!("layer type {other:?} is not supported")),
-                    })
-                    .collect()
-            }
+            Some(types) => super::sliding_layers(types, self.num_hidden_layers),
             None => {
                 let n = self.global_attn_every_n_layers;
                 if n == 0 {
@@ -296,19 +282,17 @@ impl Layer {
     fn attention(&self, x: &Tensor, rope: &Rope, masks: &Masks) -> Result<Tensor> {
         let (b, t, hidden) = x.dims3()?;
         let (nh, hd) = (self.heads, self.head_dim);
-        // [B, T, 3, H, D] -> [3, B, H, T, D], one copy.
         let dtype = x.dtype();
-        // The permute and the cast to the attention's dtype are one copy.
+        // [B, T, 3, H, D] -> [3, B, H, T, D] in the attention's dtype, one copy.
         let qkv = self
             .wqkv
             .forward(x)?
             .reshape((b, t, 3, nh, hd))?
-            .permute((2, 0, 3, 1, 4))?
-            .to_dtype(super::attention_dtype(dtype))?
-            .contiguous()?;
+            .permute((2, 0, 3, 1, 4))?;
+        let qkv = super::contiguous_as(&qkv, super::attention_dtype(dtype))?;
         // Rotate Q and K together: [2B, H, T, D].
         let qk = qkv.narrow(0, 0, 2)?.reshape((2 * b, nh, t, hd))?;
-        let qk = candle_nn::rotary_emb::rope(&qk, &rope.cos, &rope.sin)?;
+        let qk = rope.apply(&qk)?;
         let q = qk.narrow(0, 0, b)?;
         let k = qk.narrow(0, b, b)?;
         let v = qkv.get(2)?;
@@ -351,48 +335,6 @@ impl Layer {
         let gate = up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
         let inner = (self.act.apply(&input)? * gate)?;
         x + self.mlp_out.forward(&inner)?
-    }
-}
-
-/// Inverse frequencies of one RoPE base, computed in f32 as transformers does.
-fn inv_freq(theta: f64, head_dim: usize) -> Vec<f32> {
-    (0..head_dim)
-        .step_by(2)
-        .map(|i| 1.0f32 / (theta as f32).powf(i as f32 / head_dim as f32))
-        .collect()
-}
-
-/// cos/sin tables `[T, head_dim/2]` for one forward, in the compute dtype.
-struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl Rope {
-    /// The first `t` positions: views of the tables built at load, nothing computed or
-    /// uploaded per pass.
-    fn first(&self, t: usize) -> Result<Self> {
-        Ok(Self {
-            cos: self.cos.narrow(0, 0, t)?,
-            sin: self.sin.narrow(0, 0, t)?,
-        })
-    }
-
-    fn new(inv_freq: &[f32], t: usize, dtype: DType, device: &Device) -> Result<Self> {
-        let half = inv_freq.len();
-        let mut cos = Vec::with_capacity(t * half);
-        let mut sin = Vec::with_capacity(t * half);
-        for pos in 0..t {
-            for &f in inv_freq {
-                let angle = pos as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-        Ok(Self {
-            cos: Tensor::from_vec(cos, (t, half), device)?.to_dtype(dtype)?,
-            sin: Tensor::from_vec(sin, (t, half), device)?.to_dtype(dtype)?,
-        })
     }
 }
 
@@ -444,6 +386,16 @@ impl ModernBert {
         let sliding = cfg.sliding_layers().map_err(candle_core::Error::msg)?;
         let global_theta = cfg.rope_theta(false).map_err(candle_core::Error::msg)?;
         let local_theta = cfg.rope_theta(true).map_err(candle_core::Error::msg)?;
+        let rope = |theta: f64| {
+            Rope::new(
+                cfg.head_dim(),
+                theta as f32,
+                &RopeScaling::Default,
+                cfg.max_position_embeddings,
+                super::attention_dtype(vb.dtype()),
+                vb.device(),
+            )
+        };
         let body = vb.pp("model");
         let layers = sliding
             .iter()
@@ -491,18 +443,8 @@ impl ModernBert {
                 classifier_bias,
                 super::head_vb(vb.pp("classifier")),
             )?,
-            global_rope: Rope::new(
-                &inv_freq(global_theta, cfg.head_dim()),
-                cfg.max_position_embeddings,
-                super::attention_dtype(vb.dtype()),
-                vb.device(),
-            )?,
-            local_rope: Rope::new(
-                &inv_freq(local_theta, cfg.head_dim()),
-                cfg.max_position_embeddings,
-                super::attention_dtype(vb.dtype()),
-                vb.device(),
-            )?,
+            global_rope: rope(global_theta)?,
+            local_rope: rope(local_theta)?,
             half_window: cfg.local_window() / 2,
             chunk_bytes: super::ATTENTION_CHUNK_BYTES,
             cfg,
@@ -640,6 +582,7 @@ impl SequenceClassifier for ModernBert {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn absurd_layer_count_is_refused() {

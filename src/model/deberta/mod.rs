@@ -145,14 +145,11 @@ struct Layer {
 /// `[B, L, heads*d]` → `[heads, B, L, d]` in `dtype`: the permute and the cast are one copy.
 fn heads_first(x: &Tensor, heads: usize, dtype: DType) -> Result<Tensor> {
     let (b, l, hd) = x.dims3()?;
-    let x = x
-        .reshape((b, l, heads, hd / heads))?
-        .permute((2, 0, 1, 3))?;
-    if x.dtype() == dtype {
-        x.contiguous()
-    } else {
-        x.to_dtype(dtype)
-    }
+    super::contiguous_as(
+        &x.reshape((b, l, heads, hd / heads))?
+            .permute((2, 0, 1, 3))?,
+        dtype,
+    )
 }
 
 /// `[2*span, hidden]` relative embeddings through a projection → `[heads, head_dim, 2*span]`.
@@ -183,11 +180,8 @@ impl Layer {
 
         // Read in f32 so that the folded scale costs no extra rounding at F16/BF16.
         let q_vb = sa.pp("query_proj").set_dtype(DType::F32);
-        let q_w = q_vb.get((h, h), "weight")?.to_dtype(vb.dtype())?;
-        let q_b = q_vb.get(h, "bias")?.to_dtype(vb.dtype())?;
         let q_w32 = q_vb.get((h, h), "weight")?;
         let q_b32 = q_vb.get(h, "bias")?;
-        let query_raw = Linear::from_weights(q_w.clone(), Some(q_b.clone()))?;
         let key = Linear::load(h, h, sa.pp("key_proj"))?;
         let value = Linear::load(h, h, sa.pp("value_proj"))?;
 
@@ -203,7 +197,11 @@ impl Layer {
             }
             if cfg.p2c() {
                 let pq = if cfg.share_att_key {
-                    query_raw.clone()
+                    // The unscaled query projection (the scale is applied below).
+                    Linear::from_weights(
+                        q_w32.to_dtype(vb.dtype())?,
+                        Some(q_b32.to_dtype(vb.dtype())?),
+                    )?
                 } else {
                     Linear::load(h, h, sa.pp("pos_query_proj"))?
                 };
@@ -282,12 +280,7 @@ impl Layer {
         let scores = scores.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&v)?.permute((1, 2, 0, 3))?; // [B, q, heads, d]
-        let ctx = if ctx.dtype() == dtype {
-            ctx.contiguous()?
-        } else {
-            ctx.to_dtype(dtype)?
-        };
-        let ctx = ctx.reshape((b, q_len, h))?;
+        let ctx = super::contiguous_as(&ctx, dtype)?.reshape((b, q_len, h))?;
 
         let x = self
             .attn_norm

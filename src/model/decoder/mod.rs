@@ -32,27 +32,12 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use super::rope::Rope;
+pub use super::rope::RopeScaling;
 use super::{
-    attention_dtype, head_vb, is_half, mask_fill_value, Batch, Linear, SequenceClassifier,
+    attention_dtype, contiguous_as, head_vb, mask_fill_value, to_head, Batch, Linear,
+    SequenceClassifier,
 };
-
-/// How RoPE's inverse frequencies are derived from `rope_theta` (transformers'
-/// `ROPE_INIT_FUNCTIONS`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum RopeScaling {
-    Default,
-    /// Positions divided by `factor`.
-    Linear {
-        factor: f32,
-    },
-    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
-    Llama3 {
-        factor: f32,
-        low_freq_factor: f32,
-        high_freq_factor: f32,
-        original_max_position_embeddings: f32,
-    },
-}
 
 /// The normalized shape of a decoder classifier, whatever family it came from.
 #[derive(Debug, Clone)]
@@ -317,29 +302,17 @@ impl RawConfig {
         &self,
         default: impl Fn(usize) -> Option<usize>,
     ) -> std::result::Result<Vec<Option<usize>>, String> {
-        match &self.layer_types {
-            Some(types) => {
-                if types.len() != self.num_hidden_layers {
-                    return Err(format!(
-                        "layer_types has {} entries for {} layers",
-                        types.len(),
-                        self.num_hidden_layers
-                    ));
-                }
-                types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        "full_attention" => Ok(None),
-                        "sliding_attention" => self
-                            .sliding_window
-                            .map(Some)
-                            .ok_or_else(|| "sliding_attention layers need sliding_window".into()),
-                        other => Err(format!("layer_types: {other:?} is not supported")),
-                    })
-                    .collect()
-            }
-            None => Ok((0..self.num_hidden_layers).map(default).collect()),
-        }
+        let Some(types) = &self.layer_types else {
+            return Ok((0..self.num_hidden_layers).map(default).collect());
+        };
+        super::sliding_layers(types, self.num_hidden_layers)?
+            .into_iter()
+            .map(|sliding| match (sliding, self.sliding_window) {
+                (false, _) => Ok(None),
+                (true, Some(w)) => Ok(Some(w)),
+                (true, None) => Err("sliding_attention layers need sliding_window".into()),
+            })
+            .collect()
     }
 
     /// What Gemma 2 and Gemma 3 share on top of [`Self::base`].
@@ -392,47 +365,7 @@ impl RmsNorm {
             let y = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, &self.weight, self.eps)?;
             return y.to_dtype(x.dtype());
         }
-        let w = if self.weight.dtype() == x.dtype() {
-            self.weight.clone()
-        } else {
-            self.weight.to_dtype(x.dtype())?
-        };
-        candle_nn::ops::rms_norm(&x.contiguous()?, &w, self.eps)
-    }
-}
-
-/// RoPE inverse frequencies in f32, as transformers computes them.
-pub fn inv_freq(head_dim: usize, theta: f32, scaling: &RopeScaling) -> Vec<f32> {
-    let d = head_dim;
-    let base: Vec<f32> = (0..d)
-        .step_by(2)
-        .map(|i| 1.0f32 / theta.powf(i as f32 / d as f32))
-        .collect();
-    match *scaling {
-        RopeScaling::Default => base,
-        RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings: old,
-        } => {
-            let low_wavelen = old / low_freq_factor;
-            let high_wavelen = old / high_freq_factor;
-            base.into_iter()
-                .map(|f| {
-                    let wavelen = 2.0 * std::f32::consts::PI / f;
-                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                    if wavelen < high_wavelen || wavelen > low_wavelen {
-                        scaled
-                    } else {
-                        let smooth = (old / wavelen - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
-                        (1.0 - smooth) * scaled / factor + smooth * scaled
-                    }
-                })
-                .collect()
-        }
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
     }
 }
 
@@ -498,10 +431,9 @@ impl Layer {
 
 /// Per-pass tables: RoPE for the pass's length and the additive masks, in the attention dtype.
 struct Pass {
-    cos: Tensor,
-    sin: Tensor,
+    rope: Rope,
     /// The sliding layers' RoPE, when it differs (Gemma 3).
-    local: Option<(Tensor, Tensor)>,
+    local: Option<Rope>,
     /// `[B, 1, 1, 1, T]` padded keys.
     keys: Tensor,
     /// Query rows per attention chunk (the whole length for all but long inputs).
@@ -559,37 +491,13 @@ pub struct Decoder {
     layers: Vec<Layer>,
     norm: RmsNorm,
     score: Linear,
-    /// cos/sin `[positions, head_dim/2]` in the attention dtype, built at load; and the
-    /// sliding layers' own, when they differ.
-    cos: Tensor,
-    sin: Tensor,
-    local: Option<(Tensor, Tensor)>,
+    /// RoPE tables in the attention dtype, built at load; and the sliding layers' own, when
+    /// they differ.
+    rope: Rope,
+    local: Option<Rope>,
     /// [`super::ATTENTION_CHUNK_BYTES`]; smaller in tests, to force chunks.
     chunk_bytes: usize,
     cfg: Config,
-}
-
-/// cos and sin of every position up to `positions` for `freqs`, in `dtype` on `dev`.
-fn rope_tables(
-    freqs: &[f32],
-    positions: usize,
-    dtype: DType,
-    dev: &candle_core::Device,
-) -> Result<(Tensor, Tensor)> {
-    let half = freqs.len();
-    let mut cos = Vec::with_capacity(positions * half);
-    let mut sin = Vec::with_capacity(positions * half);
-    for p in 0..positions {
-        for &f in freqs {
-            let a = p as f32 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
-        }
-    }
-    Ok((
-        Tensor::from_vec(cos, (positions, half), dev)?.to_dtype(dtype)?,
-        Tensor::from_vec(sin, (positions, half), dev)?.to_dtype(dtype)?,
-    ))
 }
 
 impl Decoder {
@@ -610,17 +518,14 @@ impl Decoder {
         let positions = cfg.max_position_embeddings.min(MAX_DECODER_POSITIONS);
         let adt = attention_dtype(vb.dtype());
         let dev = vb.device().clone();
-        let freqs = inv_freq(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling);
-        let (cos, sin) = rope_tables(&freqs, positions, adt, &dev)?;
+        let rope = |theta: f32, scaling: &RopeScaling| {
+            Rope::new(cfg.head_dim, theta, scaling, positions, adt, &dev)
+        };
         let local = match &cfg.local_rope {
-            Some((theta, scaling)) => Some(rope_tables(
-                &inv_freq(cfg.head_dim, *theta, scaling),
-                positions,
-                adt,
-                &dev,
-            )?),
+            Some((theta, scaling)) => Some(rope(*theta, scaling)?),
             None => None,
         };
+        let global = rope(cfg.rope_theta, &cfg.rope_scaling)?;
         Ok(Self {
             embed: super::embedding(cfg.vocab_size, cfg.hidden_size, body.pp("embed_tokens"))?,
             layers,
@@ -631,8 +536,7 @@ impl Decoder {
                 body.pp("norm"),
             )?,
             score: Linear::load_no_bias(cfg.hidden_size, num_labels, head_vb(vb.pp("score")))?,
-            cos,
-            sin,
+            rope: global,
             local,
             chunk_bytes: super::ATTENTION_CHUNK_BYTES,
             cfg,
@@ -658,14 +562,9 @@ impl Decoder {
         let keys = ((keep - 1.0)? * -f64::from(fill))?
             .to_dtype(adt)?
             .reshape((b, 1, 1, 1, t))?;
-        let local = match &self.local {
-            Some((c, s)) => Some((c.narrow(0, 0, t)?, s.narrow(0, 0, t)?)),
-            None => None,
-        };
         Ok(Pass {
-            cos: self.cos.narrow(0, 0, t)?,
-            sin: self.sin.narrow(0, 0, t)?,
-            local,
+            rope: self.rope.first(t)?,
+            local: self.local.as_ref().map(|r| r.first(t)).transpose()?,
             keys,
             chunk: chunk.min(t).max(1),
             whole,
@@ -696,20 +595,13 @@ impl Decoder {
             k = kn.forward(&k)?;
         }
         // [B, heads, T, D] in the attention dtype: the permute and the cast are one copy.
-        let heads_first = |x: Tensor| -> Result<Tensor> {
-            let x = x.transpose(1, 2)?;
-            if x.dtype() == adt {
-                x.contiguous()
-            } else {
-                x.to_dtype(adt)
-            }
+        let heads_first = |x: Tensor| contiguous_as(&x.transpose(1, 2)?, adt);
+        let rope = match (&pass.local, layer.window) {
+            (Some(local), Some(_)) => local,
+            _ => &pass.rope,
         };
-        let (cos, sin) = match (&pass.local, layer.window) {
-            (Some((c, s)), Some(_)) => (c, s),
-            _ => (&pass.cos, &pass.sin),
-        };
-        let q = candle_nn::rotary_emb::rope(&heads_first(q)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&heads_first(k)?, cos, sin)?;
+        let q = rope.apply(&heads_first(q)?)?;
+        let k = rope.apply(&heads_first(k)?)?;
         let v = heads_first(split(nh + nkv, nkv)?)?;
         // Grouped-query attention without repeating K/V: the `rep` query heads of a group are
         // stacked as rows against their one K/V head. Queries go in chunks of `pass.chunk` rows
@@ -744,12 +636,7 @@ impl Decoder {
         } else {
             Tensor::cat(&parts, 3)?
         };
-        let ctx = ctx.reshape((b, nh, t, d))?.transpose(1, 2)?;
-        let ctx = if ctx.dtype() == dtype {
-            ctx.contiguous()?
-        } else {
-            ctx.to_dtype(dtype)?
-        };
+        let ctx = contiguous_as(&ctx.reshape((b, nh, t, d))?.transpose(1, 2)?, dtype)?;
         layer.o_proj.forward(&ctx.reshape((b, t, nh * d))?)
     }
 
@@ -799,12 +686,7 @@ impl SequenceClassifier for Decoder {
         let rows = Tensor::arange_step(0u32, (b * t) as u32, t as u32, x.device())?.add(&last)?;
         let picked = x.reshape((b * t, h))?.index_select(&rows, 0)?;
         let picked = self.norm.forward(&picked)?;
-        let picked = if is_half(picked.dtype()) {
-            picked.to_dtype(DType::F32)?
-        } else {
-            picked
-        };
-        self.score.forward(&picked)
+        self.score.forward(&to_head(&picked)?)
     }
     fn pooling(&self) -> String {
         format!(
