@@ -31,6 +31,8 @@ import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from make_fixtures import padded  # scripts/ is on the path when this script runs
+
 torch.set_num_threads(1)
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -40,19 +42,6 @@ FIXTURES = ROOT / "tests" / "fixtures"
 TEXTS = ROOT / "benches" / "texts" / "tweets.txt"
 EXTRA_TEXTS = 100
 BATCH = 32
-
-
-def padded(cases, pad_id):
-    n = max(len(c["input_ids"]) for c in cases)
-    ids = torch.full((len(cases), n), pad_id, dtype=torch.long)
-    types = torch.zeros((len(cases), n), dtype=torch.long)
-    mask = torch.zeros((len(cases), n), dtype=torch.long)
-    for i, c in enumerate(cases):
-        k = len(c["input_ids"])
-        ids[i, :k] = torch.tensor(c["input_ids"])
-        types[i, :k] = torch.tensor(c["token_type_ids"])
-        mask[i, :k] = 1
-    return ids, types, mask
 
 
 def run(out: Path) -> None:

@@ -542,6 +542,20 @@ def sig7(x: float) -> float:
     return float(f"{x:.7g}")
 
 
+def padded(cases: list[dict], pad_id: int):
+    """Cases (`input_ids`, `token_type_ids`) as one right-padded batch: ids, segments, mask."""
+    n = max(len(c["input_ids"]) for c in cases)
+    ids = torch.full((len(cases), n), pad_id, dtype=torch.long)
+    types = torch.zeros((len(cases), n), dtype=torch.long)
+    mask = torch.zeros((len(cases), n), dtype=torch.long)
+    for i, c in enumerate(cases):
+        k = len(c["input_ids"])
+        ids[i, :k] = torch.tensor(c["input_ids"])
+        types[i, :k] = torch.tensor(c["token_type_ids"])
+        mask[i, :k] = 1
+    return ids, types, mask
+
+
 def make_fixture(fx: dict) -> None:
     name = fx["name"]
     out = OUT / name
@@ -633,15 +647,7 @@ def make_fixture(fx: dict) -> None:
     golden_cases = [c for c in golden_cases if not c.get("refused")]
     pad_id = hf_tok.pad_token_id
     assert pad_id == sp["pad"]
-    L = max(len(c["input_ids"]) for c in golden_cases)
-    ids_b = torch.full((len(golden_cases), L), pad_id, dtype=torch.long)
-    tt_b = torch.zeros((len(golden_cases), L), dtype=torch.long)
-    mask_b = torch.zeros((len(golden_cases), L), dtype=torch.long)
-    for i, c in enumerate(golden_cases):
-        n = len(c["input_ids"])
-        ids_b[i, :n] = torch.tensor(c["input_ids"])
-        tt_b[i, :n] = torch.tensor(c["token_type_ids"])
-        mask_b[i, :n] = 1
+    ids_b, tt_b, mask_b = padded(golden_cases, pad_id)
     # Sanity: the manual padding equals what transformers itself produces.
     singles = [c for c in golden_cases if c["text_pair"] is None]
     if fx.get("decoder"):

@@ -18,8 +18,8 @@ use tokio::sync::{oneshot, Notify};
 use crate::engine::tokenize::Encoded;
 use crate::engine::Engine;
 use queue::{
-    BatchObserver, Counters, Job, JobError, JobOutput, Lane, Queued, SchedulerConfig, Shared,
-    State, Stats, SubmitError,
+    BatchObserver, Counters, Job, JobError, JobOutput, Lane, SchedulerConfig, Shared, State, Stats,
+    SubmitError,
 };
 
 /// Closes the queue when the last `Scheduler` clone goes, so the worker finishes what is queued
@@ -199,17 +199,7 @@ impl Scheduler {
     /// Answers every job still waiting with `ShuttingDown`; the batch being computed finishes.
     /// Does not close the queue by itself.
     pub fn abort_queued(&self) {
-        let shared = self.shared();
-        let aborted: Vec<Queued> = {
-            let mut st = shared.lock();
-            let all = st.drain_all();
-            shared.counters.queued.store(0, Ordering::Relaxed);
-            all
-        };
-        for q in aborted {
-            let _ = q.reply.send(Err(JobError::ShuttingDown));
-        }
-        shared.idle.notify_waiters();
+        self.shared().answer_queued(|| JobError::ShuttingDown);
     }
 
     #[cfg(test)]

@@ -82,6 +82,7 @@ impl SchedulerConfig {
 impl SchedulerConfig {
     /// The scheduler's limits under `s`.
     pub fn of(s: &Settings) -> SchedulerConfig {
+        let unset = |key| !matches!(s.sources.get(key), Some(Source::Flag | Source::File));
         SchedulerConfig {
             queue_capacity: s.queue_capacity.max(1),
             max_batch_tokens: s.max_batch_tokens.max(1),
@@ -92,12 +93,7 @@ impl SchedulerConfig {
             idle_heartbeat: Duration::from_secs(1),
             stall_worker_after: None,
             threads: ThreadsConfig::of(s),
-            default_limits: (
-                s.sources.get("max_batch_tokens") != Some(&Source::Flag)
-                    && s.sources.get("max_batch_tokens") != Some(&Source::File),
-                s.sources.get("max_batch_size") != Some(&Source::Flag)
-                    && s.sources.get("max_batch_size") != Some(&Source::File),
-            ),
+            default_limits: (unset("max_batch_tokens"), unset("max_batch_size")),
         }
     }
 
@@ -429,6 +425,21 @@ impl Shared {
     /// single push, retain or drain), so the poisoned state is still usable.
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers every job still waiting with `error()`, emptying the queue (the batch being
+    /// computed finishes). Does not close the queue by itself.
+    pub fn answer_queued(&self, error: impl Fn() -> JobError) {
+        let queued: Vec<Queued> = {
+            let mut st = self.lock();
+            let all = st.drain_all();
+            self.counters.queued.store(0, Ordering::Relaxed);
+            all
+        };
+        for q in queued {
+            let _ = q.reply.send(Err(error()));
+        }
+        self.idle.notify_waiters();
     }
 
     /// `lane`'s worker is alive: called on every turn of its loop and around every pass.

@@ -337,7 +337,7 @@ fn finish(shared: &Shared, p: &mut Progress, answer: Result<JobOutput, JobError>
 /// UNAVAILABLE, later submissions are refused, and the service stops reporting ready and
 /// feeding the watchdog.
 fn check_health(engine: &Engine, shared: &Shared, failure: &EngineError) {
-    let probe = Encoded::synthetic(0, 2);
+    let probe = engine.synthetic_input(2);
     let Err(e) = forward(engine, &[&probe], true) else {
         tracing::info!("health probe passed after the failed batch; the engine goes on");
         return;
@@ -347,16 +347,7 @@ fn check_health(engine: &Engine, shared: &Shared, failure: &EngineError) {
         return;
     }
     tracing::error!("engine unhealthy: {why}; answering UNAVAILABLE until restarted");
-    let queued: Vec<Queued> = {
-        let mut st = shared.lock();
-        let all = st.drain_all();
-        shared.counters.queued.store(0, Ordering::Relaxed);
-        all
-    };
-    for q in queued {
-        let _ = q.reply.send(Err(JobError::Unhealthy(why.clone())));
-    }
-    shared.idle.notify_waiters();
+    shared.answer_queued(|| JobError::Unhealthy(why.clone()));
 }
 
 /// One forward pass. A panic in a kernel must cost this pass, not every later request.

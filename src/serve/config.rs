@@ -113,14 +113,15 @@ mod tests {
         Settings::resolve(&ServeArgs::from_arg_matches(&m).unwrap()).unwrap()
     }
 
+    /// The configuration of `serve --model m` plus `flags`.
+    fn config(flags: &[&str]) -> Result<ServeConfig, String> {
+        let argv: Vec<&str> = ["--model", "m"].iter().chain(flags).copied().collect();
+        ServeConfig::from_settings(&settings(&argv))
+    }
+
     #[test]
     fn pass_sizes_left_at_their_defaults_grow_on_a_gpu_and_set_ones_stay() {
-        let sched = |flags: &[&str]| {
-            let argv: Vec<&str> = ["--model", "m"].iter().chain(flags).copied().collect();
-            ServeConfig::from_settings(&settings(&argv))
-                .unwrap()
-                .scheduler
-        };
+        let sched = |flags: &[&str]| config(flags).unwrap().scheduler;
         let cpu = sched(&[]).for_device(false);
         assert_eq!((cpu.max_batch_size, cpu.max_batch_tokens), (32, 8192));
         let gpu = sched(&[]).for_device(true);
@@ -132,12 +133,7 @@ mod tests {
 
     #[test]
     fn limits_follow_the_settings() {
-        let limits = |flags: &[&str]| {
-            let argv: Vec<&str> = ["--model", "m"].iter().chain(flags).copied().collect();
-            ServeConfig::from_settings(&settings(&argv))
-                .unwrap()
-                .connections
-        };
+        let limits = |flags: &[&str]| config(flags).unwrap().connections;
         assert_eq!(limits(&[]).max_receive_bytes, 128 << 20);
         assert_eq!(limits(&[]), ConnectionLimits::default());
         // Never below one largest frame, or no request of that size could ever be read.
@@ -151,10 +147,7 @@ mod tests {
 
     #[test]
     fn engine_threads_follow_the_settings_and_cpus_must_be_ours() {
-        let threads = |flags: &[&str]| {
-            let argv: Vec<&str> = ["--model", "m"].iter().chain(flags).copied().collect();
-            ServeConfig::from_settings(&settings(&argv)).map(|c| c.scheduler.threads)
-        };
+        let threads = |flags: &[&str]| config(flags).map(|c| c.scheduler.threads);
         let d = threads(&[]).unwrap();
         assert_eq!(
             (d.threads, d.spin, d.busy_poll, d.cpus),
