@@ -765,6 +765,49 @@ pub fn first_token(hidden: &Tensor) -> Result<Tensor> {
     hidden.narrow(1, 0, 1)?.squeeze(1)
 }
 
+/// What the model families' unit tests share: a committed fixture's config and weights, and a
+/// padded two-row batch.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A fixture's config.json, parsed as `T`, and its weights in f32 on the CPU.
+    pub fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> (T, VarBuilder<'static>) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        let cfg: T =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        // SAFETY: a committed fixture, not modified while mapped.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(
+                &[dir.join("model.safetensors")],
+                DType::F32,
+                &Device::Cpu,
+            )
+        }
+        .unwrap();
+        (cfg, vb)
+    }
+
+    /// Two rows of `t` ids below `vocab`, the second padded after `second` tokens.
+    pub fn two_rows(t: usize, vocab: u32, second: usize) -> Batch {
+        let dev = Device::Cpu;
+        let ids: Vec<u32> = (0..2 * t as u32).map(|i| 5 + (i * 7) % vocab).collect();
+        let keep: Vec<u32> = (0..2 * t)
+            .map(|i| u32::from(i < t || i % t < second))
+            .collect();
+        let positions: Vec<u32> = (0..2 * t as u32).map(|i| i % t as u32).collect();
+        Batch {
+            input_ids: Tensor::from_vec(ids, (2, t), &dev).unwrap(),
+            attention_mask: Tensor::from_vec(keep, (2, t), &dev).unwrap(),
+            token_type_ids: Tensor::zeros((2, t), DType::U32, &dev).unwrap(),
+            position_ids: Tensor::from_vec(positions, (2, t), &dev).unwrap(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -582,7 +582,6 @@ impl SequenceClassifier for ModernBert {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     #[test]
     fn absurd_layer_count_is_refused() {
@@ -653,29 +652,11 @@ mod tests {
 
     #[test]
     fn chunked_attention_and_windowed_keys_give_the_logits_of_one_chunk() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/modernbert");
-        let cfg: Config =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
-                .unwrap();
-        let dev = Device::Cpu;
-        // SAFETY: a committed fixture, not modified while mapped.
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &dev)
-        }
-        .unwrap();
+        let (cfg, vb) = crate::model::testing::fixture::<Config>("modernbert");
         let mut m = ModernBert::load(cfg, 2, vb).unwrap();
         // 40 tokens against a window of ±4; the second row is padded after 25.
         let t = 40usize;
-        let ids: Vec<u32> = (0..2 * t as u32).map(|i| 5 + (i * 7) % 400).collect();
-        let keep: Vec<u32> = (0..2 * t).map(|i| u32::from(i < t || i % t < 25)).collect();
-        let positions: Vec<u32> = (0..2 * t as u32).map(|i| i % t as u32).collect();
-        let batch = Batch {
-            input_ids: Tensor::from_vec(ids, (2, t), &dev).unwrap(),
-            attention_mask: Tensor::from_vec(keep, (2, t), &dev).unwrap(),
-            token_type_ids: Tensor::zeros((2, t), DType::U32, &dev).unwrap(),
-            position_ids: Tensor::from_vec(positions, (2, t), &dev).unwrap(),
-        };
+        let batch = crate::model::testing::two_rows(t, 400, 25);
         let logits = |m: &ModernBert| -> Vec<Vec<f32>> {
             m.forward(&batch).unwrap().to_vec2::<f32>().unwrap()
         };

@@ -748,29 +748,14 @@ fn rounded_to(x: f64, dtype: DType) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     /// The decoder of a committed fixture, in f32 on the CPU.
     fn fixture(name: &str) -> Decoder {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name);
-        let raw: RawConfig =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
-                .unwrap();
+        let (raw, vb) = crate::model::testing::fixture::<RawConfig>(name);
         let cfg = match name {
             "qwen3" => qwen3::config(&raw),
             "gemma2" => gemma2::config(&raw),
             _ => llama::config(&raw),
-        }
-        .unwrap();
-        // SAFETY: a committed fixture, not modified while mapped.
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(
-                &[dir.join("model.safetensors")],
-                DType::F32,
-                &Device::Cpu,
-            )
         }
         .unwrap();
         let labels = if name == "qwen3" { 3 } else { 2 };
@@ -779,19 +764,10 @@ mod tests {
 
     #[test]
     fn query_chunks_give_the_logits_of_one_chunk_across_windows_and_padding() {
-        let dev = Device::Cpu;
         // 40 tokens against windows of 5 (qwen3) and 5 with softcapping (gemma2); the second
         // row is padded after 25.
         let t = 40usize;
-        let ids: Vec<u32> = (0..2 * t as u32).map(|i| 5 + (i * 7) % 300).collect();
-        let keep: Vec<u32> = (0..2 * t).map(|i| u32::from(i < t || i % t < 25)).collect();
-        let positions: Vec<u32> = (0..2 * t as u32).map(|i| i % t as u32).collect();
-        let batch = Batch {
-            input_ids: Tensor::from_vec(ids, (2, t), &dev).unwrap(),
-            attention_mask: Tensor::from_vec(keep, (2, t), &dev).unwrap(),
-            token_type_ids: Tensor::zeros((2, t), DType::U32, &dev).unwrap(),
-            position_ids: Tensor::from_vec(positions, (2, t), &dev).unwrap(),
-        };
+        let batch = crate::model::testing::two_rows(t, 300, 25);
         for name in ["qwen3", "gemma2", "llama"] {
             let mut m = fixture(name);
             let logits = |m: &Decoder| -> Vec<Vec<f32>> {
