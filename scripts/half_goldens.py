@@ -16,6 +16,9 @@ tokenizer (ten texts alone made the error ratios a coin toss), run in right-padd
      "float32": [[logit, ...], ...], "float16": [...], "bfloat16": [...],
      "torch": "2.x", "transformers": "5.x"}
 
+For a token-classification fixture (golden.json's "task" is "token") the rows of logits are the
+real tokens of each input in turn, padding left out.
+
 tests/engine/half.rs runs the same ids in the same batches and compares our error at each dtype
 against PyTorch's, both measured from PyTorch's F32. Deterministic: no randomness, one thread.
 """
@@ -28,7 +31,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                          AutoTokenizer)
 from transformers.utils import logging as hf_logging
 
 from make_fixtures import padded  # scripts/ is on the path when this script runs
@@ -48,8 +52,11 @@ def run(out: Path) -> None:
     golden = json.loads((out / "golden.json").read_text())
     cfg = json.loads((out / "config.json").read_text())
     tok = AutoTokenizer.from_pretrained(str(out))
+    # A token-classification fixture's rows are its tokens: one row of logits per real token.
+    tokens = golden.get("task") == "token"
+    auto = AutoModelForTokenClassification if tokens else AutoModelForSequenceClassification
     cases = [dict(input_ids=c["input_ids"], token_type_ids=c["token_type_ids"])
-             for c in golden["cases"] if not c.get("refused")]
+             for c in golden["cases"] if not c.get("refused") and c["input_ids"]]
     for line in TEXTS.read_text().splitlines()[:EXTRA_TEXTS]:
         enc = tok(line, truncation=True, max_length=golden["max_length"])
         ids = list(enc["input_ids"])
@@ -64,7 +71,7 @@ def run(out: Path) -> None:
         kw = dict(dtype=dtype)
         if cfg.get("model_type") == "modernbert":
             kw["attn_implementation"] = "eager"
-        model = AutoModelForSequenceClassification.from_pretrained(str(out), **kw).eval()
+        model = auto.from_pretrained(str(out), **kw).eval()
         rows = []
         for at in range(0, len(cases), BATCH):
             ids, types, mask = padded(cases[at:at + BATCH], tok.pad_token_id)
@@ -72,7 +79,12 @@ def run(out: Path) -> None:
             if cfg.get("type_vocab_size", 0) > 0 and "token_type_ids" in tok.model_input_names:
                 args["token_type_ids"] = types
             with torch.no_grad():
-                rows += model(**args).logits.float().tolist()
+                logits = model(**args).logits.float()
+            if tokens:
+                for i in range(logits.shape[0]):
+                    rows += logits[i, : int(mask[i].sum())].tolist()
+            else:
+                rows += logits.tolist()
         result[name] = [[float(x) for x in row] for row in rows]
     want = torch.tensor(result["float32"])
     for name in ("float16", "bfloat16"):

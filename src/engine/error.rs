@@ -53,6 +53,9 @@ pub enum InputError {
     /// text it drops entirely; there is no token to read a label at.
     #[error("the input tokenizes to no tokens")]
     NoTokens,
+    /// Entities are spans of a text; a token-classification model takes single texts.
+    #[error("a token-classification model takes a text, not a text pair or token ids")]
+    NeedsText,
     #[error("token type id {id} is outside the model's {types} token types")]
     TokenTypeOutOfRange { id: u32, types: usize },
 }

@@ -54,6 +54,8 @@ pub struct ModelDir {
     pub tokenizer_path: PathBuf,
     /// `model_max_length` from tokenizer_config.json, when it is a real limit.
     pub model_max_length: Option<usize>,
+    /// `unk_token` from tokenizer_config.json (a string or an added-token object).
+    pub unk_token: Option<String>,
 }
 
 fn read_json(path: &Path, what: &'static str) -> Result<Value, LoadError> {
@@ -253,16 +255,23 @@ fn weight_files(root: &Path) -> Result<Vec<PathBuf>, LoadError> {
         .collect()
 }
 
-/// `model_max_length` is set to 1e30 by transformers when a tokenizer has no limit.
-fn model_max_length(root: &Path) -> Result<Option<usize>, LoadError> {
+/// tokenizer_config.json, when there is one.
+fn tokenizer_config(root: &Path) -> Result<Option<Value>, LoadError> {
     let path = root.join("tokenizer_config.json");
     if !path.exists() {
         return Ok(None);
     }
-    let cfg = read_json(&path, "tokenizer config")?;
-    Ok(max_length_of(&cfg))
+    read_json(&path, "tokenizer config").map(Some)
 }
 
+fn unk_token_of(cfg: &Value) -> Option<String> {
+    let unk = cfg.get("unk_token")?;
+    unk.as_str()
+        .or_else(|| unk.get("content").and_then(Value::as_str))
+        .map(str::to_string)
+}
+
+/// `model_max_length` is set to 1e30 by transformers when a tokenizer has no limit.
 fn max_length_of(cfg: &Value) -> Option<usize> {
     cfg.get("model_max_length")
         .and_then(|v| v.as_f64())
@@ -296,10 +305,12 @@ impl ModelDir {
                 what: "tokenizer",
             });
         }
+        let tok_cfg = tokenizer_config(root)?;
         Ok(Self {
             root: root.to_path_buf(),
             config_path,
-            model_max_length: model_max_length(root)?,
+            model_max_length: tok_cfg.as_ref().and_then(max_length_of),
+            unk_token: tok_cfg.as_ref().and_then(unk_token_of),
             config,
             head,
             weight_files,

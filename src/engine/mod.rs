@@ -4,6 +4,7 @@
 //! the CLI calls it directly.
 
 pub mod cache;
+pub mod entities;
 pub mod error;
 pub mod heap;
 pub mod loader;
@@ -19,9 +20,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::engine::cache::{CacheFile, CacheStatus};
+use crate::engine::entities::{Aggregation, Entity, MinScore, Spans};
 use crate::engine::error::{EngineError, InputError, LoadError};
 use crate::engine::loader::{weight_summary, HeadConfig, ModelDir, ProblemType};
-use crate::engine::tokenize::{Encoded, Input, TextTokenizer};
+use crate::engine::tokenize::{Encoded, Input, TextTokenizer, TokenTask};
 use crate::model::{
     bert::{Bert, EncoderConfig},
     deberta::DebertaV2,
@@ -30,7 +32,7 @@ use crate::model::{
     gemm,
     modernbert::ModernBert,
     roberta::Roberta,
-    weights, Batch, SequenceClassifier,
+    weights, Batch, SequenceClassifier, Task,
 };
 
 /// The architectures (`architectures[0]` in config.json) this build can serve.
@@ -49,6 +51,13 @@ pub const SUPPORTED: &[&str] = &[
     "Gemma2ForSequenceClassification",
     "Gemma3TextForSequenceClassification",
     "Gemma3ForSequenceClassification",
+    "BertForTokenClassification",
+    "DistilBertForTokenClassification",
+    "RobertaForTokenClassification",
+    "XLMRobertaForTokenClassification",
+    "ElectraForTokenClassification",
+    "ModernBertForTokenClassification",
+    "DebertaV2ForTokenClassification",
 ];
 
 /// `--device auto|cpu|cuda[:N]`.
@@ -217,7 +226,7 @@ pub struct ModelInfo {
     /// avx512-vnni|avx2|portable`, or `candle` (GPU, F16/BF16).
     pub kernels: String,
     pub device: String,
-    /// `sequence`: one row of logits per text (token classification is not served yet).
+    /// `sequence` (one row of logits per text) or `token` (one per token: NER, PII).
     pub task: &'static str,
     /// Where the head reads each text (first token, mean, last non-pad token).
     pub pooling: String,
@@ -234,6 +243,33 @@ pub struct Prediction {
     pub scores: Vec<(String, f32)>,
     pub logits: Vec<f32>,
     pub tokens: usize,
+}
+
+/// One token-classification input's answer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TokenPrediction {
+    pub entities: Vec<Entity>,
+    pub tokens: usize,
+    /// One row per token, special tokens included, in label order.
+    pub token_logits: Vec<Vec<f32>>,
+    /// The text with each entity replaced by `[LABEL]`, when asked for.
+    pub redacted: Option<String>,
+}
+
+/// What a token-classification answer is made of: the pipeline's aggregation, whether to
+/// redact, and the scores an entity needs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenOptions {
+    pub aggregation: Aggregation,
+    pub redact: bool,
+    pub min_score: MinScore,
+}
+
+/// One input's answer, whichever the task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Sequence(Prediction),
+    Token(TokenPrediction),
 }
 
 /// How a load treats the weights cache ([`cache`]).
@@ -259,6 +295,7 @@ impl LoadOptions {
 
 pub struct Engine {
     model: Box<dyn SequenceClassifier>,
+    task: Task,
     cache: CacheStatus,
     /// Cache entries the model uses in place, of those in the file.
     cache_views: (usize, usize),
@@ -306,35 +343,39 @@ fn build_model(dir: &ModelDir, vb: VarBuilder) -> Result<Box<dyn SequenceClassif
         },
         message: crate::engine::error::one_line(&e),
     };
+    let task = Task::of(&dir.head.architecture);
     let model: Box<dyn SequenceClassifier> = match dir.head.architecture.as_str() {
-        "BertForSequenceClassification" => {
+        "BertForSequenceClassification" | "BertForTokenClassification" => {
             let cfg: EncoderConfig = parse_config(dir)?;
             check(dir, cfg.check())?;
-            Box::new(Bert::load(cfg, n, vb).map_err(weights_err)?)
+            Box::new(Bert::load(cfg, n, task, vb).map_err(weights_err)?)
         }
-        "RobertaForSequenceClassification" | "XLMRobertaForSequenceClassification" => {
+        "RobertaForSequenceClassification"
+        | "XLMRobertaForSequenceClassification"
+        | "RobertaForTokenClassification"
+        | "XLMRobertaForTokenClassification" => {
             let cfg: EncoderConfig = parse_config(dir)?;
             check(dir, cfg.check())?;
-            Box::new(Roberta::load(cfg, n, vb).map_err(weights_err)?)
+            Box::new(Roberta::load(cfg, n, task, vb).map_err(weights_err)?)
         }
-        "ElectraForSequenceClassification" => {
+        "ElectraForSequenceClassification" | "ElectraForTokenClassification" => {
             let cfg: EncoderConfig = parse_config(dir)?;
             check(dir, cfg.check())?;
-            Box::new(Electra::load(cfg, n, vb).map_err(weights_err)?)
+            Box::new(Electra::load(cfg, n, task, vb).map_err(weights_err)?)
         }
-        "DistilBertForSequenceClassification" => {
+        "DistilBertForSequenceClassification" | "DistilBertForTokenClassification" => {
             let cfg: DistilBertConfig = parse_config(dir)?;
             check(dir, cfg.check())?;
-            Box::new(DistilBert::load(cfg, n, vb).map_err(weights_err)?)
+            Box::new(DistilBert::load(cfg, n, task, vb).map_err(weights_err)?)
         }
-        "ModernBertForSequenceClassification" => {
+        "ModernBertForSequenceClassification" | "ModernBertForTokenClassification" => {
             let cfg = parse_config(dir)?;
-            Box::new(ModernBert::load(cfg, n, vb).map_err(weights_err)?)
+            Box::new(ModernBert::load(cfg, n, task, vb).map_err(weights_err)?)
         }
-        "DebertaV2ForSequenceClassification" => {
+        "DebertaV2ForSequenceClassification" | "DebertaV2ForTokenClassification" => {
             let cfg: crate::model::deberta::Config = parse_config(dir)?;
             check(dir, cfg.check())?;
-            Box::new(DebertaV2::load(cfg, n, vb).map_err(weights_err)?)
+            Box::new(DebertaV2::load(cfg, n, task, vb).map_err(weights_err)?)
         }
         arch @ ("LlamaForSequenceClassification"
         | "MistralForSequenceClassification"
@@ -526,7 +567,16 @@ impl Engine {
             Some(m) => m.min(model.max_positions()),
             None => model.max_positions(),
         };
-        let tokenizer = TextTokenizer::load(&dir.tokenizer_path, max_len, dir.head.pad_token_id)?;
+        let task = Task::of(&dir.head.architecture);
+        let token_task = TokenTask {
+            unk_token: dir.unk_token.clone(),
+        };
+        let tokenizer = TextTokenizer::load(
+            &dir.tokenizer_path,
+            max_len,
+            dir.head.pad_token_id,
+            (task == Task::Token).then_some(&token_task),
+        )?;
         if tokenizer.vocab_size() > model.vocab_size() {
             return Err(LoadError::VocabTooLarge {
                 path: dir.tokenizer_path.clone(),
@@ -552,12 +602,13 @@ impl Engine {
                 (false, false) => "candle".into(),
             },
             device: device_name(&device),
-            task: "sequence",
+            task: task.as_str(),
             pooling: model.pooling(),
             attention: model.attention_pattern(),
         };
         Ok(Self {
             model,
+            task,
             cache,
             cache_views,
             tokenizer,
@@ -581,6 +632,10 @@ impl Engine {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    pub fn task(&self) -> Task {
+        self.task
     }
 
     /// Tokenizes one input and checks it against the model's tables, so that nothing out of
@@ -681,8 +736,23 @@ impl Engine {
             return Ok(Vec::new());
         }
         let batch = self.make_batch(inputs)?;
-        let logits = self.model.forward(&batch)?;
-        Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+        let logits = self.model.forward(&batch)?.to_dtype(DType::F32)?;
+        match self.task {
+            Task::Sequence => Ok(logits.to_vec2::<f32>()?),
+            // A row's token logits, flattened, without its padding.
+            Task::Token => {
+                let labels = logits.dim(2)?;
+                let flat = logits.flatten_from(1)?.to_vec2::<f32>()?;
+                Ok(flat
+                    .into_iter()
+                    .zip(inputs)
+                    .map(|(mut row, e)| {
+                        row.truncate(e.len() * labels);
+                        row
+                    })
+                    .collect())
+            }
+        }
     }
 
     /// A stand-in input of `len` tokens (clamped to the model's maximum): the pad token
@@ -723,6 +793,77 @@ impl Engine {
             logits,
             tokens,
         }
+    }
+
+    /// A token model's answer from one input's flattened token logits (as
+    /// [`Engine::logits_padded`] returns them), its ids and its spans.
+    pub fn predict_tokens(
+        &self,
+        logits: Vec<f32>,
+        ids: &[u32],
+        spans: &Spans,
+        opts: &TokenOptions,
+    ) -> TokenPrediction {
+        let n = self.head.labels.len().max(1);
+        let token_logits: Vec<Vec<f32>> = logits.chunks(n).map(<[f32]>::to_vec).collect();
+        let probs: Vec<Vec<f32>> = token_logits
+            .iter()
+            .map(|l| scores(l, ProblemType::SingleLabel))
+            .collect();
+        let mut found = entities::entities(
+            &self.tokenizer,
+            &self.head.labels,
+            ids,
+            spans,
+            &probs,
+            opts.aggregation,
+        );
+        found.retain(|e| opts.min_score.keeps(e));
+        TokenPrediction {
+            redacted: opts.redact.then(|| entities::redact(&spans.text, &found)),
+            entities: found,
+            tokens: ids.len(),
+            token_logits,
+        }
+    }
+
+    /// One input's answer from its logits: a [`Prediction`] or, for a token model, a
+    /// [`TokenPrediction`] (which needs the input's spans; without them it has no entities).
+    pub fn answer(&self, logits: Vec<f32>, encoded: &Encoded, opts: &TokenOptions) -> Answer {
+        match (self.task, &encoded.spans) {
+            (Task::Token, Some(spans)) => {
+                Answer::Token(self.predict_tokens(logits, &encoded.ids, spans, opts))
+            }
+            (Task::Token, None) => {
+                let spans = Spans {
+                    text: String::new(),
+                    offsets: Vec::new(),
+                    special: vec![true; encoded.len()],
+                };
+                Answer::Token(self.predict_tokens(logits, &encoded.ids, &spans, opts))
+            }
+            (Task::Sequence, _) => Answer::Sequence(self.predict(logits, encoded.len())),
+        }
+    }
+
+    /// Tokenizes and classifies `inputs`, whichever the task.
+    pub fn classify_with(
+        &self,
+        inputs: &[Input],
+        truncate: bool,
+        opts: &TokenOptions,
+    ) -> Result<Vec<Result<Answer, InputError>>, EngineError> {
+        let encoded: Vec<Result<Encoded, InputError>> =
+            inputs.iter().map(|i| self.tokenize(i, truncate)).collect();
+        let ok: Vec<&Encoded> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
+        let mut logits = self.logits(&ok)?.into_iter();
+        Ok(encoded
+            .into_iter()
+            .map(|e| {
+                let e = e?;
+                Ok(self.answer(logits.next().unwrap_or_default(), &e, opts))
+            })
+            .collect())
     }
 
     /// Tokenizes, batches and classifies `inputs` in one forward pass.

@@ -3,8 +3,11 @@
 
 use std::path::Path;
 
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    ModelWrapper, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
+use crate::engine::entities::{Spans, Vocabulary};
 use crate::engine::error::{InputError, LoadError};
 
 /// One thing to classify.
@@ -22,6 +25,9 @@ pub enum Input {
 pub struct Encoded {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
+    /// The text and each token's place in it, for a token-classification model's entities;
+    /// `None` for sequence models, which need only the ids. Taken off before the ids queue.
+    pub spans: Option<Box<Spans>>,
 }
 
 impl Encoded {
@@ -37,6 +43,7 @@ impl Encoded {
         Self {
             ids: vec![id; len],
             type_ids: vec![0; len],
+            spans: None,
         }
     }
 }
@@ -50,10 +57,26 @@ pub struct TextTokenizer {
     max_len: usize,
     vocab: usize,
     pad_id: u32,
+    /// Keep each text's offsets ([`Spans`]): the model classifies tokens.
+    spans: bool,
+    unk_id: Option<u32>,
+}
+
+/// What a token-classification load needs besides the tokenizer file: transformers'
+/// `unk_token` (tokenizer_config.json), whose tokens the pipeline words by the text they cover.
+#[derive(Debug, Clone, Default)]
+pub struct TokenTask {
+    pub unk_token: Option<String>,
 }
 
 impl TextTokenizer {
-    pub fn load(path: &Path, max_len: usize, pad_id: Option<u32>) -> Result<Self, LoadError> {
+    /// With `token_task`, every encoded text keeps its [`Spans`].
+    pub fn load(
+        path: &Path,
+        max_len: usize,
+        pad_id: Option<u32>,
+        token_task: Option<&TokenTask>,
+    ) -> Result<Self, LoadError> {
         let err = |message: String| LoadError::Tokenizer {
             path: path.to_path_buf(),
             message,
@@ -96,12 +119,23 @@ impl TextTokenizer {
                     .find_map(|t| tokenizer.token_to_id(t))
             })
             .unwrap_or(0);
+        let model_unk = match tokenizer.get_model() {
+            ModelWrapper::WordPiece(m) => Some(m.unk_token.clone()),
+            ModelWrapper::BPE(m) => m.unk_token.clone(),
+            _ => None,
+        };
+        let unk_id = token_task
+            .and_then(|t| t.unk_token.clone())
+            .or(model_unk)
+            .and_then(|t| tokenizer.token_to_id(&t));
         Ok(Self {
             tokenizer,
             untruncated,
             max_len,
             vocab,
             pad_id,
+            spans: token_task.is_some(),
+            unk_id,
         })
     }
 
@@ -127,7 +161,12 @@ impl TextTokenizer {
             &self.untruncated
         };
         let encoding = match input {
+            // Entities are spans of a text: ids and pairs have none to point into.
+            Input::Ids(_) | Input::Pair(..) if self.spans => {
+                return Err(InputError::NeedsText);
+            }
             Input::Ids(ids) => return self.check_ids(ids, truncate),
+            Input::Text(t) if self.spans => tokenizer.encode_char_offsets(t.as_str(), true),
             Input::Text(t) => tokenizer.encode(t.as_str(), true),
             Input::Pair(a, b) => tokenizer.encode((a.as_str(), b.as_str()), true),
         }
@@ -138,9 +177,22 @@ impl TextTokenizer {
                 max: self.max_len,
             });
         }
+        let spans = match input {
+            Input::Text(t) if self.spans => Some(Box::new(Spans {
+                text: t.clone(),
+                offsets: encoding.get_offsets().to_vec(),
+                special: encoding
+                    .get_special_tokens_mask()
+                    .iter()
+                    .map(|&m| m != 0)
+                    .collect(),
+            })),
+            _ => None,
+        };
         Ok(Encoded {
             ids: encoding.get_ids().to_vec(),
             type_ids: encoding.get_type_ids().to_vec(),
+            spans,
         })
     }
 
@@ -164,6 +216,37 @@ impl TextTokenizer {
         Ok(Encoded {
             type_ids: vec![0; ids.len()],
             ids,
+            spans: None,
         })
+    }
+}
+
+impl Vocabulary for TextTokenizer {
+    fn token(&self, id: u32) -> String {
+        self.tokenizer.id_to_token(id).unwrap_or_default()
+    }
+    fn join(&self, tokens: &[String]) -> String {
+        // transformers' `convert_tokens_to_string`: the decoder, or a space between tokens.
+        match self.tokenizer.get_decoder() {
+            Some(d) => {
+                use tokenizers::Decoder;
+                d.decode(tokens.to_vec())
+                    .unwrap_or_else(|_| tokens.join(" "))
+            }
+            None => tokens.join(" "),
+        }
+    }
+    fn word_aware(&self) -> bool {
+        match self.tokenizer.get_model() {
+            ModelWrapper::WordPiece(m) => !m.continuing_subword_prefix.is_empty(),
+            ModelWrapper::BPE(m) => m
+                .continuing_subword_prefix
+                .as_deref()
+                .is_some_and(|p| !p.is_empty()),
+            _ => false,
+        }
+    }
+    fn unk_id(&self) -> Option<u32> {
+        self.unk_id
     }
 }

@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use super::{
     additive_key_mask, attention_dtype, embedding, first_token, head_vb, kernel_path,
-    self_attention, to_head, Activation, Batch, LayerNorm, Linear, SequenceClassifier,
+    self_attention, to_head, Activation, Batch, LayerNorm, Linear, SequenceClassifier, Task,
+    TokenHead,
 };
 
 fn default_act() -> Activation {
@@ -175,25 +176,38 @@ impl Encoder {
     }
 }
 
-/// `BertForSequenceClassification`: encoder, tanh pooler over `[CLS]`, linear classifier.
+/// `BertForSequenceClassification` (tanh pooler over `[CLS]`, linear classifier) and
+/// `BertForTokenClassification` (no pooler; a linear classifier on every token).
 pub struct Bert {
     embeddings: Embeddings,
     encoder: Encoder,
-    pooler: Linear,
-    classifier: Linear,
+    head: Head,
     cfg: EncoderConfig,
 }
 
+enum Head {
+    Pooled { pooler: Linear, classifier: Linear },
+    Tokens(TokenHead),
+}
+
 impl Bert {
-    pub fn load(cfg: EncoderConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn load(cfg: EncoderConfig, num_labels: usize, task: Task, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let body = vb.pp("bert");
-        let head = head_vb(vb.clone());
+        let head = match task {
+            Task::Sequence => {
+                let head = head_vb(vb.clone());
+                Head::Pooled {
+                    pooler: Linear::load(h, h, head.pp("bert").pp("pooler").pp("dense"))?,
+                    classifier: Linear::load(h, num_labels, head.pp("classifier"))?,
+                }
+            }
+            Task::Token => Head::Tokens(TokenHead::load(h, num_labels, vb.clone())?),
+        };
         Ok(Self {
             embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
             encoder: Encoder::load(&cfg, body.pp("encoder"))?,
-            pooler: Linear::load(h, h, head.pp("bert").pp("pooler").pp("dense"))?,
-            classifier: Linear::load(h, num_labels, head.pp("classifier"))?,
+            head,
             cfg,
         })
     }
@@ -203,8 +217,19 @@ impl SequenceClassifier for Bert {
     fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let x = self.embeddings.forward(batch)?;
         let x = self.encoder.forward(&x, batch)?;
-        let pooled = self.pooler.forward(&to_head(&first_token(&x)?)?)?.tanh()?;
-        self.classifier.forward(&pooled)
+        match &self.head {
+            Head::Pooled { pooler, classifier } => {
+                let pooled = pooler.forward(&to_head(&first_token(&x)?)?)?.tanh()?;
+                classifier.forward(&pooled)
+            }
+            Head::Tokens(head) => head.forward(&x),
+        }
+    }
+    fn pooling(&self) -> String {
+        match self.head {
+            Head::Pooled { .. } => "first token".into(),
+            Head::Tokens(_) => "every token".into(),
+        }
     }
     fn uses_token_types(&self) -> bool {
         self.cfg.type_vocab_size > 1

@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::{
     additive_key_mask, attention_dtype, embedding, first_token, head_vb, kernel_path,
-    self_attention, to_head, Activation, Batch, LayerNorm, Linear, SequenceClassifier,
+    self_attention, to_head, Activation, Batch, LayerNorm, Linear, SequenceClassifier, Task,
+    TokenHead,
 };
 
 // DistilBERT's LayerNorms are built with a fixed eps.
@@ -100,13 +101,26 @@ pub struct DistilBert {
     positions: Embedding,
     norm: LayerNorm,
     layers: Vec<Layer>,
-    pre_classifier: Linear,
-    classifier: Linear,
+    head: Head,
     cfg: DistilBertConfig,
 }
 
+enum Head {
+    /// `pre_classifier` + ReLU over `[CLS]`, then `classifier`.
+    Cls {
+        pre_classifier: Linear,
+        classifier: Linear,
+    },
+    Tokens(TokenHead),
+}
+
 impl DistilBert {
-    pub fn load(cfg: DistilBertConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn load(
+        cfg: DistilBertConfig,
+        num_labels: usize,
+        task: Task,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let d = cfg.dim;
         let emb = vb.pp("distilbert").pp("embeddings");
         let layers = (0..cfg.n_layers)
@@ -122,8 +136,13 @@ impl DistilBert {
             )?,
             norm: LayerNorm::load(d, EPS, emb.pp("LayerNorm"))?,
             layers,
-            pre_classifier: Linear::load(d, d, head_vb(vb.pp("pre_classifier")))?,
-            classifier: Linear::load(d, num_labels, head_vb(vb.pp("classifier")))?,
+            head: match task {
+                Task::Sequence => Head::Cls {
+                    pre_classifier: Linear::load(d, d, head_vb(vb.pp("pre_classifier")))?,
+                    classifier: Linear::load(d, num_labels, head_vb(vb.pp("classifier")))?,
+                },
+                Task::Token => Head::Tokens(TokenHead::load(d, num_labels, vb.clone())?),
+            },
             cfg,
         })
     }
@@ -138,11 +157,24 @@ impl SequenceClassifier for DistilBert {
         for layer in &self.layers {
             x = layer.forward(&x, &mask)?;
         }
-        let x = self
-            .pre_classifier
-            .forward(&to_head(&first_token(&x)?)?)?
-            .relu()?;
-        self.classifier.forward(&x)
+        match &self.head {
+            Head::Cls {
+                pre_classifier,
+                classifier,
+            } => {
+                let x = pre_classifier
+                    .forward(&to_head(&first_token(&x)?)?)?
+                    .relu()?;
+                classifier.forward(&x)
+            }
+            Head::Tokens(head) => head.forward(&x),
+        }
+    }
+    fn pooling(&self) -> String {
+        match self.head {
+            Head::Cls { .. } => "first token".into(),
+            Head::Tokens(_) => "every token".into(),
+        }
     }
     fn max_positions(&self) -> usize {
         self.cfg.max_position_embeddings

@@ -7,37 +7,51 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::bert::{Embeddings, Encoder, EncoderConfig};
-use super::{first_token, Activation, Batch, Linear, SequenceClassifier};
+use super::{first_token, Activation, Batch, Linear, SequenceClassifier, Task, TokenHead};
 
 pub struct Electra {
     embeddings: Embeddings,
     project: Option<Linear>,
     encoder: Encoder,
-    dense: Linear,
-    out_proj: Linear,
-    head_act: Activation,
+    head: Head,
     cfg: EncoderConfig,
 }
 
+enum Head {
+    /// `ElectraClassificationHead`: dense + GELU over `[CLS]`, then `out_proj`. transformers
+    /// applies exact GELU there whatever hidden_act says.
+    Cls {
+        dense: Linear,
+        out_proj: Linear,
+    },
+    Tokens(TokenHead),
+}
+
 impl Electra {
-    pub fn load(cfg: EncoderConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn load(cfg: EncoderConfig, num_labels: usize, task: Task, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let e = cfg.embedding_width();
         let body = vb.pp("electra");
-        let head = super::head_vb(vb.pp("classifier"));
         let project = if e != h {
             Some(Linear::load(e, h, body.pp("embeddings_project"))?)
         } else {
             None
         };
+        let head = match task {
+            Task::Sequence => {
+                let head = super::head_vb(vb.pp("classifier"));
+                Head::Cls {
+                    dense: Linear::load(h, h, head.pp("dense"))?,
+                    out_proj: Linear::load(h, num_labels, head.pp("out_proj"))?,
+                }
+            }
+            Task::Token => Head::Tokens(TokenHead::load(h, num_labels, vb.clone())?),
+        };
         Ok(Self {
             embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
             project,
             encoder: Encoder::load(&cfg, body.pp("encoder"))?,
-            dense: Linear::load(h, h, head.pp("dense"))?,
-            out_proj: Linear::load(h, num_labels, head.pp("out_proj"))?,
-            // transformers' ElectraClassificationHead applies exact GELU whatever hidden_act says.
-            head_act: Activation::Gelu,
+            head,
             cfg,
         })
     }
@@ -50,10 +64,20 @@ impl SequenceClassifier for Electra {
             x = p.forward(&x)?;
         }
         let x = self.encoder.forward(&x, batch)?;
-        let x = self
-            .head_act
-            .apply(&self.dense.forward(&super::to_head(&first_token(&x)?)?)?)?;
-        self.out_proj.forward(&x)
+        match &self.head {
+            Head::Cls { dense, out_proj } => {
+                let x =
+                    Activation::Gelu.apply(&dense.forward(&super::to_head(&first_token(&x)?)?)?)?;
+                out_proj.forward(&x)
+            }
+            Head::Tokens(head) => head.forward(&x),
+        }
+    }
+    fn pooling(&self) -> String {
+        match self.head {
+            Head::Cls { .. } => "first token".into(),
+            Head::Tokens(_) => "every token".into(),
+        }
     }
     fn uses_token_types(&self) -> bool {
         self.cfg.type_vocab_size > 1

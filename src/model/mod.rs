@@ -71,9 +71,55 @@ impl PositionScheme {
     }
 }
 
+/// What a model's logits describe: each text (`*ForSequenceClassification`) or each of its
+/// tokens (`*ForTokenClassification`: NER, PII).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Sequence,
+    Token,
+}
+
+impl Task {
+    /// From `architectures[0]`.
+    pub fn of(architecture: &str) -> Self {
+        if architecture.ends_with("ForTokenClassification") {
+            Task::Token
+        } else {
+            Task::Sequence
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Sequence => "sequence",
+            Task::Token => "token",
+        }
+    }
+}
+
+/// The head every `*ForTokenClassification` of these families shares: one linear layer
+/// (`classifier`) over each token's final hidden state, dropout being the identity at
+/// inference. In f32 off F32, as [`head_vb`] says why.
+#[derive(Debug, Clone)]
+pub struct TokenHead(Linear);
+
+impl TokenHead {
+    pub fn load(hidden: usize, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self(Linear::load(
+            hidden,
+            num_labels,
+            head_vb(vb.pp("classifier")),
+        )?))
+    }
+    /// `[batch, tokens, hidden]` → `[batch, tokens, num_labels]`.
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.0.forward(&to_head(hidden)?)
+    }
+}
+
 /// What the engine needs to know about a loaded architecture beyond its forward pass.
 pub trait SequenceClassifier: Send + Sync {
-    /// Logits, `[batch, num_labels]`, in the compute dtype.
+    /// Logits in the compute dtype: `[batch, num_labels]`, or `[batch, tokens, num_labels]`
+    /// for a [`Task::Token`] model.
     fn forward(&self, batch: &Batch) -> Result<Tensor>;
     fn position_scheme(&self) -> PositionScheme {
         PositionScheme::FromZero

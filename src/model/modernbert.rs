@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::rope::{Rope, RopeScaling};
 
 use super::{
-    first_token, mask_fill_value, Activation, Batch, LayerNorm, Linear, SequenceClassifier,
+    first_token, mask_fill_value, Activation, Batch, LayerNorm, Linear, SequenceClassifier, Task,
 };
 
 fn default_vocab() -> usize {
@@ -367,6 +367,8 @@ pub struct ModernBert {
     head_dense: Linear,
     head_norm: LayerNorm,
     classifier: Linear,
+    /// `ForTokenClassification`: the head runs on every token, not on the pooled text.
+    task: Task,
     /// cos/sin tables of every position for the global and the local layers' RoPE bases, in
     /// the attention's dtype, built once at load (they were rebuilt on the host and uploaded
     /// every pass).
@@ -380,7 +382,7 @@ pub struct ModernBert {
 }
 
 impl ModernBert {
-    pub fn load(cfg: Config, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn load(cfg: Config, num_labels: usize, task: Task, vb: VarBuilder) -> Result<Self> {
         cfg.check().map_err(candle_core::Error::msg)?;
         let h = cfg.hidden_size;
         let sliding = cfg.sliding_layers().map_err(candle_core::Error::msg)?;
@@ -447,6 +449,7 @@ impl ModernBert {
             local_rope: rope(local_theta)?,
             half_window: cfg.local_window() / 2,
             chunk_bytes: super::ATTENTION_CHUNK_BYTES,
+            task,
             cfg,
         })
     }
@@ -539,7 +542,12 @@ impl SequenceClassifier for ModernBert {
             x = layer.forward(&x, rope, &masks)?;
         }
         let x = self.final_norm.forward(&x)?;
-        let pooled = self.pool(&x, &batch.attention_mask)?;
+        // transformers' ModernBertForTokenClassification runs the same head (dense, activation,
+        // norm), then the classifier, on every token.
+        let pooled = match self.task {
+            Task::Sequence => self.pool(&x, &batch.attention_mask)?,
+            Task::Token => super::to_head(&x)?,
+        };
         let pooled = self.head_dense.forward(&pooled)?;
         let pooled = self
             .head_norm
@@ -547,9 +555,10 @@ impl SequenceClassifier for ModernBert {
         self.classifier.forward(&pooled)
     }
     fn pooling(&self) -> String {
-        match self.cfg.classifier_pooling {
-            Pooling::Cls => "first token".into(),
-            Pooling::Mean => "mean of the real tokens".into(),
+        match (self.task, &self.cfg.classifier_pooling) {
+            (Task::Token, _) => "every token".into(),
+            (_, Pooling::Cls) => "first token".into(),
+            (_, Pooling::Mean) => "mean of the real tokens".into(),
         }
     }
     fn attention_pattern(&self) -> String {
@@ -653,7 +662,7 @@ mod tests {
     #[test]
     fn chunked_attention_and_windowed_keys_give_the_logits_of_one_chunk() {
         let (cfg, vb) = crate::model::testing::fixture::<Config>("modernbert");
-        let mut m = ModernBert::load(cfg, 2, vb).unwrap();
+        let mut m = ModernBert::load(cfg, 2, Task::Sequence, vb).unwrap();
         // 40 tokens against a window of ±4; the second row is padded after 25.
         let t = 40usize;
         let batch = crate::model::testing::two_rows(t, 400, 25);

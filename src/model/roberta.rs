@@ -8,27 +8,43 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::bert::{Embeddings, Encoder, EncoderConfig};
-use super::{first_token, Batch, Linear, PositionScheme, SequenceClassifier};
+use super::{first_token, Batch, Linear, PositionScheme, SequenceClassifier, Task, TokenHead};
 
 pub struct Roberta {
     embeddings: Embeddings,
     encoder: Encoder,
-    dense: Linear,
-    out_proj: Linear,
+    head: Head,
     cfg: EncoderConfig,
     pad_token_id: u32,
 }
 
+enum Head {
+    /// `RobertaClassificationHead`: dense + tanh over `<s>`, then `out_proj`.
+    Cls {
+        dense: Linear,
+        out_proj: Linear,
+    },
+    Tokens(TokenHead),
+}
+
 impl Roberta {
-    pub fn load(cfg: EncoderConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn load(cfg: EncoderConfig, num_labels: usize, task: Task, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let body = vb.pp("roberta");
-        let head = super::head_vb(vb.pp("classifier"));
+        let head = match task {
+            Task::Sequence => {
+                let head = super::head_vb(vb.pp("classifier"));
+                Head::Cls {
+                    dense: Linear::load(h, h, head.pp("dense"))?,
+                    out_proj: Linear::load(h, num_labels, head.pp("out_proj"))?,
+                }
+            }
+            Task::Token => Head::Tokens(TokenHead::load(h, num_labels, vb.clone())?),
+        };
         Ok(Self {
             embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
             encoder: Encoder::load(&cfg, body.pp("encoder"))?,
-            dense: Linear::load(h, h, head.pp("dense"))?,
-            out_proj: Linear::load(h, num_labels, head.pp("out_proj"))?,
+            head,
             pad_token_id: cfg.pad_token_id.unwrap_or(1),
             cfg,
         })
@@ -39,11 +55,19 @@ impl SequenceClassifier for Roberta {
     fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let x = self.embeddings.forward(batch)?;
         let x = self.encoder.forward(&x, batch)?;
-        let x = self
-            .dense
-            .forward(&super::to_head(&first_token(&x)?)?)?
-            .tanh()?;
-        self.out_proj.forward(&x)
+        match &self.head {
+            Head::Cls { dense, out_proj } => {
+                let x = dense.forward(&super::to_head(&first_token(&x)?)?)?.tanh()?;
+                out_proj.forward(&x)
+            }
+            Head::Tokens(head) => head.forward(&x),
+        }
+    }
+    fn pooling(&self) -> String {
+        match self.head {
+            Head::Cls { .. } => "first token".into(),
+            Head::Tokens(_) => "every token".into(),
+        }
     }
     fn position_scheme(&self) -> PositionScheme {
         PositionScheme::AfterPadding {

@@ -4,7 +4,9 @@
 //! padded batches of 32 that we run the same way; ours may be no worse than
 //! - mean |Δlogit| ≤ 1.25 × PyTorch's,
 //! - max |Δlogit| ≤ 2 × PyTorch's,
-//! - wrong labels (argmax ≠ F32's) ≤ PyTorch's + 1, counted over the inputs whose F32 margin
+//! - wrong labels (argmax ≠ F32's; of each token, for a token-classification fixture) ≤
+//!   PyTorch's + 1 per 500 rows begun (a token fixture's ~1,500 token rows toss ten times the
+//!   coins of 110 texts), counted over the inputs whose F32 margin
 //!   (top logit minus the next) exceeds [`RESOLVABLE`] × PyTorch's mean |Δlogit| at that dtype.
 //!   These are random models: some inputs' top two logits are 0.001 apart, closer than the
 //!   dtype can tell, and which way such a label falls is a toss for PyTorch as for us (both
@@ -81,16 +83,31 @@ fn measure(name: &str, dir: &Path, torch: &Value) -> Vec<(String, Result<(), Str
     let inputs: Vec<Encoded> = ids(&torch["input_ids"])
         .into_iter()
         .zip(ids(&torch["token_type_ids"]))
-        .map(|(ids, type_ids)| Encoded { ids, type_ids })
+        .map(|(ids, type_ids)| Encoded {
+            ids,
+            type_ids,
+            spans: None,
+        })
         .collect();
     let batch = torch["batch"].as_u64().expect("batch") as usize;
     let mut out = Vec::new();
     for (dtype, key) in [(DType::F16, "float16"), (DType::BF16, "bfloat16")] {
         let engine = load(dir, dtype);
         let mut got = Vec::new();
+        let labels = engine.info().labels.len();
         for chunk in inputs.chunks(batch) {
             let refs: Vec<&Encoded> = chunk.iter().collect();
-            got.extend(engine.logits_padded(&refs).expect("forward"));
+            let logits = engine.logits_padded(&refs).expect("forward");
+            if engine.info().task == "token" {
+                // A token model's rows are its tokens, as half.json lists them.
+                got.extend(
+                    logits
+                        .iter()
+                        .flat_map(|r| r.chunks(labels).map(<[f32]>::to_vec)),
+                );
+            } else {
+                got.extend(logits);
+            }
         }
         let theirs = error(&rows(&torch[key]), &want, 0.0);
         let resolvable = RESOLVABLE * theirs.mean;
@@ -116,7 +133,7 @@ fn measure(name: &str, dir: &Path, torch: &Value) -> Vec<(String, Result<(), Str
             Err(format!("mean over {MEAN_RATIO}×"))
         } else if ours.max > MAX_RATIO * theirs.max {
             Err(format!("max over {MAX_RATIO}×"))
-        } else if ours.wrong_resolvable > theirs.wrong_resolvable + 1 {
+        } else if ours.wrong_resolvable > theirs.wrong_resolvable + want.len().div_ceil(500) {
             Err("more wrong labels".into())
         } else {
             Ok(())
@@ -130,7 +147,8 @@ fn measure(name: &str, dir: &Path, torch: &Value) -> Vec<(String, Result<(), Str
 fn f16_and_bf16_are_no_worse_than_pytorch_at_the_same_dtype() {
     let mut lines = Vec::new();
     let mut failures = Vec::new();
-    for name in FIXTURES.iter().chain(&["modernbert-mean"]) {
+    let token = crate::token::TOKEN_FIXTURES;
+    for name in FIXTURES.iter().chain(&["modernbert-mean"]).chain(&token) {
         let dir = fixture(name);
         let path = dir.join("half.json");
         let torch: Value =

@@ -9,4 +9,5 @@ mod half;
 mod helpers;
 mod int8;
 mod parity;
+mod token;
 mod weights_cache;

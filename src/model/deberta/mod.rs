@@ -38,7 +38,7 @@ use relpos::relative_indices;
 
 use super::{
     additive_key_mask, attention_dtype, embedding, first_token, Activation, Batch, LayerNorm,
-    Linear, SequenceClassifier,
+    Linear, SequenceClassifier, Task, TokenHead,
 };
 
 /// Gather tables, on the model's device: `[T, T]` for the longest sequence the model takes,
@@ -341,16 +341,24 @@ pub struct DebertaV2 {
     embeddings: Embeddings,
     layers: Vec<Layer>,
     conv: Option<Conv>,
-    pooler: Linear,
-    classifier: Linear,
+    head: Head,
     /// The gather tables for the longest input, when relative attention is on.
     rel_index: Option<RelIndex>,
     dtype: DType,
     cfg: Config,
 }
 
+enum Head {
+    /// `ContextPooler` (dense + `pooler_hidden_act` over `[CLS]`), then `classifier`.
+    Pooled {
+        pooler: Linear,
+        classifier: Linear,
+    },
+    Tokens(TokenHead),
+}
+
 impl DebertaV2 {
-    pub fn load(cfg: Config, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn load(cfg: Config, num_labels: usize, task: Task, vb: VarBuilder) -> Result<Self> {
         if let Err(e) = cfg.check() {
             candle_core::bail!("unsupported DeBERTa-v2 config: {e}");
         }
@@ -385,8 +393,13 @@ impl DebertaV2 {
             embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
             layers,
             conv,
-            pooler: Linear::load(h, h, super::head_vb(vb.pp("pooler").pp("dense")))?,
-            classifier: Linear::load(h, num_labels, super::head_vb(vb.pp("classifier")))?,
+            head: match task {
+                Task::Sequence => Head::Pooled {
+                    pooler: Linear::load(h, h, super::head_vb(vb.pp("pooler").pp("dense")))?,
+                    classifier: Linear::load(h, num_labels, super::head_vb(vb.pp("classifier")))?,
+                },
+                Task::Token => Head::Tokens(TokenHead::load(h, num_labels, vb.clone())?),
+            },
             rel_index: if relative {
                 Some(rel_index(&cfg, cfg.max_position_embeddings, vb.device())?)
             } else {
@@ -423,8 +436,9 @@ impl SequenceClassifier for DebertaV2 {
         let mut x = embedded.clone();
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
-            // Only [CLS] of the last layer is read by the pooler.
-            let q_len = if i == last { 1 } else { t };
+            // Only [CLS] of the last layer is read by the pooler; a token head reads them all.
+            let pooled = matches!(self.head, Head::Pooled { .. });
+            let q_len = if i == last && pooled { 1 } else { t };
             x = layer.forward(&x, q_len, &key_mask, rel)?;
             if i == 0 {
                 if let Some(conv) = &self.conv {
@@ -432,11 +446,22 @@ impl SequenceClassifier for DebertaV2 {
                 }
             }
         }
-        let pooled = self
-            .cfg
-            .pooler_hidden_act
-            .apply(&self.pooler.forward(&super::to_head(&first_token(&x)?)?)?)?;
-        self.classifier.forward(&pooled)
+        match &self.head {
+            Head::Pooled { pooler, classifier } => {
+                let pooled = self
+                    .cfg
+                    .pooler_hidden_act
+                    .apply(&pooler.forward(&super::to_head(&first_token(&x)?)?)?)?;
+                classifier.forward(&pooled)
+            }
+            Head::Tokens(head) => head.forward(&x),
+        }
+    }
+    fn pooling(&self) -> String {
+        match self.head {
+            Head::Pooled { .. } => "first token".into(),
+            Head::Tokens(_) => "every token".into(),
+        }
     }
     fn uses_token_types(&self) -> bool {
         self.cfg.type_vocab_size > 0

@@ -1,0 +1,217 @@
+//! Token classification (NER/PII) against transformers: per-token logits within 1e-4 of
+//! PyTorch's, one at a time and batched, and the token-classification pipeline's entities for
+//! every aggregation strategy (scripts/make_token_fixtures.py wrote the goldens).
+
+use candle_core::DType;
+use classifyd::engine::entities::{Aggregation, Entity};
+use classifyd::engine::error::InputError;
+use classifyd::engine::tokenize::{Encoded, Input};
+use classifyd::engine::{Answer, Engine, TokenOptions, TokenPrediction};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// One fixture per encoder family's `*ForTokenClassification`.
+pub const TOKEN_FIXTURES: [&str; 7] = [
+    "tok-bert",
+    "tok-distilbert",
+    "tok-roberta",
+    "tok-xlm-roberta",
+    "tok-electra",
+    "tok-modernbert",
+    "tok-deberta-v2",
+];
+
+const STRATEGIES: [(&str, Aggregation); 5] = [
+    ("none", Aggregation::None),
+    ("simple", Aggregation::Simple),
+    ("first", Aggregation::First),
+    ("average", Aggregation::Average),
+    ("max", Aggregation::Max),
+];
+
+fn predict(engine: &Engine, text: &str, opts: &TokenOptions) -> TokenPrediction {
+    let answers = engine
+        .classify_with(&[Input::Text(text.into())], true, opts)
+        .expect("forward pass");
+    match answers.into_iter().next() {
+        Some(Ok(Answer::Token(t))) => t,
+        other => panic!("{text:?}: expected a token answer, got {other:?}"),
+    }
+}
+
+fn same_entity(ours: &Entity, theirs: &Value, strategy: &str) -> Result<(), String> {
+    let key = if strategy == "none" {
+        "entity"
+    } else {
+        "entity_group"
+    };
+    let label = theirs[key].as_str().unwrap_or_default();
+    let word = theirs["word"].as_str().unwrap_or_default();
+    let start = theirs["start"].as_u64().unwrap_or(u64::MAX) as usize;
+    let end = theirs["end"].as_u64().unwrap_or(u64::MAX) as usize;
+    let score = theirs["score"].as_f64().unwrap_or(f64::NAN) as f32;
+    let index = theirs
+        .get("index")
+        .and_then(Value::as_u64)
+        .map(|i| i as usize);
+    if ours.label != label
+        || ours.word != word
+        || (ours.start, ours.end) != (start, end)
+        || ours.index != index
+        || (ours.score - score).abs() > 1e-4
+    {
+        return Err(format!("ours {ours:?}, transformers' {theirs}"));
+    }
+    Ok(())
+}
+
+fn check_fixture(name: &str) {
+    let dir = fixture(name);
+    let golden = golden(&dir);
+    let engine = load(&dir, DType::F32);
+    assert_eq!(engine.info().task, "token");
+    assert_eq!(engine.info().pooling, "every token");
+    let cases = golden["cases"].as_array().expect("cases");
+    let mut worst = 0f32;
+    let mut entities = 0;
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        let want: Vec<Vec<f32>> = case["token_logits"]
+            .as_array()
+            .expect("token_logits")
+            .iter()
+            .map(f32s)
+            .collect();
+        for (strategy, aggregation) in STRATEGIES {
+            let opts = TokenOptions {
+                aggregation,
+                ..Default::default()
+            };
+            let got = predict(&engine, text, &opts);
+            assert_eq!(got.tokens, want.len(), "{name} {text:?}");
+            for (g, w) in got.token_logits.iter().zip(&want) {
+                for (a, b) in g.iter().zip(w) {
+                    worst = worst.max((a - b).abs());
+                }
+            }
+            let theirs = case["entities"][strategy].as_array().expect("entities");
+            assert_eq!(
+                got.entities.len(),
+                theirs.len(),
+                "{name} {strategy} {text:?}: ours {:?}\ntransformers' {theirs:?}",
+                got.entities
+            );
+            for (o, t) in got.entities.iter().zip(theirs) {
+                same_entity(o, t, strategy)
+                    .unwrap_or_else(|e| panic!("{name} {strategy} {text:?}: {e}"));
+                // Byte offsets cut the same text the character offsets do.
+                let by_chars: String = text.chars().skip(o.start).take(o.end - o.start).collect();
+                assert_eq!(&text[o.start_byte..o.end_byte], by_chars, "{name} {text:?}");
+            }
+            entities += theirs.len();
+        }
+    }
+    assert!(worst <= 1e-4, "{name}: max |Δ token logit| {worst:.3e}");
+    assert!(entities > 50, "{name}: only {entities} entities compared");
+    eprintln!("{name}: max |Δ| {worst:.2e}, {entities} entities equal transformers'");
+
+    // Batched with padding equals one at a time.
+    let encoded: Vec<Encoded> = cases
+        .iter()
+        .map(|c| {
+            engine
+                .tokenize(&Input::Text(c["text"].as_str().unwrap().into()), true)
+                .expect("tokenizes")
+        })
+        .collect();
+    let refs: Vec<&Encoded> = encoded.iter().collect();
+    let batched = engine.logits_padded(&refs).expect("batch");
+    for (b, e) in batched.iter().zip(&encoded) {
+        let single = engine.logits_padded(&[e]).expect("single");
+        assert_eq!(b.len(), single[0].len());
+        let d = b
+            .iter()
+            .zip(&single[0])
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(d <= 1e-4, "{name}: batch vs single {d:.3e}");
+    }
+}
+
+macro_rules! token_parity {
+    ($($test:ident => $fixture:literal),* $(,)?) => {
+        $(#[test] fn $test() { check_fixture($fixture); })*
+    };
+}
+
+token_parity! {
+    bert_tokens => "tok-bert",
+    distilbert_tokens => "tok-distilbert",
+    roberta_tokens => "tok-roberta",
+    xlm_roberta_tokens => "tok-xlm-roberta",
+    electra_tokens => "tok-electra",
+    modernbert_tokens => "tok-modernbert",
+    deberta_v2_tokens => "tok-deberta-v2",
+}
+
+#[test]
+fn redaction_and_min_scores() {
+    let engine = load(&fixture("tok-bert"), DType::F32);
+    let text = "Maria Lopez flew from Madrid to New York on Tuesday.";
+    let mut opts = TokenOptions {
+        redact: true,
+        ..Default::default()
+    };
+    let all = predict(&engine, text, &opts);
+    assert!(!all.entities.is_empty());
+    let redacted = all.redacted.clone().expect("redacted");
+    // Every entity's text is gone and its label stands in its place, in order.
+    let mut rest = redacted.as_str();
+    for e in &all.entities {
+        let tag = format!("[{}]", e.label);
+        let at = rest
+            .find(&tag)
+            .unwrap_or_else(|| panic!("{tag} in {redacted:?}"));
+        rest = &rest[at + tag.len()..];
+    }
+    // Text between entities is kept as it was.
+    let first = &all.entities[0];
+    assert!(redacted.starts_with(&text[..first.start_byte]));
+    let last = all.entities.last().unwrap();
+    assert!(redacted.ends_with(&text[last.end_byte..]));
+
+    // A threshold above every score keeps nothing; one per label keeps the others.
+    let top = all.entities.iter().map(|e| e.score).fold(0f32, f32::max);
+    opts.min_score.all = top + 1e-3;
+    let none = predict(&engine, text, &opts);
+    assert!(none.entities.is_empty());
+    assert_eq!(none.redacted.as_deref(), Some(text));
+    let label = all.entities[0].label.clone();
+    opts.min_score.all = 0.0;
+    opts.min_score.by_label.insert(label.clone(), 1.1);
+    let some = predict(&engine, text, &opts);
+    assert!(some.entities.iter().all(|e| e.label != label));
+    assert_eq!(
+        some.entities.len(),
+        all.entities.iter().filter(|e| e.label != label).count()
+    );
+}
+
+#[test]
+fn token_models_refuse_pairs_and_ids() {
+    let engine = load(&fixture("tok-roberta"), DType::F32);
+    let r = engine
+        .classify_with(
+            &[
+                Input::Pair("a".into(), "b".into()),
+                Input::Ids(vec![0, 5, 2]),
+                Input::Text("fine".into()),
+            ],
+            true,
+            &TokenOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(r[0], Err(InputError::NeedsText));
+    assert_eq!(r[1], Err(InputError::NeedsText));
+    assert!(matches!(r[2], Ok(Answer::Token(_))));
+}
