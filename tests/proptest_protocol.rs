@@ -105,18 +105,33 @@ fn input() -> impl Strategy<Value = pb::Input> {
 fn request() -> impl Strategy<Value = pb::Request> {
     let classify = (
         prop::collection::vec(input(), 0..6),
-        prop::option::of((any::<u32>(), any::<bool>(), any::<bool>())),
+        prop::option::of((
+            (any::<u32>(), any::<bool>(), any::<bool>()),
+            (-1i32..6, any::<bool>(), any::<f32>(), any::<bool>()),
+            prop::collection::hash_map(".{0,6}", any::<f32>(), 0..3),
+        )),
         any::<u64>(),
         0i32..3,
     )
         .prop_map(|(inputs, options, deadline_us, priority)| {
             pb::request::Body::Classify(pb::ClassifyRequest {
                 inputs,
-                options: options.map(|(top_k, return_logits, no_truncate)| pb::Options {
-                    top_k,
-                    return_logits,
-                    no_truncate,
-                }),
+                options: options.map(
+                    |(
+                        (top_k, return_logits, no_truncate),
+                        (aggregation, redact, min_score, return_tokens),
+                        min_scores,
+                    )| pb::Options {
+                        top_k,
+                        return_logits,
+                        no_truncate,
+                        aggregation,
+                        redact,
+                        min_score,
+                        min_scores,
+                        return_tokens,
+                    },
+                ),
                 deadline_us,
                 priority,
             })
@@ -311,6 +326,7 @@ fn write_fuzz_seeds() {
                 top_k: 2,
                 return_logits: true,
                 no_truncate: true,
+                ..Default::default()
             }),
         ),
         classify(

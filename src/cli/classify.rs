@@ -9,8 +9,9 @@ use serde_json::{json, Map, Value};
 
 use super::{load, InspectArgs, LocalArgs, RemoteArgs};
 use crate::client::Client;
+use crate::engine::entities::{Aggregation, Entity, MinScore};
 use crate::engine::tokenize::Input;
-use crate::engine::{Engine, Prediction};
+use crate::engine::{Answer, Engine, Prediction, TokenOptions, TokenPrediction};
 use crate::wire::protocol::pb;
 
 #[derive(Debug, Args)]
@@ -26,6 +27,18 @@ pub struct ClassifyArgs {
     /// Refuse texts longer than the model's maximum instead of truncating them.
     #[arg(long)]
     pub no_truncate: bool,
+    /// Token-classification models: how token labels become entities, as transformers'
+    /// pipeline does it (none, simple, first, average, max).
+    #[arg(long, default_value = "simple", value_parser = clap::value_parser!(Aggregation))]
+    pub aggregation: Aggregation,
+    /// Token-classification models: also print each text with every entity replaced by
+    /// `[LABEL]` ("redacted").
+    #[arg(long)]
+    pub redact: bool,
+    /// Token-classification models: the score an entity needs to be printed and redacted,
+    /// for every label (`0.8`) or one (`PER=0.9`); repeat for several.
+    #[arg(long, value_name = "[LABEL=]SCORE")]
+    pub min_score: Vec<String>,
     /// Texts classified in one forward pass when reading stdin.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub batch_size: u16,
@@ -87,6 +100,52 @@ pub fn prediction_json(p: &Prediction) -> Value {
     })
 }
 
+/// The JSON of one entity, with the pipeline's keys: `entity_group`, or `entity` and `index`
+/// with aggregation none.
+fn entity_json(e: &Entity) -> Value {
+    let mut m = Map::new();
+    match e.index {
+        Some(i) => {
+            m.insert("entity".into(), json!(e.label));
+            m.insert("index".into(), json!(i));
+        }
+        None => {
+            m.insert("entity_group".into(), json!(e.label));
+        }
+    }
+    for (k, v) in [
+        ("score", json!(e.score)),
+        ("word", json!(e.word)),
+        ("start", json!(e.start)),
+        ("end", json!(e.end)),
+        ("start_byte", json!(e.start_byte)),
+        ("end_byte", json!(e.end_byte)),
+    ] {
+        m.insert(k.into(), v);
+    }
+    Value::Object(m)
+}
+
+/// The JSON line printed for one token-classification answer.
+pub fn token_json(t: &TokenPrediction) -> Value {
+    let mut v = json!({
+        "entities": t.entities.iter().map(entity_json).collect::<Vec<_>>(),
+        "tokens": t.tokens,
+        "token_logits": t.token_logits,
+    });
+    if let (Some(r), Some(o)) = (&t.redacted, v.as_object_mut()) {
+        o.insert("redacted".into(), json!(r));
+    }
+    v
+}
+
+pub fn answer_json(a: &Answer) -> Value {
+    match a {
+        Answer::Sequence(p) => prediction_json(p),
+        Answer::Token(t) => token_json(t),
+    }
+}
+
 fn parse_pair(line: &str) -> Result<Input, String> {
     match line.split_once('\t') {
         Some((a, b)) => Ok(Input::Pair(a.to_string(), b.to_string())),
@@ -101,6 +160,8 @@ enum Backend {
         runtime: tokio::runtime::Runtime,
         client: Client,
         labels: Vec<String>,
+        /// The served model classifies tokens.
+        tokens: bool,
     },
 }
 
@@ -123,8 +184,8 @@ impl Backend {
             .context("give --model, --uds or --quic")?;
         let client = runtime.block_on(remote.connect())?;
         let info = runtime.block_on(client.info())?;
-        let labels = match info.body {
-            Some(pb::response::Body::Info(i)) => i.labels,
+        let (labels, tokens) = match info.body {
+            Some(pb::response::Body::Info(i)) => (i.labels, i.task == "token"),
             _ => bail!(
                 "server answered the info request with {}: {}",
                 info.status,
@@ -135,17 +196,23 @@ impl Backend {
             runtime,
             client,
             labels,
+            tokens,
         })
     }
 
     /// One JSON line per input, in input order; an error object where an input failed.
-    fn classify(&self, inputs: &[Input], truncate: bool) -> anyhow::Result<Vec<Value>> {
+    fn classify(
+        &self,
+        inputs: &[Input],
+        truncate: bool,
+        opts: &TokenOptions,
+    ) -> anyhow::Result<Vec<Value>> {
         match self {
             Backend::Local(engine) => Ok(engine
-                .classify(inputs, truncate)?
+                .classify_with(inputs, truncate, opts)?
                 .into_iter()
                 .map(|r| match r {
-                    Ok(p) => prediction_json(&p),
+                    Ok(a) => answer_json(&a),
                     Err(e) => json!({ "error": e.to_string() }),
                 })
                 .collect()),
@@ -153,11 +220,17 @@ impl Backend {
                 runtime,
                 client,
                 labels,
+                tokens,
             } => {
                 let options = pb::Options {
                     top_k: 0,
                     return_logits: true,
                     no_truncate: !truncate,
+                    aggregation: wire_aggregation(opts.aggregation) as i32,
+                    redact: opts.redact,
+                    min_score: opts.min_score.all,
+                    min_scores: opts.min_score.by_label.clone().into_iter().collect(),
+                    return_tokens: *tokens,
                 };
                 // One request per input, pipelined, so one bad input fails alone.
                 let calls = inputs.iter().map(|input| {
@@ -168,14 +241,14 @@ impl Backend {
                             kind: Some(pb::input::Kind::Ids(pb::TokenIds { ids: ids.clone() })),
                         },
                     };
-                    client.classify(vec![wire], options)
+                    client.classify(vec![wire], options.clone())
                 });
                 let responses = runtime.block_on(futures::future::join_all(calls));
                 Ok(responses
                     .into_iter()
                     .map(|r| match r {
                         Err(e) => json!({ "error": e.to_string() }),
-                        Ok(resp) => remote_json(resp, labels),
+                        Ok(resp) => remote_json(resp, labels, *tokens),
                     })
                     .collect())
             }
@@ -183,8 +256,43 @@ impl Backend {
     }
 }
 
+fn wire_aggregation(a: Aggregation) -> pb::Aggregation {
+    match a {
+        Aggregation::None => pb::Aggregation::None,
+        Aggregation::Simple => pb::Aggregation::Simple,
+        Aggregation::First => pb::Aggregation::First,
+        Aggregation::Average => pb::Aggregation::Average,
+        Aggregation::Max => pb::Aggregation::Max,
+    }
+}
+
+/// [`token_json`] from a daemon's result.
+fn remote_token_json(r: pb::Result) -> Value {
+    let t = TokenPrediction {
+        entities: r
+            .entities
+            .into_iter()
+            .map(|e| Entity {
+                label: e.label,
+                score: e.score,
+                word: e.word,
+                start: e.start as usize,
+                end: e.end as usize,
+                start_byte: e.start_byte as usize,
+                end_byte: e.end_byte as usize,
+                index: e.index.map(|i| i as usize),
+            })
+            .collect(),
+        tokens: r.tokens as usize,
+        labels: Vec::new(),
+        token_logits: r.token_outputs.into_iter().map(|t| t.logits).collect(),
+        redacted: r.redacted,
+    };
+    token_json(&t)
+}
+
 /// The same JSON as [`prediction_json`], from a daemon's response (scores back in label order).
-fn remote_json(resp: pb::Response, labels: &[String]) -> Value {
+fn remote_json(resp: pb::Response, labels: &[String], tokens: bool) -> Value {
     let status = pb::Status::try_from(resp.status).unwrap_or(pb::Status::Internal);
     let result = match resp.body {
         Some(pb::response::Body::Classify(mut c)) if status == pb::Status::Ok => c.results.pop(),
@@ -193,6 +301,12 @@ fn remote_json(resp: pb::Response, labels: &[String]) -> Value {
     let Some(r) = result else {
         return json!({ "error": format!("{}: {}", status.as_str_name(), resp.message) });
     };
+    if r.status != pb::Status::Ok as i32 {
+        return json!({ "error": r.message });
+    }
+    if tokens {
+        return remote_token_json(r);
+    }
     let scores: Map<String, Value> = labels
         .iter()
         .filter_map(|l| {
@@ -217,6 +331,11 @@ pub(crate) fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
     }
     let backend = Backend::open(&a)?;
     let truncate = !a.no_truncate;
+    let opts = TokenOptions {
+        aggregation: a.aggregation,
+        redact: a.redact,
+        min_score: MinScore::parse(&a.min_score).map_err(anyhow::Error::msg)?,
+    };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failures = 0usize;
     let mut emit = |chunk: Vec<Result<Input, String>>, out: &mut dyn Write| -> anyhow::Result<()> {
@@ -224,7 +343,7 @@ pub(crate) fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
             .iter()
             .filter_map(|c| c.as_ref().ok().cloned())
             .collect();
-        let mut results = backend.classify(&inputs, truncate)?.into_iter();
+        let mut results = backend.classify(&inputs, truncate, &opts)?.into_iter();
         for c in chunk {
             let line = match c {
                 Err(msg) => json!({ "error": msg }),

@@ -250,6 +250,9 @@ pub struct Prediction {
 pub struct TokenPrediction {
     pub entities: Vec<Entity>,
     pub tokens: usize,
+    /// The model's labels, in the order of each row of `token_logits`.
+    #[serde(skip)]
+    pub labels: Vec<String>,
     /// One row per token, special tokens included, in label order.
     pub token_logits: Vec<Vec<f32>>,
     /// The text with each entity replaced by `[LABEL]`, when asked for.
@@ -823,6 +826,7 @@ impl Engine {
             redacted: opts.redact.then(|| entities::redact(&spans.text, &found)),
             entities: found,
             tokens: ids.len(),
+            labels: self.head.labels.clone(),
             token_logits,
         }
     }

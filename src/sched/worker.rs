@@ -541,6 +541,7 @@ pub(crate) mod tests {
         let bad = Encoded {
             ids: vec![2, 1_000_000, 3],
             type_ids: vec![0; 3],
+            spans: None,
         };
         let bad = s.submit(job(vec![bad])).expect("admitted");
         let bystander = s.submit(job(vec![encode(&e, "fine")])).expect("admitted");

@@ -12,12 +12,20 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::engine::Engine;
+use crate::engine::entities::Spans;
+use crate::engine::{Answer, Engine};
+use crate::model::Task;
 use crate::sched::queue::{Job, JobError, Priority, Stats, SubmitError};
 use crate::sched::Scheduler;
 use crate::service::metrics::{Metrics, ModelLabels};
 use crate::service::tokenize_pool::{TokenizeError, TokenizePool};
 use crate::wire::protocol::{self, pb, RequestLimits};
+
+/// An input on its way to be computed: its length and, for a token model, its ids and spans.
+struct Computed {
+    tokens: usize,
+    spans: Option<(Vec<u32>, Box<Spans>)>,
+}
 
 /// The model that answers, as responses name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +265,7 @@ impl Service {
                 server_version: env!("CARGO_PKG_VERSION").to_string(),
                 batches: stats.batches,
                 computed: stats.computed,
+                task: info.task.to_string(),
             })),
         }
     }
@@ -276,44 +285,69 @@ impl Service {
         drop(std::mem::take(&mut req.inputs));
         let options = req.options.unwrap_or_default();
         let truncate = !options.no_truncate;
+        let token_options = match model.engine.task() {
+            Task::Token => Some(protocol::token_options(&options).map_err(invalid)?),
+            Task::Sequence => None,
+        };
         let deadline = (req.deadline_us > 0)
             .then(|| received.checked_add(Duration::from_micros(req.deadline_us)))
             .flatten();
         // Tokenized on the tokenizer pool: the engine thread only ever runs the model, and the
         // I/O threads stay free for other connections and the health probes. Only token ids
-        // wait in the queue, not the texts they came from.
+        // wait in the queue, not the texts they came from (a token model's spans wait here).
         let encoded = self
             .tokenizer
             .encode(model.engine.clone(), inputs, truncate)
             .await
             .map_err(|e| match e {
                 TokenizeError::Busy { .. } => (pb::Status::Overloaded, e.to_string()),
-                TokenizeError::Input { .. } => invalid(e.to_string()),
                 TokenizeError::Failed(_) => (pb::Status::Internal, e.to_string()),
             })?;
-        // Rows are never split, so an input whose attention alone is over the pass budget
-        // could never run within it.
+        // Each input is computed or refused on its own; the request fails only when none can
+        // be computed.
         let budget = model.scheduler.config().max_attention_bytes;
-        for (i, e) in encoded.iter().enumerate() {
+        let mut plan: Vec<Result<Computed, String>> = Vec::with_capacity(encoded.len());
+        let mut rows = Vec::with_capacity(encoded.len());
+        for (i, e) in encoded.into_iter().enumerate() {
+            let mut e = match e {
+                Ok(e) => e,
+                Err(why) => {
+                    plan.push(Err(format!("input {i}: {why}")));
+                    continue;
+                }
+            };
+            // Rows are never split, so an input whose attention alone is over the pass budget
+            // could never run within it.
             let need = model.engine.attention_bytes(1, e.len());
             if need > budget {
-                return Err(invalid(format!(
+                plan.push(Err(format!(
                     "input {i}: {} tokens need {} MiB of attention memory, over the limit of \
                      {} MiB (--max-attention-mib)",
                     e.len(),
                     need.div_ceil(1 << 20),
                     budget >> 20
                 )));
+                continue;
             }
+            plan.push(Ok(Computed {
+                tokens: e.len(),
+                spans: e.spans.take().map(|s| (e.ids.clone(), s)),
+            }));
+            rows.push(e);
+        }
+        if rows.is_empty() {
+            let first = plan.into_iter().find_map(Result::err);
+            return Err(invalid(
+                first.unwrap_or_else(|| "no input to classify".into()),
+            ));
         }
         let tokenized = Instant::now();
-        let tokens: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
         let priority = match pb::Priority::try_from(req.priority) {
             Ok(pb::Priority::High) => Priority::High,
             _ => Priority::Normal,
         };
         let job = Job {
-            inputs: encoded,
+            inputs: rows,
             priority,
             deadline,
             received,
@@ -347,11 +381,26 @@ impl Service {
             }
             Err(_) => return Err((pb::Status::Internal, "engine worker stopped".into())),
         };
-        let results = output
-            .logits
+        let mut logits = output.logits.into_iter();
+        let token_options = token_options.unwrap_or_default();
+        let results = plan
             .into_iter()
-            .zip(tokens)
-            .map(|(logits, n)| protocol::result(model.engine.predict(logits, n), &options))
+            .map(|p| match p {
+                Err(message) => protocol::refused_result(message),
+                Ok(c) => {
+                    let l = logits.next().unwrap_or_default();
+                    let answer = match c.spans {
+                        Some((ids, spans)) => Answer::Token(model.engine.predict_tokens(
+                            l,
+                            &ids,
+                            &spans,
+                            &token_options,
+                        )),
+                        None => Answer::Sequence(model.engine.predict(l, c.tokens)),
+                    };
+                    protocol::result(answer, &options)
+                }
+            })
             .collect();
         let micros = |d: Duration| d.as_micros() as u64;
         Ok(pb::Response {

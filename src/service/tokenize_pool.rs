@@ -24,12 +24,6 @@ use crate::engine::Engine;
 pub enum TokenizeError {
     #[error("{budget} bytes of requests are already waiting for a tokenizer; retry later")]
     Busy { budget: usize },
-    #[error("input {index}: {source}")]
-    Input {
-        index: usize,
-        #[source]
-        source: InputError,
-    },
     #[error("the tokenizer failed: {0}")]
     Failed(String),
 }
@@ -75,14 +69,14 @@ impl TokenizePool {
         self.budget - self.permits.available_permits()
     }
 
-    /// Tokenizes `inputs` with `engine`'s tokenizer on the pool; the first input that fails
-    /// fails the request, named by its index.
+    /// Tokenizes `inputs` with `engine`'s tokenizer on the pool: each input's encoding, or
+    /// why it has none.
     pub async fn encode(
         &self,
         engine: Arc<Engine>,
         inputs: Vec<Input>,
         truncate: bool,
-    ) -> Result<Vec<Encoded>, TokenizeError> {
+    ) -> Result<Vec<Result<Encoded, InputError>>, TokenizeError> {
         // A request larger than the whole budget still runs, alone.
         let cost = inputs
             .iter()
@@ -110,15 +104,10 @@ impl TokenizePool {
             // rayon aborts the process on a panic in a spawned job; a tokenizer bug must cost
             // one request instead.
             let result = panic::catch_unwind(AssertUnwindSafe(|| {
-                inputs
+                Ok(inputs
                     .iter()
-                    .enumerate()
-                    .map(|(index, input)| {
-                        engine
-                            .tokenize(input, truncate)
-                            .map_err(|source| TokenizeError::Input { index, source })
-                    })
-                    .collect::<Result<Vec<_>, _>>()
+                    .map(|input| engine.tokenize(input, truncate))
+                    .collect::<Vec<_>>())
             }))
             .unwrap_or_else(|_| Err(TokenizeError::Failed("tokenizer panicked".into())));
             // The budget is free again before the caller hears back.
@@ -151,13 +140,13 @@ mod tests {
         let inputs: Vec<Input> = texts.iter().map(|t| Input::Text((*t).into())).collect();
         let got = block_on(pool.encode(e.clone(), inputs.clone(), true)).unwrap();
         for (input, enc) in inputs.iter().zip(&got) {
-            assert_eq!(enc, &e.tokenize(input, true).unwrap());
+            assert_eq!(enc.as_ref().unwrap(), &e.tokenize(input, true).unwrap());
         }
+        // One bad input fails alone.
         let bad = vec![Input::Text("fine".into()), Input::Ids(Vec::new())];
-        match block_on(pool.encode(e, bad, true)) {
-            Err(TokenizeError::Input { index: 1, .. }) => {}
-            other => panic!("expected input 1 to fail, got {other:?}"),
-        }
+        let got = block_on(pool.encode(e, bad, true)).unwrap();
+        assert!(got[0].is_ok());
+        assert_eq!(got[1], Err(InputError::EmptyIds));
         assert_eq!(pool.pending(), 0);
     }
 

@@ -3,8 +3,9 @@
 
 use prost::Message;
 
+use crate::engine::entities::{Aggregation, Entity, MinScore};
 use crate::engine::tokenize::Input;
-use crate::engine::Prediction;
+use crate::engine::{Answer, Prediction, TokenOptions, TokenPrediction};
 
 /// Generated from proto/classifyd.proto.
 pub mod pb {
@@ -114,8 +115,16 @@ pub fn inputs(req: &pb::ClassifyRequest, limits: &RequestLimits) -> Result<Vec<I
         .collect()
 }
 
-/// One result on the wire: scores best first, cut to `top_k`, logits only on request.
-pub fn result(p: Prediction, options: &pb::Options) -> pb::Result {
+/// One result on the wire, whichever the task.
+pub fn result(answer: Answer, options: &pb::Options) -> pb::Result {
+    match answer {
+        Answer::Sequence(p) => sequence_result(p, options),
+        Answer::Token(t) => token_result(t, options),
+    }
+}
+
+/// A sequence model's result: scores best first, cut to `top_k`, logits only on request.
+fn sequence_result(p: Prediction, options: &pb::Options) -> pb::Result {
     let mut scores: Vec<pb::LabelScore> = p
         .scores
         .into_iter()
@@ -135,7 +144,99 @@ pub fn result(p: Prediction, options: &pb::Options) -> pb::Result {
             Vec::new()
         },
         tokens: p.tokens as u32,
+        ..Default::default()
     }
+}
+
+fn entity(e: Entity) -> pb::Entity {
+    let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    pb::Entity {
+        label: e.label,
+        score: e.score,
+        word: e.word,
+        start: n(e.start),
+        end: n(e.end),
+        start_byte: n(e.start_byte),
+        end_byte: n(e.end_byte),
+        index: e.index.map(n),
+    }
+}
+
+/// A token model's result: entities, the redacted text and per-token outputs on request.
+fn token_result(t: TokenPrediction, options: &pb::Options) -> pb::Result {
+    let token_outputs = if options.return_tokens {
+        t.token_logits
+            .into_iter()
+            .map(|logits| {
+                let probs =
+                    crate::engine::scores(&logits, crate::engine::loader::ProblemType::SingleLabel);
+                let best = probs
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (i, s)| if *s > probs[b] { i } else { b });
+                pb::TokenOutput {
+                    label: t.labels.get(best).cloned().unwrap_or_default(),
+                    score: probs.get(best).copied().unwrap_or(f32::NAN),
+                    logits: if options.return_logits {
+                        logits
+                    } else {
+                        Vec::new()
+                    },
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    pb::Result {
+        tokens: t.tokens as u32,
+        entities: t.entities.into_iter().map(entity).collect(),
+        redacted: t.redacted,
+        token_outputs,
+        ..Default::default()
+    }
+}
+
+/// The result of an input that could not be classified, in a request whose others were.
+pub fn refused_result(message: String) -> pb::Result {
+    pb::Result {
+        status: pb::Status::InvalidArgument as i32,
+        message,
+        ..Default::default()
+    }
+}
+
+/// What a request's options ask of a token model.
+pub fn token_options(options: &pb::Options) -> Result<TokenOptions, String> {
+    let aggregation = match pb::Aggregation::try_from(options.aggregation) {
+        Ok(pb::Aggregation::Simple) => Aggregation::Simple,
+        Ok(pb::Aggregation::None) => Aggregation::None,
+        Ok(pb::Aggregation::First) => Aggregation::First,
+        Ok(pb::Aggregation::Average) => Aggregation::Average,
+        Ok(pb::Aggregation::Max) => Aggregation::Max,
+        Err(_) => return Err(format!("unknown aggregation {}", options.aggregation)),
+    };
+    let check = |what: &str, v: f32| {
+        if (0.0..=1.0).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{what} {v} is not a score from 0 to 1"))
+        }
+    };
+    let mut min_score = MinScore {
+        all: check("min_score", options.min_score)?,
+        ..Default::default()
+    };
+    for (label, v) in &options.min_scores {
+        min_score
+            .by_label
+            .insert(label.clone(), check(&format!("min_scores[{label:?}]"), *v)?);
+    }
+    Ok(TokenOptions {
+        aggregation,
+        redact: options.redact,
+        min_score,
+    })
 }
 
 /// An encoded response carrying only a status.

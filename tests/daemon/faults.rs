@@ -149,6 +149,7 @@ fn malformed_input_gets_typed_errors_and_others_are_served() {
                 top_k: 0,
                 return_logits: false,
                 no_truncate: true,
+                ..Default::default()
             },
         ))
         .unwrap();

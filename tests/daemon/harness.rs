@@ -220,6 +220,7 @@ pub fn logits_opts() -> pb::Options {
         top_k: 0,
         return_logits: true,
         no_truncate: false,
+        ..Default::default()
     }
 }
 

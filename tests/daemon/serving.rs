@@ -4,8 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
+use candle_core::DType;
 use classifyd::client::quic::{QuicClient, QuicClientConfig};
 use classifyd::client::{text, Client};
+use classifyd::engine::entities::Aggregation;
+use classifyd::engine::tokenize::Input;
+use classifyd::engine::{Answer, DTypeChoice, DeviceChoice, Engine, TokenOptions};
 use classifyd::wire::protocol::pb;
 
 use crate::harness::*;
@@ -268,14 +272,26 @@ fn an_input_whose_attention_is_over_the_budget_is_refused_and_the_rest_answered(
     let c = rt.block_on(daemon.client());
     let long = "word ".repeat(600);
     let r = rt
-        .block_on(c.classify(vec![text("short"), text(long)], logits_opts()))
+        .block_on(c.classify(vec![text("short"), text(long.clone())], logits_opts()))
+        .unwrap();
+    // The request is answered; the long input alone is refused, in its own result.
+    assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+    let results = classify_body(r).results;
+    assert_eq!(results[0].status, pb::Status::Ok as i32);
+    assert!(!results[0].logits.is_empty());
+    assert_eq!(results[1].status, pb::Status::InvalidArgument as i32);
+    assert!(results[1].label.is_empty() && results[1].logits.is_empty());
+    let why = &results[1].message;
+    assert!(
+        why.contains("input 1") && why.contains("--max-attention-mib"),
+        "{why}"
+    );
+    // A request of nothing but refused inputs is refused as a whole, naming the first.
+    let r = rt
+        .block_on(c.classify(vec![text(long)], logits_opts()))
         .unwrap();
     assert_eq!(status(&r), pb::Status::InvalidArgument, "{}", r.message);
-    assert!(
-        r.message.contains("input 1") && r.message.contains("--max-attention-mib"),
-        "{}",
-        r.message
-    );
+    assert!(r.message.contains("input 0"), "{}", r.message);
     let r = rt
         .block_on(c.classify(vec![text("short")], logits_opts()))
         .unwrap();
@@ -359,12 +375,108 @@ fn a_decoder_classifier_serves_batched_texts_as_it_computes_them_alone_and_refus
             "{t:?}: {got:?} vs {want:?}"
         );
     }
+    // The text of no tokens is refused in its own result; the others are answered.
     let r = rt
         .block_on(client.classify(
             vec![text("great movie"), text(""), text("a")],
             logits_opts(),
         ))
         .unwrap();
-    assert_eq!(status(&r), pb::Status::InvalidArgument, "{}", r.message);
-    assert!(r.message.contains("input 1"), "{}", r.message);
+    assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+    let results = classify_body(r).results;
+    assert_eq!(results[1].status, pb::Status::InvalidArgument as i32);
+    assert!(
+        results[1].message.contains("input 1") && results[1].message.contains("no tokens"),
+        "{}",
+        results[1].message
+    );
+    for (i, t) in [(0, "great movie"), (2, "a")] {
+        assert_eq!(results[i].status, pb::Status::Ok as i32);
+        let want = local_logits(&engine, t);
+        assert!(max_abs_diff(&results[i].logits, &want) <= 1e-4, "{t:?}");
+    }
+}
+
+#[test]
+fn a_token_classifier_serves_entities_redaction_and_per_input_refusals() {
+    let dir = fixture("tok-bert");
+    let engine = Engine::load(&dir, DeviceChoice::Cpu, DTypeChoice::Fixed(DType::F32)).unwrap();
+    let daemon = Daemon::start(&dir, &[]);
+    let rt = runtime();
+    let client = rt.block_on(daemon.client());
+    let info = rt.block_on(client.info()).unwrap();
+    match info.body {
+        Some(pb::response::Body::Info(i)) => assert_eq!(i.task, "token"),
+        other => panic!("{other:?}"),
+    }
+    let texts = [
+        "Maria Lopez flew from Madrid to New York on Tuesday.",
+        "Contact john.smith@example.com or call +1 555 0100 before 5pm.",
+    ];
+    let opts = pb::Options {
+        redact: true,
+        return_tokens: true,
+        return_logits: true,
+        aggregation: pb::Aggregation::First as i32,
+        ..Default::default()
+    };
+    let local = TokenOptions {
+        aggregation: Aggregation::First,
+        redact: true,
+        ..Default::default()
+    };
+    let mut inputs: Vec<pb::Input> = texts.iter().map(|t| text(*t)).collect();
+    inputs.push(classifyd::client::pair("a", "b"));
+    let r = rt.block_on(client.classify(inputs, opts)).unwrap();
+    assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+    let results = classify_body(r).results;
+    for (t, got) in texts.iter().zip(&results) {
+        let want = match engine
+            .classify_with(&[Input::Text((*t).into())], true, &local)
+            .unwrap()
+            .remove(0)
+        {
+            Ok(Answer::Token(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        assert!(!want.entities.is_empty());
+        assert_eq!(got.entities.len(), want.entities.len(), "{t:?}");
+        for (g, w) in got.entities.iter().zip(&want.entities) {
+            assert_eq!(
+                (&g.label, &g.word, g.start, g.end, g.start_byte, g.end_byte),
+                (
+                    &w.label,
+                    &w.word,
+                    w.start as u32,
+                    w.end as u32,
+                    w.start_byte as u32,
+                    w.end_byte as u32
+                )
+            );
+            assert!((g.score - w.score).abs() <= 1e-5);
+        }
+        assert_eq!(got.redacted, want.redacted);
+        assert_eq!(got.token_outputs.len(), want.tokens);
+        assert_eq!(
+            got.token_outputs[0].logits.len(),
+            engine.info().labels.len()
+        );
+    }
+    // A pair has no text for entities to point into: refused alone, named.
+    assert_eq!(results[2].status, pb::Status::InvalidArgument as i32);
+    assert!(
+        results[2].message.contains("input 2"),
+        "{}",
+        results[2].message
+    );
+    // A score outside 0..1 is a bad request, not a silent filter.
+    let bad = pb::Options {
+        min_score: 1.5,
+        ..Default::default()
+    };
+    let r = rt
+        .block_on(client.classify(vec![text("hello")], bad))
+        .unwrap();
+    assert_eq!(status(&r), pb::Status::InvalidArgument);
+    assert!(r.message.contains("min_score"), "{}", r.message);
 }

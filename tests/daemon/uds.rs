@@ -51,6 +51,7 @@ fn answers_equal_the_in_process_engine() {
                     top_k: 1,
                     return_logits: false,
                     no_truncate: false,
+                    ..Default::default()
                 },
             )
             .await

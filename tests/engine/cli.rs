@@ -151,3 +151,61 @@ fn a_bert_layer_on_candles_path_creates_at_most_39_tensors() {
         "{per_layer} tensors per layer (46 before #17)"
     );
 }
+
+#[test]
+fn classify_prints_entities_and_redacts_for_a_token_model() {
+    let text = "Maria Lopez flew from Madrid to New York on Tuesday.";
+    let golden = golden(&fixture("tok-bert"));
+    let case = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["text"] == text)
+        .unwrap()
+        .clone();
+    for strategy in ["simple", "none", "max"] {
+        let out = classifyd()
+            .args(["classify", "--model"])
+            .arg(fixture("tok-bert"))
+            .args(["--aggregation", strategy, "--redact", text])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = json_lines(&out.stdout).remove(0);
+        let want = case["entities"][strategy].as_array().unwrap();
+        let got = line["entities"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{strategy}");
+        let key = if strategy == "none" {
+            "entity"
+        } else {
+            "entity_group"
+        };
+        for (g, w) in got.iter().zip(want) {
+            for k in [key, "word", "start", "end"] {
+                assert_eq!(g[k], w[k], "{strategy} {k}: {g} vs {w}");
+            }
+            assert!(g.get("start_byte").is_some() && g.get("end_byte").is_some());
+            assert_eq!(g.get("index").is_some(), strategy == "none");
+        }
+        assert_eq!(line["tokens"], case["input_ids"].as_array().unwrap().len());
+        assert_eq!(
+            line["token_logits"].as_array().unwrap().len(),
+            line["tokens"].as_u64().unwrap() as usize
+        );
+        let redacted = line["redacted"].as_str().unwrap();
+        assert!(redacted.contains('['), "{redacted}");
+    }
+    // Bad flags are refused before any work.
+    let out = classifyd()
+        .args(["classify", "--model"])
+        .arg(fixture("tok-bert"))
+        .args(["--min-score", "PER=7", text])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PER=7"));
+}
