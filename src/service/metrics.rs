@@ -24,6 +24,8 @@ pub struct ModelLabels {
     pub device: String,
     pub dtype: String,
     pub architecture: String,
+    /// `sequence` or `token`.
+    pub task: String,
 }
 
 const STATUSES: [(pb::Status, &str); 6] = [
@@ -88,6 +90,7 @@ impl ModelLabels {
             ("device".into(), self.device),
             ("dtype".into(), self.dtype),
             ("architecture".into(), self.architecture),
+            ("task".into(), self.task),
         ]
     }
 }

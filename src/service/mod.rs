@@ -45,6 +45,7 @@ impl Model {
             device: info.device.clone(),
             dtype: info.compute_dtype.clone(),
             architecture: info.architecture.clone(),
+            task: info.task.to_string(),
         }
     }
 }

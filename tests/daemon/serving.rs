@@ -469,6 +469,55 @@ fn a_token_classifier_serves_entities_redaction_and_per_input_refusals() {
         "{}",
         results[2].message
     );
+    // The CLI prints the same line through the daemon as in process.
+    let cli = |target: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_classifyd"))
+            .arg("classify")
+            .args(target)
+            .args(["--aggregation", "none", "--redact", "--min-score", "0.5"])
+            .arg(texts[0])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        line
+    };
+    let remote = cli(&["--uds".as_ref(), daemon.socket.as_os_str()]);
+    let local = cli(&["--model".as_ref(), dir.as_os_str()]);
+    assert!(!local["entities"].as_array().unwrap().is_empty());
+    assert_eq!(
+        remote["entities"].as_array().unwrap().len(),
+        local["entities"].as_array().unwrap().len()
+    );
+    for (r, l) in remote["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(local["entities"].as_array().unwrap())
+    {
+        for k in [
+            "entity",
+            "index",
+            "word",
+            "start",
+            "end",
+            "start_byte",
+            "end_byte",
+        ] {
+            assert_eq!(r[k], l[k], "{k}");
+        }
+        assert!(l["score"].as_f64().unwrap() >= 0.5);
+    }
+    assert_eq!(remote["redacted"], local["redacted"]);
+    assert_eq!(remote["tokens"], local["tokens"]);
+    assert_eq!(
+        remote["token_logits"].as_array().unwrap().len(),
+        local["token_logits"].as_array().unwrap().len()
+    );
     // A score outside 0..1 is a bad request, not a silent filter.
     let bad = pb::Options {
         min_score: 1.5,
