@@ -36,3 +36,11 @@ def sentiment() -> Iterator[Daemon]:
     """A daemon serving the committed default model (NEGATIVE/POSITIVE)."""
     with Daemon(DEFAULT_MODEL) as d:
         yield d
+
+
+@pytest.fixture(scope="module")
+def tok_bert() -> Iterator[Daemon]:
+    """A daemon serving the tiny token-classification BERT fixture (labels O, B-PER, I-PER,
+    B-LOC, I-LOC, EMAIL, ID-NUM; 64 positions)."""
+    with Daemon(FIXTURES / "tok-bert") as d:
+        yield d

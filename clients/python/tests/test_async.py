@@ -23,6 +23,20 @@ def test_three_lines_async(sentiment: Daemon) -> None:
     assert asyncio.run(main()) == ["POSITIVE"]
 
 
+def test_token_options_async(tok_bert: Daemon) -> None:
+    text = "Maria Lopez flew from Madrid to New York on Tuesday."
+
+    async def main() -> tuple[Any, Any]:
+        async with AsyncClient(tok_bert.socket) as c:
+            return await asyncio.gather(
+                c.classify([text], redact=True), c.classify([text], aggregation="none", min_score=0.5)
+            )
+
+    grouped, tokens = asyncio.run(main())
+    assert grouped[0].entities and grouped[0].redacted and "[" in grouped[0].redacted
+    assert tokens[0].entities and all(e.index is not None and e.score >= 0.5 for e in tokens[0].entities)
+
+
 def test_many_in_flight_on_one_connection(bert: Daemon, golden: dict[str, Any]) -> None:
     cases = texts(golden) * 4
 

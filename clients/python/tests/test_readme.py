@@ -1,5 +1,6 @@
 """Every Python example in clients/python/README.md runs, against a real daemon serving the
-default model, with the README's paths pointed at the test's socket, QUIC port and PKI."""
+default model (the token-classification example: the tok-bert fixture), with the README's
+paths pointed at the test's sockets, QUIC port and PKI."""
 
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ def test_the_readme_has_examples() -> None:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(block: str, served: tuple[Daemon, Path]) -> None:
+def test_readme_example_runs(block: str, served: tuple[Daemon, Path], tok_bert: Daemon) -> None:
     d, pki = served
     assert d.quic_addr is not None
     code = (
         block.replace("/run/classifyd/classifyd.sock", d.socket)
+        .replace("/run/classifyd/ner.sock", tok_bert.socket)
         .replace("127.0.0.1:4433", d.quic_addr)
         .replace("/etc/classifyd/pki/", f"{pki}/")
     )

@@ -85,6 +85,60 @@ def test_options_top_k_and_priority(bert: Daemon) -> None:
             c.classify("a single string")  # type: ignore[arg-type]
 
 
+def test_one_refused_input_does_not_fail_the_others(sentiment: Daemon) -> None:
+    with Client(sentiment.socket) as c:
+        rs = c.classify(["great film", "word " * 2000], no_truncate=True)
+    assert len(rs) == 2
+    assert rs[0].error is None and rs[0].label == "POSITIVE"
+    assert rs[1].error is not None and "input 1" in rs[1].error, rs[1].error
+    assert rs[1].label == "" and rs[1].scores == {} and rs[1].entities == []
+
+
+TOKEN_TEXT = "Maria Lopez flew from Madrid to New York on Tuesday."
+
+
+def test_token_model_entities_and_redaction(tok_bert: Daemon) -> None:
+    with Client(tok_bert.socket) as c:
+        assert c.info().task == "token"
+        r = c.classify([TOKEN_TEXT], redact=True)[0]
+        assert r.error is None
+        assert r.entities, r
+        for e in r.entities:
+            assert isinstance(e, classifyd.Entity)
+            span = TOKEN_TEXT[e.start : e.end]
+            assert span and span in TOKEN_TEXT
+            assert TOKEN_TEXT.encode()[e.start_byte : e.end_byte].decode() == span
+            assert e.label in {"PER", "LOC", "EMAIL", "ID-NUM"} and 0 < e.score <= 1
+            assert e.index is None, "only with aggregation='none'"
+        assert r.redacted is not None and "[" in r.redacted
+        assert c.classify([TOKEN_TEXT])[0].redacted is None, "only with redact=True"
+        # One entity per labelled token with aggregation="none", each with its token index.
+        tokens = c.classify([TOKEN_TEXT], aggregation="none")[0].entities
+        assert tokens and all(e.index is not None and e.index > 0 for e in tokens)
+        # min_score=1 keeps none of this model's entities and leaves the text as it is.
+        r = c.classify([TOKEN_TEXT], redact=True, min_score=1.0)[0]
+        assert r.entities == [] and r.redacted == TOKEN_TEXT
+        # A token model takes texts only: a request of pairs alone is refused whole.
+        with pytest.raises(InvalidArgument, match="input 0: .*text pair"):
+            c.classify_pairs([(TOKEN_TEXT, "x")])
+        assert c.classify([TOKEN_TEXT])[0].entities
+
+
+def test_sequence_model_info_task(bert: Daemon) -> None:
+    with Client(bert.socket) as c:
+        assert c.info().task == "sequence"
+        r = c.classify(["great movie"], aggregation="max", redact=True)[0]
+    assert r.label and r.entities == [] and r.redacted is None
+
+
+def test_token_options_are_checked() -> None:
+    c = Client("/nonexistent/classifyd.sock")
+    with pytest.raises(ValueError, match="none.*simple.*first.*average.*max"):
+        c.classify(["x"], aggregation="mean")
+    with pytest.raises(ValueError, match="min_score"):
+        c.classify(["x"], min_score=1.5)
+
+
 def test_info(bert: Daemon, golden: dict[str, Any]) -> None:
     with Client(bert.socket) as c:
         before = c.info()

@@ -1,4 +1,4 @@
-"""Python client for classifyd, the text-classification daemon.
+"""Python client for classifyd, the text- and token-classification daemon.
 
     from classifyd import Client
     c = Client("/run/classifyd/classifyd.sock")
@@ -20,7 +20,7 @@ from ._errors import (
     Timeout,
     Unavailable,
 )
-from ._types import Info, Result, Results, Timings
+from ._types import Entity, Info, Result, Results, Timings
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "ClassifydError",
     "Client",
     "DeadlineExceeded",
+    "Entity",
     "Info",
     "InternalError",
     "InvalidArgument",

@@ -101,16 +101,34 @@ class Client(_Base):
         no_truncate: bool = False,
         deadline_ms: Optional[float] = None,
         priority: str = "normal",
+        aggregation: str = "simple",
+        redact: bool = False,
+        min_score: float = 0.0,
         timeout: Timeout = DEFAULT,
     ) -> Results:
         """Classifies each text; one Result per text, in order.
 
         ``top_k``: only the k best labels in ``scores`` (0 = all). ``logits``: include the raw
-        logits. ``no_truncate``: refuse over-long texts (InvalidArgument) instead of truncating
-        them. ``deadline_ms``: the server drops the request, answering DeadlineExceeded, if it
-        is still queued after this long. ``priority``: "normal" or "high" (batched first).
+        logits. ``no_truncate``: refuse over-long texts instead of truncating them.
+        ``deadline_ms``: the server drops the request, answering DeadlineExceeded, if it is
+        still queued after this long. ``priority``: "normal" or "high" (batched first).
+
+        Token-classification models only (``info().task == "token"``; sequence models ignore
+        these): ``aggregation``, how token labels become ``Result.entities``, as transformers'
+        pipeline does it: "simple" (runs of agreeing BIO tags), "first", "average" or "max"
+        (words take one label, then group), or "none" (one entity per labelled token, with
+        its index). ``redact``: also return each text with every entity replaced by
+        ``[LABEL]`` in ``Result.redacted``. ``min_score``: leave out (and do not redact)
+        entities scoring below it.
+
+        A text the server refuses (no tokens, too long with ``no_truncate``) gets a Result
+        with ``error`` set while the others are classified; InvalidArgument is raised only
+        when every text is refused.
         """
-        return self._classify(_codec.text_inputs(texts), top_k, logits, no_truncate, deadline_ms, priority, timeout)
+        return self._classify(
+            _codec.text_inputs(texts), top_k, logits, no_truncate, deadline_ms, priority, timeout,
+            aggregation=aggregation, redact=redact, min_score=min_score,
+        )
 
     def classify_pairs(
         self,
@@ -150,10 +168,23 @@ class Client(_Base):
         deadline_ms: Optional[float],
         priority: str,
         timeout: Timeout,
+        *,
+        aggregation: str = "simple",
+        redact: bool = False,
+        min_score: float = 0.0,
     ) -> Results:
         req_id = next(self._ids)
         data = _codec.classify_request(
-            req_id, inputs, top_k=top_k, logits=logits, no_truncate=no_truncate, deadline_ms=deadline_ms, priority=priority
+            req_id,
+            inputs,
+            top_k=top_k,
+            logits=logits,
+            no_truncate=no_truncate,
+            deadline_ms=deadline_ms,
+            priority=priority,
+            aggregation=aggregation,
+            redact=redact,
+            min_score=min_score,
         )
         return _codec.results(self._t.request(req_id, data, self._deadline(timeout)), logits)
 
@@ -225,11 +256,15 @@ class AsyncClient(_Base):
         no_truncate: bool = False,
         deadline_ms: Optional[float] = None,
         priority: str = "normal",
+        aggregation: str = "simple",
+        redact: bool = False,
+        min_score: float = 0.0,
         timeout: Timeout = DEFAULT,
     ) -> Results:
         """As Client.classify."""
         return await self._classify(
-            _codec.text_inputs(texts), top_k, logits, no_truncate, deadline_ms, priority, timeout
+            _codec.text_inputs(texts), top_k, logits, no_truncate, deadline_ms, priority, timeout,
+            aggregation=aggregation, redact=redact, min_score=min_score,
         )
 
     async def classify_pairs(
@@ -273,10 +308,23 @@ class AsyncClient(_Base):
         deadline_ms: Optional[float],
         priority: str,
         timeout: Timeout,
+        *,
+        aggregation: str = "simple",
+        redact: bool = False,
+        min_score: float = 0.0,
     ) -> Results:
         req_id = next(self._ids)
         data = _codec.classify_request(
-            req_id, inputs, top_k=top_k, logits=logits, no_truncate=no_truncate, deadline_ms=deadline_ms, priority=priority
+            req_id,
+            inputs,
+            top_k=top_k,
+            logits=logits,
+            no_truncate=no_truncate,
+            deadline_ms=deadline_ms,
+            priority=priority,
+            aggregation=aggregation,
+            redact=redact,
+            min_score=min_score,
         )
         return _codec.results(await self._t.request(req_id, data, self._deadline(timeout)), logits)
 

@@ -8,7 +8,7 @@ from typing import Any, Union
 
 from . import _errors
 from ._pb import classifyd_pb2 as pb
-from ._types import Info, Result, Results, Timings
+from ._types import Entity, Info, Result, Results, Timings
 
 VERSION = 1
 PREFIX = struct.Struct(">I")
@@ -18,6 +18,13 @@ MAX_RESPONSE_BYTES = 16 << 20
 MAX_ID = (1 << 64) - 1
 
 _PRIORITIES = {"normal": pb.PRIORITY_NORMAL, "high": pb.PRIORITY_HIGH}
+_AGGREGATIONS = {
+    "none": pb.AGGREGATION_NONE,
+    "simple": pb.AGGREGATION_SIMPLE,
+    "first": pb.AGGREGATION_FIRST,
+    "average": pb.AGGREGATION_AVERAGE,
+    "max": pb.AGGREGATION_MAX,
+}
 
 Pair = Union[tuple[str, str], Sequence[str]]
 
@@ -28,10 +35,24 @@ def frame(message: bytes) -> bytes:
 
 
 def _options(
-    top_k: int, logits: bool, no_truncate: bool, deadline_ms: float | None, priority: str
+    top_k: int,
+    logits: bool,
+    no_truncate: bool,
+    deadline_ms: float | None,
+    priority: str,
+    aggregation: str,
+    redact: bool,
+    min_score: float,
 ) -> dict[str, Any]:
     if not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k must be an int >= 0 (0 = all labels), not {top_k!r}")
+    try:
+        agg = _AGGREGATIONS[aggregation]
+    except KeyError:
+        allowed = ", ".join(repr(a) for a in _AGGREGATIONS)
+        raise ValueError(f"aggregation must be one of {allowed}, not {aggregation!r}") from None
+    if not 0 <= min_score <= 1:
+        raise ValueError(f"min_score must be a score from 0 to 1 (0 = keep all), not {min_score!r}")
     try:
         prio = _PRIORITIES[priority]
     except KeyError:
@@ -43,7 +64,14 @@ def _options(
         # At least 1 µs: 0 would mean "no deadline" on the wire.
         deadline_us = max(1, int(deadline_ms * 1000))
     return {
-        "options": pb.Options(top_k=top_k, return_logits=bool(logits), no_truncate=bool(no_truncate)),
+        "options": pb.Options(
+            top_k=top_k,
+            return_logits=bool(logits),
+            no_truncate=bool(no_truncate),
+            aggregation=agg,
+            redact=bool(redact),
+            min_score=min_score,
+        ),
         "deadline_us": deadline_us,
         "priority": prio,
     }
@@ -94,8 +122,12 @@ def classify_request(
     no_truncate: bool = False,
     deadline_ms: float | None = None,
     priority: str = "normal",
+    aggregation: str = "simple",
+    redact: bool = False,
+    min_score: float = 0.0,
 ) -> bytes:
-    body = pb.ClassifyRequest(inputs=inputs, **_options(top_k, logits, no_truncate, deadline_ms, priority))
+    opts = _options(top_k, logits, no_truncate, deadline_ms, priority, aggregation, redact, min_score)
+    body = pb.ClassifyRequest(inputs=inputs, **opts)
     return frame(pb.Request(version=VERSION, id=req_id, classify=body).SerializeToString())
 
 
@@ -129,6 +161,21 @@ def results(resp: pb.Response, logits: bool) -> Results:
             scores={s.label: s.score for s in r.scores},
             logits=list(r.logits) if logits else None,
             tokens=r.tokens,
+            error=r.message if r.status != pb.OK else None,
+            entities=[
+                Entity(
+                    label=e.label,
+                    score=e.score,
+                    word=e.word,
+                    start=e.start,
+                    end=e.end,
+                    start_byte=e.start_byte,
+                    end_byte=e.end_byte,
+                    index=e.index if e.HasField("index") else None,
+                )
+                for e in r.entities
+            ],
+            redacted=r.redacted if r.HasField("redacted") else None,
         )
         for r in c.results
     ]
@@ -156,6 +203,7 @@ def info(resp: pb.Response) -> Info:
         dtype=i.dtype,
         ready=i.ready,
         problem_type=i.problem_type,
+        task=i.task,
         protocol_version=i.protocol_version,
         server_version=i.server_version,
         batches=i.batches,

@@ -2,19 +2,54 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One entity a token-classification model found in a text, in text order.
+
+    ``label`` is the entity group ("PER" for B-PER/I-PER tokens), or the token's own label
+    with ``aggregation="none"``; ``score`` is its score (a group's: the mean over its tokens or
+    words). ``word`` is the
+    entity's text as the tokenizer decodes its tokens. ``start``/``end`` are offsets in code
+    points, as Python slices the text (``text[e.start:e.end]``); ``start_byte``/``end_byte``
+    are the same span in UTF-8 bytes (``text.encode()[e.start_byte:e.end_byte]``). ``index``
+    is the token's position, special tokens counted, only with ``aggregation="none"`` (else
+    None).
+    """
+
+    label: str
+    score: float
+    word: str
+    start: int
+    end: int
+    start_byte: int
+    end_byte: int
+    index: Optional[int]
 
 
 @dataclass(frozen=True)
 class Result:
     """The classification of one input.
 
-    ``scores`` maps each label to its score, best first (only the ``top_k`` best when the
-    call asked for that). Scores are softmax probabilities, sigmoid probabilities for
-    multi-label models, or the raw value for regression models. ``logits`` is in label order
-    and present only when the call asked for ``logits=True``. ``tokens`` counts the tokens
-    after truncation, special tokens included.
+    Sequence models: ``label`` and ``score`` are the best label and its score; ``scores``
+    maps each label to its score, best first (only the ``top_k`` best when the call asked
+    for that). Scores are softmax probabilities, sigmoid probabilities for multi-label
+    models, or the raw value for regression models. ``logits`` is in label order and present
+    only when the call asked for ``logits=True``. ``tokens`` counts the tokens after
+    truncation, special tokens included.
+
+    Token-classification models (``Info.task == "token"``): ``entities``, in text order, and
+    with ``redact=True`` the text with each entity replaced by ``[LABEL]`` in ``redacted``
+    (else None); ``label`` is empty and ``scores`` too.
+
+    ``error`` is None when the input was classified. An input the server refused in a
+    request whose other inputs it classified (no tokens, too long with ``no_truncate``, a
+    pair sent to a token model) has the server's reason here ("input 1: ..."), an empty
+    ``label``, no scores and no entities; a request whose inputs are all refused raises
+    InvalidArgument instead.
     """
 
     label: str
@@ -22,9 +57,9 @@ class Result:
     scores: dict[str, float]
     logits: Optional[list[float]]
     tokens: int
-    # Token classification (per-token labels, entities, redacted text) is not in protocol
-    # version 1. When the daemon's token-classification models land, their results become
-    # fields here, decoded from the new protocol fields; until then there is nothing to decode.
+    error: Optional[str] = None
+    entities: list[Entity] = field(default_factory=list)
+    redacted: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +108,8 @@ class Info:
     dtype: str
     ready: bool
     problem_type: str
+    # "sequence" (a Result.label per text) or "token" (Result.entities per text).
+    task: str
     protocol_version: int
     server_version: str
     # Batches run (each one or more forward passes) and requests computed since the daemon started.

@@ -24,19 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x63lassifyd.proto\x12\x0c\x63lassifyd.v1\"\x8c\x01\n\x07Request\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\x04\x12\x31\n\x08\x63lassify\x18\x03 \x01(\x0b\x32\x1d.classifyd.v1.ClassifyRequestH\x00\x12)\n\x04info\x18\x04 \x01(\x0b\x32\x19.classifyd.v1.InfoRequestH\x00\x42\x06\n\x04\x62ody\"\x9d\x01\n\x0f\x43lassifyRequest\x12#\n\x06inputs\x18\x01 \x03(\x0b\x32\x13.classifyd.v1.Input\x12&\n\x07options\x18\x02 \x01(\x0b\x32\x15.classifyd.v1.Options\x12\x13\n\x0b\x64\x65\x61\x64line_us\x18\x03 \x01(\x04\x12(\n\x08priority\x18\x04 \x01(\x0e\x32\x16.classifyd.v1.Priority\"n\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\x04pair\x18\x02 \x01(\x0b\x32\x16.classifyd.v1.TextPairH\x00\x12%\n\x03ids\x18\x03 \x01(\x0b\x32\x16.classifyd.v1.TokenIdsH\x00\x42\x06\n\x04kind\"+\n\x08TextPair\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttext_pair\x18\x02 \x01(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"D\n\x07Options\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x15\n\rreturn_logits\x18\x02 \x01(\x08\x12\x13\n\x0bno_truncate\x18\x03 \x01(\x08\"\r\n\x0bInfoRequest\"\xc6\x01\n\x08Response\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\x04\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.classifyd.v1.Status\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x32\n\x08\x63lassify\x18\x05 \x01(\x0b\x32\x1e.classifyd.v1.ClassifyResponseH\x00\x12*\n\x04info\x18\x06 \x01(\x0b\x32\x1a.classifyd.v1.InfoResponseH\x00\x42\x06\n\x04\x62ody\"\x82\x01\n\x10\x43lassifyResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.classifyd.v1.Result\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.classifyd.v1.Timings\"p\n\x06Result\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12(\n\x06scores\x18\x03 \x03(\x0b\x32\x18.classifyd.v1.LabelScore\x12\x0e\n\x06logits\x18\x04 \x03(\x02\x12\x0e\n\x06tokens\x18\x05 \x01(\r\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"l\n\x07Timings\x12\x10\n\x08queue_us\x18\x01 \x01(\x04\x12\x13\n\x0btokenize_us\x18\x02 \x01(\x04\x12\x14\n\x0cinference_us\x18\x03 \x01(\x04\x12\x10\n\x08total_us\x18\x04 \x01(\x04\x12\x12\n\nbatch_size\x18\x05 \x01(\r\"\x82\x02\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x14\n\x0cproblem_type\x18\t \x01(\t\x12\x18\n\x10protocol_version\x18\n \x01(\r\x12\x16\n\x0eserver_version\x18\x0b \x01(\t\x12\x0f\n\x07\x62\x61tches\x18\x0c \x01(\x04\x12\x10\n\x08\x63omputed\x18\r \x01(\x04*K\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x16\n\x12PROTOCOL_VERSION_1\x10\x01*2\n\x08Priority\x12\x13\n\x0fPRIORITY_NORMAL\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01*l\n\x06Status\x12\x06\n\x02OK\x10\x00\x12\x14\n\x10INVALID_ARGUMENT\x10\x01\x12\x0e\n\nOVERLOADED\x10\x02\x12\x15\n\x11\x44\x45\x41\x44LINE_EXCEEDED\x10\x03\x12\x0f\n\x0bUNAVAILABLE\x10\x04\x12\x0c\n\x08INTERNAL\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x63lassifyd.proto\x12\x0c\x63lassifyd.v1\"\x8c\x01\n\x07Request\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\x04\x12\x31\n\x08\x63lassify\x18\x03 \x01(\x0b\x32\x1d.classifyd.v1.ClassifyRequestH\x00\x12)\n\x04info\x18\x04 \x01(\x0b\x32\x19.classifyd.v1.InfoRequestH\x00\x42\x06\n\x04\x62ody\"\x9d\x01\n\x0f\x43lassifyRequest\x12#\n\x06inputs\x18\x01 \x03(\x0b\x32\x13.classifyd.v1.Input\x12&\n\x07options\x18\x02 \x01(\x0b\x32\x15.classifyd.v1.Options\x12\x13\n\x0b\x64\x65\x61\x64line_us\x18\x03 \x01(\x04\x12(\n\x08priority\x18\x04 \x01(\x0e\x32\x16.classifyd.v1.Priority\"n\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\x04pair\x18\x02 \x01(\x0b\x32\x16.classifyd.v1.TextPairH\x00\x12%\n\x03ids\x18\x03 \x01(\x0b\x32\x16.classifyd.v1.TokenIdsH\x00\x42\x06\n\x04kind\"+\n\x08TextPair\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttext_pair\x18\x02 \x01(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\x9a\x02\n\x07Options\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x15\n\rreturn_logits\x18\x02 \x01(\x08\x12\x13\n\x0bno_truncate\x18\x03 \x01(\x08\x12.\n\x0b\x61ggregation\x18\x04 \x01(\x0e\x32\x19.classifyd.v1.Aggregation\x12\x0e\n\x06redact\x18\x05 \x01(\x08\x12\x11\n\tmin_score\x18\x06 \x01(\x02\x12\x38\n\nmin_scores\x18\x07 \x03(\x0b\x32$.classifyd.v1.Options.MinScoresEntry\x12\x15\n\rreturn_tokens\x18\x08 \x01(\x08\x1a\x30\n\x0eMinScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\r\n\x0bInfoRequest\"\xc6\x01\n\x08Response\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\x04\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.classifyd.v1.Status\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x32\n\x08\x63lassify\x18\x05 \x01(\x0b\x32\x1e.classifyd.v1.ClassifyResponseH\x00\x12*\n\x04info\x18\x06 \x01(\x0b\x32\x1a.classifyd.v1.InfoResponseH\x00\x42\x06\n\x04\x62ody\"\x82\x01\n\x10\x43lassifyResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.classifyd.v1.Result\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12&\n\x07timings\x18\x04 \x01(\x0b\x32\x15.classifyd.v1.Timings\"\xa5\x02\n\x06Result\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12(\n\x06scores\x18\x03 \x03(\x0b\x32\x18.classifyd.v1.LabelScore\x12\x0e\n\x06logits\x18\x04 \x03(\x02\x12\x0e\n\x06tokens\x18\x05 \x01(\r\x12&\n\x08\x65ntities\x18\x06 \x03(\x0b\x32\x14.classifyd.v1.Entity\x12\x15\n\x08redacted\x18\x07 \x01(\tH\x00\x88\x01\x01\x12\x30\n\rtoken_outputs\x18\x08 \x03(\x0b\x32\x19.classifyd.v1.TokenOutput\x12$\n\x06status\x18\t \x01(\x0e\x32\x14.classifyd.v1.Status\x12\x0f\n\x07message\x18\n \x01(\tB\x0b\n\t_redacted\"\x94\x01\n\x06\x45ntity\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04word\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\r\x12\x0b\n\x03\x65nd\x18\x05 \x01(\r\x12\x12\n\nstart_byte\x18\x06 \x01(\r\x12\x10\n\x08\x65nd_byte\x18\x07 \x01(\r\x12\x12\n\x05index\x18\x08 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_index\";\n\x0bTokenOutput\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06logits\x18\x03 \x03(\x02\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"l\n\x07Timings\x12\x10\n\x08queue_us\x18\x01 \x01(\x04\x12\x13\n\x0btokenize_us\x18\x02 \x01(\x04\x12\x14\n\x0cinference_us\x18\x03 \x01(\x04\x12\x10\n\x08total_us\x18\x04 \x01(\x04\x12\x12\n\nbatch_size\x18\x05 \x01(\r\"\x90\x02\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x14\n\x0cproblem_type\x18\t \x01(\t\x12\x18\n\x10protocol_version\x18\n \x01(\r\x12\x16\n\x0eserver_version\x18\x0b \x01(\t\x12\x0f\n\x07\x62\x61tches\x18\x0c \x01(\x04\x12\x10\n\x08\x63omputed\x18\r \x01(\x04\x12\x0c\n\x04task\x18\x0e \x01(\t*K\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x16\n\x12PROTOCOL_VERSION_1\x10\x01*\x80\x01\n\x0b\x41ggregation\x12\x16\n\x12\x41GGREGATION_SIMPLE\x10\x00\x12\x14\n\x10\x41GGREGATION_NONE\x10\x01\x12\x15\n\x11\x41GGREGATION_FIRST\x10\x02\x12\x17\n\x13\x41GGREGATION_AVERAGE\x10\x03\x12\x13\n\x0f\x41GGREGATION_MAX\x10\x04*2\n\x08Priority\x12\x13\n\x0fPRIORITY_NORMAL\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01*l\n\x06Status\x12\x06\n\x02OK\x10\x00\x12\x14\n\x10INVALID_ARGUMENT\x10\x01\x12\x0e\n\nOVERLOADED\x10\x02\x12\x15\n\x11\x44\x45\x41\x44LINE_EXCEEDED\x10\x03\x12\x0f\n\x0bUNAVAILABLE\x10\x04\x12\x0c\n\x08INTERNAL\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'classifyd_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROTOCOLVERSION']._serialized_start=1466
-  _globals['_PROTOCOLVERSION']._serialized_end=1541
-  _globals['_PRIORITY']._serialized_start=1543
-  _globals['_PRIORITY']._serialized_end=1593
-  _globals['_STATUS']._serialized_start=1595
-  _globals['_STATUS']._serialized_end=1703
+  _globals['_OPTIONS_MINSCORESENTRY']._loaded_options = None
+  _globals['_OPTIONS_MINSCORESENTRY']._serialized_options = b'8\001'
+  _globals['_PROTOCOLVERSION']._serialized_start=2089
+  _globals['_PROTOCOLVERSION']._serialized_end=2164
+  _globals['_AGGREGATION']._serialized_start=2167
+  _globals['_AGGREGATION']._serialized_end=2295
+  _globals['_PRIORITY']._serialized_start=2297
+  _globals['_PRIORITY']._serialized_end=2347
+  _globals['_STATUS']._serialized_start=2349
+  _globals['_STATUS']._serialized_end=2457
   _globals['_REQUEST']._serialized_start=34
   _globals['_REQUEST']._serialized_end=174
   _globals['_CLASSIFYREQUEST']._serialized_start=177
@@ -47,20 +51,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TEXTPAIR']._serialized_end=491
   _globals['_TOKENIDS']._serialized_start=493
   _globals['_TOKENIDS']._serialized_end=516
-  _globals['_OPTIONS']._serialized_start=518
-  _globals['_OPTIONS']._serialized_end=586
-  _globals['_INFOREQUEST']._serialized_start=588
-  _globals['_INFOREQUEST']._serialized_end=601
-  _globals['_RESPONSE']._serialized_start=604
-  _globals['_RESPONSE']._serialized_end=802
-  _globals['_CLASSIFYRESPONSE']._serialized_start=805
-  _globals['_CLASSIFYRESPONSE']._serialized_end=935
-  _globals['_RESULT']._serialized_start=937
-  _globals['_RESULT']._serialized_end=1049
-  _globals['_LABELSCORE']._serialized_start=1051
-  _globals['_LABELSCORE']._serialized_end=1093
-  _globals['_TIMINGS']._serialized_start=1095
-  _globals['_TIMINGS']._serialized_end=1203
-  _globals['_INFORESPONSE']._serialized_start=1206
-  _globals['_INFORESPONSE']._serialized_end=1464
+  _globals['_OPTIONS']._serialized_start=519
+  _globals['_OPTIONS']._serialized_end=801
+  _globals['_OPTIONS_MINSCORESENTRY']._serialized_start=753
+  _globals['_OPTIONS_MINSCORESENTRY']._serialized_end=801
+  _globals['_INFOREQUEST']._serialized_start=803
+  _globals['_INFOREQUEST']._serialized_end=816
+  _globals['_RESPONSE']._serialized_start=819
+  _globals['_RESPONSE']._serialized_end=1017
+  _globals['_CLASSIFYRESPONSE']._serialized_start=1020
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1150
+  _globals['_RESULT']._serialized_start=1153
+  _globals['_RESULT']._serialized_end=1446
+  _globals['_ENTITY']._serialized_start=1449
+  _globals['_ENTITY']._serialized_end=1597
+  _globals['_TOKENOUTPUT']._serialized_start=1599
+  _globals['_TOKENOUTPUT']._serialized_end=1658
+  _globals['_LABELSCORE']._serialized_start=1660
+  _globals['_LABELSCORE']._serialized_end=1702
+  _globals['_TIMINGS']._serialized_start=1704
+  _globals['_TIMINGS']._serialized_end=1812
+  _globals['_INFORESPONSE']._serialized_start=1815
+  _globals['_INFORESPONSE']._serialized_end=2087
 # @@protoc_insertion_point(module_scope)

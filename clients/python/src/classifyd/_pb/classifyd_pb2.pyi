@@ -12,6 +12,14 @@ class ProtocolVersion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROTOCOL_VERSION_UNSPECIFIED: _ClassVar[ProtocolVersion]
     PROTOCOL_VERSION_1: _ClassVar[ProtocolVersion]
 
+class Aggregation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGGREGATION_SIMPLE: _ClassVar[Aggregation]
+    AGGREGATION_NONE: _ClassVar[Aggregation]
+    AGGREGATION_FIRST: _ClassVar[Aggregation]
+    AGGREGATION_AVERAGE: _ClassVar[Aggregation]
+    AGGREGATION_MAX: _ClassVar[Aggregation]
+
 class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PRIORITY_NORMAL: _ClassVar[Priority]
@@ -27,6 +35,11 @@ class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL: _ClassVar[Status]
 PROTOCOL_VERSION_UNSPECIFIED: ProtocolVersion
 PROTOCOL_VERSION_1: ProtocolVersion
+AGGREGATION_SIMPLE: Aggregation
+AGGREGATION_NONE: Aggregation
+AGGREGATION_FIRST: Aggregation
+AGGREGATION_AVERAGE: Aggregation
+AGGREGATION_MAX: Aggregation
 PRIORITY_NORMAL: Priority
 PRIORITY_HIGH: Priority
 OK: Status
@@ -85,14 +98,31 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Options(_message.Message):
-    __slots__ = ("top_k", "return_logits", "no_truncate")
+    __slots__ = ("top_k", "return_logits", "no_truncate", "aggregation", "redact", "min_score", "min_scores", "return_tokens")
+    class MinScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     RETURN_LOGITS_FIELD_NUMBER: _ClassVar[int]
     NO_TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    REDACT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORES_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TOKENS_FIELD_NUMBER: _ClassVar[int]
     top_k: int
     return_logits: bool
     no_truncate: bool
-    def __init__(self, top_k: _Optional[int] = ..., return_logits: bool = ..., no_truncate: bool = ...) -> None: ...
+    aggregation: Aggregation
+    redact: bool
+    min_score: float
+    min_scores: _containers.ScalarMap[str, float]
+    return_tokens: bool
+    def __init__(self, top_k: _Optional[int] = ..., return_logits: bool = ..., no_truncate: bool = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., redact: bool = ..., min_score: _Optional[float] = ..., min_scores: _Optional[_Mapping[str, float]] = ..., return_tokens: bool = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -127,18 +157,58 @@ class ClassifyResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[Result, _Mapping]]] = ..., model: _Optional[str] = ..., revision: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("label", "score", "scores", "logits", "tokens")
+    __slots__ = ("label", "score", "scores", "logits", "tokens", "entities", "redacted", "token_outputs", "status", "message")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    REDACTED_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     label: str
     score: float
     scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
     logits: _containers.RepeatedScalarFieldContainer[float]
     tokens: int
-    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., logits: _Optional[_Iterable[float]] = ..., tokens: _Optional[int] = ...) -> None: ...
+    entities: _containers.RepeatedCompositeFieldContainer[Entity]
+    redacted: str
+    token_outputs: _containers.RepeatedCompositeFieldContainer[TokenOutput]
+    status: Status
+    message: str
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., logits: _Optional[_Iterable[float]] = ..., tokens: _Optional[int] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., redacted: _Optional[str] = ..., token_outputs: _Optional[_Iterable[_Union[TokenOutput, _Mapping]]] = ..., status: _Optional[_Union[Status, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Entity(_message.Message):
+    __slots__ = ("label", "score", "word", "start", "end", "start_byte", "end_byte", "index")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    START_BYTE_FIELD_NUMBER: _ClassVar[int]
+    END_BYTE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    word: str
+    start: int
+    end: int
+    start_byte: int
+    end_byte: int
+    index: int
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., word: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., start_byte: _Optional[int] = ..., end_byte: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
+
+class TokenOutput(_message.Message):
+    __slots__ = ("label", "score", "logits")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    logits: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., logits: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "score")
@@ -163,7 +233,7 @@ class Timings(_message.Message):
     def __init__(self, queue_us: _Optional[int] = ..., tokenize_us: _Optional[int] = ..., inference_us: _Optional[int] = ..., total_us: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model", "revision", "architecture", "labels", "max_length", "device", "dtype", "ready", "problem_type", "protocol_version", "server_version", "batches", "computed")
+    __slots__ = ("model", "revision", "architecture", "labels", "max_length", "device", "dtype", "ready", "problem_type", "protocol_version", "server_version", "batches", "computed", "task")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +247,7 @@ class InfoResponse(_message.Message):
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     COMPUTED_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
     model: str
     revision: str
     architecture: str
@@ -190,4 +261,5 @@ class InfoResponse(_message.Message):
     server_version: str
     batches: int
     computed: int
-    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., architecture: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., ready: bool = ..., problem_type: _Optional[str] = ..., protocol_version: _Optional[int] = ..., server_version: _Optional[str] = ..., batches: _Optional[int] = ..., computed: _Optional[int] = ...) -> None: ...
+    task: str
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., architecture: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., ready: bool = ..., problem_type: _Optional[str] = ..., protocol_version: _Optional[int] = ..., server_version: _Optional[str] = ..., batches: _Optional[int] = ..., computed: _Optional[int] = ..., task: _Optional[str] = ...) -> None: ...
