@@ -38,8 +38,12 @@ from transformers import (
     DistilBertForTokenClassification,
     ElectraConfig,
     ElectraForTokenClassification,
+    LlamaConfig,
+    LlamaForTokenClassification,
     ModernBertConfig,
     ModernBertForTokenClassification,
+    Qwen3Config,
+    Qwen3ForTokenClassification,
     RobertaConfig,
     RobertaForTokenClassification,
     XLMRobertaConfig,
@@ -138,6 +142,24 @@ def fixtures():
                  pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
                  position_biased_input=False, hidden_act="gelu", pad_token_id=sp["pad"],
                  layer_norm_eps=1e-7, **tok_kw, **COMMON))),
+        # Decoders (transformers' GenericForTokenClassification: a biased `score` over every
+        # token, causal attention): Qwen3 with a tokenizer that adds nothing (so "" is no
+        # tokens and refused) and a window shorter than the texts; Llama with a BOS.
+        dict(name="tok-qwen3", tok=("bpe-qwen", 400), dtype=torch.float32,
+             input_names=["input_ids", "attention_mask"],
+             model=lambda v, sp: (Qwen3ForTokenClassification, Qwen3Config(
+                 vocab_size=v, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, intermediate_size=80,
+                 max_position_embeddings=128, use_sliding_window=True, sliding_window=5,
+                 max_window_layers=1, pad_token_id=sp["pad"], tie_word_embeddings=False,
+                 initializer_range=0.2, **tok_kw))),
+        dict(name="tok-llama", tok=("bpe-llama", 400), dtype=torch.bfloat16,
+             input_names=["input_ids", "attention_mask"],
+             model=lambda v, sp: (LlamaForTokenClassification, LlamaConfig(
+                 vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                 pad_token_id=sp["pad"], bos_token_id=0, eos_token_id=1,
+                 tie_word_embeddings=False, initializer_range=0.2, **tok_kw))),
     ]
 
 
@@ -178,7 +200,8 @@ def make_fixture(fx: dict) -> None:
                     p.copy_(1.0 + 0.2 * torch.randn_like(p))
         # Spread the logits (no near-ties to flip between implementations) and favour "O", so
         # entities come in runs with gaps between them, as a real tagger's do.
-        model.classifier.weight.mul_(3.0)
+        head = model.score if hasattr(model, "score") else model.classifier
+        head.weight.mul_(3.0)
         # "O" wins about half the tokens of the cases: its bias moves near the median margin,
         # to the middle of the widest gap between two tokens' margins there, so that no
         # token's label is a near-tie that rounding could flip.
@@ -192,7 +215,7 @@ def make_fixture(fx: dict) -> None:
         margins.sort()
         lo, hi = int(len(margins) * 0.35), int(len(margins) * 0.65)
         gap, at = max((margins[i + 1] - margins[i], i) for i in range(lo, hi))
-        model.classifier.bias[0] += (margins[at] + margins[at + 1]) / 2
+        head.bias[0] += (margins[at] + margins[at + 1]) / 2
     if fx["dtype"] != torch.float32:
         model = model.to(fx["dtype"])
     model.save_pretrained(str(out), safe_serialization=True)
@@ -219,6 +242,10 @@ def make_fixture(fx: dict) -> None:
         enc = hf_tok(text, truncation=True, max_length=max_length, return_offsets_mapping=True,
                      return_special_tokens_mask=True)
         ids = list(enc["input_ids"])
+        if not ids:
+            # No tokens at all (a tokenizer that adds none, on ""): refused, not classified.
+            cases.append(dict(text=text, input_ids=[], token_type_ids=[], refused=True))
+            continue
         tt = list(enc["token_type_ids"]) if "token_type_ids" in enc else [0] * len(ids)
         with torch.no_grad():
             kw = dict(input_ids=torch.tensor([ids]),
@@ -233,6 +260,8 @@ def make_fixture(fx: dict) -> None:
                           token_logits=[[sig7(x) for x in row] for row in logits],
                           entities=entities))
 
+    refused = [c for c in cases if c.get("refused")]
+    cases = [c for c in cases if not c.get("refused")]
     ids_b, tt_b, mask_b = padded(cases, hf_tok.pad_token_id)
     with torch.no_grad():
         kw = dict(input_ids=ids_b, attention_mask=mask_b)
@@ -247,10 +276,10 @@ def make_fixture(fx: dict) -> None:
         raise AssertionError(f"{name}: batch vs single token logits differ by {worst:.3g}")
 
     golden = dict(architecture=cfg_json["architectures"][0], task="token",
-                  max_length=max_length, labels=LABELS, cases=cases)
+                  max_length=max_length, labels=LABELS, cases=cases + refused)
     (out / "golden.json").write_text(json.dumps(golden, ensure_ascii=False, indent=1) + "\n",
                                      encoding="utf-8")
-    n_ent = sum(len(c["entities"]["simple"]) for c in cases)
+    n_ent = sum(len(c["entities"]["simple"]) for c in cases if "entities" in c)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"== {name}: {size / 1024:.0f} KiB, max_length={max_length}, "
           f"max|batch-single|={worst:.2e}, simple entities={n_ent}")

@@ -58,6 +58,11 @@ pub const SUPPORTED: &[&str] = &[
     "ElectraForTokenClassification",
     "ModernBertForTokenClassification",
     "DebertaV2ForTokenClassification",
+    "LlamaForTokenClassification",
+    "MistralForTokenClassification",
+    "Qwen2ForTokenClassification",
+    "Qwen3ForTokenClassification",
+    "Gemma2ForTokenClassification",
 ];
 
 /// `--device auto|cpu|cuda[:N]`.
@@ -385,22 +390,33 @@ fn build_model(dir: &ModelDir, vb: VarBuilder) -> Result<Box<dyn SequenceClassif
         | "Qwen2ForSequenceClassification"
         | "Qwen3ForSequenceClassification"
         | "Gemma2ForSequenceClassification"
-        | "Gemma3TextForSequenceClassification") => {
+        | "Gemma3TextForSequenceClassification"
+        | "LlamaForTokenClassification"
+        | "MistralForTokenClassification"
+        | "Qwen2ForTokenClassification"
+        | "Qwen3ForTokenClassification"
+        | "Gemma2ForTokenClassification") => {
             use crate::model::decoder;
-            let raw: decoder::RawConfig = parse_config(dir)?;
-            let cfg = match arch {
-                "LlamaForSequenceClassification" => decoder::llama::config(&raw),
-                "MistralForSequenceClassification" => decoder::mistral::config(&raw),
-                "Qwen2ForSequenceClassification" => decoder::qwen2::config(&raw),
-                "Gemma2ForSequenceClassification" => decoder::gemma2::config(&raw),
-                "Gemma3TextForSequenceClassification" => decoder::gemma3::config(&raw),
+            let mut raw: decoder::RawConfig = parse_config(dir)?;
+            if task == Task::Token && raw.pad_token_id.is_none() {
+                // Only the sequence head reads at the pad id; a token head scores every
+                // token, and padding is masked whatever id it has.
+                raw.pad_token_id = Some(0);
+            }
+            let family = arch.split("For").next().unwrap_or(arch);
+            let cfg = match family {
+                "Llama" => decoder::llama::config(&raw),
+                "Mistral" => decoder::mistral::config(&raw),
+                "Qwen2" => decoder::qwen2::config(&raw),
+                "Gemma2" => decoder::gemma2::config(&raw),
+                "Gemma3Text" => decoder::gemma3::config(&raw),
                 _ => decoder::qwen3::config(&raw),
             };
             let cfg = cfg.map_err(|message| LoadError::Config {
                 path: dir.config_path.clone(),
                 message,
             })?;
-            Box::new(decoder::Decoder::load(cfg, n, vb).map_err(weights_err)?)
+            Box::new(decoder::Decoder::load(cfg, n, task, vb).map_err(weights_err)?)
         }
         "Gemma3ForSequenceClassification" => {
             use crate::model::decoder;
@@ -422,7 +438,7 @@ fn build_model(dir: &ModelDir, vb: VarBuilder) -> Result<Box<dyn SequenceClassif
             } else {
                 "model.language_model"
             };
-            Box::new(decoder::Decoder::load_at(cfg, n, vb, body).map_err(weights_err)?)
+            Box::new(decoder::Decoder::load_at(cfg, n, task, vb, body).map_err(weights_err)?)
         }
         other => {
             return Err(LoadError::UnknownArchitecture {

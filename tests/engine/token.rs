@@ -11,8 +11,9 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-/// One fixture per encoder family's `*ForTokenClassification`.
-pub const TOKEN_FIXTURES: [&str; 7] = [
+/// One fixture per encoder family's `*ForTokenClassification`, and two decoders'
+/// (`GenericForTokenClassification`: Qwen3 without special tokens, Llama with a BOS).
+pub const TOKEN_FIXTURES: [&str; 9] = [
     "tok-bert",
     "tok-distilbert",
     "tok-roberta",
@@ -20,6 +21,8 @@ pub const TOKEN_FIXTURES: [&str; 7] = [
     "tok-electra",
     "tok-modernbert",
     "tok-deberta-v2",
+    "tok-qwen3",
+    "tok-llama",
 ];
 
 const STRATEGIES: [(&str, Aggregation); 5] = [
@@ -75,7 +78,22 @@ fn check_fixture(name: &str) {
     let cases = golden["cases"].as_array().expect("cases");
     let mut worst = 0f32;
     let mut entities = 0;
-    for case in cases {
+    let cases: Vec<&Value> = cases
+        .iter()
+        .filter(|c| {
+            if c.get("refused").is_none() {
+                return true;
+            }
+            // No tokens (a tokenizer that adds none, on ""): refused, never classified.
+            let text = c["text"].as_str().expect("text");
+            let r = engine
+                .classify_with(&[Input::Text(text.into())], true, &TokenOptions::default())
+                .expect("forward pass");
+            assert_eq!(r[0], Err(InputError::NoTokens), "{name} {text:?}");
+            false
+        })
+        .collect();
+    for case in &cases {
         let text = case["text"].as_str().expect("text");
         let want: Vec<Vec<f32>> = case["token_logits"]
             .as_array()
@@ -152,6 +170,8 @@ token_parity! {
     electra_tokens => "tok-electra",
     modernbert_tokens => "tok-modernbert",
     deberta_v2_tokens => "tok-deberta-v2",
+    qwen3_tokens => "tok-qwen3",
+    llama_tokens => "tok-llama",
 }
 
 #[test]

@@ -36,7 +36,7 @@ use super::rope::Rope;
 pub use super::rope::RopeScaling;
 use super::{
     attention_dtype, contiguous_as, head_vb, mask_fill_value, to_head, Batch, Linear,
-    SequenceClassifier,
+    SequenceClassifier, Task,
 };
 
 /// The normalized shape of a decoder classifier, whatever family it came from.
@@ -491,6 +491,9 @@ pub struct Decoder {
     layers: Vec<Layer>,
     norm: RmsNorm,
     score: Linear,
+    /// `*ForTokenClassification` (transformers' `GenericForTokenClassification`): the head
+    /// scores every token instead of the last real one.
+    task: Task,
     /// RoPE tables in the attention dtype, built at load; and the sliding layers' own, when
     /// they differ.
     rope: Rope,
@@ -501,13 +504,32 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn load(cfg: Config, num_labels: usize, vb: VarBuilder) -> Result<Self> {
-        Self::load_at(cfg, num_labels, vb, "model")
+    pub fn load(cfg: Config, num_labels: usize, task: Task, vb: VarBuilder) -> Result<Self> {
+        Self::load_at(cfg, num_labels, task, vb, "model")
     }
 
     /// [`Self::load`] with the decoder's weights under `body` (Gemma 3's multimodal checkpoints
     /// keep the text model at `language_model.model`; its vision tower is never read).
-    pub fn load_at(cfg: Config, num_labels: usize, vb: VarBuilder, body: &str) -> Result<Self> {
+    pub fn load_at(
+        cfg: Config,
+        num_labels: usize,
+        task: Task,
+        vb: VarBuilder,
+        body: &str,
+    ) -> Result<Self> {
+        // The sequence head is bias-free; the generic token head has one unless
+        // `token_classification_bias` turned it off.
+        let score = match task {
+            Task::Sequence => {
+                Linear::load_no_bias(cfg.hidden_size, num_labels, head_vb(vb.pp("score")))?
+            }
+            Task::Token => Linear::load_opt_bias(
+                cfg.hidden_size,
+                num_labels,
+                vb.pp("score").contains_tensor("bias"),
+                head_vb(vb.pp("score")),
+            )?,
+        };
         let body = vb.pp(body);
         let layers = cfg
             .windows
@@ -535,7 +557,8 @@ impl Decoder {
                 cfg.gemma_norms,
                 body.pp("norm"),
             )?,
-            score: Linear::load_no_bias(cfg.hidden_size, num_labels, head_vb(vb.pp("score")))?,
+            score,
+            task,
             rope: global,
             local,
             chunk_bytes: super::ATTENTION_CHUNK_BYTES,
@@ -680,6 +703,9 @@ impl SequenceClassifier for Decoder {
             }
             x = (x + m)?;
         }
+        if self.task == Task::Token {
+            return self.score.forward(&to_head(&self.norm.forward(&x)?)?);
+        }
         let (b, t, h) = x.dims3()?;
         // Only the rows read by the head are normed and scored.
         let last = self.last_tokens(batch)?;
@@ -689,10 +715,13 @@ impl SequenceClassifier for Decoder {
         self.score.forward(&to_head(&picked)?)
     }
     fn pooling(&self) -> String {
-        format!(
-            "last token that is not pad_token_id {}",
-            self.cfg.pad_token_id
-        )
+        match self.task {
+            Task::Token => "every token".into(),
+            Task::Sequence => format!(
+                "last token that is not pad_token_id {}",
+                self.cfg.pad_token_id
+            ),
+        }
     }
     fn attention_pattern(&self) -> String {
         let c = &self.cfg;
@@ -759,7 +788,7 @@ mod tests {
         }
         .unwrap();
         let labels = if name == "qwen3" { 3 } else { 2 };
-        Decoder::load(cfg, labels, vb).unwrap()
+        Decoder::load(cfg, labels, Task::Sequence, vb).unwrap()
     }
 
     #[test]
