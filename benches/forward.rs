@@ -27,6 +27,7 @@ fn exactly(engine: &Engine, n: usize) -> Encoded {
     Encoded {
         type_ids: vec![0; n],
         ids,
+        spans: None,
     }
 }
 

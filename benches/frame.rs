@@ -35,6 +35,7 @@ fn response(n: usize) -> pb::Response {
         ],
         logits: Vec::new(),
         tokens: 13,
+        ..Default::default()
     };
     pb::Response {
         version: protocol::VERSION,

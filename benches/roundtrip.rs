@@ -113,13 +113,13 @@ fn bench_model(c: &mut Criterion, name: &str, model: PathBuf) {
     });
     g.bench_function("uds", |b| {
         b.iter(|| {
-            rt.block_on(unix.classify(vec![text(TEXT)], opts))
+            rt.block_on(unix.classify(vec![text(TEXT)], opts.clone()))
                 .expect("uds")
         })
     });
     g.bench_function("quic", |b| {
         b.iter(|| {
-            rt.block_on(quic.classify(vec![text(TEXT)], opts))
+            rt.block_on(quic.classify(vec![text(TEXT)], opts.clone()))
                 .expect("quic")
         })
     });

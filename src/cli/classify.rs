@@ -156,13 +156,15 @@ fn parse_pair(line: &str) -> Result<Input, String> {
 /// Where `classify` sends its inputs.
 enum Backend {
     Local(Box<Engine>),
-    Remote {
-        runtime: tokio::runtime::Runtime,
-        client: Client,
-        labels: Vec<String>,
-        /// The served model classifies tokens.
-        tokens: bool,
-    },
+    Remote(Box<Remote>),
+}
+
+struct Remote {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    labels: Vec<String>,
+    /// The served model classifies tokens.
+    tokens: bool,
 }
 
 impl Backend {
@@ -192,12 +194,12 @@ impl Backend {
                 info.message
             ),
         };
-        Ok(Backend::Remote {
+        Ok(Backend::Remote(Box::new(Remote {
             runtime,
             client,
             labels,
             tokens,
-        })
+        })))
     }
 
     /// One JSON line per input, in input order; an error object where an input failed.
@@ -216,12 +218,13 @@ impl Backend {
                     Err(e) => json!({ "error": e.to_string() }),
                 })
                 .collect()),
-            Backend::Remote {
-                runtime,
-                client,
-                labels,
-                tokens,
-            } => {
+            Backend::Remote(remote) => {
+                let Remote {
+                    runtime,
+                    client,
+                    labels,
+                    tokens,
+                } = &**remote;
                 let options = pb::Options {
                     top_k: 0,
                     return_logits: true,

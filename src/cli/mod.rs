@@ -45,7 +45,7 @@ pub enum Command {
     /// Print what a model directory holds: architecture, labels, parameters, limits, dtypes.
     Inspect(InspectArgs),
     /// Classify the texts given as arguments, or each line of stdin when none are given.
-    Classify(ClassifyArgs),
+    Classify(Box<ClassifyArgs>),
     /// Serve classification over a Unix socket and/or QUIC until SIGTERM/SIGINT.
     Serve(Box<ServeArgs>),
     /// Check a `serve` configuration (--config FILE and/or flags) without serving: the file,
@@ -163,7 +163,7 @@ impl RemoteArgs {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Inspect(a) => classify::inspect(a),
-        Command::Classify(a) => classify::classify(a),
+        Command::Classify(a) => classify::classify(*a),
         Command::Serve(a) => serve::serve(*a),
         Command::Bench(a) => bench::bench(*a),
         Command::CheckConfig(a) => {
