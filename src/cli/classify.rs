@@ -32,7 +32,8 @@ pub struct ClassifyArgs {
     #[arg(long, default_value = "simple", value_parser = clap::value_parser!(Aggregation))]
     pub aggregation: Aggregation,
     /// Token-classification models: also print each text with every entity replaced by
-    /// `[LABEL]` ("redacted").
+    /// `[LABEL]` ("redacted"). Implies --no-truncate: a text over the model's maximum is
+    /// refused, never returned with an unchecked tail.
     #[arg(long)]
     pub redact: bool,
     /// Token-classification models: the score an entity needs to be printed and redacted,
@@ -333,7 +334,8 @@ pub(crate) fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
         bail!("--pair reads its pairs from stdin; give no TEXT arguments with it");
     }
     let backend = Backend::open(&a)?;
-    let truncate = !a.no_truncate;
+    // As the daemon does: a redacted text is never truncated (its tail would go unredacted).
+    let truncate = !a.no_truncate && !a.redact;
     let opts = TokenOptions {
         aggregation: a.aggregation,
         redact: a.redact,

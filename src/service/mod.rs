@@ -285,11 +285,13 @@ impl Service {
         // From here on the texts live in `inputs` only.
         drop(std::mem::take(&mut req.inputs));
         let options = req.options.unwrap_or_default();
-        let truncate = !options.no_truncate;
         let token_options = match model.engine.task() {
             Task::Token => Some(protocol::token_options(&options).map_err(invalid)?),
             Task::Sequence => None,
         };
+        // A redacted text must have had every character seen: a truncated one would come back
+        // with its tail unredacted, so redaction refuses over-long texts instead.
+        let truncate = !options.no_truncate && !token_options.as_ref().is_some_and(|t| t.redact);
         let deadline = (req.deadline_us > 0)
             .then(|| received.checked_add(Duration::from_micros(req.deadline_us)))
             .flatten();

@@ -518,6 +518,25 @@ fn a_token_classifier_serves_entities_redaction_and_per_input_refusals() {
         remote["token_logits"].as_array().unwrap().len(),
         local["token_logits"].as_array().unwrap().len()
     );
+    // Redaction never truncates: an over-long text would come back with its tail unredacted.
+    let long = "Maria Lopez ".repeat(100);
+    let redact = pb::Options {
+        redact: true,
+        ..Default::default()
+    };
+    let r = rt
+        .block_on(client.classify(vec![text(long.clone())], redact))
+        .unwrap();
+    assert_eq!(status(&r), pb::Status::InvalidArgument);
+    assert!(r.message.contains("at most 64"), "{}", r.message);
+    let r = rt
+        .block_on(client.classify(vec![text(long)], pb::Options::default()))
+        .unwrap();
+    assert_eq!(
+        status(&r),
+        pb::Status::Ok,
+        "without redaction it is truncated as usual"
+    );
     // A score outside 0..1 is a bad request, not a silent filter.
     let bad = pb::Options {
         min_score: 1.5,
