@@ -38,10 +38,16 @@ from transformers import (
     DistilBertForTokenClassification,
     ElectraConfig,
     ElectraForTokenClassification,
+    Gemma2Config,
+    Gemma2ForTokenClassification,
     LlamaConfig,
     LlamaForTokenClassification,
+    MistralConfig,
+    MistralForTokenClassification,
     ModernBertConfig,
     ModernBertForTokenClassification,
+    Qwen2Config,
+    Qwen2ForTokenClassification,
     Qwen3Config,
     Qwen3ForTokenClassification,
     RobertaConfig,
@@ -160,6 +166,30 @@ def fixtures():
                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
                  pad_token_id=sp["pad"], bos_token_id=0, eos_token_id=1,
                  tie_word_embeddings=False, initializer_range=0.2, **tok_kw))),
+        # Qwen2's Q/K/V bias, Mistral's window, Gemma 2's 1 + w sandwich norms, embedding
+        # scale and softcapping, each under the generic token head.
+        dict(name="tok-qwen2", tok=("bpe-qwen", 400), dtype=torch.float32,
+             input_names=["input_ids", "attention_mask"],
+             model=lambda v, sp: (Qwen2ForTokenClassification, Qwen2Config(
+                 vocab_size=v, hidden_size=40, num_hidden_layers=2, num_attention_heads=5,
+                 num_key_value_heads=1, intermediate_size=72, max_position_embeddings=128,
+                 pad_token_id=sp["pad"], tie_word_embeddings=False, initializer_range=0.2,
+                 **tok_kw))),
+        dict(name="tok-mistral", tok=("bpe-llama", 400), dtype=torch.float16,
+             input_names=["input_ids", "attention_mask"],
+             model=lambda v, sp: (MistralForTokenClassification, MistralConfig(
+                 vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=1, intermediate_size=48, max_position_embeddings=128,
+                 sliding_window=6, pad_token_id=sp["pad"], bos_token_id=0, eos_token_id=1,
+                 tie_word_embeddings=False, initializer_range=0.2, **tok_kw))),
+        dict(name="tok-gemma2", tok=("bpe-llama", 400), dtype=torch.float32,
+             input_names=["input_ids", "attention_mask"],
+             model=lambda v, sp: (Gemma2ForTokenClassification, Gemma2Config(
+                 vocab_size=v, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=12, intermediate_size=56,
+                 max_position_embeddings=128, sliding_window=5, query_pre_attn_scalar=20,
+                 attn_logit_softcapping=2.0, pad_token_id=sp["pad"], bos_token_id=0,
+                 eos_token_id=1, initializer_range=0.2, **tok_kw))),
     ]
 
 

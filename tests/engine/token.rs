@@ -11,9 +11,10 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-/// One fixture per encoder family's `*ForTokenClassification`, and two decoders'
-/// (`GenericForTokenClassification`: Qwen3 without special tokens, Llama with a BOS).
-pub const TOKEN_FIXTURES: [&str; 9] = [
+/// One fixture per encoder family's `*ForTokenClassification`, and one per decoder family's
+/// (`GenericForTokenClassification`: Qwen3 without special tokens, Llama with a BOS, Qwen2's
+/// biases, Mistral's window, Gemma 2's norms and softcapping).
+pub const TOKEN_FIXTURES: [&str; 12] = [
     "tok-bert",
     "tok-distilbert",
     "tok-roberta",
@@ -23,6 +24,9 @@ pub const TOKEN_FIXTURES: [&str; 9] = [
     "tok-deberta-v2",
     "tok-qwen3",
     "tok-llama",
+    "tok-qwen2",
+    "tok-mistral",
+    "tok-gemma2",
 ];
 
 const STRATEGIES: [(&str, Aggregation); 5] = [
@@ -172,6 +176,9 @@ token_parity! {
     deberta_v2_tokens => "tok-deberta-v2",
     qwen3_tokens => "tok-qwen3",
     llama_tokens => "tok-llama",
+    qwen2_tokens => "tok-qwen2",
+    mistral_tokens => "tok-mistral",
+    gemma2_tokens => "tok-gemma2",
 }
 
 #[test]
