@@ -242,3 +242,54 @@ fn token_models_refuse_pairs_and_ids() {
     assert_eq!(r[1], Err(InputError::NeedsText));
     assert!(matches!(r[2], Ok(Answer::Token(_))));
 }
+
+#[test]
+fn token_models_in_int8_keep_the_f32_labels() {
+    // As tests/engine/int8.rs holds the sequence fixtures: per token, logits within 15 % of
+    // the largest, and a label flips only where f32's top two are within twice the worst error.
+    for name in TOKEN_FIXTURES {
+        let dir = fixture(name);
+        let f32_engine = load(&dir, DType::F32);
+        let int8 = Engine::load(
+            &dir,
+            classifyd::engine::DeviceChoice::Cpu,
+            classifyd::engine::DTypeChoice::Int8,
+        )
+        .unwrap();
+        let (mut rows, mut flips, mut worst, mut scale) = (0, 0, 0f32, 0f32);
+        let mut pairs = Vec::new();
+        for case in golden(&dir)["cases"].as_array().unwrap() {
+            if case.get("refused").is_some() {
+                continue;
+            }
+            let text = case["text"].as_str().unwrap();
+            let a = predict(&f32_engine, text, &TokenOptions::default()).token_logits;
+            let b = predict(&int8, text, &TokenOptions::default()).token_logits;
+            for (x, y) in a.into_iter().zip(b) {
+                worst = x
+                    .iter()
+                    .zip(&y)
+                    .fold(worst, |m, (p, q)| m.max((p - q).abs()));
+                scale = x.iter().fold(scale, |m, p| m.max(p.abs()));
+                pairs.push((x, y));
+            }
+        }
+        for (x, y) in &pairs {
+            rows += 1;
+            if argmax(x) != argmax(y) {
+                flips += 1;
+                let mut s = x.clone();
+                s.sort_by(|p, q| q.total_cmp(p));
+                assert!(s[0] - s[1] < 2.0 * worst, "{name}: a clear label flipped");
+            }
+        }
+        eprintln!(
+            "{name} int8: {flips} of {rows} token labels flipped, max |Δ| {worst:.3} of {scale:.2}"
+        );
+        assert!(
+            worst <= 0.15 * scale,
+            "{name}: max |Δlogit| {worst} of {scale}"
+        );
+        assert!(flips * 10 <= rows, "{name}: {flips} of {rows} flipped");
+    }
+}
