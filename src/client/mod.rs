@@ -135,6 +135,9 @@ impl Client {
         }
     }
 
+    /// One classify request. The response's own status covers the request; each of its
+    /// results carries its input's status too (see [`per_input`]): one refused input among
+    /// others does not fail the request.
     pub async fn classify(
         &self,
         inputs: Vec<pb::Input>,
@@ -150,6 +153,43 @@ impl Client {
             body: Some(pb::request::Body::Info(pb::InfoRequest {})),
         })
         .await
+    }
+}
+
+/// A classify response's results, one per input in input order: the result, or the reason the
+/// server gave for refusing that input (`input N: …`). `Err` when the request as a whole was not
+/// answered OK (its status name and message) or the answer is not a classify response.
+pub fn per_input(
+    response: pb::Response,
+) -> Result<Vec<Result<pb::Result, String>>, (pb::Status, String)> {
+    let status = pb::Status::try_from(response.status).unwrap_or(pb::Status::Internal);
+    match response.body {
+        Some(pb::response::Body::Classify(c)) if status == pb::Status::Ok => Ok(c
+            .results
+            .into_iter()
+            .map(|r| {
+                if r.status == pb::Status::Ok as i32 {
+                    Ok(r)
+                } else {
+                    Err(r.message)
+                }
+            })
+            .collect()),
+        _ if status == pb::Status::Ok => {
+            Err((pb::Status::Internal, "not a classify response".into()))
+        }
+        _ => Err((status, response.message)),
+    }
+}
+
+/// Options for a token-classification model: `aggregation` as transformers' pipeline names it,
+/// and whether to return each text redacted (which refuses, rather than truncates, an
+/// over-long text).
+pub fn token_options(aggregation: pb::Aggregation, redact: bool) -> pb::Options {
+    pb::Options {
+        aggregation: aggregation as i32,
+        redact,
+        ..Default::default()
     }
 }
 

@@ -383,18 +383,24 @@ fn a_decoder_classifier_serves_batched_texts_as_it_computes_them_alone_and_refus
         ))
         .unwrap();
     assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
-    let results = classify_body(r).results;
-    assert_eq!(results[1].status, pb::Status::InvalidArgument as i32);
+    let results = classifyd::client::per_input(r).unwrap();
+    let why = results[1].as_ref().unwrap_err();
     assert!(
-        results[1].message.contains("input 1") && results[1].message.contains("no tokens"),
-        "{}",
-        results[1].message
+        why.contains("input 1") && why.contains("no tokens"),
+        "{why}"
     );
     for (i, t) in [(0, "great movie"), (2, "a")] {
-        assert_eq!(results[i].status, pb::Status::Ok as i32);
+        let got = results[i].as_ref().unwrap();
         let want = local_logits(&engine, t);
-        assert!(max_abs_diff(&results[i].logits, &want) <= 1e-4, "{t:?}");
+        assert!(max_abs_diff(&got.logits, &want) <= 1e-4, "{t:?}");
     }
+    // Every input refused: the request itself is.
+    let r = rt
+        .block_on(client.classify(vec![text("")], logits_opts()))
+        .unwrap();
+    let (code, why) = classifyd::client::per_input(r).unwrap_err();
+    assert_eq!(code, pb::Status::InvalidArgument);
+    assert!(why.contains("input 0"), "{why}");
 }
 
 #[test]
@@ -520,10 +526,7 @@ fn a_token_classifier_serves_entities_redaction_and_per_input_refusals() {
     );
     // Redaction never truncates: an over-long text would come back with its tail unredacted.
     let long = "Maria Lopez ".repeat(100);
-    let redact = pb::Options {
-        redact: true,
-        ..Default::default()
-    };
+    let redact = classifyd::client::token_options(pb::Aggregation::Simple, true);
     let r = rt
         .block_on(client.classify(vec![text(long.clone())], redact))
         .unwrap();
