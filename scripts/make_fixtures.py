@@ -556,6 +556,18 @@ def padded(cases: list[dict], pad_id: int):
     return ids, types, mask
 
 
+def randomize_1d(model) -> None:
+    """HF init sets LayerNorm/RMSNorm weights to 1 and biases to 0; randomise every 1-D
+    parameter so that swapped/missing norm weights or biases change the logits."""
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.dim() == 1:
+                if pname.endswith("bias"):
+                    p.copy_(0.2 * torch.randn_like(p))
+                else:
+                    p.copy_(1.0 + 0.2 * torch.randn_like(p))
+
+
 def make_fixture(fx: dict) -> None:
     name = fx["name"]
     out = OUT / name
@@ -571,15 +583,7 @@ def make_fixture(fx: dict) -> None:
     torch.manual_seed(sum(map(ord, name)) + 17)
     model_cls, config = fx["model"](tok.get_vocab_size(), sp)
     model = model_cls(config).eval()
-    # HF init sets LayerNorm/RMSNorm weights to 1 and biases to 0; randomise every 1-D
-    # parameter so that swapped/missing norm weights or biases change the logits.
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if p.dim() == 1:
-                if pname.endswith("bias"):
-                    p.copy_(0.2 * torch.randn_like(p))
-                else:
-                    p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    randomize_1d(model)
     if "post" in fx:
         fx["post"](model)
     if fx["dtype"] != torch.float32:

@@ -59,8 +59,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from make_fixtures import (  # scripts/ is on the path when this script runs
-    COMMON, KEEP, LONG_SENTENCE, OUT, OVERLONG, UNICODE, build_tokenizer, padded, save_tokenizer,
-    sig7)
+    COMMON, KEEP, LONG_SENTENCE, OUT, OVERLONG, UNICODE, build_tokenizer, padded, randomize_1d,
+    save_tokenizer, sig7)
 
 torch.set_num_threads(1)
 hf_logging.set_verbosity_error()
@@ -221,13 +221,8 @@ def make_fixture(fx: dict) -> None:
     torch.manual_seed(sum(map(ord, name)) + 29)
     model_cls, config = fx["model"](tok.get_vocab_size(), sp)
     model = model_cls(config).eval()
+    randomize_1d(model)
     with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if p.dim() == 1:
-                if pname.endswith("bias"):
-                    p.copy_(0.2 * torch.randn_like(p))
-                else:
-                    p.copy_(1.0 + 0.2 * torch.randn_like(p))
         # Spread the logits (no near-ties to flip between implementations) and favour "O", so
         # entities come in runs with gaps between them, as a real tagger's do.
         head = model.score if hasattr(model, "score") else model.classifier

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from decoder_peer import percentile  # benches/peers/ is on the path when this script runs
+
 ROOT = Path(__file__).resolve().parents[2]
 BODY = ROOT / "models" / "sentiment-minilm"
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -45,10 +47,6 @@ def make(out: Path) -> None:
         shutil.copy(BODY / f, out / f)
     print(f"made {out}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters",
           file=sys.stderr)
-
-
-def percentile(sorted_us, q):
-    return sorted_us[min(len(sorted_us) - 1, int(q * len(sorted_us)))]
 
 
 def bench_torch(model_dir: str, texts_path: str, threads: int, gap_ms: float, mode: str):

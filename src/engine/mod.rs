@@ -873,25 +873,26 @@ impl Engine {
         truncate: bool,
         opts: &TokenOptions,
     ) -> Result<Vec<Result<Answer, InputError>>, EngineError> {
-        let encoded: Vec<Result<Encoded, InputError>> =
-            inputs.iter().map(|i| self.tokenize(i, truncate)).collect();
-        let ok: Vec<&Encoded> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
-        let mut logits = self.logits(&ok)?.into_iter();
-        Ok(encoded
-            .into_iter()
-            .map(|e| {
-                let e = e?;
-                Ok(self.answer(logits.next().unwrap_or_default(), &e, opts))
-            })
-            .collect())
+        self.run(inputs, truncate, |logits, e| self.answer(logits, e, opts))
     }
 
-    /// Tokenizes, batches and classifies `inputs` in one forward pass.
+    /// Tokenizes, batches and classifies `inputs` with a sequence model.
     pub fn classify(
         &self,
         inputs: &[Input],
         truncate: bool,
     ) -> Result<Vec<Result<Prediction, InputError>>, EngineError> {
+        self.run(inputs, truncate, |logits, e| self.predict(logits, e.len()))
+    }
+
+    /// Tokenizes `inputs`, computes the logits of those that tokenize, and turns each input's
+    /// into an answer with `answer`; an input that does not tokenize keeps its error.
+    fn run<T>(
+        &self,
+        inputs: &[Input],
+        truncate: bool,
+        answer: impl Fn(Vec<f32>, &Encoded) -> T,
+    ) -> Result<Vec<Result<T, InputError>>, EngineError> {
         let encoded: Vec<Result<Encoded, InputError>> =
             inputs.iter().map(|i| self.tokenize(i, truncate)).collect();
         let ok: Vec<&Encoded> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
@@ -900,8 +901,7 @@ impl Engine {
             .into_iter()
             .map(|e| {
                 let e = e?;
-                let l = logits.next().unwrap_or_default();
-                Ok(self.predict(l, e.len()))
+                Ok(answer(logits.next().unwrap_or_default(), &e))
             })
             .collect())
     }

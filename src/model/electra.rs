@@ -1,4 +1,4 @@
-//! ELECTRA (`ElectraForSequenceClassification`): BERT's encoder behind embeddings that may be
+//! ELECTRA (`ElectraForSequenceClassification`, `ElectraForTokenClassification`): BERT's encoder behind embeddings that may be
 //! narrower than the hidden size (then projected up), and a GELU head over `[CLS]`.
 //!
 //! Mirrors transformers' `modeling_electra.py`.
@@ -7,7 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::bert::{Embeddings, Encoder, EncoderConfig};
-use super::{first_token, Activation, Batch, Linear, SequenceClassifier, Task, TokenHead};
+use super::{Activation, Batch, ClsHead, Linear, SequenceClassifier, Task, TokenHead};
 
 pub struct Electra {
     embeddings: Embeddings,
@@ -18,12 +18,7 @@ pub struct Electra {
 }
 
 enum Head {
-    /// `ElectraClassificationHead`: dense + GELU over `[CLS]`, then `out_proj`. transformers
-    /// applies exact GELU there whatever hidden_act says.
-    Cls {
-        dense: Linear,
-        out_proj: Linear,
-    },
+    Cls(ClsHead),
     Tokens(TokenHead),
 }
 
@@ -38,13 +33,12 @@ impl Electra {
             None
         };
         let head = match task {
-            Task::Sequence => {
-                let head = super::head_vb(vb.pp("classifier"));
-                Head::Cls {
-                    dense: Linear::load(h, h, head.pp("dense"))?,
-                    out_proj: Linear::load(h, num_labels, head.pp("out_proj"))?,
-                }
-            }
+            Task::Sequence => Head::Cls(ClsHead::load(
+                h,
+                num_labels,
+                Activation::Gelu,
+                vb.pp("classifier"),
+            )?),
             Task::Token => Head::Tokens(TokenHead::load(h, num_labels, vb.clone())?),
         };
         Ok(Self {
@@ -65,17 +59,13 @@ impl SequenceClassifier for Electra {
         }
         let x = self.encoder.forward(&x, batch)?;
         match &self.head {
-            Head::Cls { dense, out_proj } => {
-                let x =
-                    Activation::Gelu.apply(&dense.forward(&super::to_head(&first_token(&x)?)?)?)?;
-                out_proj.forward(&x)
-            }
+            Head::Cls(head) => head.forward(&x),
             Head::Tokens(head) => head.forward(&x),
         }
     }
     fn pooling(&self) -> String {
         match self.head {
-            Head::Cls { .. } => "first token".into(),
+            Head::Cls(_) => "first token".into(),
             Head::Tokens(_) => "every token".into(),
         }
     }

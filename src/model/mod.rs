@@ -116,6 +116,32 @@ impl TokenHead {
     }
 }
 
+/// `RobertaClassificationHead` and `ElectraClassificationHead`: dense and an activation over
+/// the first token (tanh for RoBERTa; exact GELU for ELECTRA, whatever `hidden_act` says), then
+/// `out_proj`. In f32 off F32, as [`head_vb`] says why.
+pub struct ClsHead {
+    dense: Linear,
+    out_proj: Linear,
+    act: Activation,
+}
+
+impl ClsHead {
+    /// `vb` at the head (`classifier`).
+    pub fn load(hidden: usize, num_labels: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
+        let vb = head_vb(vb);
+        Ok(Self {
+            dense: Linear::load(hidden, hidden, vb.pp("dense"))?,
+            out_proj: Linear::load(hidden, num_labels, vb.pp("out_proj"))?,
+            act,
+        })
+    }
+    /// `[batch, tokens, hidden]` → `[batch, num_labels]`.
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        let x = self.dense.forward(&to_head(&first_token(hidden)?)?)?;
+        self.out_proj.forward(&self.act.apply(&x)?)
+    }
+}
+
 /// What the engine needs to know about a loaded architecture beyond its forward pass.
 pub trait SequenceClassifier: Send + Sync {
     /// Logits in the compute dtype: `[batch, num_labels]`, or `[batch, tokens, num_labels]`

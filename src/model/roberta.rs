@@ -1,14 +1,14 @@
-//! RoBERTa and XLM-RoBERTa (`RobertaForSequenceClassification`,
+//! RoBERTa and XLM-RoBERTa (`RobertaForSequenceClassification`, `…ForTokenClassification`,
 //! `XLMRobertaForSequenceClassification`): BERT's encoder with positions that start after the
 //! padding id, no segments, and a two-layer tanh head over `<s>`.
 //!
 //! Mirrors transformers' `modeling_roberta.py`; XLM-R's checkpoint layout is identical.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::bert::{Embeddings, Encoder, EncoderConfig};
-use super::{first_token, Batch, Linear, PositionScheme, SequenceClassifier, Task, TokenHead};
+use super::{Activation, Batch, ClsHead, PositionScheme, SequenceClassifier, Task, TokenHead};
 
 pub struct Roberta {
     embeddings: Embeddings,
@@ -19,11 +19,7 @@ pub struct Roberta {
 }
 
 enum Head {
-    /// `RobertaClassificationHead`: dense + tanh over `<s>`, then `out_proj`.
-    Cls {
-        dense: Linear,
-        out_proj: Linear,
-    },
+    Cls(ClsHead),
     Tokens(TokenHead),
 }
 
@@ -32,13 +28,12 @@ impl Roberta {
         let h = cfg.hidden_size;
         let body = vb.pp("roberta");
         let head = match task {
-            Task::Sequence => {
-                let head = super::head_vb(vb.pp("classifier"));
-                Head::Cls {
-                    dense: Linear::load(h, h, head.pp("dense"))?,
-                    out_proj: Linear::load(h, num_labels, head.pp("out_proj"))?,
-                }
-            }
+            Task::Sequence => Head::Cls(ClsHead::load(
+                h,
+                num_labels,
+                Activation::Tanh,
+                vb.pp("classifier"),
+            )?),
             Task::Token => Head::Tokens(TokenHead::load(h, num_labels, vb.clone())?),
         };
         Ok(Self {
@@ -56,16 +51,13 @@ impl SequenceClassifier for Roberta {
         let x = self.embeddings.forward(batch)?;
         let x = self.encoder.forward(&x, batch)?;
         match &self.head {
-            Head::Cls { dense, out_proj } => {
-                let x = dense.forward(&super::to_head(&first_token(&x)?)?)?.tanh()?;
-                out_proj.forward(&x)
-            }
+            Head::Cls(head) => head.forward(&x),
             Head::Tokens(head) => head.forward(&x),
         }
     }
     fn pooling(&self) -> String {
         match self.head {
-            Head::Cls { .. } => "first token".into(),
+            Head::Cls(_) => "first token".into(),
             Head::Tokens(_) => "every token".into(),
         }
     }
