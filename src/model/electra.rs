@@ -1,5 +1,6 @@
-//! ELECTRA (`ElectraForSequenceClassification`, `ElectraForTokenClassification`): BERT's encoder behind embeddings that may be
-//! narrower than the hidden size (then projected up), and a GELU head over `[CLS]`.
+//! ELECTRA (`ElectraForSequenceClassification`, `ElectraForTokenClassification`): BERT's
+//! encoder behind embeddings that may be narrower than the hidden size (then projected up), and
+//! a GELU head over `[CLS]` (or a linear one over every token).
 //!
 //! Mirrors transformers' `modeling_electra.py`.
 
