@@ -356,7 +356,9 @@ pub fn matmul(x: &[f32], m: usize, w: &Packed, epilogue: Epilogue) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), m * k, "matmul: x is not {m} rows of {k}");
     let np = n.div_ceil(NR);
-    let mut out = vec![0f32; m * n];
+    // Not zeroed first: every element is written below (each unit writes all its columns of
+    // every row), so zeroing would write each output twice.
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let dst = OutPtr(out.as_mut_ptr());
     let isa = isa();
     // On AVX-512, full panels go two at a time: one broadcast of x feeds four accumulators
@@ -421,6 +423,10 @@ pub fn matmul(x: &[f32], m: usize, w: &Packed, epilogue: Epilogue) -> Vec<f32> {
     } else {
         (0..units).for_each(work);
     }
+    // SAFETY: the units together wrote all m·n elements: the pairs and the full single panels
+    // every column of theirs in every row, the partial last panel its `cols` columns of every
+    // row; the panels cover 0..n. A panic in a unit propagates before this line.
+    unsafe { out.set_len(m * n) };
     out
 }
 
