@@ -288,7 +288,7 @@ fn remote_token_json(r: pb::Result) -> Value {
             })
             .collect(),
         tokens: r.tokens as usize,
-        labels: Vec::new(),
+        best: Vec::new(),
         token_logits: r.token_outputs.into_iter().map(|t| t.logits).collect(),
         redacted: r.redacted,
     };

@@ -156,8 +156,8 @@ struct Tagged {
     index: usize,
 }
 
-fn argmax(v: &[f32]) -> usize {
-    // numpy's argmax: the first of equal maxima.
+/// numpy's argmax: the index of the first of equal maxima (0 for an empty slice).
+pub(crate) fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
         .fold(0, |best, (i, x)| if *x > v[best] { i } else { best })

@@ -255,9 +255,9 @@ pub struct Prediction {
 pub struct TokenPrediction {
     pub entities: Vec<Entity>,
     pub tokens: usize,
-    /// The model's labels, in the order of each row of `token_logits`.
+    /// Each token's best label (an index into the model's labels) and its softmax score.
     #[serde(skip)]
-    pub labels: Vec<String>,
+    pub best: Vec<(usize, f32)>,
     /// One row per token, special tokens included, in label order.
     pub token_logits: Vec<Vec<f32>>,
     /// The text with each entity replaced by `[LABEL]`, when asked for.
@@ -622,7 +622,10 @@ impl Engine {
             },
             device: device_name(&device),
             task: task.as_str(),
-            pooling: model.pooling(),
+            pooling: match task {
+                Task::Token => "every token".into(),
+                Task::Sequence => model.pooling(),
+            },
             attention: model.attention_pattern(),
         };
         Ok(Self {
@@ -800,10 +803,7 @@ impl Engine {
     /// Turns logits into labels and scores as transformers' pipelines do.
     pub fn predict(&self, logits: Vec<f32>, tokens: usize) -> Prediction {
         let scores = scores(&logits, self.head.problem_type);
-        let best = scores
-            .iter()
-            .enumerate()
-            .fold(0, |best, (i, s)| if *s > scores[best] { i } else { best });
+        let best = entities::argmax(&scores);
         let labels = &self.head.labels;
         Prediction {
             label: labels.get(best).cloned().unwrap_or_default(),
@@ -842,7 +842,13 @@ impl Engine {
             redacted: opts.redact.then(|| entities::redact(&spans.text, &found)),
             entities: found,
             tokens: ids.len(),
-            labels: self.head.labels.clone(),
+            best: probs
+                .iter()
+                .map(|p| {
+                    let i = entities::argmax(p);
+                    (i, p.get(i).copied().unwrap_or(f32::NAN))
+                })
+                .collect(),
             token_logits,
         }
     }

@@ -225,12 +225,6 @@ impl SequenceClassifier for Bert {
             Head::Tokens(head) => head.forward(&x),
         }
     }
-    fn pooling(&self) -> String {
-        match self.head {
-            Head::Pooled { .. } => "first token".into(),
-            Head::Tokens(_) => "every token".into(),
-        }
-    }
     fn uses_token_types(&self) -> bool {
         self.cfg.type_vocab_size > 1
     }

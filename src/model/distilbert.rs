@@ -170,12 +170,6 @@ impl SequenceClassifier for DistilBert {
             Head::Tokens(head) => head.forward(&x),
         }
     }
-    fn pooling(&self) -> String {
-        match self.head {
-            Head::Cls { .. } => "first token".into(),
-            Head::Tokens(_) => "every token".into(),
-        }
-    }
     fn max_positions(&self) -> usize {
         self.cfg.max_position_embeddings
     }

@@ -8,19 +8,14 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::bert::{Embeddings, Encoder, EncoderConfig};
-use super::{Activation, Batch, ClsHead, Linear, SequenceClassifier, Task, TokenHead};
+use super::{Activation, Batch, ClsOrTokens, Linear, SequenceClassifier, Task};
 
 pub struct Electra {
     embeddings: Embeddings,
     project: Option<Linear>,
     encoder: Encoder,
-    head: Head,
+    head: ClsOrTokens,
     cfg: EncoderConfig,
-}
-
-enum Head {
-    Cls(ClsHead),
-    Tokens(TokenHead),
 }
 
 impl Electra {
@@ -33,15 +28,7 @@ impl Electra {
         } else {
             None
         };
-        let head = match task {
-            Task::Sequence => Head::Cls(ClsHead::load(
-                h,
-                num_labels,
-                Activation::Gelu,
-                vb.pp("classifier"),
-            )?),
-            Task::Token => Head::Tokens(TokenHead::load(h, num_labels, vb.clone())?),
-        };
+        let head = ClsOrTokens::load(task, h, num_labels, Activation::Gelu, vb.clone())?;
         Ok(Self {
             embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
             project,
@@ -59,16 +46,7 @@ impl SequenceClassifier for Electra {
             x = p.forward(&x)?;
         }
         let x = self.encoder.forward(&x, batch)?;
-        match &self.head {
-            Head::Cls(head) => head.forward(&x),
-            Head::Tokens(head) => head.forward(&x),
-        }
-    }
-    fn pooling(&self) -> String {
-        match self.head {
-            Head::Cls(_) => "first token".into(),
-            Head::Tokens(_) => "every token".into(),
-        }
+        self.head.forward(&x)
     }
     fn uses_token_types(&self) -> bool {
         self.cfg.type_vocab_size > 1

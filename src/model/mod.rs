@@ -142,6 +142,38 @@ impl ClsHead {
     }
 }
 
+/// The head of a family whose sequence head is a [`ClsHead`] (RoBERTa, ELECTRA): that, or the
+/// shared [`TokenHead`] for `*ForTokenClassification`.
+pub enum ClsOrTokens {
+    Cls(ClsHead),
+    Tokens(TokenHead),
+}
+
+impl ClsOrTokens {
+    /// `act`: the [`ClsHead`]'s activation. Its weights are under `classifier` either way.
+    pub fn load(
+        task: Task,
+        hidden: usize,
+        num_labels: usize,
+        act: Activation,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(match task {
+            Task::Sequence => {
+                Self::Cls(ClsHead::load(hidden, num_labels, act, vb.pp("classifier"))?)
+            }
+            Task::Token => Self::Tokens(TokenHead::load(hidden, num_labels, vb)?),
+        })
+    }
+    /// `[batch, tokens, hidden]` → the task's logits.
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Cls(h) => h.forward(hidden),
+            Self::Tokens(h) => h.forward(hidden),
+        }
+    }
+}
+
 /// What the engine needs to know about a loaded architecture beyond its forward pass.
 pub trait SequenceClassifier: Send + Sync {
     /// Logits in the compute dtype: `[batch, num_labels]`, or `[batch, tokens, num_labels]`
@@ -160,7 +192,8 @@ pub trait SequenceClassifier: Send + Sync {
     fn token_types(&self) -> usize {
         0
     }
-    /// Where the head reads each text, for `inspect`: `"first token"` unless said otherwise.
+    /// Where a sequence head reads each text, for `inspect`: `"first token"` unless said
+    /// otherwise (a token head reads every token; the engine says so from the task).
     fn pooling(&self) -> String {
         "first token".into()
     }

@@ -555,10 +555,9 @@ impl SequenceClassifier for ModernBert {
         self.classifier.forward(&pooled)
     }
     fn pooling(&self) -> String {
-        match (self.task, &self.cfg.classifier_pooling) {
-            (Task::Token, _) => "every token".into(),
-            (_, Pooling::Cls) => "first token".into(),
-            (_, Pooling::Mean) => "mean of the real tokens".into(),
+        match self.cfg.classifier_pooling {
+            Pooling::Cls => "first token".into(),
+            Pooling::Mean => "mean of the real tokens".into(),
         }
     }
     fn attention_pattern(&self) -> String {

@@ -8,34 +8,21 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::bert::{Embeddings, Encoder, EncoderConfig};
-use super::{Activation, Batch, ClsHead, PositionScheme, SequenceClassifier, Task, TokenHead};
+use super::{Activation, Batch, ClsOrTokens, PositionScheme, SequenceClassifier, Task};
 
 pub struct Roberta {
     embeddings: Embeddings,
     encoder: Encoder,
-    head: Head,
+    head: ClsOrTokens,
     cfg: EncoderConfig,
     pad_token_id: u32,
-}
-
-enum Head {
-    Cls(ClsHead),
-    Tokens(TokenHead),
 }
 
 impl Roberta {
     pub fn load(cfg: EncoderConfig, num_labels: usize, task: Task, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let body = vb.pp("roberta");
-        let head = match task {
-            Task::Sequence => Head::Cls(ClsHead::load(
-                h,
-                num_labels,
-                Activation::Tanh,
-                vb.pp("classifier"),
-            )?),
-            Task::Token => Head::Tokens(TokenHead::load(h, num_labels, vb.clone())?),
-        };
+        let head = ClsOrTokens::load(task, h, num_labels, Activation::Tanh, vb.clone())?;
         Ok(Self {
             embeddings: Embeddings::load(&cfg, body.pp("embeddings"))?,
             encoder: Encoder::load(&cfg, body.pp("encoder"))?,
@@ -50,16 +37,7 @@ impl SequenceClassifier for Roberta {
     fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let x = self.embeddings.forward(batch)?;
         let x = self.encoder.forward(&x, batch)?;
-        match &self.head {
-            Head::Cls(head) => head.forward(&x),
-            Head::Tokens(head) => head.forward(&x),
-        }
-    }
-    fn pooling(&self) -> String {
-        match self.head {
-            Head::Cls(_) => "first token".into(),
-            Head::Tokens(_) => "every token".into(),
-        }
+        self.head.forward(&x)
     }
     fn position_scheme(&self) -> PositionScheme {
         PositionScheme::AfterPadding {

@@ -401,7 +401,7 @@ impl Service {
                         )),
                         None => Answer::Sequence(model.engine.predict(l, c.tokens)),
                     };
-                    protocol::result(answer, &options)
+                    protocol::result(answer, &options, &model.engine.info().labels)
                 }
             })
             .collect();

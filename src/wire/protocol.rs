@@ -115,11 +115,11 @@ pub fn inputs(req: &pb::ClassifyRequest, limits: &RequestLimits) -> Result<Vec<I
         .collect()
 }
 
-/// One result on the wire, whichever the task.
-pub fn result(answer: Answer, options: &pb::Options) -> pb::Result {
+/// One result on the wire, whichever the task; `labels` are the model's, in label order.
+pub fn result(answer: Answer, options: &pb::Options, labels: &[String]) -> pb::Result {
     match answer {
         Answer::Sequence(p) => sequence_result(p, options),
-        Answer::Token(t) => token_result(t, options),
+        Answer::Token(t) => token_result(t, options, labels),
     }
 }
 
@@ -163,26 +163,19 @@ fn entity(e: Entity) -> pb::Entity {
 }
 
 /// A token model's result: entities, the redacted text and per-token outputs on request.
-fn token_result(t: TokenPrediction, options: &pb::Options) -> pb::Result {
+fn token_result(t: TokenPrediction, options: &pb::Options, labels: &[String]) -> pb::Result {
     let token_outputs = if options.return_tokens {
         t.token_logits
             .into_iter()
-            .map(|logits| {
-                let probs =
-                    crate::engine::scores(&logits, crate::engine::loader::ProblemType::SingleLabel);
-                let best = probs
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (i, s)| if *s > probs[b] { i } else { b });
-                pb::TokenOutput {
-                    label: t.labels.get(best).cloned().unwrap_or_default(),
-                    score: probs.get(best).copied().unwrap_or(f32::NAN),
-                    logits: if options.return_logits {
-                        logits
-                    } else {
-                        Vec::new()
-                    },
-                }
+            .zip(t.best)
+            .map(|(logits, (best, score))| pb::TokenOutput {
+                label: labels.get(best).cloned().unwrap_or_default(),
+                score,
+                logits: if options.return_logits {
+                    logits
+                } else {
+                    Vec::new()
+                },
             })
             .collect()
     } else {

@@ -457,12 +457,6 @@ impl SequenceClassifier for DebertaV2 {
             Head::Tokens(head) => head.forward(&x),
         }
     }
-    fn pooling(&self) -> String {
-        match self.head {
-            Head::Pooled { .. } => "first token".into(),
-            Head::Tokens(_) => "every token".into(),
-        }
-    }
     fn uses_token_types(&self) -> bool {
         self.cfg.type_vocab_size > 0
     }

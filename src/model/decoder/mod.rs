@@ -715,13 +715,10 @@ impl SequenceClassifier for Decoder {
         self.score.forward(&to_head(&picked)?)
     }
     fn pooling(&self) -> String {
-        match self.task {
-            Task::Token => "every token".into(),
-            Task::Sequence => format!(
-                "last token that is not pad_token_id {}",
-                self.cfg.pad_token_id
-            ),
-        }
+        format!(
+            "last token that is not pad_token_id {}",
+            self.cfg.pad_token_id
+        )
     }
     fn attention_pattern(&self) -> String {
         let c = &self.cfg;
