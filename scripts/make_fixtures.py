@@ -568,7 +568,10 @@ def randomize_1d(model) -> None:
                     p.copy_(1.0 + 0.2 * torch.randn_like(p))
 
 
-def make_fixture(fx: dict) -> None:
+def start_fixture(fx: dict, model_max_length: int | None, seed: int):
+    """A fresh tests/fixtures/<name>/ with the fixture's tokenizer saved, and its random model
+    (seeded from the name plus `seed`). Returns (out dir, tokenizer, special tokens, their
+    ids, model)."""
     name = fx["name"]
     out = OUT / name
     if out.exists():
@@ -578,11 +581,16 @@ def make_fixture(fx: dict) -> None:
     tok, special = build_tokenizer(fx["tok"])
     sp = {k: tok.token_to_id(special[f"{k}_token"]) for k in ("pad", "cls", "sep")
           if f"{k}_token" in special}
-    save_tokenizer(tok, special, out, fx["model_max_length"], fx["input_names"])
+    save_tokenizer(tok, special, out, model_max_length, fx["input_names"])
 
-    torch.manual_seed(sum(map(ord, name)) + 17)
+    torch.manual_seed(sum(map(ord, name)) + seed)
     model_cls, config = fx["model"](tok.get_vocab_size(), sp)
-    model = model_cls(config).eval()
+    return out, tok, special, sp, model_cls(config).eval()
+
+
+def make_fixture(fx: dict) -> None:
+    name = fx["name"]
+    out, tok, special, sp, model = start_fixture(fx, fx["model_max_length"], 17)
     randomize_1d(model)
     if "post" in fx:
         fx["post"](model)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -59,8 +58,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from make_fixtures import (  # scripts/ is on the path when this script runs
-    COMMON, KEEP, LONG_SENTENCE, OUT, OVERLONG, UNICODE, build_tokenizer, padded, randomize_1d,
-    save_tokenizer, sig7)
+    COMMON, KEEP, LONG_SENTENCE, OUT, OVERLONG, UNICODE, padded, randomize_1d, sig7,
+    start_fixture)
 
 torch.set_num_threads(1)
 hf_logging.set_verbosity_error()
@@ -208,19 +207,7 @@ def plain(v):
 
 def make_fixture(fx: dict) -> None:
     name = fx["name"]
-    out = OUT / name
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-
-    tok, special = build_tokenizer(fx["tok"])
-    sp = {k: tok.token_to_id(special[f"{k}_token"]) for k in ("pad", "cls", "sep")
-          if f"{k}_token" in special}
-    save_tokenizer(tok, special, out, 64, fx["input_names"])
-
-    torch.manual_seed(sum(map(ord, name)) + 29)
-    model_cls, config = fx["model"](tok.get_vocab_size(), sp)
-    model = model_cls(config).eval()
+    out, tok, special, sp, model = start_fixture(fx, 64, 29)
     randomize_1d(model)
     with torch.no_grad():
         # Spread the logits (no near-ties to flip between implementations) and favour "O", so

@@ -52,6 +52,19 @@ def percentile(sorted_us, q):
     return sorted_us[min(len(sorted_us) - 1, int(q * len(sorted_us)))]
 
 
+def report(peer: str, times_us: list, threads: int, gap_ms: float) -> None:
+    """One JSON line: the latencies' p50/p90/p99 (µs) and this process's peak RSS."""
+    import torch
+    times_us = sorted(times_us)
+    print(json.dumps({
+        "peer": peer, "torch": torch.__version__, "threads": threads, "n": len(times_us),
+        "gap_ms": gap_ms,
+        "latency_us": {q: round(percentile(times_us, p)) for q, p in
+                       (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }))
+
+
 def bench_torch(model_dir: str, texts_path: str, threads: int, passes: int, gap_ms: float):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -77,14 +90,7 @@ def bench_torch(model_dir: str, texts_path: str, threads: int, passes: int, gap_
             t0 = time.perf_counter()
             classify(t)
             times.append((time.perf_counter() - t0) * 1e6)
-    times.sort()
-    print(json.dumps({
-        "peer": "torch", "torch": torch.__version__, "threads": threads, "n": len(times),
-        "gap_ms": gap_ms,
-        "latency_us": {q: round(percentile(times, p)) for q, p in
-                       (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
-        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-    }))
+    report("torch", times, threads, gap_ms)
 
 
 def main(argv):

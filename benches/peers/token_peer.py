@@ -12,14 +12,12 @@
                numpy argmax per token, no grouping (the floor under any Python NER service).
                JSON on stdout: p50/p90/p99 (µs) and the peak RSS.
 """
-import json
-import resource
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from decoder_peer import percentile  # benches/peers/ is on the path when this script runs
+from decoder_peer import report  # benches/peers/ is on the path when this script runs
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY = ROOT / "models" / "sentiment-minilm"
@@ -79,14 +77,7 @@ def bench_torch(model_dir: str, texts_path: str, threads: int, gap_ms: float, mo
         t0 = time.perf_counter()
         run(t)
         times.append((time.perf_counter() - t0) * 1e6)
-    times.sort()
-    print(json.dumps({
-        "peer": f"torch-{mode}", "torch": torch.__version__, "threads": threads, "n": len(times),
-        "gap_ms": gap_ms,
-        "latency_us": {q: round(percentile(times, p)) for q, p in
-                       (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
-        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-    }))
+    report(f"torch-{mode}", times, threads, gap_ms)
 
 
 def main(argv):
