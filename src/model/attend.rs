@@ -42,25 +42,6 @@ fn rows(layout: &Layout, what: &str) -> Result<(usize, usize, usize, usize)> {
     Ok((layout.start_offset(), strides[0], strides[1], dims[2]))
 }
 
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums over exact chunks: no bounds checks, one vector FMA a step.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// What every output row reads: q, k and v with each one's offset and batch/row strides, the
 /// mask, and the shape.
 struct Views<'a> {
@@ -75,50 +56,356 @@ struct Views<'a> {
     scale: f32,
 }
 
-/// Output row `r` (batch `r / t`, token `r % t`): for each head, scores against every key, a
-/// max-shifted softmax with the additive mask, and the weighted sum of values.
+/// Queries one unit of work takes: a unit transposes its head's keys once for this many rows.
+const QUERIES: usize = 32;
+
+/// Unit `u` of `units(b, t, heads)`: queries `i0..i1` of batch `bi` on head `h`. Each query's
+/// scores against every key, a max-shifted softmax with the additive mask, and the weighted sum
+/// of values, written to `out[(bi·t + i)·hidden + h·hd ..][..hd]`.
+///
+/// The head's keys are first transposed to `[hd][t]`, so a query's scores are `hd` multiply-adds
+/// of one query value into a row of `t` partial scores, along the keys: vector lanes over the
+/// keys with no horizontal sum per score. (A dot product per key over 32 features, its eight
+/// lanes summed across at the end, made attention 17 % of an int8 pass at ~20 tokens.)
+///
+/// # Safety
+/// `out` must hold `b·t·hidden` floats that nothing else reads or writes meanwhile but other
+/// units, which write other (row, head) slices.
 #[inline(always)]
-fn attend_row(w: &Views<'_>, r: usize, out_row: &mut [f32]) {
+unsafe fn attend_unit(w: &Views<'_>, u: usize, out: RowsPtr, hidden: usize, avx2: bool) {
     let [(q0, qb, qt), (k0, kb, kt), (v0, vb, vt)] = w.at;
     let (t, hd) = (w.t, w.hd);
-    let (bi, i) = (r / t, r % t);
+    let blocks = t.div_ceil(QUERIES);
+    let (bi, h, blk) = (u / (w.heads * blocks), u / blocks % w.heads, u % blocks);
+    let (i0, i1) = (blk * QUERIES, ((blk + 1) * QUERIES).min(t));
     let mask = &w.mask[bi * t..(bi + 1) * t];
-    let mut p = vec![0f32; t];
-    for h in 0..w.heads {
+    // Keys padded with zeros to whole vectors of eight: a loop over 20 keys would otherwise
+    // finish every feature with four scalar steps.
+    let tp = t.next_multiple_of(8);
+    let mut keys = vec![0f32; hd * tp];
+    for j in 0..t {
+        let kj = &w.k[k0 + bi * kb + j * kt + h * hd..][..hd];
+        for (d, &x) in kj.iter().enumerate() {
+            keys[d * tp + j] = x;
+        }
+    }
+    let mut scores = vec![0f32; tp];
+    for i in i0..i1 {
         let qi = &w.q[q0 + bi * qb + i * qt + h * hd..][..hd];
-        let mut max = f32::NEG_INFINITY;
-        for (j, pj) in p.iter_mut().enumerate() {
-            let kj = &w.k[k0 + bi * kb + j * kt + h * hd..][..hd];
-            *pj = dot(qi, kj) * w.scale + mask[j];
-            max = max.max(*pj);
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the caller promises AVX2 when it passes `avx2`.
+            unsafe { scores_avx2(qi, &keys, &mut scores) };
+        } else {
+            scores_with(qi, &keys, &mut scores);
         }
-        let mut sum = 0f32;
-        for pj in p.iter_mut() {
-            *pj = (*pj - max).exp();
-            sum += *pj;
-        }
+        #[cfg(not(target_arch = "x86_64"))]
+        scores_with(qi, &keys, &mut scores);
+        let sum = {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: as above; `scores` is `tp` long and `mask` `t`.
+                unsafe { softmax_avx2(&mut scores, mask, w.scale) }
+            } else {
+                softmax_with(&mut scores, mask, w.scale)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            softmax_with(&mut scores, mask, w.scale)
+        };
+        let p = &mut scores[..t];
         let inv = 1.0 / sum;
-        let o = &mut out_row[h * hd..(h + 1) * hd];
+        for pj in p.iter_mut() {
+            *pj *= inv;
+        }
+        // SAFETY: this unit alone writes head h's features of row (bi, i), inside `out`, which
+        // starts zeroed.
+        let o =
+            unsafe { std::slice::from_raw_parts_mut(out.at((bi * t + i) * hidden + h * hd), hd) };
+        let (v, first) = (w.v, v0 + bi * vb + h * hd);
+        #[cfg(target_arch = "x86_64")]
+        if avx2 && hd.is_multiple_of(8) {
+            // SAFETY: as above; every value row `first + j·vt .. + hd` lies inside `v`
+            // (checked by the caller for the last one).
+            unsafe { values_avx2(p, v, first, vt, o) };
+            continue;
+        }
         for (j, pj) in p.iter().enumerate() {
-            let wj = pj * inv;
-            let vj = &w.v[v0 + bi * vb + j * vt + h * hd..][..hd];
+            let vj = &v[first + j * vt..][..hd];
             for (od, vd) in o.iter_mut().zip(vj) {
-                *od += wj * vd;
+                *od += pj * vd;
             }
         }
     }
 }
 
-/// [`attend_row`] compiled for AVX2: its eight-lane dot products and value sums become one ymm
-/// each instead of two SSE registers (the x86-64 baseline). The same operations lane for lane
-/// (Rust never fuses a multiply and an add on its own), so the same floats.
+/// Below this, `exp` is 0: the least whose result is a normal float (masked keys' scores, at
+/// -1e9, land here).
+const EXP_LOW: f32 = -87.0;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 in two parts, the first with trailing zero bits so that `n · LN2_HI` is exact.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Minimax coefficients for `(e^r - 1 - r) / r²` on |r| ≤ ln 2 / 2 (Cephes' `expf`).
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
+/// `e^x` for the softmax (x ≤ 0 there), within ~2 ulp: `x = n·ln 2 + r`, a degree-7 polynomial
+/// in `r`, scaled by `2^n` through the exponent bits. Written as plain operations, unfused,
+/// so that [`exp_avx2`] gives the same bits eight at a time; libm's `expf` was a call per
+/// score and 40 % of attention at ~20 tokens.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    if x < EXP_LOW {
+        return 0.0;
+    }
+    let x = x.min(88.0);
+    let n = (x * LOG2E).round_ties_even();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p * r + c;
+    }
+    let y = p * (r * r) + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// [`exp`] in place, eight lanes at a time: the same operations in the same order.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn exp_avx2(p: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let chunks = p.len() / 8;
+    for c in 0..chunks {
+        let ptr = p.as_mut_ptr().add(8 * c);
+        let x0 = _mm256_loadu_ps(ptr);
+        let low = _mm256_cmp_ps::<_CMP_NGE_UQ>(x0, _mm256_set1_ps(EXP_LOW));
+        let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x0, x0);
+        let x = _mm256_min_ps(x0, _mm256_set1_ps(88.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+        );
+        let r = _mm256_sub_ps(
+            _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI))),
+            _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)),
+        );
+        let mut q = _mm256_set1_ps(EXP_POLY[0]);
+        for &k in &EXP_POLY[1..] {
+            q = _mm256_add_ps(_mm256_mul_ps(q, r), _mm256_set1_ps(k));
+        }
+        let y = _mm256_add_ps(
+            _mm256_add_ps(_mm256_mul_ps(q, _mm256_mul_ps(r, r)), r),
+            _mm256_set1_ps(1.0),
+        );
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        let e = _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+        // Below EXP_LOW: 0, or the NaN itself.
+        let e = _mm256_blendv_ps(e, _mm256_and_ps(x0, nan), low);
+        _mm256_storeu_ps(ptr, e);
+    }
+    for x in &mut p[8 * chunks..] {
+        *x = exp(*x);
+    }
+}
+
+/// The unnormalized softmax of `scores[..t]` scaled by `scale` plus `mask`, in place; returns
+/// its sum. Lanes `t..` (up to a whole vector) become 0 and count for nothing. The sum is
+/// taken as eight lane sums in key order, then added lane 0 to 7: the order [`softmax_avx2`]
+/// has, so both give the same floats.
+fn softmax_with(scores: &mut [f32], mask: &[f32], scale: f32) -> f32 {
+    let t = mask.len();
+    for (s, m) in scores.iter_mut().zip(mask) {
+        *s = *s * scale + m;
+    }
+    let max = scores[..t].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut lanes = [0f32; 8];
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = if j < t { exp(*s - max) } else { 0.0 };
+        lanes[j % 8] += *s;
+    }
+    lanes.iter().sum()
+}
+
+/// [`softmax_with`] eight keys at a time.
+///
+/// # Safety
+/// The CPU must support AVX2; `scores.len()` must be a multiple of 8, at least `mask.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn softmax_avx2(scores: &mut [f32], mask: &[f32], scale: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let t = mask.len();
+    debug_assert!(scores.len().is_multiple_of(8) && scores.len() >= t);
+    for (s, m) in scores.iter_mut().zip(mask) {
+        *s = *s * scale + m;
+    }
+    // The padding lanes out of the max and, through exp(-inf) = 0, out of the sum.
+    scores[t..].fill(f32::NEG_INFINITY);
+    let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+    for c in scores.chunks_exact(8) {
+        vmax = _mm256_max_ps(_mm256_loadu_ps(c.as_ptr()), vmax);
+    }
+    let mut m8 = [0f32; 8];
+    _mm256_storeu_ps(m8.as_mut_ptr(), vmax);
+    // Exact in any order (a NaN score makes every output NaN either way).
+    let max = m8.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let vm = _mm256_set1_ps(max);
+    for c in scores.chunks_exact_mut(8) {
+        let x = _mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), vm);
+        _mm256_storeu_ps(c.as_mut_ptr(), x);
+    }
+    exp_avx2(scores);
+    let mut sum = _mm256_setzero_ps();
+    for c in scores.chunks_exact(8) {
+        sum = _mm256_add_ps(sum, _mm256_loadu_ps(c.as_ptr()));
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    lanes.iter().sum()
+}
+
+/// `scores[j] = Σ_d q[d] · keys[d][j]` over `keys` of `q.len()` rows of `scores.len()` (a
+/// multiple of 8), summed in feature order from zero.
+fn scores_with(q: &[f32], keys: &[f32], scores: &mut [f32]) {
+    let tp = scores.len();
+    scores.fill(0.0);
+    for (d, &x) in q.iter().enumerate() {
+        for (s, k) in scores.iter_mut().zip(&keys[d * tp..(d + 1) * tp]) {
+            *s += x * k;
+        }
+    }
+}
+
+/// [`scores_with`] eight keys at a time, four vectors of sums at once (four independent add
+/// chains: one chain waits out the add's latency at every feature), each kept in a register
+/// over every feature. The same multiplies and adds in the same order, so the same floats.
+///
+/// # Safety
+/// The CPU must support AVX2; `scores.len()` must be a multiple of 8 and `keys` hold
+/// `q.len() · scores.len()` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scores_avx2(q: &[f32], keys: &[f32], scores: &mut [f32]) {
+    let tp = scores.len();
+    debug_assert!(tp.is_multiple_of(8) && keys.len() >= q.len() * tp);
+    let mut c = 0;
+    while c + 32 <= tp {
+        scores_block::<4>(q, keys, tp, c, scores);
+        c += 32;
+    }
+    while c < tp {
+        scores_block::<1>(q, keys, tp, c, scores);
+        c += 8;
+    }
+}
+
+/// `G` vectors of [`scores_avx2`], keys `c .. c + 8·G`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn scores_block<const G: usize>(
+    q: &[f32],
+    keys: &[f32],
+    tp: usize,
+    c: usize,
+    scores: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); G];
+    for (d, &x) in q.iter().enumerate() {
+        let x = _mm256_set1_ps(x);
+        let row = keys.as_ptr().add(d * tp + c);
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_add_ps(*a, _mm256_mul_ps(x, _mm256_loadu_ps(row.add(8 * l))));
+        }
+    }
+    for (l, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(scores.as_mut_ptr().add(c + 8 * l), *a);
+    }
+}
+
+/// `o[d] += Σ_j p[j] · v[first + j·vt + d]`, summed in key order: eight features a vector,
+/// four vectors at once (independent add chains), each kept in a register over every key,
+/// where the portable loop reads and writes `o` once per key. Same operations in the same
+/// order: the same floats.
+///
+/// # Safety
+/// The CPU must support AVX2; `o.len()` must be a multiple of 8 and every row read lie in `v`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn values_avx2(p: &[f32], v: &[f32], first: usize, vt: usize, o: &mut [f32]) {
+    debug_assert!(o.len().is_multiple_of(8));
+    debug_assert!(p.is_empty() || first + (p.len() - 1) * vt + o.len() <= v.len());
+    let mut c = 0;
+    while c + 32 <= o.len() {
+        values_block::<4>(p, v, first + c, vt, &mut o[c..c + 32]);
+        c += 32;
+    }
+    while c < o.len() {
+        values_block::<1>(p, v, first + c, vt, &mut o[c..c + 8]);
+        c += 8;
+    }
+}
+
+/// `G` vectors of [`values_avx2`]: `o` is `8·G` features starting at `first` of each row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn values_block<const G: usize>(
+    p: &[f32],
+    v: &[f32],
+    first: usize,
+    vt: usize,
+    o: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); G];
+    for (l, a) in acc.iter_mut().enumerate() {
+        *a = _mm256_loadu_ps(o.as_ptr().add(8 * l));
+    }
+    for (j, &pj) in p.iter().enumerate() {
+        let w = _mm256_set1_ps(pj);
+        let row = v.as_ptr().add(first + j * vt);
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_add_ps(*a, _mm256_mul_ps(w, _mm256_loadu_ps(row.add(8 * l))));
+        }
+    }
+    for (l, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(o.as_mut_ptr().add(8 * l), *a);
+    }
+}
+
+/// Units of work for `b` batches of `t` tokens and `heads` heads: one per batch, head and
+/// block of [`QUERIES`] queries.
+fn units(b: usize, t: usize, heads: usize) -> usize {
+    b * heads * t.div_ceil(QUERIES)
+}
+
+/// [`attend_unit`] compiled for AVX2: the loops along keys and features become ymm FMA-free
+/// multiplies and adds (Rust never fuses them), eight lanes at a time; the same floats as the
+/// baseline build.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; as [`attend_unit`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_row_avx2(w: &Views<'_>, r: usize, out_row: &mut [f32]) {
-    attend_row(w, r, out_row)
+unsafe fn attend_unit_avx2(w: &Views<'_>, u: usize, out: RowsPtr, hidden: usize) {
+    // SAFETY: as the caller promises.
+    unsafe { attend_unit(w, u, out, hidden, true) }
 }
 
 fn has_avx2() -> bool {
@@ -184,26 +471,23 @@ impl CustomOp3 for Attend {
             scale,
         };
         let avx2 = has_avx2();
-        let row = |(r, out_row): (usize, &mut [f32])| {
+        let base = RowsPtr(out.as_mut_ptr());
+        let unit = |u: usize| {
             #[cfg(target_arch = "x86_64")]
             if avx2 {
-                // SAFETY: AVX2 and FMA were detected at run time.
-                return unsafe { attend_row_avx2(&view, r, out_row) };
+                // SAFETY: AVX2 and FMA were detected at run time; units write disjoint slices
+                // of `out`, which outlives every call.
+                return unsafe { attend_unit_avx2(&view, u, base, hidden) };
             }
             let _ = avx2;
-            attend_row(&view, r, out_row)
+            // SAFETY: as above.
+            unsafe { attend_unit(&view, u, base, hidden, false) }
         };
-        if b * t * t * hidden >= PARALLEL_MIN_MACS && super::team::current_threads() > 1 {
-            let base = RowsPtr(out.as_mut_ptr());
-            super::team::for_each(b * t, |r| {
-                // SAFETY: row r is `hidden` floats of `out` that no other index touches, and
-                // `out` outlives `for_each`.
-                let out_row =
-                    unsafe { std::slice::from_raw_parts_mut(base.at(r * hidden), hidden) };
-                row((r, out_row));
-            });
+        let n = units(b, t, heads);
+        if b * t * t * hidden >= PARALLEL_MIN_MACS && n > 1 && super::team::current_threads() > 1 {
+            super::team::for_each(n, unit);
         } else {
-            out.chunks_mut(hidden).enumerate().for_each(row);
+            (0..n).for_each(unit);
         }
         Ok((CpuStorage::F32(out), lq.shape().clone()))
     }
@@ -234,21 +518,101 @@ pub fn attend(
 mod tests {
     use super::*;
 
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn the_avx2_build_of_a_row_is_bit_identical() {
-        if !has_avx2() {
-            return;
+    /// Attention in f64 the textbook way, for `view`'s shape.
+    fn reference(w: &Views<'_>, b: usize) -> Vec<f64> {
+        let [(q0, qb, qt), (k0, kb, kt), (v0, vb, vt)] = w.at;
+        let (t, hd, hidden) = (w.t, w.hd, w.heads * w.hd);
+        let mut out = vec![0f64; b * t * hidden];
+        for bi in 0..b {
+            for h in 0..w.heads {
+                for i in 0..t {
+                    let at = |base: usize, sb: usize, st: usize, j: usize, d: usize| {
+                        base + bi * sb + j * st + h * hd + d
+                    };
+                    let s: Vec<f64> = (0..t)
+                        .map(|j| {
+                            let dot: f64 = (0..hd)
+                                .map(|d| {
+                                    f64::from(w.q[at(q0, qb, qt, i, d)])
+                                        * f64::from(w.k[at(k0, kb, kt, j, d)])
+                                })
+                                .sum();
+                            dot * f64::from(w.scale) + f64::from(w.mask[bi * t + j])
+                        })
+                        .collect();
+                    let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        out[(bi * t + i) * hidden + h * hd + d] = (0..t)
+                            .map(|j| e[j] / sum * f64::from(w.v[at(v0, vb, vt, j, d)]))
+                            .sum();
+                    }
+                }
+            }
         }
-        // Two rows of 7 tokens, 3 heads of 13 (a ragged head size), q/k/v interleaved as the
-        // fused projection leaves them, the second row's last two keys masked.
-        let (b, t, heads, hd) = (2, 7, 3, 13);
+        out
+    }
+
+    #[test]
+    fn exp_is_within_a_few_ulp_and_its_avx2_build_gives_the_same_bits() {
+        let mut xs: Vec<f32> = (0..20_000).map(|i| -90.0 + i as f32 * 0.0047).collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            -1e-30,
+            -0.5,
+            -1e9,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            3.0,
+        ]);
+        let want: Vec<f32> = xs.iter().map(|&x| exp(x)).collect();
+        for (&x, &e) in xs.iter().zip(&want) {
+            if x.is_nan() {
+                assert!(e.is_nan());
+            } else if x < EXP_LOW {
+                assert_eq!(e, 0.0, "exp({x})");
+            } else {
+                let exact = f64::from(x).exp();
+                let ulp = f64::from(f32::EPSILON) * exact;
+                assert!(
+                    (f64::from(e) - exact).abs() <= 2.0 * ulp,
+                    "exp({x}) = {e}, not {exact}"
+                );
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            let mut got = xs.clone();
+            // SAFETY: detected.
+            unsafe { exp_avx2(&mut got) };
+            for ((x, g), w) in xs.iter().zip(&got).zip(&want) {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "exp({x})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn units_agree_with_textbook_attention_and_the_avx2_build_bit_for_bit() {
+        // Two rows of 37 tokens (two query blocks, the second ragged), 3 heads of 13 (a ragged
+        // head size, the portable value sums) or 2 of 16 (the vector ones), q/k/v interleaved
+        // as the fused projection leaves them, the second row's last five keys masked.
+        for (heads, hd) in [(3, 13), (2, 16), (2, 40)] {
+            check_units(2, 37, heads, hd);
+        }
+    }
+
+    fn check_units(b: usize, t: usize, heads: usize, hd: usize) {
         let hidden = heads * hd;
         let qkv: Vec<f32> = (0..b * t * 3 * hidden)
             .map(|i| ((i * 7919 % 1000) as f32 / 250.0) - 2.0)
             .collect();
         let mut mask = vec![0f32; b * t];
-        mask[2 * t - 2..].fill(-1e9);
+        mask[2 * t - 5..].fill(-1e9);
         let view = Views {
             q: &qkv,
             k: &qkv,
@@ -264,17 +628,34 @@ mod tests {
             hd,
             scale: 1.0 / (hd as f32).sqrt(),
         };
-        for r in 0..b * t {
-            let mut want = vec![0f32; hidden];
-            let mut got = vec![0f32; hidden];
-            attend_row(&view, r, &mut want);
-            // SAFETY: detected above.
-            unsafe { attend_row_avx2(&view, r, &mut got) };
+        let run = |avx2: bool| {
+            let mut out = vec![0f32; b * t * hidden];
+            let base = RowsPtr(out.as_mut_ptr());
+            for u in 0..units(b, t, heads) {
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: the caller checked the CPU; `out` holds every row.
+                    unsafe { attend_unit_avx2(&view, u, base, hidden) };
+                    continue;
+                }
+                let _ = avx2;
+                // SAFETY: `out` holds every row, written one unit at a time.
+                unsafe { attend_unit(&view, u, base, hidden, false) };
+            }
+            out
+        };
+        let got = run(false);
+        let want = reference(&view, b);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((f64::from(*g) - w).abs() < 1e-5, "{i}: {g} vs {w}");
+        }
+        if has_avx2() {
+            let fast = run(true);
             assert!(
-                want.iter()
-                    .zip(&got)
+                got.iter()
+                    .zip(&fast)
                     .all(|(a, c)| a.to_bits() == c.to_bits()),
-                "row {r}"
+                "the AVX2 build differs"
             );
         }
     }
