@@ -286,8 +286,13 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     // About four bytes of text a token: requests the engine will compute in its bulk lane are
     // tokenized at background priority too.
     let bulk_bytes = sched_cfg.bulk_tokens.saturating_mul(4);
-    let tokenizer = TokenizePool::new(TokenizePool::default_threads(), budget, bulk_bytes)
-        .map_err(|e| ServerError::Config(format!("cannot start the tokenizer threads: {e}")))?;
+    let tokenizer = TokenizePool::new(
+        TokenizePool::default_threads(),
+        budget,
+        bulk_bytes,
+        TokenizePool::INLINE_BYTES,
+    )
+    .map_err(|e| ServerError::Config(format!("cannot start the tokenizer threads: {e}")))?;
     let mut service = Service::new(engine, scheduler, cfg.requests, identity.clone(), tokenizer);
     let mut metrics_listener = None;
     if let Some(addr) = cfg.metrics_addr {
