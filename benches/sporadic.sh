@@ -11,7 +11,8 @@
 #            'default|target/release/classifyd|' 'busy-poll|target/release/classifyd|--busy-poll'
 # Two other kinds of configuration run in the same rounds, for the peers the daemon is measured
 # against (both in process, tokenization included, the same texts and pauses):
-#   'label|BIN|in-process'   `BIN bench --model MODEL` (classifyd without a socket);
+#   'label|BIN|in-process [flags]'   `BIN bench --model MODEL [flags]` (classifyd without a
+#                            socket; e.g. 'in-process --dtype int8');
 #   'label|ort:FILE.onnx|'   benches/peers/peer_latency.py ort on that graph, with $PY (a
 #                            python with onnxruntime and tokenizers) and $ORT_THREADS (2).
 # Environment: MODEL (models/sentiment-minilm), TEXTS (benches/texts/tweets.txt), GAP_MS (50),
@@ -66,9 +67,10 @@ for round in $(seq "$rounds"); do
             echo "round $round: $label done" >&2
             continue
         fi
-        if [[ $flags == in-process ]]; then
+        if [[ $flags == in-process* ]]; then
             for g in 0 "$gap"; do
-                "$bin" bench --model "$model" --texts "$texts" --gap-ms "$g" \
+                # shellcheck disable=SC2086 # the flags after in-process are words
+                "$bin" bench --model "$model" --texts "$texts" --gap-ms "$g" ${flags#in-process} \
                     --duration-secs "$duration" --warmup-secs 2 --quiet --json >"$dir/bench.json"
                 record bench "$dir/bench.json" "$label" "$g" 0
             done
