@@ -92,15 +92,8 @@ unsafe fn attend_unit(w: &Views<'_>, u: usize, out: RowsPtr, hidden: usize, avx2
     let mut scores = vec![0f32; tp];
     for i in i0..i1 {
         let qi = &w.q[q0 + bi * qb + i * qt + h * hd..][..hd];
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: the caller promises AVX2 when it passes `avx2`.
-            unsafe { scores_avx2(qi, &keys, &mut scores) };
-        } else {
-            scores_with(qi, &keys, &mut scores);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        scores_with(qi, &keys, &mut scores);
+        // SAFETY: `keys` is `hd` rows of `tp`, a multiple of 8.
+        unsafe { weighted_sum(avx2, qi, &keys, 0, tp, &mut scores) };
         let sum = {
             #[cfg(target_arch = "x86_64")]
             if avx2 {
@@ -117,24 +110,12 @@ unsafe fn attend_unit(w: &Views<'_>, u: usize, out: RowsPtr, hidden: usize, avx2
         for pj in p.iter_mut() {
             *pj *= inv;
         }
-        // SAFETY: this unit alone writes head h's features of row (bi, i), inside `out`, which
-        // starts zeroed.
+        // SAFETY: this unit alone writes head h's features of row (bi, i), inside `out`.
         let o =
             unsafe { std::slice::from_raw_parts_mut(out.at((bi * t + i) * hidden + h * hd), hd) };
-        let (v, first) = (w.v, v0 + bi * vb + h * hd);
-        #[cfg(target_arch = "x86_64")]
-        if avx2 && hd.is_multiple_of(8) {
-            // SAFETY: as above; every value row `first + j·vt .. + hd` lies inside `v`
-            // (checked by the caller for the last one).
-            unsafe { values_avx2(p, v, first, vt, o) };
-            continue;
-        }
-        for (j, pj) in p.iter().enumerate() {
-            let vj = &v[first + j * vt..][..hd];
-            for (od, vd) in o.iter_mut().zip(vj) {
-                *od += pj * vd;
-            }
-        }
+        // SAFETY: every value row `first + j·vt .. + hd` lies inside `v` (the caller checked
+        // the last one).
+        unsafe { weighted_sum(avx2, p, w.v, v0 + bi * vb + h * hd, vt, o) };
     }
 }
 
@@ -278,114 +259,89 @@ unsafe fn softmax_avx2(scores: &mut [f32], mask: &[f32], scale: f32) -> f32 {
     lanes.iter().sum()
 }
 
-/// `scores[j] = Σ_d q[d] · keys[d][j]` over `keys` of `q.len()` rows of `scores.len()` (a
-/// multiple of 8), summed in feature order from zero.
-fn scores_with(q: &[f32], keys: &[f32], scores: &mut [f32]) {
-    let tp = scores.len();
-    scores.fill(0.0);
-    for (d, &x) in q.iter().enumerate() {
-        for (s, k) in scores.iter_mut().zip(&keys[d * tp..(d + 1) * tp]) {
-            *s += x * k;
-        }
-    }
-}
-
-/// [`scores_with`] eight keys at a time, four vectors of sums at once (four independent add
-/// chains: one chain waits out the add's latency at every feature), each kept in a register
-/// over every feature. The same multiplies and adds in the same order, so the same floats.
+/// `out[c] = Σ_i coef[i] · rows[first + i·stride + c]`, summed in `i` order from zero: a
+/// query's scores (`rows` its head's transposed keys) and its output (`rows` the values, `coef`
+/// the softmax). Along `c` in vectors where `avx2` says the CPU has AVX2 and `out` is whole
+/// vectors; the same floats either way.
 ///
 /// # Safety
-/// The CPU must support AVX2; `scores.len()` must be a multiple of 8 and `keys` hold
-/// `q.len() · scores.len()` values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn scores_avx2(q: &[f32], keys: &[f32], scores: &mut [f32]) {
-    let tp = scores.len();
-    debug_assert!(tp.is_multiple_of(8) && keys.len() >= q.len() * tp);
-    let mut c = 0;
-    while c + 32 <= tp {
-        scores_block::<4>(q, keys, tp, c, scores);
-        c += 32;
-    }
-    while c < tp {
-        scores_block::<1>(q, keys, tp, c, scores);
-        c += 8;
-    }
-}
-
-/// `G` vectors of [`scores_avx2`], keys `c .. c + 8·G`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn scores_block<const G: usize>(
-    q: &[f32],
-    keys: &[f32],
-    tp: usize,
-    c: usize,
-    scores: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_ps(); G];
-    for (d, &x) in q.iter().enumerate() {
-        let x = _mm256_set1_ps(x);
-        let row = keys.as_ptr().add(d * tp + c);
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_add_ps(*a, _mm256_mul_ps(x, _mm256_loadu_ps(row.add(8 * l))));
-        }
-    }
-    for (l, a) in acc.iter().enumerate() {
-        _mm256_storeu_ps(scores.as_mut_ptr().add(c + 8 * l), *a);
-    }
-}
-
-/// `o[d] += Σ_j p[j] · v[first + j·vt + d]`, summed in key order: eight features a vector,
-/// four vectors at once (independent add chains), each kept in a register over every key,
-/// where the portable loop reads and writes `o` once per key. Same operations in the same
-/// order: the same floats.
-///
-/// # Safety
-/// The CPU must support AVX2; `o.len()` must be a multiple of 8 and every row read lie in `v`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn values_avx2(p: &[f32], v: &[f32], first: usize, vt: usize, o: &mut [f32]) {
-    debug_assert!(o.len().is_multiple_of(8));
-    debug_assert!(p.is_empty() || first + (p.len() - 1) * vt + o.len() <= v.len());
-    let mut c = 0;
-    while c + 32 <= o.len() {
-        values_block::<4>(p, v, first + c, vt, &mut o[c..c + 32]);
-        c += 32;
-    }
-    while c < o.len() {
-        values_block::<1>(p, v, first + c, vt, &mut o[c..c + 8]);
-        c += 8;
-    }
-}
-
-/// `G` vectors of [`values_avx2`]: `o` is `8·G` features starting at `first` of each row.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn values_block<const G: usize>(
-    p: &[f32],
-    v: &[f32],
+/// With `avx2`, the CPU must support AVX2; every row read must lie inside `rows`.
+#[inline(always)]
+unsafe fn weighted_sum(
+    avx2: bool,
+    coef: &[f32],
+    rows: &[f32],
     first: usize,
-    vt: usize,
-    o: &mut [f32],
+    stride: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && out.len().is_multiple_of(8) {
+        // SAFETY: as the caller promises.
+        return unsafe { weighted_sum_avx2(coef, rows, first, stride, out) };
+    }
+    let _ = avx2;
+    let n = out.len();
+    out.fill(0.0);
+    for (i, &a) in coef.iter().enumerate() {
+        for (o, r) in out.iter_mut().zip(&rows[first + i * stride..][..n]) {
+            *o += a * r;
+        }
+    }
+}
+
+/// [`weighted_sum`] eight columns a vector, four vectors at once (four independent add chains:
+/// one chain waits out the add's latency at every step), each kept in a register over every
+/// row; the portable loop read and wrote `out` once a row. The same multiplies and adds in the
+/// same order, so the same floats.
+///
+/// # Safety
+/// The CPU must support AVX2; `out.len()` must be a multiple of 8; every row read must lie
+/// inside `rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn weighted_sum_avx2(
+    coef: &[f32],
+    rows: &[f32],
+    first: usize,
+    stride: usize,
+    out: &mut [f32],
+) {
+    debug_assert!(out.len().is_multiple_of(8));
+    debug_assert!(coef.is_empty() || first + (coef.len() - 1) * stride + out.len() <= rows.len());
+    let mut c = 0;
+    while c + 32 <= out.len() {
+        weighted_block::<4>(coef, rows, first + c, stride, &mut out[c..c + 32]);
+        c += 32;
+    }
+    while c < out.len() {
+        weighted_block::<1>(coef, rows, first + c, stride, &mut out[c..c + 8]);
+        c += 8;
+    }
+}
+
+/// `G` vectors of [`weighted_sum_avx2`]: `out` is the `8·G` columns from `first` of each row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn weighted_block<const G: usize>(
+    coef: &[f32],
+    rows: &[f32],
+    first: usize,
+    stride: usize,
+    out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
     let mut acc = [_mm256_setzero_ps(); G];
-    for (l, a) in acc.iter_mut().enumerate() {
-        *a = _mm256_loadu_ps(o.as_ptr().add(8 * l));
-    }
-    for (j, &pj) in p.iter().enumerate() {
-        let w = _mm256_set1_ps(pj);
-        let row = v.as_ptr().add(first + j * vt);
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_add_ps(*a, _mm256_mul_ps(w, _mm256_loadu_ps(row.add(8 * l))));
+    for (i, &a) in coef.iter().enumerate() {
+        let a = _mm256_set1_ps(a);
+        let row = rows.as_ptr().add(first + i * stride);
+        for (l, x) in acc.iter_mut().enumerate() {
+            *x = _mm256_add_ps(*x, _mm256_mul_ps(a, _mm256_loadu_ps(row.add(8 * l))));
         }
     }
-    for (l, a) in acc.iter().enumerate() {
-        _mm256_storeu_ps(o.as_mut_ptr().add(8 * l), *a);
+    for (l, x) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.as_mut_ptr().add(8 * l), *x);
     }
 }
 
