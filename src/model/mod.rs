@@ -16,6 +16,7 @@ pub mod gelu;
 pub mod gemm;
 pub mod mapped;
 pub mod modernbert;
+pub mod norm;
 pub mod qgemm;
 pub mod roberta;
 pub mod rope;
@@ -714,9 +715,10 @@ impl Module for Linear {
     }
 }
 
-/// LayerNorm through candle's fused kernel, which accumulates in f32 whatever the compute dtype
-/// (F16 variance over a few hundred features would overflow or lose the mean otherwise) and
-/// makes one pass instead of the eight tensor ops of the textbook formula.
+/// LayerNorm in one op: f32 on the CPU through [`norm`] (vector lane sums, the variance taken
+/// around the mean), otherwise candle's fused kernel, which accumulates in f32 whatever the
+/// compute dtype (F16 variance over a few hundred features would overflow or lose the mean
+/// otherwise). Either makes one op instead of the eight tensor ops of the textbook formula.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -747,6 +749,9 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(y) = norm::layer_norm(xs, &self.weight, &self.bias, self.eps)? {
+            return Ok(y);
+        }
         candle_nn::ops::layer_norm(&xs.contiguous()?, &self.weight, &self.bias, self.eps)
     }
 }
