@@ -468,7 +468,7 @@ unsafe fn panels_product2(
 #[derive(Clone, Copy)]
 pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: the threads given an OutPtr write disjoint elements (see `matmul` here and in
-// `qgemm`).
+// `qgemm`, and `norm`'s rows).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 impl OutPtr {

@@ -8,6 +8,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
+use super::gemm::OutPtr;
+
 /// Elements below which rows are normalized on the calling thread.
 const PARALLEL_MIN: usize = 1 << 16;
 /// Rows one unit of work takes.
@@ -64,19 +66,6 @@ fn has_avx2() -> bool {
     false
 }
 
-/// The output's base pointer, shared by the threads that write disjoint rows of it.
-#[derive(Clone, Copy)]
-struct RowsPtr(*mut f32);
-// SAFETY: each thread given a RowsPtr writes rows no other thread writes (see `cpu_fwd`).
-unsafe impl Send for RowsPtr {}
-unsafe impl Sync for RowsPtr {}
-impl RowsPtr {
-    fn row(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the allocation.
-        unsafe { self.0.add(offset) }
-    }
-}
-
 struct Norm<'a> {
     weight: &'a [f32],
     bias: &'a [f32],
@@ -113,12 +102,13 @@ impl CustomOp1 for Norm<'_> {
             norm_row(xr, w, b, eps, o)
         };
         if x.len() >= PARALLEL_MIN && super::team::current_threads() > 1 {
-            let base = RowsPtr(out.as_mut_ptr());
+            let base = OutPtr(out.as_mut_ptr());
             super::team::for_each(rows.div_ceil(ROWS), |u| {
                 for r in u * ROWS..((u + 1) * ROWS).min(rows) {
                     // SAFETY: row r is `width` floats of `out` that no other unit touches, and
                     // `out` outlives `for_each`.
-                    let o = unsafe { std::slice::from_raw_parts_mut(base.row(r * width), width) };
+                    let o =
+                        unsafe { std::slice::from_raw_parts_mut(base.get().add(r * width), width) };
                     row(r, o);
                 }
             });
@@ -160,18 +150,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 4.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::model::tests::{data, max_abs_diff};
 
     #[test]
     fn rows_match_f64_layer_norm_and_the_avx2_build_bit_for_bit() {
@@ -222,16 +201,7 @@ mod tests {
         let b = Tensor::from_vec(data(width, 6), width, &dev).unwrap();
         let got = layer_norm(&x, &w, &b, 1e-12).unwrap().expect("taken");
         let want = candle_nn::ops::layer_norm(&x, &w, &b, 1e-12).unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-4, "{diff}");
         let half = x.to_dtype(candle_core::DType::F16).unwrap();
         assert!(layer_norm(&half, &w, &b, 1e-12).unwrap().is_none());

@@ -599,18 +599,7 @@ unsafe fn panel_avx2(rows: &QRows, m: usize, groups: usize, panel: &[i8], acc: &
 mod tests {
     use super::*;
     use crate::model::gemm::Epilogue;
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::model::tests::data;
 
     fn reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, b: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; m * n];
