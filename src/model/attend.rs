@@ -9,21 +9,11 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::gemm::OutPtr;
+use super::has_avx2;
+
 /// Multiply-adds below which rows are computed on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
-
-/// The output's base pointer, shared by the threads that write disjoint rows of it.
-#[derive(Clone, Copy)]
-struct RowsPtr(*mut f32);
-// SAFETY: each thread given a RowsPtr writes rows no other thread writes (see `cpu_fwd`).
-unsafe impl Send for RowsPtr {}
-unsafe impl Sync for RowsPtr {}
-impl RowsPtr {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the allocation.
-        unsafe { self.0.add(offset) }
-    }
-}
 
 struct Attend {
     heads: usize,
@@ -72,7 +62,7 @@ const QUERIES: usize = 32;
 /// `out` must hold `b·t·hidden` floats that nothing else reads or writes meanwhile but other
 /// units, which write other (row, head) slices.
 #[inline(always)]
-unsafe fn attend_unit(w: &Views<'_>, u: usize, out: RowsPtr, hidden: usize, avx2: bool) {
+unsafe fn attend_unit(w: &Views<'_>, u: usize, out: OutPtr, hidden: usize, avx2: bool) {
     let [(q0, qb, qt), (k0, kb, kt), (v0, vb, vt)] = w.at;
     let (t, hd) = (w.t, w.hd);
     let blocks = t.div_ceil(QUERIES);
@@ -111,8 +101,9 @@ unsafe fn attend_unit(w: &Views<'_>, u: usize, out: RowsPtr, hidden: usize, avx2
             *pj *= inv;
         }
         // SAFETY: this unit alone writes head h's features of row (bi, i), inside `out`.
-        let o =
-            unsafe { std::slice::from_raw_parts_mut(out.at((bi * t + i) * hidden + h * hd), hd) };
+        let o = unsafe {
+            std::slice::from_raw_parts_mut(out.get().add((bi * t + i) * hidden + h * hd), hd)
+        };
         // SAFETY: every value row `first + j·vt .. + hd` lies inside `v` (the caller checked
         // the last one).
         unsafe { weighted_sum(avx2, p, w.v, v0 + bi * vb + h * hd, vt, o) };
@@ -351,29 +342,17 @@ fn units(b: usize, t: usize, heads: usize) -> usize {
     b * heads * t.div_ceil(QUERIES)
 }
 
-/// [`attend_unit`] compiled for AVX2: the loops along keys and features become ymm FMA-free
-/// multiplies and adds (Rust never fuses them), eight lanes at a time; the same floats as the
+/// [`attend_unit`] compiled for AVX2: the loops along keys and features become ymm multiplies
+/// and adds (unfused: Rust never fuses them), eight lanes at a time; the same floats as the
 /// baseline build.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; as [`attend_unit`].
+/// The CPU must support AVX2; as [`attend_unit`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_unit_avx2(w: &Views<'_>, u: usize, out: RowsPtr, hidden: usize) {
+#[target_feature(enable = "avx2")]
+unsafe fn attend_unit_avx2(w: &Views<'_>, u: usize, out: OutPtr, hidden: usize) {
     // SAFETY: as the caller promises.
     unsafe { attend_unit(w, u, out, hidden, true) }
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| {
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 impl CustomOp3 for Attend {
@@ -427,7 +406,7 @@ impl CustomOp3 for Attend {
             scale,
         };
         let avx2 = has_avx2();
-        let base = RowsPtr(out.as_mut_ptr());
+        let base = OutPtr(out.as_mut_ptr());
         let unit = |u: usize| {
             #[cfg(target_arch = "x86_64")]
             if avx2 {
@@ -586,7 +565,7 @@ mod tests {
         };
         let run = |avx2: bool| {
             let mut out = vec![0f32; b * t * hidden];
-            let base = RowsPtr(out.as_mut_ptr());
+            let base = OutPtr(out.as_mut_ptr());
             for u in 0..units(b, t, heads) {
                 #[cfg(target_arch = "x86_64")]
                 if avx2 {

@@ -468,7 +468,7 @@ unsafe fn panels_product2(
 #[derive(Clone, Copy)]
 pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: the threads given an OutPtr write disjoint elements (see `matmul` here and in
-// `qgemm`, and `norm`'s rows).
+// `qgemm`, `attend`'s units and `norm`'s rows).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
@@ -580,6 +580,25 @@ mod x86 {
         }
     }
 
+    /// Steps through `m` rows of `x` (`k` apart) and `c` (`ldc` apart) in tiles of at most
+    /// `mr` rows, calling `tile::<T, rows>` with `xp` and `cp` at the tile's first row: a tile's
+    /// row count is a const parameter, so each size is its own instantiation.
+    macro_rules! row_tiles {
+        ($m:expr, $mr:expr, [$($n:literal),*], $x:expr, $k:expr, $c:expr, $ldc:expr,
+         |$xp:ident, $cp:ident| $tile:ident::<$t:ty> $args:tt) => {{
+            let mut r = 0;
+            while r < $m {
+                let rows = ($m - r).min($mr);
+                let ($xp, $cp) = ($x.as_ptr().add(r * $k), $c.add(r * $ldc));
+                match rows {
+                    $($n => $tile::<$t, $n> $args,)*
+                    _ => $tile::<$t, 1> $args,
+                }
+                r += rows;
+            }
+        }};
+    }
+
     /// Rows of the output a tile covers: 2 zmm accumulators a row.
     const MR512: usize = 6;
     /// 4 ymm accumulators a row.
@@ -604,21 +623,17 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
     ) {
-        let mut r = 0;
-        while r < m {
-            let rows = (m - r).min(MR512);
-            let (xp, cp) = (x.as_ptr().add(r * k), c.add(r * ldc));
-            let (pa, pb, bp) = (a.as_ptr(), b.as_ptr(), bias.as_ptr());
-            match rows {
-                6 => tile512x2::<T, 6>(xp, k, pa, pb, bp, cp, ldc),
-                5 => tile512x2::<T, 5>(xp, k, pa, pb, bp, cp, ldc),
-                4 => tile512x2::<T, 4>(xp, k, pa, pb, bp, cp, ldc),
-                3 => tile512x2::<T, 3>(xp, k, pa, pb, bp, cp, ldc),
-                2 => tile512x2::<T, 2>(xp, k, pa, pb, bp, cp, ldc),
-                _ => tile512x2::<T, 1>(xp, k, pa, pb, bp, cp, ldc),
-            }
-            r += rows;
-        }
+        let (pa, pb, bp) = (a.as_ptr(), b.as_ptr(), bias.as_ptr());
+        row_tiles!(
+            m,
+            MR512,
+            [6, 5, 4, 3, 2],
+            x,
+            k,
+            c,
+            ldc,
+            |xp, cp| tile512x2::<T>(xp, k, pa, pb, bp, cp, ldc)
+        );
     }
 
     #[target_feature(enable = "avx512f")]
@@ -664,21 +679,17 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
     ) {
-        let mut r = 0;
-        while r < m {
-            let rows = (m - r).min(MR512);
-            let (xp, cp) = (x.as_ptr().add(r * k), c.add(r * ldc));
-            let (pp, bp) = (panel.as_ptr(), bias.as_ptr());
-            match rows {
-                6 => tile512::<T, 6>(xp, k, pp, bp, cp, ldc),
-                5 => tile512::<T, 5>(xp, k, pp, bp, cp, ldc),
-                4 => tile512::<T, 4>(xp, k, pp, bp, cp, ldc),
-                3 => tile512::<T, 3>(xp, k, pp, bp, cp, ldc),
-                2 => tile512::<T, 2>(xp, k, pp, bp, cp, ldc),
-                _ => tile512::<T, 1>(xp, k, pp, bp, cp, ldc),
-            }
-            r += rows;
-        }
+        let (pp, bp) = (panel.as_ptr(), bias.as_ptr());
+        row_tiles!(
+            m,
+            MR512,
+            [6, 5, 4, 3, 2],
+            x,
+            k,
+            c,
+            ldc,
+            |xp, cp| tile512::<T>(xp, k, pp, bp, cp, ldc)
+        );
     }
 
     #[target_feature(enable = "avx512f")]
@@ -719,19 +730,10 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
     ) {
-        let mut r = 0;
-        while r < m {
-            let rows = (m - r).min(MR256);
-            let (xp, cp) = (x.as_ptr().add(r * k), c.add(r * ldc));
-            let (pp, bp) = (panel.as_ptr(), bias.as_ptr());
-            match rows {
-                4 => tile256::<T, 4>(xp, k, pp, bp, cp, ldc),
-                3 => tile256::<T, 3>(xp, k, pp, bp, cp, ldc),
-                2 => tile256::<T, 2>(xp, k, pp, bp, cp, ldc),
-                _ => tile256::<T, 1>(xp, k, pp, bp, cp, ldc),
-            }
-            r += rows;
-        }
+        let (pp, bp) = (panel.as_ptr(), bias.as_ptr());
+        row_tiles!(m, MR256, [4, 3, 2], x, k, c, ldc, |xp, cp| tile256::<T>(
+            xp, k, pp, bp, cp, ldc
+        ));
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -312,6 +312,18 @@ pub fn kernel_path(vb: &VarBuilder) -> bool {
     vb.device().is_cpu() && vb.dtype() == DType::F32
 }
 
+/// Whether this CPU runs AVX2, asked once: the vector builds of attention and LayerNorm
+/// ([`attend`], [`norm`]) need nothing more.
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| std::is_x86_feature_detected!("avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Whether `dtype` is a reduced precision whose attention, norms and head we keep in f32.
 pub fn is_half(dtype: DType) -> bool {
     matches!(dtype, DType::F16 | DType::BF16)

@@ -9,6 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use super::gemm::OutPtr;
+use super::has_avx2;
 
 /// Elements below which rows are normalized on the calling thread.
 const PARALLEL_MIN: usize = 1 << 16;
@@ -54,16 +55,6 @@ fn norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
 #[target_feature(enable = "avx2")]
 unsafe fn norm_row_avx2(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     norm_row(x, w, b, eps, out)
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| std::is_x86_feature_detected!("avx2"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 struct Norm<'a> {
