@@ -8,7 +8,8 @@
 //! kernel may drop and re-read the pages under memory pressure instead of swapping them.
 //!
 //! The file holds the packed panels of every named matmul weight and every embedding table (f16
-//! where each value is exactly an f16, as the kernels use them), keyed by everything they are
+//! where each value is exactly an f16, as the kernels use them; with `--dtype int8`, the
+//! layers' quantized panels with their per-column scales and sums), keyed by everything they are
 //! derived from: the format version, this build's version, the kernel set, the compute dtype,
 //! config.json's bytes, and each weight file's name, size, modification time, inode and
 //! safetensors header. A file whose key, length, table of contents or CRC-32 of its contents
@@ -42,7 +43,7 @@ const ALIGN: usize = 64;
 pub enum CacheStatus {
     /// No cache directory was given, or caching is off.
     Off,
-    /// The build does not pack weights on the CPU in F32 (a GPU, F16/BF16, or int8), so
+    /// The build does not pack weights on the CPU in F32 or int8 (a GPU, or F16/BF16), so
     /// nothing is cached.
     NotUsed,
     /// A valid cache file was mapped and its weights used in place.
@@ -64,7 +65,9 @@ impl fmt::Display for CacheStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CacheStatus::Off => f.write_str("off"),
-            CacheStatus::NotUsed => f.write_str("not used (only CPU F32 weights are cached)"),
+            CacheStatus::NotUsed => {
+                f.write_str("not used (only CPU F32 and int8 weights are cached)")
+            }
             CacheStatus::Hit(p) => write!(f, "mapped {}", p.display()),
             CacheStatus::Written { path, why } => {
                 write!(f, "written and mapped {} ({why})", path.display())
@@ -201,6 +204,7 @@ fn toc_record(out: &mut Vec<u8>, name: &str, kind: Kind, f16: bool, dims: (usize
     out.push(match kind {
         Kind::Panels => 0,
         Kind::Rows => 1,
+        Kind::Int8 => 2,
     });
     out.push(u8::from(f16));
     for v in [dims.0 as u64, dims.1 as u64, at] {
@@ -325,6 +329,7 @@ fn parse(map: Arc<Mmap>, key: &[u8; 32]) -> Result<Cached, Invalid> {
         let kind = match toc.take(1)?[0] {
             0 => Kind::Panels,
             1 => Kind::Rows,
+            2 => Kind::Int8,
             k => return Err(format!("unknown entry kind {k}")),
         };
         let f16 = toc.take(1)?[0] == 1;
@@ -336,10 +341,7 @@ fn parse(map: Arc<Mmap>, key: &[u8; 32]) -> Result<Cached, Invalid> {
             dims,
             offset,
         };
-        let size = entry
-            .values()
-            .and_then(|v| v.checked_mul(if f16 { 2 } else { 4 }))
-            .and_then(|b| b.checked_add(offset));
+        let size = entry.bytes().and_then(|b| b.checked_add(offset));
         if offset < HEADER + toc_len || size.is_none_or(|e| e > end) {
             return Err(format!("entry {name} lies outside the file"));
         }

@@ -476,8 +476,10 @@ fn build_cached(
     vb: VarBuilder,
     cache_dir: &Path,
     device: &Device,
+    dtype: &str,
+    kernels: &str,
 ) -> Result<Built, LoadError> {
-    let file = match CacheFile::for_model(cache_dir, dir, "f32", gemm::kernel_set()) {
+    let file = match CacheFile::for_model(cache_dir, dir, dtype, kernels) {
         Ok(f) => f,
         Err(e) => {
             let status = CacheStatus::Unwritable {
@@ -568,16 +570,25 @@ impl Engine {
         let (parameters, weight_dtype) = weight_summary(&st);
         let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone());
         let (model, cache, cache_views) = match &opts.cache_dir {
-            _ if int8 => {
-                let model = weights::quantizing(|| build_model(&dir, vb))?;
-                let status = match opts.cache_dir {
-                    Some(_) => CacheStatus::NotUsed,
-                    None => CacheStatus::Off,
-                };
-                (model, status, (0, 0))
+            // The layers' int8 panels, and the f32 panels of what stays in floating point, so
+            // the key names both kernel sets.
+            Some(cache_dir) if int8 => {
+                let kernels = format!(
+                    "{}+{}",
+                    gemm::kernel_set(),
+                    crate::model::qgemm::kernel_set()
+                );
+                weights::quantizing(|| {
+                    build_cached(&dir, vb, cache_dir, &device, "int8", &kernels)
+                })?
             }
+            None if int8 => (
+                weights::quantizing(|| build_model(&dir, vb))?,
+                CacheStatus::Off,
+                (0, 0),
+            ),
             Some(cache_dir) if device.is_cpu() && dtype == DType::F32 => {
-                build_cached(&dir, vb, cache_dir, &device)?
+                build_cached(&dir, vb, cache_dir, &device, "f32", gemm::kernel_set())?
             }
             Some(_) => (build_model(&dir, vb)?, CacheStatus::NotUsed, (0, 0)),
             None => (build_model(&dir, vb)?, CacheStatus::Off, (0, 0)),

@@ -16,6 +16,7 @@ use memmap2::Mmap;
 pub trait Plain: Copy + Send + Sync + 'static {}
 impl Plain for f32 {}
 impl Plain for f16 {}
+impl Plain for i8 {}
 
 /// `len` values of `T` at byte `offset` of a mapping, checked in bounds and aligned once, when
 /// made.

@@ -444,7 +444,10 @@ impl Linear {
             };
             let w = &cpu.as_slice::<f32>()?[start..end];
             if name.as_deref().is_some_and(weights::quantize) {
-                let q = qgemm::QPacked::from_rows(w, n, k, b.as_deref());
+                let mut q = qgemm::QPacked::from_rows(w, n, k, b.as_deref());
+                if let Some(name) = name {
+                    q = q.named(name);
+                }
                 return Ok(Self::quantized(q, bias));
             }
             let mut packed = gemm::Packed::from_rows(w, n, k, b.as_deref());
@@ -469,11 +472,13 @@ impl Linear {
     }
 
     fn quantized(q: qgemm::QPacked, bias: Option<Tensor>) -> Self {
+        let q = Arc::new(q);
+        weights::note_quantized(&q);
         Self {
             weight_t: None,
             bias,
             packed: None,
-            quant: Some(Arc::new(q)),
+            quant: Some(q),
             folded: None,
         }
     }
@@ -488,8 +493,17 @@ impl Linear {
         vb: VarBuilder,
     ) -> Result<Self> {
         let name = weights::name(&vb, "weight");
-        if let Some(values) = weights::view(&vb, &name, weights::Kind::Panels, (in_dim, out_dim)) {
-            let b: Option<Vec<f32>> = bias.as_ref().map(|b| b.to_vec1()).transpose()?;
+        let dims = (in_dim, out_dim);
+        let bias_values = || bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose();
+        if weights::quantize(&name) {
+            if let Some(bytes) = weights::view_int8(&vb, &name, dims) {
+                let b = bias_values()?;
+                if let Some(q) = qgemm::QPacked::from_panels(in_dim, out_dim, bytes, b.as_deref()) {
+                    return Ok(Self::quantized(q.named(name), bias));
+                }
+            }
+        } else if let Some(values) = weights::view(&vb, &name, weights::Kind::Panels, dims) {
+            let b = bias_values()?;
             if let Some(p) = gemm::Packed::from_panels(in_dim, out_dim, values, b.as_deref()) {
                 return Ok(Self::packed(p.named(name), bias));
             }

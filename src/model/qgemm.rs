@@ -22,7 +22,8 @@
 
 use std::sync::OnceLock;
 
-use super::gemm::OutPtr;
+use super::gemm::{NamedPart, OutPtr};
+use super::mapped::MapSlice;
 
 /// Output columns per panel (two vectors of 16 i32).
 pub const NR: usize = 32;
@@ -33,8 +34,8 @@ const MR: usize = 6;
 /// Multiply-adds below which the product stays on the calling thread (as in `gemm`).
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
-/// Bytes that start on a cache line. A panel is a whole number of lines (`NR · KG` = 128 bytes
-/// a group), so every 64-byte weight load of the VNNI kernel is one line; from a plain
+/// Bytes that start on a cache line. A panel and its trailer are a whole number of lines
+/// (`NR · KG` = 128 bytes a group, [`TRAILER`] 256), so every 64-byte weight load of the VNNI kernel is one line; from a plain
 /// `Vec<i8>` (16-byte aligned by malloc) every one of them straddled two.
 #[derive(Clone)]
 struct Lines {
@@ -77,30 +78,104 @@ impl std::fmt::Debug for Lines {
     }
 }
 
+/// A quantized weight's bytes: the process's own, or a view into the weights cache.
+#[derive(Clone)]
+enum Bytes {
+    Owned(Lines),
+    Mapped(MapSlice<i8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [i8];
+    fn deref(&self) -> &[i8] {
+        match self {
+            Bytes::Owned(l) => l,
+            Bytes::Mapped(m) => m,
+        }
+    }
+}
+
+impl Bytes {
+    /// The parts one after the other: a view when they are views adjacent in one mapping
+    /// (written together to the cache), otherwise a copy.
+    fn concat(parts: &[&Bytes]) -> Bytes {
+        let maps: Option<Vec<&MapSlice<i8>>> = parts
+            .iter()
+            .map(|p| match p {
+                Bytes::Mapped(m) => Some(m),
+                Bytes::Owned(_) => None,
+            })
+            .collect();
+        if let Some(joined) = maps.and_then(|m| MapSlice::join(&m)) {
+            return Bytes::Mapped(joined);
+        }
+        let mut out = Lines::zeroed(parts.iter().map(|p| p.len()).sum());
+        let mut at = 0;
+        for p in parts {
+            out[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        Bytes::Owned(out)
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bytes::Owned(l) => write!(f, "Owned({l:?})"),
+            Bytes::Mapped(m) => write!(f, "Mapped({} bytes)", m.len()),
+        }
+    }
+}
+
+/// Bytes after each panel's weights: its columns' scales (f32) then sums (i32), little
+/// endian. A panel is then self-contained, so the panels of Q, K and V written one after the
+/// other to the weights cache are the fused weight as they lie, and it is used in place.
+const TRAILER: usize = NR * 8;
+
 /// A `[n, k]` weight quantized for [`matmul`].
 #[derive(Debug, Clone)]
 pub struct QPacked {
     k: usize,
     n: usize,
-    /// `ceil(n / NR)` panels of `groups() × NR × KG` bytes; zero past `k` and past `n`.
-    panels: Lines,
-    /// Per column (padded to whole panels): the dequantization step `sw[j]`.
+    /// `ceil(n / NR)` panels of [`Self::stride`] bytes: `groups() × NR × KG` weight bytes (zero
+    /// past `k` and past `n`), then the [`TRAILER`].
+    panels: Bytes,
+    /// Per column (padded to whole panels): the dequantization step `sw[j]`. Read at load from
+    /// the trailers, where the kernels want them as `f32` (a few KiB a weight).
     scales: Vec<f32>,
     /// Per column: `Σ_k wq[j][k]`, what the activations' offset (`lo`) multiplies.
     sums: Vec<i32>,
     /// Per column; zeros when the layer has no bias.
     bias: Vec<f32>,
+    /// The checkpoint's name of each part and its width, for the weights cache (as
+    /// `gemm::Packed`'s); empty when any part has none.
+    names: Vec<(String, usize)>,
+}
+
+/// `bias` padded with zeros to whole panels.
+fn padded_bias(bias: Option<&[f32]>, n: usize) -> Vec<f32> {
+    let mut padded = vec![0f32; n.div_ceil(NR) * NR];
+    if let Some(b) = bias {
+        padded[..n].copy_from_slice(&b[..n]);
+    }
+    padded
 }
 
 impl QPacked {
+    /// Bytes a `[n, k]` weight takes (its panels and their trailers); `None` on overflow.
+    pub fn bytes_for(k: usize, n: usize) -> Option<usize> {
+        k.div_ceil(KG)
+            .checked_mul(NR * KG)?
+            .checked_add(TRAILER)?
+            .checked_mul(n.div_ceil(NR))
+    }
+
     /// Quantizes `w`, `[n, k]` row-major (PyTorch's Linear layout).
     pub fn from_rows(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
         assert_eq!(w.len(), n * k, "weight is not {n} × {k}");
         let np = n.div_ceil(NR);
-        let groups = k.div_ceil(KG);
-        let mut panels = Lines::zeroed(np * groups * NR * KG);
-        let mut scales = vec![0f32; np * NR];
-        let mut sums = vec![0i32; np * NR];
+        let mut out = Self::zeroed(k, n);
         let mut q = vec![0i8; k];
         for j in 0..n {
             let row = &w[j * k..(j + 1) * k];
@@ -115,52 +190,170 @@ impl QPacked {
                 };
                 sum += i32::from(*d);
             }
-            scales[j] = step;
-            sums[j] = sum;
-            let (p, c) = (j / NR, j % NR);
-            for (kk, &v) in q.iter().enumerate() {
-                // As `at(j, kk / KG)`, before `self` exists.
-                panels[((p * groups + kk / KG) * NR + c) * KG + kk % KG] = v;
+            out.scales[j] = step;
+            out.sums[j] = sum;
+            for (g, four) in q.chunks(KG).enumerate() {
+                let at = out.at(j, g);
+                out.owned()[at..at + four.len()].copy_from_slice(four);
             }
         }
-        let mut padded = vec![0f32; np * NR];
-        if let Some(b) = bias {
-            padded[..n].copy_from_slice(&b[..n]);
-        }
+        debug_assert_eq!(out.scales.len(), np * NR);
+        out.bias = padded_bias(bias, n);
+        out.write_trailers();
+        out
+    }
+
+    /// A weight of zeros, owned, to fill in.
+    fn zeroed(k: usize, n: usize) -> Self {
+        let np = n.div_ceil(NR);
+        let groups = k.div_ceil(KG);
         Self {
             k,
             n,
-            panels,
-            scales,
-            sums,
-            bias: padded,
+            panels: Bytes::Owned(Lines::zeroed(np * (groups * NR * KG + TRAILER))),
+            scales: vec![0f32; np * NR],
+            sums: vec![0i32; np * NR],
+            bias: vec![0f32; np * NR],
+            names: Vec::new(),
         }
     }
 
+    /// The owned bytes, while the weight is being filled in.
+    fn owned(&mut self) -> &mut Lines {
+        match &mut self.panels {
+            Bytes::Owned(l) => l,
+            Bytes::Mapped(_) => unreachable!("only a weight made by `zeroed` is filled in"),
+        }
+    }
+
+    /// Copies `scales` and `sums` into the panels' trailers.
+    fn write_trailers(&mut self) {
+        let (stride, weights) = (self.stride(), self.groups() * NR * KG);
+        let (scales, sums) = (
+            std::mem::take(&mut self.scales),
+            std::mem::take(&mut self.sums),
+        );
+        let lines = self.owned();
+        for (p, (sc, su)) in scales.chunks(NR).zip(sums.chunks(NR)).enumerate() {
+            let at = p * stride + weights;
+            let bytes = sc
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .chain(su.iter().flat_map(|v| v.to_le_bytes()));
+            for (d, b) in lines[at..at + TRAILER].iter_mut().zip(bytes) {
+                *d = b.cast_signed();
+            }
+        }
+        self.scales = scales;
+        self.sums = sums;
+    }
+
+    /// A `[n, k]` weight whose panels and trailers are already made (viewed in the weights
+    /// cache), with its bias; `None` when `bytes` is not [`Self::bytes_for`] long.
+    pub fn from_panels(
+        k: usize,
+        n: usize,
+        bytes: MapSlice<i8>,
+        bias: Option<&[f32]>,
+    ) -> Option<Self> {
+        if Some(bytes.len()) != Self::bytes_for(k, n) {
+            return None;
+        }
+        let np = n.div_ceil(NR);
+        let mut out = Self {
+            k,
+            n,
+            panels: Bytes::Mapped(bytes),
+            scales: Vec::with_capacity(np * NR),
+            sums: Vec::with_capacity(np * NR),
+            bias: padded_bias(bias, n),
+            names: Vec::new(),
+        };
+        let (stride, weights) = (out.stride(), out.groups() * NR * KG);
+        for p in 0..np {
+            let trailer = &out.panels[p * stride + weights..(p + 1) * stride];
+            let word = |i: usize| {
+                let b = &trailer[i * 4..i * 4 + 4];
+                [b[0], b[1], b[2], b[3]].map(i8::cast_unsigned)
+            };
+            out.scales
+                .extend((0..NR).map(|c| f32::from_le_bytes(word(c))));
+            out.sums
+                .extend((0..NR).map(|c| i32::from_le_bytes(word(NR + c))));
+        }
+        Some(out)
+    }
+
+    /// The same weight, named as in the checkpoint.
+    pub fn named(mut self, name: String) -> Self {
+        self.names = vec![(name, self.n)];
+        self
+    }
+
+    /// Each named part, when every part has a name.
+    pub fn named_parts(&self) -> Option<Vec<NamedPart>> {
+        if self.names.is_empty() {
+            return None;
+        }
+        let mut at = 0;
+        let mut out = Vec::new();
+        for (name, n) in &self.names {
+            out.push(NamedPart {
+                name: name.clone(),
+                dims: (self.k, *n),
+                at,
+            });
+            at += Self::bytes_for(self.k, *n)?;
+        }
+        Some(out)
+    }
+
+    /// The panels and their trailers as bytes (to write them to the weights cache).
+    pub fn panel_bytes(&self) -> &[u8] {
+        let bytes: &[i8] = &self.panels;
+        // SAFETY: i8 and u8 have the same size and every bit pattern is valid for both.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u8>(), bytes.len()) }
+    }
+
     /// Several quantized weights over the same input side by side (Q, K and V as one
-    /// matmul), column by column; `None` when their input widths differ.
+    /// matmul); `None` when their input widths differ. Whole panels are moved (and parts viewed
+    /// side by side in the weights cache stay a view) when every part but the last is a whole
+    /// number of panels; otherwise column by column.
     pub fn concat(parts: &[&QPacked]) -> Option<QPacked> {
         let k = parts.first()?.k;
         if parts.iter().any(|p| p.k != k) {
             return None;
         }
         let n: usize = parts.iter().map(|p| p.n).sum();
-        let (np, groups) = (n.div_ceil(NR), k.div_ceil(KG));
-        let mut out = QPacked {
-            k,
-            n,
-            panels: Lines::zeroed(np * groups * NR * KG),
-            scales: vec![0f32; np * NR],
-            sums: vec![0i32; np * NR],
-            bias: vec![0f32; np * NR],
-        };
+        if parts[..parts.len() - 1].iter().all(|p| p.n % NR == 0) {
+            let bytes: Vec<&Bytes> = parts.iter().map(|p| &p.panels).collect();
+            let names = if parts.iter().all(|p| !p.names.is_empty()) {
+                parts.iter().flat_map(|p| p.names.iter().cloned()).collect()
+            } else {
+                Vec::new()
+            };
+            return Some(QPacked {
+                k,
+                n,
+                panels: Bytes::concat(&bytes),
+                scales: parts
+                    .iter()
+                    .flat_map(|p| p.scales.iter().copied())
+                    .collect(),
+                sums: parts.iter().flat_map(|p| p.sums.iter().copied()).collect(),
+                bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
+                names,
+            });
+        }
+        let mut out = Self::zeroed(k, n);
+        let groups = out.groups();
         let mut to = 0;
         for part in parts {
             for j in 0..part.n {
                 for g in 0..groups {
                     let src = part.at(j, g);
                     let dst = out.at(to, g);
-                    out.panels[dst..dst + KG].copy_from_slice(&part.panels[src..src + KG]);
+                    out.owned()[dst..dst + KG].copy_from_slice(&part.panels[src..src + KG]);
                 }
                 out.scales[to] = part.scales[j];
                 out.sums[to] = part.sums[j];
@@ -168,12 +361,18 @@ impl QPacked {
                 to += 1;
             }
         }
+        out.write_trailers();
         Some(out)
+    }
+
+    /// Bytes from one panel to the next.
+    fn stride(&self) -> usize {
+        self.groups() * NR * KG + TRAILER
     }
 
     /// Where column `j`'s four bytes of group `g` start in `panels`.
     fn at(&self, j: usize, g: usize) -> usize {
-        ((j / NR * self.groups() + g) * NR + j % NR) * KG
+        j / NR * self.stride() + (g * NR + j % NR) * KG
     }
 
     pub fn k(&self) -> usize {
@@ -188,9 +387,10 @@ impl QPacked {
         self.k.div_ceil(KG)
     }
 
+    /// Panel `p`'s weight bytes (without its trailer).
     fn panel(&self, p: usize) -> &[i8] {
-        let len = self.groups() * NR * KG;
-        &self.panels[p * len..(p + 1) * len]
+        let at = p * self.stride();
+        &self.panels[at..at + self.groups() * NR * KG]
     }
 }
 
@@ -676,13 +876,14 @@ mod tests {
             matmul(&x, m, &q3, Epilogue::None),
             matmul(&x, m, &ragged, Epilogue::None),
         );
-        for r in 0..m {
-            assert_eq!(&rj[r * 77..r * 77 + 45], &r3[r * 45..(r + 1) * 45]);
-        }
         let (a, c) = (
             matmul(&x, m, &q1, Epilogue::None),
             matmul(&x, m, &q2, Epilogue::None),
         );
+        for r in 0..m {
+            assert_eq!(&rj[r * 77..r * 77 + 45], &r3[r * 45..(r + 1) * 45]);
+            assert_eq!(&rj[r * 77 + 45..(r + 1) * 77], &c[r * 32..(r + 1) * 32]);
+        }
         let j = matmul(&x, m, &joined, Epilogue::None);
         for r in 0..m {
             assert_eq!(&j[r * 96..r * 96 + 64], &a[r * 64..(r + 1) * 64]);
@@ -741,6 +942,67 @@ mod tests {
         // SAFETY: as above.
         unsafe { dequantize_avx2(&mut b, &acc, 0.013, -0.7, &sums, &scales, &bias) };
         assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+    }
+
+    #[test]
+    fn panels_written_out_and_mapped_back_give_the_same_bits_and_adjacent_parts_stay_one_view() {
+        use std::io::Write;
+        use std::sync::Arc;
+        let (m, k) = (5, 100);
+        let x = data(m * k, 11);
+        let parts: Vec<QPacked> = [(64, 12), (32, 13), (40, 14)]
+            .iter()
+            .map(|&(n, seed)| QPacked::from_rows(&data(n * k, seed), n, k, Some(&data(n, seed))))
+            .collect();
+        // The three written one after another, as the weights cache writes a fused weight.
+        let mut file = tempfile::tempfile().unwrap();
+        for p in &parts {
+            assert_eq!(p.panel_bytes().len(), QPacked::bytes_for(k, p.n).unwrap());
+            file.write_all(p.panel_bytes()).unwrap();
+        }
+        // SAFETY: a private temporary file nobody else writes.
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.unwrap());
+        let mut at = 0;
+        let mapped: Vec<QPacked> = parts
+            .iter()
+            .map(|p| {
+                let len = QPacked::bytes_for(k, p.n).unwrap();
+                let view = MapSlice::new(map.clone(), at, len).unwrap();
+                at += len;
+                QPacked::from_panels(k, p.n, view, Some(&p.bias[..p.n])).expect("fits")
+            })
+            .collect();
+        for (a, b) in parts.iter().zip(&mapped) {
+            assert!(matches!(b.panels, Bytes::Mapped(_)));
+            assert_eq!((&a.scales, &a.sums, &a.bias), (&b.scales, &b.sums, &b.bias));
+            let (ya, yb) = (
+                matmul(&x, m, a, Epilogue::None),
+                matmul(&x, m, b, Epilogue::None),
+            );
+            assert_eq!(ya, yb);
+        }
+        let owned = QPacked::concat(&parts.iter().collect::<Vec<_>>()).unwrap();
+        let viewed = QPacked::concat(&mapped.iter().collect::<Vec<_>>()).unwrap();
+        assert!(
+            matches!(viewed.panels, Bytes::Mapped(_)),
+            "{:?}",
+            viewed.panels
+        );
+        assert_eq!(
+            matmul(&x, m, &owned, Epilogue::None),
+            matmul(&x, m, &viewed, Epilogue::None)
+        );
+        // Not adjacent: copied, same bits.
+        let apart = QPacked::concat(&[&mapped[0], &mapped[2]]).unwrap();
+        assert!(matches!(apart.panels, Bytes::Owned(_)));
+        let both = QPacked::concat(&[&parts[0], &parts[2]]).unwrap();
+        assert_eq!(
+            matmul(&x, m, &apart, Epilogue::None),
+            matmul(&x, m, &both, Epilogue::None)
+        );
+        // A view of the wrong length is refused.
+        let short = MapSlice::new(map.clone(), 0, 64).unwrap();
+        assert!(QPacked::from_panels(k, 64, short, None).is_none());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! The mode is a thread-local set around one model build, so the model families need no extra
 //! argument: [`super::Linear::load`] and [`super::embedding`] ask it by the `VarBuilder` path.
-//! Only CPU F32 builds take part (the packed kernels' path).
+//! Only CPU F32 builds take part (the packed kernels' path), `--dtype int8` included: its
+//! quantized layers are cached as their int8 panels, the rest as f32 ones.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use memmap2::Mmap;
 use super::gemm::{self, Packed};
 pub use super::mapped::Values;
 use super::mapped::{Buf, MapSlice};
+use super::qgemm::QPacked;
 
 /// What a cache entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,8 @@ pub enum Kind {
     Panels,
     /// An embedding table, row-major: `dims` is `(rows, width)`.
     Rows,
+    /// A [`QPacked`] weight's panels and their trailers (bytes): `dims` is `(k, n)`.
+    Int8,
 }
 
 /// One named weight in a mapped cache file.
@@ -50,7 +54,18 @@ impl Entry {
         match self.kind {
             Kind::Panels => b.div_ceil(gemm::NR).checked_mul(gemm::NR)?.checked_mul(a),
             Kind::Rows => a.checked_mul(b),
+            Kind::Int8 => QPacked::bytes_for(a, b),
         }
+    }
+
+    /// Bytes the entry takes in the file.
+    pub fn bytes(&self) -> Option<usize> {
+        let size = match (self.kind, self.f16) {
+            (Kind::Int8, _) => 1,
+            (_, true) => 2,
+            (_, false) => 4,
+        };
+        self.values()?.checked_mul(size)
     }
 }
 
@@ -85,10 +100,10 @@ impl Cached {
         self.entries.is_empty()
     }
 
-    /// The entry `name` viewed in place, if it is of `kind` and `dims`.
+    /// The entry `name` viewed in place, if it is of `kind` (not [`Kind::Int8`]) and `dims`.
     pub fn view(&self, name: &str, kind: Kind, dims: (usize, usize)) -> Option<Values> {
         let e = self.entries.get(name)?;
-        if e.kind != kind || e.dims != dims {
+        if e.kind != kind || e.dims != dims || kind == Kind::Int8 {
             return None;
         }
         let n = e.values()?;
@@ -100,6 +115,17 @@ impl Cached {
         self.used.fetch_add(1, Ordering::Relaxed);
         Some(v)
     }
+
+    /// The [`Kind::Int8`] entry `name` viewed in place, if it has `dims`.
+    pub fn view_int8(&self, name: &str, dims: (usize, usize)) -> Option<MapSlice<i8>> {
+        let e = self.entries.get(name)?;
+        if e.kind != Kind::Int8 || e.dims != dims {
+            return None;
+        }
+        let v = MapSlice::new(self.map.clone(), e.offset, e.values()?)?;
+        self.used.fetch_add(1, Ordering::Relaxed);
+        Some(v)
+    }
 }
 
 /// What a recorded build kept: the packed weights (held weakly: the parts of a fused weight
@@ -108,6 +134,7 @@ impl Cached {
 #[derive(Default)]
 pub struct Recording {
     packed: Vec<Weak<Packed>>,
+    quantized: Vec<Weak<QPacked>>,
     rows: Vec<(String, Tensor)>,
 }
 
@@ -121,6 +148,7 @@ pub struct Blob {
 
 enum BlobData {
     Panels(Arc<Packed>),
+    Int8(Arc<QPacked>),
     Rows(Values),
 }
 
@@ -129,6 +157,7 @@ impl Blob {
     pub fn bytes(&self) -> &[u8] {
         match &self.data {
             BlobData::Panels(p) => p.panel_bytes(),
+            BlobData::Int8(q) => q.panel_bytes(),
             BlobData::Rows(Values::F32(v)) => v.as_bytes(),
             BlobData::Rows(Values::F16(v)) => v.as_bytes(),
         }
@@ -164,6 +193,23 @@ impl Recording {
                         })
                         .collect(),
                     data: BlobData::Panels(p.clone()),
+                });
+            }
+        }
+        for q in self.quantized.iter().filter_map(Weak::upgrade) {
+            if let Some(parts) = q.named_parts() {
+                out.push(Blob {
+                    parts: parts
+                        .into_iter()
+                        .map(|n| Part {
+                            name: n.name,
+                            kind: Kind::Int8,
+                            f16: false,
+                            dims: n.dims,
+                            at: n.at,
+                        })
+                        .collect(),
+                    data: BlobData::Int8(q.clone()),
                 });
             }
         }
@@ -280,6 +326,26 @@ pub(super) fn view(
         Some(Mode::Replay(c)) => c.view(name, kind, dims),
         _ => None,
     })
+}
+
+/// The cached int8 panels of `name` when replaying and the cache has them with this shape.
+pub(super) fn view_int8(vb: &VarBuilder, name: &str, dims: (usize, usize)) -> Option<MapSlice<i8>> {
+    if !eligible(vb) {
+        return None;
+    }
+    MODE.with(|m| match &*m.borrow() {
+        Some(Mode::Replay(c)) => c.view_int8(name, dims),
+        _ => None,
+    })
+}
+
+/// Notes a quantized weight a layer keeps, when recording.
+pub(super) fn note_quantized(q: &Arc<QPacked>) {
+    MODE.with(|m| {
+        if let Some(Mode::Record(r)) = &mut *m.borrow_mut() {
+            r.quantized.push(Arc::downgrade(q));
+        }
+    });
 }
 
 /// Notes a packed weight a layer keeps, when recording.

@@ -1,6 +1,6 @@
 //! The weights cache (engine::cache): written once, then mapped and used in place, with the
-//! same logits bit for bit; a corrupt, truncated, stale or foreign file is rebuilt, never
-//! trusted; a directory that cannot be written leaves the weights private.
+//! same logits bit for bit, in f32 and in int8; a corrupt, truncated, stale or foreign file is
+//! rebuilt, never trusted; a directory that cannot be written leaves the weights private.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,16 +13,20 @@ use classifyd::engine::{DTypeChoice, DeviceChoice, Engine, LoadOptions};
 use crate::helpers::*;
 
 fn load_cached(model: &Path, cache: &Path) -> Engine {
+    load_cached_as(model, cache, DTypeChoice::Fixed(DType::F32))
+}
+
+fn load_cached_as(model: &Path, cache: &Path, dtype: DTypeChoice) -> Engine {
     let opts = LoadOptions {
         cache_dir: Some(cache.to_path_buf()),
     };
-    Engine::load_with(
-        model,
-        DeviceChoice::Cpu,
-        DTypeChoice::Fixed(DType::F32),
-        &opts,
-    )
-    .unwrap_or_else(|e| panic!("loading {}: {e}", model.display()))
+    Engine::load_with(model, DeviceChoice::Cpu, dtype, &opts)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", model.display()))
+}
+
+fn load_int8(model: &Path) -> Engine {
+    Engine::load(model, DeviceChoice::Cpu, DTypeChoice::Int8)
+        .unwrap_or_else(|e| panic!("loading {} in int8: {e}", model.display()))
 }
 
 /// Logits of the fixture's golden texts, one padded batch.
@@ -54,12 +58,25 @@ fn why(status: &CacheStatus) -> String {
 
 #[test]
 fn every_family_serves_the_same_logits_from_the_cache_bit_for_bit() {
+    every_family_from_the_cache(DTypeChoice::Fixed(DType::F32));
+}
+
+#[test]
+fn every_family_in_int8_serves_the_same_logits_from_the_cache_bit_for_bit() {
+    every_family_from_the_cache(DTypeChoice::Int8);
+}
+
+fn every_family_from_the_cache(dtype: DTypeChoice) {
     for name in FIXTURES {
         let model = fixture(name);
         let cache = tempfile::tempdir().expect("tempdir");
-        let private = load(&model, DType::F32);
+        let private = match dtype {
+            DTypeChoice::Int8 => load_int8(&model),
+            _ => load(&model, DType::F32),
+        };
         assert_eq!(private.cache_status(), &CacheStatus::Off);
         let want = logits(&private, &model);
+        let load_cached = |model: &Path, cache: &Path| load_cached_as(model, cache, dtype);
 
         let first = load_cached(&model, cache.path());
         assert_eq!(why(first.cache_status()), "none yet", "{name}");
@@ -128,9 +145,22 @@ fn the_default_models_weights_are_mapped_and_give_its_logits() {
 
 #[test]
 fn a_corrupt_truncated_stale_or_foreign_cache_is_rebuilt_never_trusted() {
+    rebuilt_never_trusted(DTypeChoice::Fixed(DType::F32));
+}
+
+#[test]
+fn a_corrupt_truncated_stale_or_foreign_int8_cache_is_rebuilt_never_trusted() {
+    rebuilt_never_trusted(DTypeChoice::Int8);
+}
+
+fn rebuilt_never_trusted(dtype: DTypeChoice) {
     let model = scratch_copy("bert");
     let cache = tempfile::tempdir().expect("tempdir");
-    let want = logits(&load(model.path(), DType::F32), model.path());
+    let want = match dtype {
+        DTypeChoice::Int8 => logits(&load_int8(model.path()), model.path()),
+        _ => logits(&load(model.path(), DType::F32), model.path()),
+    };
+    let load_cached = |model: &Path, cache: &Path| load_cached_as(model, cache, dtype);
     let check = |expect_why: &str| {
         let engine = load_cached(model.path(), cache.path());
         let why = why(engine.cache_status());
@@ -182,6 +212,46 @@ fn a_corrupt_truncated_stale_or_foreign_cache_is_rebuilt_never_trusted() {
     // And then it is trusted again.
     let engine = load_cached(model.path(), cache.path());
     assert!(matches!(engine.cache_status(), CacheStatus::Hit(_)));
+}
+
+#[test]
+fn the_default_models_int8_panels_are_mapped_beside_its_f32_ones() {
+    let model = default_model();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let private = load_int8(&model);
+    let _f32 = load_cached(&model, cache.path());
+    let _written = load_cached_as(&model, cache.path(), DTypeChoice::Int8);
+    let cached = load_cached_as(&model, cache.path(), DTypeChoice::Int8);
+    assert!(matches!(cached.cache_status(), CacheStatus::Hit(_)));
+    // As in f32: Q, K and V as one blob of three int8 entries, attention out, up and down in
+    // int8; pooler and classifier as f32 panels; the three embedding tables.
+    assert_eq!(cached.cache_views(), (6 * 6 + 2 + 3, 6 * 6 + 2 + 3));
+    for text in ["what a wonderful film", "a dull, plodding mess"] {
+        let input = classifyd::engine::tokenize::Input::Text(text.into());
+        let a = private.tokenize(&input, true).expect("tokenizes");
+        let b = cached.tokenize(&input, true).expect("tokenizes");
+        assert_eq!(
+            private.logits(&[&a]).expect("forward"),
+            cached.logits(&[&b]).expect("forward"),
+            "{text}"
+        );
+    }
+    // One file per dtype, side by side; the int8 one holds ~10.6 MiB of layer panels (a byte
+    // a weight) plus the f16 embedding tables, against the f32 file's f16 panels.
+    let files = cache_files(cache.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    let int8 = files
+        .iter()
+        .find(|f| f.to_string_lossy().contains("-int8-"))
+        .expect("an int8 file");
+    let f32_file = files.iter().find(|f| *f != int8).expect("an f32 file");
+    let size = |f: &PathBuf| fs::metadata(f).expect("cache file").len();
+    assert!(
+        size(int8) > 10 << 20 && size(int8) < size(f32_file),
+        "int8 {} bytes, f32 {} bytes",
+        size(int8),
+        size(f32_file)
+    );
 }
 
 #[test]
