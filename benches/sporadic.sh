@@ -17,7 +17,12 @@
 #                            python with onnxruntime and tokenizers) and $ORT_THREADS (2).
 # Environment: MODEL (models/sentiment-minilm), TEXTS (benches/texts/tweets.txt), GAP_MS (50),
 # DURATION_S (15), IDLE_S (10), CLIENT (the binary that runs `bench`: the first config's),
-# KEEP_TSV (a path to keep the raw per-round results at).
+# KEEP_TSV (a path to keep the raw per-round results at), PAIRS ('a=b,c=d': also print the
+# median over rounds of p50(a) / p50(b), per gap, for those labels).
+# Before each load it measures how far apart CPUs 0 and 1 are (benches/pingpong.c, built with
+# cc when there is one): a cache-line round trip of ~60 ns or ~350 ns on the VM these figures
+# come from, which sets the speed of a two-thread forward pass; the summary says how many of
+# each configuration's loads ran "far" (over 200 ns).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=$1
@@ -33,6 +38,13 @@ pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
 tick=$(getconf CLK_TCK)
 results=$dir/results.tsv
+pingpong=""
+if [ "$(nproc)" -ge 2 ] && command -v cc >/dev/null &&
+    cc -O2 -pthread benches/pingpong.c -o "$dir/pingpong" 2>/dev/null; then
+    pingpong=$dir/pingpong
+fi
+# The cache-line round trip between CPUs 0 and 1 in ns, or - when it cannot be measured.
+distance() { if [ -n "$pingpong" ]; then "$pingpong"; else echo -; fi; }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -40,7 +52,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 record() {
     python3 - "$@" >>"$results" <<'EOF'
 import json, sys
-kind, path, label, gap, idle = sys.argv[1:]
+kind, path, label, gap, idle, dist = sys.argv[1:]
 doc = json.load(open(path))
 if kind == "peer":
     l, inf, ok = doc["latency_us"], 0, doc["requests"]
@@ -49,7 +61,7 @@ else:
     r = runs[0]
     l, ok = r["latency_us"], r["ok"]
     inf = (r.get("server_us") or {}).get("inference") or 0  # none in process
-print("\t".join(map(str, [label, gap, l["p50"], l["p99"], l["max"], inf, ok, idle])))
+print("\t".join(map(str, [label, gap, l["p50"], l["p99"], l["max"], inf, ok, idle, dist])))
 EOF
 }
 
@@ -59,20 +71,22 @@ for round in $(seq "$rounds"); do
         if [[ $bin == ort:* ]]; then
             # One pass over the texts per load: about as many requests as the daemon's runs.
             for g in 0 "$gap"; do
+                dist=$(distance)
                 "${PY:-python3}" benches/peers/peer_latency.py ort --onnx "${bin#ort:}" \
                     --texts "$texts" --threads "${ORT_THREADS:-2}" --passes 1 --gap-ms "$g" \
                     --out "$dir/peer.json" 2>/dev/null
-                record peer "$dir/peer.json" "$label" "$g" 0
+                record peer "$dir/peer.json" "$label" "$g" 0 "$dist"
             done
             echo "round $round: $label done" >&2
             continue
         fi
         if [[ $flags == in-process* ]]; then
             for g in 0 "$gap"; do
+                dist=$(distance)
                 # shellcheck disable=SC2086 # the flags after in-process are words
                 "$bin" bench --model "$model" --texts "$texts" --gap-ms "$g" ${flags#in-process} \
                     --duration-secs "$duration" --warmup-secs 2 --quiet --json >"$dir/bench.json"
-                record bench "$dir/bench.json" "$label" "$g" 0
+                record bench "$dir/bench.json" "$label" "$g" 0 "$dist"
             done
             echo "round $round: $label done" >&2
             continue
@@ -94,9 +108,10 @@ for round in $(seq "$rounds"); do
         t1=$(cpu_ticks "$pid")
         idle_pct=$(awk -v d=$((t1 - t0)) -v hz="$tick" -v s="$idle" 'BEGIN {printf "%.2f", 100 * d / hz / s}')
         for g in 0 "$gap"; do
+            dist=$(distance)
             "$client" bench --uds "$sock" --texts "$texts" --gap-ms "$g" --duration-secs "$duration" \
                 --warmup-secs 2 --quiet --json >"$dir/bench.json"
-            record bench "$dir/bench.json" "$label" "$g" "$idle_pct"
+            record bench "$dir/bench.json" "$label" "$g" "$idle_pct" "$dist"
         done
         kill -TERM "$pid"
         wait "$pid" || true
@@ -108,22 +123,34 @@ done
 [ -n "${KEEP_TSV:-}" ] && cp "$results" "$KEEP_TSV"
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 echo "CPU: $cpu, $(nproc) CPUs; $rounds rounds, ${duration} s per load; medians over rounds"
-python3 - "$results" <<'EOF'
+python3 - "$results" "${PAIRS:-}" <<'EOF'
 import statistics as st, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-order, data = [], {}
-for label, gap, p50, p99, mx, inf, ok, idle in rows:
+order, data, far = [], {}, {}
+for label, gap, p50, p99, mx, inf, ok, idle, dist in rows:
     if label not in order:
         order.append(label)
     data.setdefault((label, gap), []).append((float(p50), float(p99), float(mx), float(inf), float(idle)))
+    if dist != "-":
+        far.setdefault((label, gap), []).append(float(dist) > 200)
 gaps = sorted({g for _, g in data}, key=float)
-print(f"| config | gap ms | p50 ms | p99 ms | max ms | server inference ms | idle CPU % |")
-print("|---|---|---|---|---|---|---|")
+print(f"| config | gap ms | p50 ms | p99 ms | max ms | server inference ms | idle CPU % | loads far |")
+print("|---|---|---|---|---|---|---|---|")
 for label in order:
     for g in gaps:
         v = data.get((label, g))
         if not v:
             continue
         m = [st.median(c) for c in zip(*v)]
-        print(f"| {label} | {g} | {m[0]/1000:.2f} | {m[1]/1000:.2f} | {m[2]/1000:.2f} | {m[3]/1000:.2f} | {m[4]:.2f} |")
+        f = far.get((label, g))
+        f = f"{sum(f)}/{len(f)}" if f else "-"
+        print(f"| {label} | {g} | {m[0]/1000:.2f} | {m[1]/1000:.2f} | {m[2]/1000:.2f} | {m[3]/1000:.2f} | {m[4]:.2f} | {f} |")
+for pair in filter(None, sys.argv[2].split(",")):
+    a, b = pair.split("=")
+    for g in gaps:
+        ra, rb = data.get((a, g)), data.get((b, g))
+        if ra and rb:
+            ratios = [x[0] / y[0] for x, y in zip(ra, rb)]
+            each = ", ".join(f"{r:.2f}" for r in ratios)
+            print(f"p50 {a} / {b}, gap {g} ms: median {st.median(ratios):.2f} (rounds: {each})")
 EOF
