@@ -73,6 +73,29 @@ pub struct NamedPart {
     pub at: usize,
 }
 
+/// The parts of a weight whose parts are `names` (name, width), one after the other, each
+/// `bytes(width)` long; `None` when there are none (a part had no name).
+pub(super) fn parts_of(
+    names: &[(String, usize)],
+    k: usize,
+    bytes: impl Fn(usize) -> Option<usize>,
+) -> Option<Vec<NamedPart>> {
+    if names.is_empty() {
+        return None;
+    }
+    let mut at = 0;
+    let mut out = Vec::with_capacity(names.len());
+    for (name, n) in names {
+        out.push(NamedPart {
+            name: name.clone(),
+            dims: (k, *n),
+            at,
+        });
+        at += bytes(*n)?;
+    }
+    Some(out)
+}
+
 /// A `[n, k]` weight (PyTorch's Linear layout) packed for [`matmul`], with its bias.
 #[derive(Debug, Clone)]
 pub struct Packed {
@@ -177,21 +200,9 @@ impl Packed {
 
     /// Each named part, when every part has a name.
     pub fn named_parts(&self) -> Option<Vec<NamedPart>> {
-        if self.names.is_empty() {
-            return None;
-        }
         let elem = if self.is_f16() { 2 } else { 4 };
-        let mut at = 0;
-        let mut out = Vec::new();
-        for (name, n) in &self.names {
-            out.push(NamedPart {
-                name: name.clone(),
-                dims: (self.k, *n),
-                at,
-            });
-            at += n.div_ceil(NR) * NR * self.k * elem;
-        }
-        Some(out)
+        let k = self.k;
+        parts_of(&self.names, k, |n| Some(n.div_ceil(NR) * NR * k * elem))
     }
 
     /// The panels as bytes (to write them to the weights cache).

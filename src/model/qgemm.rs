@@ -292,20 +292,8 @@ impl QPacked {
 
     /// Each named part, when every part has a name.
     pub fn named_parts(&self) -> Option<Vec<NamedPart>> {
-        if self.names.is_empty() {
-            return None;
-        }
-        let mut at = 0;
-        let mut out = Vec::new();
-        for (name, n) in &self.names {
-            out.push(NamedPart {
-                name: name.clone(),
-                dims: (self.k, *n),
-                at,
-            });
-            at += Self::bytes_for(self.k, *n)?;
-        }
-        Some(out)
+        let k = self.k;
+        super::gemm::parts_of(&self.names, k, |n| Self::bytes_for(k, n))
     }
 
     /// The panels and their trailers as bytes (to write them to the weights cache).

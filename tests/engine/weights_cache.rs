@@ -41,6 +41,20 @@ fn logits(engine: &Engine, model: &Path) -> Vec<Vec<f32>> {
         .expect("forward")
 }
 
+/// Each text, one at a time, gives the same logits bit for bit from both engines.
+fn assert_same_logits(a: &Engine, b: &Engine, texts: &[&str]) {
+    for text in texts {
+        let input = classifyd::engine::tokenize::Input::Text((*text).into());
+        let ea = a.tokenize(&input, true).expect("tokenizes");
+        let eb = b.tokenize(&input, true).expect("tokenizes");
+        assert_eq!(
+            a.logits(&[&ea]).expect("forward"),
+            b.logits(&[&eb]).expect("forward"),
+            "{text}"
+        );
+    }
+}
+
 fn cache_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .map(|d| d.map(|e| e.expect("entry").path()).collect())
@@ -121,16 +135,7 @@ fn the_default_models_weights_are_mapped_and_give_its_logits() {
     // Six layers of Q, K, V (one blob), attention out, up, down; pooler and classifier; the
     // three embedding tables.
     assert_eq!(cached.cache_views(), (6 * 6 + 2 + 3, 6 * 6 + 2 + 3));
-    for text in texts {
-        let input = classifyd::engine::tokenize::Input::Text(text.into());
-        let a = private.tokenize(&input, true).expect("tokenizes");
-        let b = cached.tokenize(&input, true).expect("tokenizes");
-        assert_eq!(
-            private.logits(&[&a]).expect("forward"),
-            cached.logits(&[&b]).expect("forward"),
-            "{text}"
-        );
-    }
+    assert_same_logits(&private, &cached, &texts);
     // The file holds the panels in f16 (as the checkpoint stores them) plus the word table:
     // well under the 82 MiB the private f32 copy took.
     let size = fs::metadata(&cache_files(cache.path())[0])
@@ -226,16 +231,11 @@ fn the_default_models_int8_panels_are_mapped_beside_its_f32_ones() {
     // As in f32: Q, K and V as one blob of three int8 entries, attention out, up and down in
     // int8; pooler and classifier as f32 panels; the three embedding tables.
     assert_eq!(cached.cache_views(), (6 * 6 + 2 + 3, 6 * 6 + 2 + 3));
-    for text in ["what a wonderful film", "a dull, plodding mess"] {
-        let input = classifyd::engine::tokenize::Input::Text(text.into());
-        let a = private.tokenize(&input, true).expect("tokenizes");
-        let b = cached.tokenize(&input, true).expect("tokenizes");
-        assert_eq!(
-            private.logits(&[&a]).expect("forward"),
-            cached.logits(&[&b]).expect("forward"),
-            "{text}"
-        );
-    }
+    assert_same_logits(
+        &private,
+        &cached,
+        &["what a wonderful film", "a dull, plodding mess"],
+    );
     // One file per dtype, side by side; the int8 one holds ~10.6 MiB of layer panels (a byte
     // a weight) plus the f16 embedding tables, against the f32 file's f16 panels.
     let files = cache_files(cache.path());
