@@ -19,10 +19,11 @@
 # DURATION_S (15), IDLE_S (10), CLIENT (the binary that runs `bench`: the first config's),
 # KEEP_TSV (a path to keep the raw per-round results at), PAIRS ('a=b,c=d': also print the
 # median over rounds of p50(a) / p50(b), per gap, for those labels).
-# Before each load it measures how far apart CPUs 0 and 1 are (benches/pingpong.c, built with
-# cc when there is one): a cache-line round trip of ~60 ns or ~350 ns on the VM these figures
-# come from, which sets the speed of a two-thread forward pass; the summary says how many of
-# each configuration's loads ran "far" (over 200 ns).
+# Before and after each load it measures how far apart CPUs 0 and 1 are (benches/pingpong.c,
+# built with cc when there is one): a cache-line round trip of ~60 ns or ~350 ns on the VM these
+# figures come from, which sets the speed of a two-thread forward pass. The summary counts each
+# configuration's loads that ran close (both under 200 ns) and far (both over), and PAIRS also
+# gives the median ratio over the rounds where both loads of the pair ran close, and far.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=$1
@@ -52,7 +53,8 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 record() {
     python3 - "$@" >>"$results" <<'EOF'
 import json, sys
-kind, path, label, gap, idle, dist = sys.argv[1:]
+kind, path, label, gap, idle, before, after = sys.argv[1:]
+dist = "-" if "-" in (before, after) else f"{before}/{after}"
 doc = json.load(open(path))
 if kind == "peer":
     l, inf, ok = doc["latency_us"], 0, doc["requests"]
@@ -75,7 +77,7 @@ for round in $(seq "$rounds"); do
                 "${PY:-python3}" benches/peers/peer_latency.py ort --onnx "${bin#ort:}" \
                     --texts "$texts" --threads "${ORT_THREADS:-2}" --passes 1 --gap-ms "$g" \
                     --out "$dir/peer.json" 2>/dev/null
-                record peer "$dir/peer.json" "$label" "$g" 0 "$dist"
+                record peer "$dir/peer.json" "$label" "$g" 0 "$dist" "$(distance)"
             done
             echo "round $round: $label done" >&2
             continue
@@ -86,7 +88,7 @@ for round in $(seq "$rounds"); do
                 # shellcheck disable=SC2086 # the flags after in-process are words
                 "$bin" bench --model "$model" --texts "$texts" --gap-ms "$g" ${flags#in-process} \
                     --duration-secs "$duration" --warmup-secs 2 --quiet --json >"$dir/bench.json"
-                record bench "$dir/bench.json" "$label" "$g" 0 "$dist"
+                record bench "$dir/bench.json" "$label" "$g" 0 "$dist" "$(distance)"
             done
             echo "round $round: $label done" >&2
             continue
@@ -111,7 +113,7 @@ for round in $(seq "$rounds"); do
             dist=$(distance)
             "$client" bench --uds "$sock" --texts "$texts" --gap-ms "$g" --duration-secs "$duration" \
                 --warmup-secs 2 --quiet --json >"$dir/bench.json"
-            record bench "$dir/bench.json" "$label" "$g" "$idle_pct" "$dist"
+            record bench "$dir/bench.json" "$label" "$g" "$idle_pct" "$dist" "$(distance)"
         done
         kill -TERM "$pid"
         wait "$pid" || true
@@ -126,15 +128,20 @@ echo "CPU: $cpu, $(nproc) CPUs; $rounds rounds, ${duration} s per load; medians 
 python3 - "$results" "${PAIRS:-}" <<'EOF'
 import statistics as st, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-order, data, far = [], {}, {}
+order, data, modes = [], {}, {}
+def mode(dist):
+    """close, far, or None (mixed, or not measured)."""
+    if dist == "-":
+        return None
+    far = [float(d) > 200 for d in dist.split("/")]
+    return "far" if all(far) else "close" if not any(far) else None
 for label, gap, p50, p99, mx, inf, ok, idle, dist in rows:
     if label not in order:
         order.append(label)
     data.setdefault((label, gap), []).append((float(p50), float(p99), float(mx), float(inf), float(idle)))
-    if dist != "-":
-        far.setdefault((label, gap), []).append(float(dist) > 200)
+    modes.setdefault((label, gap), []).append(mode(dist))
 gaps = sorted({g for _, g in data}, key=float)
-print(f"| config | gap ms | p50 ms | p99 ms | max ms | server inference ms | idle CPU % | loads far |")
+print(f"| config | gap ms | p50 ms | p99 ms | max ms | server inference ms | idle CPU % | loads close / far / mixed |")
 print("|---|---|---|---|---|---|---|---|")
 for label in order:
     for g in gaps:
@@ -142,8 +149,8 @@ for label in order:
         if not v:
             continue
         m = [st.median(c) for c in zip(*v)]
-        f = far.get((label, g))
-        f = f"{sum(f)}/{len(f)}" if f else "-"
+        ms = modes[(label, g)]
+        f = " / ".join(str(ms.count(x)) for x in ("close", "far", None))
         print(f"| {label} | {g} | {m[0]/1000:.2f} | {m[1]/1000:.2f} | {m[2]/1000:.2f} | {m[3]/1000:.2f} | {m[4]:.2f} | {f} |")
 for pair in filter(None, sys.argv[2].split(",")):
     a, b = pair.split("=")
@@ -152,5 +159,10 @@ for pair in filter(None, sys.argv[2].split(",")):
         if ra and rb:
             ratios = [x[0] / y[0] for x, y in zip(ra, rb)]
             each = ", ".join(f"{r:.2f}" for r in ratios)
-            print(f"p50 {a} / {b}, gap {g} ms: median {st.median(ratios):.2f} (rounds: {each})")
+            line = f"p50 {a} / {b}, gap {g} ms: median {st.median(ratios):.2f} (rounds: {each})"
+            for m in ("close", "far"):
+                same = [r for r, x, y in zip(ratios, modes[(a, g)], modes[(b, g)]) if x == y == m]
+                if same:
+                    line += f"; both {m}: {st.median(same):.2f} ({len(same)})"
+            print(line)
 EOF
