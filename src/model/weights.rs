@@ -178,39 +178,28 @@ impl Recording {
     /// What the finished model kept, in the order it was built (so a fused weight's parts stay
     /// adjacent: they are one blob). Packed weights made without a name are left out.
     pub fn blobs(&self) -> candle_core::Result<Vec<Blob>> {
+        let blob = |parts: Vec<gemm::NamedPart>, kind, f16, data| Blob {
+            parts: parts
+                .into_iter()
+                .map(|n| Part {
+                    name: n.name,
+                    kind,
+                    f16,
+                    dims: n.dims,
+                    at: n.at,
+                })
+                .collect(),
+            data,
+        };
         let mut out = Vec::new();
         for p in self.packed.iter().filter_map(Weak::upgrade) {
             if let Some(parts) = p.named_parts() {
-                out.push(Blob {
-                    parts: parts
-                        .into_iter()
-                        .map(|n| Part {
-                            name: n.name,
-                            kind: Kind::Panels,
-                            f16: p.is_f16(),
-                            dims: n.dims,
-                            at: n.at,
-                        })
-                        .collect(),
-                    data: BlobData::Panels(p.clone()),
-                });
+                out.push(blob(parts, Kind::Panels, p.is_f16(), BlobData::Panels(p)));
             }
         }
         for q in self.quantized.iter().filter_map(Weak::upgrade) {
             if let Some(parts) = q.named_parts() {
-                out.push(Blob {
-                    parts: parts
-                        .into_iter()
-                        .map(|n| Part {
-                            name: n.name,
-                            kind: Kind::Int8,
-                            f16: false,
-                            dims: n.dims,
-                            at: n.at,
-                        })
-                        .collect(),
-                    data: BlobData::Int8(q.clone()),
-                });
+                out.push(blob(parts, Kind::Int8, false, BlobData::Int8(q)));
             }
         }
         for (name, table) in &self.rows {
