@@ -89,14 +89,15 @@ impl<T: Plain> Deref for MapSlice<T> {
     }
 }
 
-/// A weight buffer: the process's own, or a view into the weights cache.
+/// A weight buffer: the process's own (`O`: a `Vec`, or storage with an alignment of its
+/// own), or a view into the weights cache.
 #[derive(Clone)]
-pub enum Buf<T> {
-    Owned(Vec<T>),
+pub enum Buf<T, O = Vec<T>> {
+    Owned(O),
     Mapped(MapSlice<T>),
 }
 
-impl<T: Plain> Deref for Buf<T> {
+impl<T: Plain, O: Deref<Target = [T]>> Deref for Buf<T, O> {
     type Target = [T];
     fn deref(&self) -> &[T] {
         match self {
@@ -106,10 +107,10 @@ impl<T: Plain> Deref for Buf<T> {
     }
 }
 
-impl<T: Plain> Buf<T> {
+impl<T: Plain, O: Deref<Target = [T]> + FromIterator<T>> Buf<T, O> {
     /// The buffers one after the other: a view when every part is a view and they are adjacent
     /// in one mapping (parts written together to the cache), otherwise a copy.
-    pub fn concat(parts: &[&Buf<T>]) -> Buf<T> {
+    pub fn concat(parts: &[&Buf<T, O>]) -> Buf<T, O> {
         let maps: Option<Vec<&MapSlice<T>>> = parts
             .iter()
             .map(|p| match p {
@@ -132,7 +133,7 @@ impl<T: Plain> Buf<T> {
     }
 }
 
-impl<T> fmt::Debug for Buf<T> {
+impl<T, O: Deref<Target = [T]>> fmt::Debug for Buf<T, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Buf::Owned(v) => write!(f, "Owned({} values)", v.len()),
@@ -184,7 +185,7 @@ mod tests {
         assert_eq!(&*MapSlice::join(&[&a, &b]).unwrap(), &values[..8]);
         assert!(MapSlice::join(&[&a, &c]).is_none());
         // Not adjacent: copied, same values.
-        let (ba, bc) = (Buf::Mapped(a), Buf::Mapped(c));
+        let (ba, bc): (Buf<f32>, Buf<f32>) = (Buf::Mapped(a), Buf::Mapped(c));
         let joined = Buf::concat(&[&ba, &bc]);
         assert!(matches!(joined, Buf::Owned(_)));
         assert_eq!(&*joined, [&values[..4], &values[12..16]].concat());

@@ -23,7 +23,7 @@
 use std::sync::OnceLock;
 
 use super::gemm::{NamedPart, OutPtr};
-use super::mapped::MapSlice;
+use super::mapped::{Buf, MapSlice};
 
 /// Output columns per panel (two vectors of 16 i32).
 pub const NR: usize = 32;
@@ -35,8 +35,9 @@ const MR: usize = 6;
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
 /// Bytes that start on a cache line. A panel and its trailer are a whole number of lines
-/// (`NR · KG` = 128 bytes a group, [`TRAILER`] 256), so every 64-byte weight load of the VNNI kernel is one line; from a plain
-/// `Vec<i8>` (16-byte aligned by malloc) every one of them straddled two.
+/// (`NR · KG` = 128 bytes a group, [`TRAILER`] 256), so every 64-byte weight load of the VNNI
+/// kernel is one line; from a plain `Vec<i8>` (16-byte aligned by malloc) every one of them
+/// straddled two.
 #[derive(Clone)]
 struct Lines {
     lines: Vec<Line>,
@@ -72,58 +73,26 @@ impl std::ops::DerefMut for Lines {
     }
 }
 
-impl std::fmt::Debug for Lines {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Lines({} bytes)", self.len)
+impl FromIterator<i8> for Lines {
+    /// Only at load (joining weights that are not side by side in the cache).
+    fn from_iter<I: IntoIterator<Item = i8>>(iter: I) -> Self {
+        let bytes: Vec<i8> = iter.into_iter().collect();
+        let mut out = Lines::zeroed(bytes.len());
+        out.copy_from_slice(&bytes);
+        out
     }
 }
 
-/// A quantized weight's bytes: the process's own, or a view into the weights cache.
-#[derive(Clone)]
-enum Bytes {
-    Owned(Lines),
-    Mapped(MapSlice<i8>),
-}
-
-impl std::ops::Deref for Bytes {
-    type Target = [i8];
-    fn deref(&self) -> &[i8] {
-        match self {
-            Bytes::Owned(l) => l,
-            Bytes::Mapped(m) => m,
-        }
-    }
-}
+/// A quantized weight's bytes: the process's own, on cache lines, or a view into the weights
+/// cache.
+type Bytes = Buf<i8, Lines>;
 
 impl Bytes {
-    /// The parts one after the other: a view when they are views adjacent in one mapping
-    /// (written together to the cache), otherwise a copy.
-    fn concat(parts: &[&Bytes]) -> Bytes {
-        let maps: Option<Vec<&MapSlice<i8>>> = parts
-            .iter()
-            .map(|p| match p {
-                Bytes::Mapped(m) => Some(m),
-                Bytes::Owned(_) => None,
-            })
-            .collect();
-        if let Some(joined) = maps.and_then(|m| MapSlice::join(&m)) {
-            return Bytes::Mapped(joined);
-        }
-        let mut out = Lines::zeroed(parts.iter().map(|p| p.len()).sum());
-        let mut at = 0;
-        for p in parts {
-            out[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
-        }
-        Bytes::Owned(out)
-    }
-}
-
-impl std::fmt::Debug for Bytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    /// The owned bytes, while a weight made by `QPacked::zeroed` is being filled in.
+    fn owned(&mut self) -> &mut Lines {
         match self {
-            Bytes::Owned(l) => write!(f, "Owned({l:?})"),
-            Bytes::Mapped(m) => write!(f, "Mapped({} bytes)", m.len()),
+            Buf::Owned(l) => l,
+            Buf::Mapped(_) => unreachable!("only a weight made by `zeroed` is filled in"),
         }
     }
 }
@@ -174,7 +143,6 @@ impl QPacked {
     /// Quantizes `w`, `[n, k]` row-major (PyTorch's Linear layout).
     pub fn from_rows(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
         assert_eq!(w.len(), n * k, "weight is not {n} × {k}");
-        let np = n.div_ceil(NR);
         let mut out = Self::zeroed(k, n);
         let mut q = vec![0i8; k];
         for j in 0..n {
@@ -194,10 +162,9 @@ impl QPacked {
             out.sums[j] = sum;
             for (g, four) in q.chunks(KG).enumerate() {
                 let at = out.at(j, g);
-                out.owned()[at..at + four.len()].copy_from_slice(four);
+                out.panels.owned()[at..at + four.len()].copy_from_slice(four);
             }
         }
-        debug_assert_eq!(out.scales.len(), np * NR);
         out.bias = padded_bias(bias, n);
         out.write_trailers();
         out
@@ -210,7 +177,7 @@ impl QPacked {
         Self {
             k,
             n,
-            panels: Bytes::Owned(Lines::zeroed(np * (groups * NR * KG + TRAILER))),
+            panels: Buf::Owned(Lines::zeroed(np * (groups * NR * KG + TRAILER))),
             scales: vec![0f32; np * NR],
             sums: vec![0i32; np * NR],
             bias: vec![0f32; np * NR],
@@ -218,23 +185,11 @@ impl QPacked {
         }
     }
 
-    /// The owned bytes, while the weight is being filled in.
-    fn owned(&mut self) -> &mut Lines {
-        match &mut self.panels {
-            Bytes::Owned(l) => l,
-            Bytes::Mapped(_) => unreachable!("only a weight made by `zeroed` is filled in"),
-        }
-    }
-
     /// Copies `scales` and `sums` into the panels' trailers.
     fn write_trailers(&mut self) {
-        let (stride, weights) = (self.stride(), self.groups() * NR * KG);
-        let (scales, sums) = (
-            std::mem::take(&mut self.scales),
-            std::mem::take(&mut self.sums),
-        );
-        let lines = self.owned();
-        for (p, (sc, su)) in scales.chunks(NR).zip(sums.chunks(NR)).enumerate() {
+        let (stride, weights) = (self.stride(), self.weight_bytes());
+        let lines = self.panels.owned();
+        for (p, (sc, su)) in self.scales.chunks(NR).zip(self.sums.chunks(NR)).enumerate() {
             let at = p * stride + weights;
             let bytes = sc
                 .iter()
@@ -244,8 +199,6 @@ impl QPacked {
                 *d = b.cast_signed();
             }
         }
-        self.scales = scales;
-        self.sums = sums;
     }
 
     /// A `[n, k]` weight whose panels and trailers are already made (viewed in the weights
@@ -263,13 +216,13 @@ impl QPacked {
         let mut out = Self {
             k,
             n,
-            panels: Bytes::Mapped(bytes),
+            panels: Buf::Mapped(bytes),
             scales: Vec::with_capacity(np * NR),
             sums: Vec::with_capacity(np * NR),
             bias: padded_bias(bias, n),
             names: Vec::new(),
         };
-        let (stride, weights) = (out.stride(), out.groups() * NR * KG);
+        let (stride, weights) = (out.stride(), out.weight_bytes());
         for p in 0..np {
             let trailer = &out.panels[p * stride + weights..(p + 1) * stride];
             let word = |i: usize| {
@@ -298,9 +251,7 @@ impl QPacked {
 
     /// The panels and their trailers as bytes (to write them to the weights cache).
     pub fn panel_bytes(&self) -> &[u8] {
-        let bytes: &[i8] = &self.panels;
-        // SAFETY: i8 and u8 have the same size and every bit pattern is valid for both.
-        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u8>(), bytes.len()) }
+        self.panels.as_bytes()
     }
 
     /// Several quantized weights over the same input side by side (Q, K and V as one
@@ -341,7 +292,7 @@ impl QPacked {
                 for g in 0..groups {
                     let src = part.at(j, g);
                     let dst = out.at(to, g);
-                    out.owned()[dst..dst + KG].copy_from_slice(&part.panels[src..src + KG]);
+                    out.panels.owned()[dst..dst + KG].copy_from_slice(&part.panels[src..src + KG]);
                 }
                 out.scales[to] = part.scales[j];
                 out.sums[to] = part.sums[j];
@@ -353,9 +304,14 @@ impl QPacked {
         Some(out)
     }
 
+    /// A panel's weight bytes, before its trailer.
+    fn weight_bytes(&self) -> usize {
+        self.groups() * NR * KG
+    }
+
     /// Bytes from one panel to the next.
     fn stride(&self) -> usize {
-        self.groups() * NR * KG + TRAILER
+        self.weight_bytes() + TRAILER
     }
 
     /// Where column `j`'s four bytes of group `g` start in `panels`.
@@ -378,7 +334,7 @@ impl QPacked {
     /// Panel `p`'s weight bytes (without its trailer).
     fn panel(&self, p: usize) -> &[i8] {
         let at = p * self.stride();
-        &self.panels[at..at + self.groups() * NR * KG]
+        &self.panels[at..at + self.weight_bytes()]
     }
 }
 
@@ -961,7 +917,7 @@ mod tests {
             })
             .collect();
         for (a, b) in parts.iter().zip(&mapped) {
-            assert!(matches!(b.panels, Bytes::Mapped(_)));
+            assert!(matches!(b.panels, Buf::Mapped(_)));
             assert_eq!((&a.scales, &a.sums, &a.bias), (&b.scales, &b.sums, &b.bias));
             let (ya, yb) = (
                 matmul(&x, m, a, Epilogue::None),
@@ -972,7 +928,7 @@ mod tests {
         let owned = QPacked::concat(&parts.iter().collect::<Vec<_>>()).unwrap();
         let viewed = QPacked::concat(&mapped.iter().collect::<Vec<_>>()).unwrap();
         assert!(
-            matches!(viewed.panels, Bytes::Mapped(_)),
+            matches!(viewed.panels, Buf::Mapped(_)),
             "{:?}",
             viewed.panels
         );
@@ -982,7 +938,7 @@ mod tests {
         );
         // Not adjacent: copied, same bits.
         let apart = QPacked::concat(&[&mapped[0], &mapped[2]]).unwrap();
-        assert!(matches!(apart.panels, Bytes::Owned(_)));
+        assert!(matches!(apart.panels, Buf::Owned(_)));
         let both = QPacked::concat(&[&parts[0], &parts[2]]).unwrap();
         assert_eq!(
             matmul(&x, m, &apart, Epilogue::None),

@@ -23,7 +23,7 @@ use memmap2::Mmap;
 
 use super::gemm::{self, Packed};
 pub use super::mapped::Values;
-use super::mapped::{Buf, MapSlice};
+use super::mapped::{Buf, MapSlice, Plain};
 use super::qgemm::QPacked;
 
 /// What a cache entry holds.
@@ -102,29 +102,44 @@ impl Cached {
 
     /// The entry `name` viewed in place, if it is of `kind` (not [`Kind::Int8`]) and `dims`.
     pub fn view(&self, name: &str, kind: Kind, dims: (usize, usize)) -> Option<Values> {
-        let e = self.entries.get(name)?;
-        if e.kind != kind || e.dims != dims || kind == Kind::Int8 {
+        if kind == Kind::Int8 {
             return None;
         }
-        let n = e.values()?;
-        let v = if e.f16 {
-            Values::F16(Buf::Mapped(MapSlice::new(self.map.clone(), e.offset, n)?))
-        } else {
-            Values::F32(Buf::Mapped(MapSlice::new(self.map.clone(), e.offset, n)?))
-        };
-        self.used.fetch_add(1, Ordering::Relaxed);
-        Some(v)
+        self.take(name, kind, dims, |e| {
+            Some(if e.f16 {
+                Values::F16(Buf::Mapped(self.slice(e)?))
+            } else {
+                Values::F32(Buf::Mapped(self.slice(e)?))
+            })
+        })
     }
 
     /// The [`Kind::Int8`] entry `name` viewed in place, if it has `dims`.
     pub fn view_int8(&self, name: &str, dims: (usize, usize)) -> Option<MapSlice<i8>> {
+        self.take(name, Kind::Int8, dims, |e| self.slice(e))
+    }
+
+    /// `view` of the entry `name` if it is of `kind` and `dims`, counted as used when it gives
+    /// one.
+    fn take<V>(
+        &self,
+        name: &str,
+        kind: Kind,
+        dims: (usize, usize),
+        view: impl FnOnce(&Entry) -> Option<V>,
+    ) -> Option<V> {
         let e = self.entries.get(name)?;
-        if e.kind != Kind::Int8 || e.dims != dims {
+        if e.kind != kind || e.dims != dims {
             return None;
         }
-        let v = MapSlice::new(self.map.clone(), e.offset, e.values()?)?;
+        let v = view(e)?;
         self.used.fetch_add(1, Ordering::Relaxed);
         Some(v)
+    }
+
+    /// The entry's values in the mapping.
+    fn slice<T: Plain>(&self, e: &Entry) -> Option<MapSlice<T>> {
+        MapSlice::new(self.map.clone(), e.offset, e.values()?)
     }
 }
 
@@ -308,22 +323,21 @@ pub(super) fn view(
     kind: Kind,
     dims: (usize, usize),
 ) -> Option<Values> {
-    if !eligible(vb) {
-        return None;
-    }
-    MODE.with(|m| match &*m.borrow() {
-        Some(Mode::Replay(c)) => c.view(name, kind, dims),
-        _ => None,
-    })
+    replayed(vb, |c| c.view(name, kind, dims))
 }
 
 /// The cached int8 panels of `name` when replaying and the cache has them with this shape.
 pub(super) fn view_int8(vb: &VarBuilder, name: &str, dims: (usize, usize)) -> Option<MapSlice<i8>> {
+    replayed(vb, |c| c.view_int8(name, dims))
+}
+
+/// `view` of the cache being replayed, for a build that takes part.
+fn replayed<V>(vb: &VarBuilder, view: impl FnOnce(&Cached) -> Option<V>) -> Option<V> {
     if !eligible(vb) {
         return None;
     }
     MODE.with(|m| match &*m.borrow() {
-        Some(Mode::Replay(c)) => c.view_int8(name, dims),
+        Some(Mode::Replay(c)) => view(c),
         _ => None,
     })
 }
