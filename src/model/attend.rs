@@ -40,6 +40,9 @@ struct Views<'a> {
     v: &'a [f32],
     mask: &'a [f32],
     at: [(usize, usize, usize); 3],
+    /// Queries per batch row: the first `tq` of the `t` positions (fewer when only `[CLS]` of
+    /// a last layer is read).
+    tq: usize,
     t: usize,
     heads: usize,
     hd: usize,
@@ -49,9 +52,9 @@ struct Views<'a> {
 /// Queries one unit of work takes: a unit transposes its head's keys once for this many rows.
 const QUERIES: usize = 32;
 
-/// Unit `u` of `units(b, t, heads)`: queries `i0..i1` of batch `bi` on head `h`. Each query's
+/// Unit `u` of `units(b, tq, heads)`: queries `i0..i1` of batch `bi` on head `h`. Each query's
 /// scores against every key, a max-shifted softmax with the additive mask, and the weighted sum
-/// of values, written to `out[(bi·t + i)·hidden + h·hd ..][..hd]`.
+/// of values, written to `out[(bi·tq + i)·hidden + h·hd ..][..hd]`.
 ///
 /// The head's keys are first transposed to `[hd][t]`, so a query's scores are `hd` multiply-adds
 /// of one query value into a row of `t` partial scores, along the keys: vector lanes over the
@@ -59,15 +62,15 @@ const QUERIES: usize = 32;
 /// lanes summed across at the end, made attention 17 % of an int8 pass at ~20 tokens.)
 ///
 /// # Safety
-/// `out` must hold `b·t·hidden` floats that nothing else reads or writes meanwhile but other
+/// `out` must hold `b·tq·hidden` floats that nothing else reads or writes meanwhile but other
 /// units, which write other (row, head) slices.
 #[inline(always)]
 unsafe fn attend_unit(w: &Views<'_>, u: usize, out: OutPtr, hidden: usize, avx2: bool) {
     let [(q0, qb, qt), (k0, kb, kt), (v0, vb, vt)] = w.at;
-    let (t, hd) = (w.t, w.hd);
-    let blocks = t.div_ceil(QUERIES);
+    let (t, tq, hd) = (w.t, w.tq, w.hd);
+    let blocks = tq.div_ceil(QUERIES);
     let (bi, h, blk) = (u / (w.heads * blocks), u / blocks % w.heads, u % blocks);
-    let (i0, i1) = (blk * QUERIES, ((blk + 1) * QUERIES).min(t));
+    let (i0, i1) = (blk * QUERIES, ((blk + 1) * QUERIES).min(tq));
     let mask = &w.mask[bi * t..(bi + 1) * t];
     // Keys padded with zeros to whole vectors of eight: a loop over 20 keys would otherwise
     // finish every feature with four scalar steps.
@@ -102,7 +105,7 @@ unsafe fn attend_unit(w: &Views<'_>, u: usize, out: OutPtr, hidden: usize, avx2:
         }
         // SAFETY: this unit alone writes head h's features of row (bi, i), inside `out`.
         let o = unsafe {
-            std::slice::from_raw_parts_mut(out.get().add((bi * t + i) * hidden + h * hd), hd)
+            std::slice::from_raw_parts_mut(out.get().add((bi * tq + i) * hidden + h * hd), hd)
         };
         // SAFETY: every value row `first + j·vt .. + hd` lies inside `v` (the caller checked
         // the last one).
@@ -336,10 +339,10 @@ unsafe fn weighted_block<const G: usize>(
     }
 }
 
-/// Units of work for `b` batches of `t` tokens and `heads` heads: one per batch, head and
+/// Units of work for `b` batches of `tq` queries and `heads` heads: one per batch, head and
 /// block of [`QUERIES`] queries.
-fn units(b: usize, t: usize, heads: usize) -> usize {
-    b * heads * t.div_ceil(QUERIES)
+fn units(b: usize, tq: usize, heads: usize) -> usize {
+    b * heads * tq.div_ceil(QUERIES)
 }
 
 /// [`attend_unit`] compiled for AVX2: the loops along keys and features become ymm multiplies
@@ -372,8 +375,13 @@ impl CustomOp3 for Attend {
         let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (q, k, v) else {
             candle_core::bail!("attend: q, k and v must be f32");
         };
-        let (b, t, hidden) = lq.shape().dims3()?;
-        if lk.dims() != lq.dims() || lv.dims() != lq.dims() || self.mask.len() != b * t {
+        let (b, tq, hidden) = lq.shape().dims3()?;
+        let t = lk.dims().get(1).copied().unwrap_or(0);
+        if lk.dims() != [b, t, hidden]
+            || lv.dims() != lk.dims()
+            || tq > t
+            || self.mask.len() != b * t
+        {
             candle_core::bail!("attend: q, k, v and mask shapes disagree");
         }
         let heads = self.heads;
@@ -385,21 +393,26 @@ impl CustomOp3 for Attend {
         let (k0, kb, kt, _) = rows(lk, "k")?;
         let (v0, vb, vt, _) = rows(lv, "v")?;
         // The furthest element each view reads must lie inside its storage.
-        let last = |o: usize, sb: usize, st: usize| o + (b - 1) * sb + (t - 1) * st + hidden;
-        if b == 0 || t == 0 {
+        let last =
+            |o: usize, sb: usize, st: usize, n: usize| o + (b - 1) * sb + (n - 1) * st + hidden;
+        if b == 0 || tq == 0 {
             return Ok((CpuStorage::F32(Vec::new()), lq.shape().clone()));
         }
-        if last(q0, qb, qt) > q.len() || last(k0, kb, kt) > k.len() || last(v0, vb, vt) > v.len() {
+        if last(q0, qb, qt, tq) > q.len()
+            || last(k0, kb, kt, t) > k.len()
+            || last(v0, vb, vt, t) > v.len()
+        {
             candle_core::bail!("attend: a view reaches past its storage");
         }
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = vec![0f32; b * t * hidden];
+        let mut out = vec![0f32; b * tq * hidden];
         let view = Views {
             q,
             k,
             v,
             mask: &self.mask,
             at: [(q0, qb, qt), (k0, kb, kt), (v0, vb, vt)],
+            tq,
             t,
             heads,
             hd,
@@ -418,8 +431,8 @@ impl CustomOp3 for Attend {
             // SAFETY: as above.
             unsafe { attend_unit(&view, u, base, hidden, false) }
         };
-        let n = units(b, t, heads);
-        if b * t * t * hidden >= PARALLEL_MIN_MACS && n > 1 && super::team::current_threads() > 1 {
+        let n = units(b, tq, heads);
+        if b * tq * t * hidden >= PARALLEL_MIN_MACS && n > 1 && super::team::current_threads() > 1 {
             super::team::for_each(n, unit);
         } else {
             (0..n).for_each(unit);
@@ -428,8 +441,9 @@ impl CustomOp3 for Attend {
     }
 }
 
-/// Attention for `[batch, seq, hidden]` f32 CPU views with a `[batch, 1, 1, seq]` additive mask,
-/// or `None` when the inputs are not of that kind (the caller then uses candle's ops).
+/// Attention for `[batch, seq, hidden]` f32 CPU views of k and v with a `[batch, 1, 1, seq]`
+/// additive mask, and queries `[batch, q_len, hidden]` for the first `q_len ≤ seq` positions;
+/// `None` when the inputs are not of that kind (the caller then uses candle's ops).
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -441,7 +455,8 @@ pub fn attend(
     if !(cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && cpu_f32(mask)) {
         return Ok(None);
     }
-    let (b, t, _) = q.dims3()?;
+    let (b, _, _) = q.dims3()?;
+    let t = k.dim(1)?;
     if mask.dims() != [b, 1, 1, t] {
         return Ok(None);
     }
@@ -456,11 +471,11 @@ mod tests {
     /// Attention in f64 the textbook way, for `view`'s shape.
     fn reference(w: &Views<'_>, b: usize) -> Vec<f64> {
         let [(q0, qb, qt), (k0, kb, kt), (v0, vb, vt)] = w.at;
-        let (t, hd, hidden) = (w.t, w.hd, w.heads * w.hd);
-        let mut out = vec![0f64; b * t * hidden];
+        let (t, tq, hd, hidden) = (w.t, w.tq, w.hd, w.heads * w.hd);
+        let mut out = vec![0f64; b * tq * hidden];
         for bi in 0..b {
             for h in 0..w.heads {
-                for i in 0..t {
+                for i in 0..tq {
                     let at = |base: usize, sb: usize, st: usize, j: usize, d: usize| {
                         base + bi * sb + j * st + h * hd + d
                     };
@@ -479,7 +494,7 @@ mod tests {
                     let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
                     let sum: f64 = e.iter().sum();
                     for d in 0..hd {
-                        out[(bi * t + i) * hidden + h * hd + d] = (0..t)
+                        out[(bi * tq + i) * hidden + h * hd + d] = (0..t)
                             .map(|j| e[j] / sum * f64::from(w.v[at(v0, vb, vt, j, d)]))
                             .sum();
                     }
@@ -535,13 +550,16 @@ mod tests {
     fn units_agree_with_textbook_attention_and_the_avx2_build_bit_for_bit() {
         // Two rows of 37 tokens (two query blocks, the second ragged), 3 heads of 13 (a ragged
         // head size, the portable value sums) or 2 of 16 (the vector ones), q/k/v interleaved
-        // as the fused projection leaves them, the second row's last five keys masked.
+        // as the fused projection leaves them, the second row's last five keys masked; every
+        // query, or only the first one or 33 (a last layer read at `[CLS]` alone).
         for (heads, hd) in [(3, 13), (2, 16), (2, 40)] {
-            check_units(2, 37, heads, hd);
+            for tq in [37, 33, 1] {
+                check_units(2, 37, tq, heads, hd);
+            }
         }
     }
 
-    fn check_units(b: usize, t: usize, heads: usize, hd: usize) {
+    fn check_units(b: usize, t: usize, tq: usize, heads: usize, hd: usize) {
         let hidden = heads * hd;
         let qkv: Vec<f32> = (0..b * t * 3 * hidden)
             .map(|i| ((i * 7919 % 1000) as f32 / 250.0) - 2.0)
@@ -558,15 +576,16 @@ mod tests {
                 (hidden, t * 3 * hidden, 3 * hidden),
                 (2 * hidden, t * 3 * hidden, 3 * hidden),
             ],
+            tq,
             t,
             heads,
             hd,
             scale: 1.0 / (hd as f32).sqrt(),
         };
         let run = |avx2: bool| {
-            let mut out = vec![0f32; b * t * hidden];
+            let mut out = vec![0f32; b * tq * hidden];
             let base = OutPtr(out.as_mut_ptr());
-            for u in 0..units(b, t, heads) {
+            for u in 0..units(b, tq, heads) {
                 #[cfg(target_arch = "x86_64")]
                 if avx2 {
                     // SAFETY: the caller checked the CPU; `out` holds every row.

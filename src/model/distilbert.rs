@@ -11,9 +11,9 @@ use super::Embedding;
 use serde::Deserialize;
 
 use super::{
-    additive_key_mask, attention_dtype, embedding, first_token, head_vb, kernel_path,
-    self_attention, to_head, Activation, Batch, LayerNorm, Linear, SequenceClassifier, Task,
-    TokenHead,
+    additive_key_mask, attention_dtype, embedding, first_positions, first_token, head_vb,
+    kernel_path, self_attention, to_head, Activation, Batch, LayerNorm, Linear, SequenceClassifier,
+    Task, TokenHead,
 };
 
 // DistilBERT's LayerNorms are built with a fixed eps.
@@ -88,9 +88,17 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let ctx = self_attention(&self.qkv.forward(x)?, self.heads, mask, self.prescaled)?;
-        let x = self.sa_norm.forward(&(self.out.forward(&ctx)? + x)?)?;
+    /// The layer for the first `q_len` positions of `x` (all of them are keys and values).
+    fn forward(&self, x: &Tensor, mask: &Tensor, q_len: usize) -> Result<Tensor> {
+        let ctx = self_attention(
+            &self.qkv.forward(x)?,
+            self.heads,
+            mask,
+            self.prescaled,
+            q_len,
+        )?;
+        let x = first_positions(x, q_len)?;
+        let x = self.sa_norm.forward(&(self.out.forward(&ctx)? + &x)?)?;
         let inner = self.lin1.forward_act(&x, self.act)?;
         self.out_norm.forward(&(self.lin2.forward(&inner)? + x)?)
     }
@@ -154,8 +162,12 @@ impl SequenceClassifier for DistilBert {
             + self.positions.forward(&batch.position_ids)?)?;
         let mut x = self.norm.forward(&x)?;
         let mask = additive_key_mask(&batch.attention_mask, attention_dtype(x.dtype()))?;
-        for layer in &self.layers {
-            x = layer.forward(&x, &mask)?;
+        // Only [CLS] of the last layer is read by a sequence head (see bert::Encoder::forward).
+        let (t, last) = (x.dim(1)?, self.layers.len().saturating_sub(1));
+        let first_only = matches!(self.head, Head::Cls { .. });
+        for (i, layer) in self.layers.iter().enumerate() {
+            let q_len = if i == last && first_only { t.min(1) } else { t };
+            x = layer.forward(&x, &mask, q_len)?;
         }
         match &self.head {
             Head::Cls {

@@ -45,7 +45,7 @@ impl SequenceClassifier for Electra {
         if let Some(p) = &self.project {
             x = p.forward(&x)?;
         }
-        let x = self.encoder.forward(&x, batch)?;
+        let x = self.encoder.forward(&x, batch, self.head.first_only())?;
         self.head.forward(&x)
     }
     fn uses_token_types(&self) -> bool {

@@ -166,6 +166,10 @@ impl ClsOrTokens {
             Task::Token => Self::Tokens(TokenHead::load(hidden, num_labels, vb)?),
         })
     }
+    /// Whether the head reads the first position alone (so the last layer need compute no other).
+    pub fn first_only(&self) -> bool {
+        matches!(self, Self::Cls(_))
+    }
     /// `[batch, tokens, hidden]` → the task's logits.
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         match self {
@@ -785,7 +789,9 @@ impl Module for LayerNorm {
 /// Multi-head scaled dot-product attention straight from a fused `[batch, seq, 3·hidden]` Q/K/V
 /// projection. `mask` is additive, broadcastable to `[batch, heads, seq, seq]`, in
 /// [`attention_dtype`]. `prescaled`: the query projection already carries 1/√d
-/// ([`Linear::load_scaled`]), as it does everywhere but on the [`kernel_path`].
+/// ([`Linear::load_scaled`]), as it does everywhere but on the [`kernel_path`]. Only the first
+/// `q_len` positions query (all `seq` keys are read): `[batch, q_len, hidden]` comes back, so
+/// a last layer read only at `[CLS]` attends for it alone.
 ///
 /// On the CPU in f32 this is the one-pass kernel ([`attend`]). Otherwise, candle ops: one
 /// reshape and permute into `[3, batch, heads, seq, head_dim]` and one copy that also casts
@@ -796,11 +802,15 @@ pub fn self_attention(
     heads: usize,
     mask: &Tensor,
     prescaled: bool,
+    q_len: usize,
 ) -> Result<Tensor> {
     let (b, t, three) = qkv.dims3()?;
     let hidden = three / 3;
     if hidden * 3 != three || heads == 0 || !hidden.is_multiple_of(heads) {
         candle_core::bail!("attention: {three} fused features do not split into 3 × {heads} heads");
+    }
+    if q_len > t {
+        candle_core::bail!("attention: {q_len} queries from {t} positions");
     }
     let hd = hidden / heads;
     let scale = if prescaled {
@@ -810,7 +820,7 @@ pub fn self_attention(
     };
     if !prescaled {
         let (q, k, v) = (
-            qkv.narrow(2, 0, hidden)?,
+            qkv.narrow(2, 0, hidden)?.narrow(1, 0, q_len)?,
             qkv.narrow(2, hidden, hidden)?,
             qkv.narrow(2, 2 * hidden, hidden)?,
         );
@@ -818,8 +828,8 @@ pub fn self_attention(
             return Ok(ctx);
         }
     }
-    let chunk = attention_chunk(ATTENTION_CHUNK_BYTES, b, heads, t, t);
-    attention_ops(qkv, heads, mask, scale, chunk)
+    let chunk = attention_chunk(ATTENTION_CHUNK_BYTES, b, heads, t, q_len);
+    attention_ops(qkv, heads, mask, scale, chunk, q_len)
 }
 
 /// [`self_attention`] in candle ops, for every device and dtype, `chunk` query rows at a time.
@@ -829,6 +839,7 @@ fn attention_ops(
     mask: &Tensor,
     scale: f64,
     chunk: usize,
+    q_len: usize,
 ) -> Result<Tensor> {
     let (b, t, three) = qkv.dims3()?;
     let hidden = three / 3;
@@ -839,8 +850,13 @@ fn attention_ops(
         attention_dtype(dtype),
     )?;
     let (q, k, v) = (split.get(0)?, split.get(1)?, split.get(2)?);
+    let q = if q_len == t {
+        q
+    } else {
+        q.narrow(2, 0, q_len)?
+    };
     let parts = attention_heads(&q, &k, &v, mask, scale, chunk)?;
-    merge_heads_as(parts, (b, t, hidden), dtype)
+    merge_heads_as(parts, (b, q_len, hidden), dtype)
 }
 
 /// Attention over heads already split, `[B, H, T, D]` each, `chunk` query rows at a time, so
@@ -894,6 +910,16 @@ pub(crate) fn merge_heads_as(
         Tensor::cat(&parts, 2)?
     };
     contiguous_as(&ctx.transpose(1, 2)?, dtype)?.reshape((b, t, hidden))
+}
+
+/// The first `n` positions of `[batch, seq, hidden]`, contiguous (the residual of a layer that
+/// computes only those); `x` itself when that is all of it.
+pub fn first_positions(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == x.dim(1)? {
+        Ok(x.clone())
+    } else {
+        x.narrow(1, 0, n)?.contiguous()
+    }
 }
 
 /// The hidden state of the first token of every row (`[CLS]` / `<s>`).
@@ -982,9 +1008,9 @@ mod tests {
         // The second row is padded after 4 tokens.
         let keep = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], &dev).unwrap();
         let mask = additive_key_mask(&keep, DType::F32).unwrap();
-        let fast = self_attention(&qkv, heads, &mask, false).unwrap();
+        let fast = self_attention(&qkv, heads, &mask, false, t).unwrap();
         let scale = 1.0 / (hd as f64).sqrt();
-        let slow = attention_ops(&qkv, heads, &mask, scale, t).unwrap();
+        let slow = attention_ops(&qkv, heads, &mask, scale, t, t).unwrap();
         let diff = max_abs_diff(&fast, &slow);
         assert!(diff < 1e-5, "max |Δ| {diff}");
         // A query projection that carries the scale gives the same context.
@@ -997,13 +1023,40 @@ mod tests {
             2,
         )
         .unwrap();
-        let diff = max_abs_diff(&self_attention(&pre, heads, &mask, true).unwrap(), &slow);
+        let diff = max_abs_diff(&self_attention(&pre, heads, &mask, true, t).unwrap(), &slow);
         assert!(diff < 1e-5, "prescaled: max |Δ| {diff}");
         // F16 takes candle's path, scores in f32, and comes back in F16.
-        let half = self_attention(&pre.to_dtype(DType::F16).unwrap(), heads, &mask, true).unwrap();
+        let half =
+            self_attention(&pre.to_dtype(DType::F16).unwrap(), heads, &mask, true, t).unwrap();
         assert_eq!(half.dtype(), DType::F16);
         let diff = max_abs_diff(&half, &slow);
         assert!(diff < 1e-2, "f16: max |Δ| {diff}");
+    }
+
+    #[test]
+    fn attention_for_the_first_queries_is_those_rows_of_the_whole() {
+        let dev = Device::Cpu;
+        let (b, t, heads, hd) = (2, 9, 3, 8);
+        let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * heads * hd), &dev).unwrap();
+        let keep = Tensor::new(&[[1u32; 9], [1, 1, 1, 1, 1, 0, 0, 0, 0]], &dev).unwrap();
+        let mask = additive_key_mask(&keep, DType::F32).unwrap();
+        let whole = self_attention(&qkv, heads, &mask, false, t).unwrap();
+        for q_len in [1, 4] {
+            let want = whole.narrow(1, 0, q_len).unwrap();
+            // The one-pass kernel computes each row alone: the same bits.
+            let fast = self_attention(&qkv, heads, &mask, false, q_len).unwrap();
+            assert_eq!(fast.dims(), [b, q_len, heads * hd]);
+            assert_eq!(max_abs_diff(&fast, &want), 0.0, "q_len {q_len}");
+            // candle's ops (every other device and dtype), chunked or not.
+            for chunk in [1, q_len] {
+                let scale = 1.0 / (hd as f64).sqrt();
+                let ops = attention_ops(&qkv, heads, &mask, scale, chunk, q_len).unwrap();
+                assert_eq!(ops.dims(), [b, q_len, heads * hd]);
+                let diff = max_abs_diff(&ops, &want);
+                assert!(diff < 1e-5, "q_len {q_len}, chunk {chunk}: max |Δ| {diff}");
+            }
+        }
+        assert!(self_attention(&qkv, heads, &mask, false, t + 1).is_err());
     }
 
     #[test]
@@ -1017,7 +1070,7 @@ mod tests {
             .unwrap();
         let keep = Tensor::ones((b, t), DType::U32, &dev).unwrap();
         let mask = additive_key_mask(&keep, DType::F32).unwrap();
-        let ctx = self_attention(&qkv, heads, &mask, false).unwrap();
+        let ctx = self_attention(&qkv, heads, &mask, false, t).unwrap();
         let v: Vec<f32> = ctx
             .to_dtype(DType::F32)
             .unwrap()
@@ -1042,9 +1095,9 @@ mod tests {
         )
         .unwrap();
         let mask = additive_key_mask(&keep, DType::F32).unwrap();
-        let whole = attention_ops(&qkv, heads, &mask, 0.5, t).unwrap();
+        let whole = attention_ops(&qkv, heads, &mask, 0.5, t, t).unwrap();
         for chunk in [1, 3, 4, 10] {
-            let parts = attention_ops(&qkv, heads, &mask, 0.5, chunk).unwrap();
+            let parts = attention_ops(&qkv, heads, &mask, 0.5, chunk, t).unwrap();
             let diff = max_abs_diff(&whole, &parts);
             assert!(diff < 1e-6, "chunk {chunk}: max |Δ| {diff}");
         }

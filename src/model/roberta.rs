@@ -36,7 +36,7 @@ impl Roberta {
 impl SequenceClassifier for Roberta {
     fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let x = self.embeddings.forward(batch)?;
-        let x = self.encoder.forward(&x, batch)?;
+        let x = self.encoder.forward(&x, batch, self.head.first_only())?;
         self.head.forward(&x)
     }
     fn position_scheme(&self) -> PositionScheme {
