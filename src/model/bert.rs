@@ -258,3 +258,70 @@ impl SequenceClassifier for Bert {
         super::chunked_attention_bytes(rows, self.cfg.num_attention_heads, len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use std::collections::HashMap;
+
+    #[test]
+    fn an_encoder_read_at_cls_alone_gives_that_row_of_the_whole() {
+        let dev = Device::Cpu;
+        let cfg: EncoderConfig = serde_json::from_str(
+            r#"{"vocab_size": 10, "hidden_size": 16, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "intermediate_size": 32}"#,
+        )
+        .unwrap();
+        let mut weights = HashMap::new();
+        for i in 0..cfg.num_hidden_layers {
+            let at = |name: &str| format!("layer.{i}.{name}");
+            for (name, n, k) in [
+                ("attention.self.query", 16, 16),
+                ("attention.self.key", 16, 16),
+                ("attention.self.value", 16, 16),
+                ("attention.output.dense", 16, 16),
+                ("intermediate.dense", 32, 16),
+                ("output.dense", 16, 32),
+            ] {
+                let w = Tensor::randn(0f32, 0.3, (n, k), &dev).unwrap();
+                weights.insert(at(&format!("{name}.weight")), w);
+                let b = Tensor::randn(0f32, 0.1, n, &dev).unwrap();
+                weights.insert(at(&format!("{name}.bias")), b);
+            }
+            for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                let w = (Tensor::randn(0f32, 0.1, 16, &dev).unwrap() + 1.0).unwrap();
+                weights.insert(at(&format!("{name}.weight")), w);
+                let b = Tensor::randn(0f32, 0.1, 16, &dev).unwrap();
+                weights.insert(at(&format!("{name}.bias")), b);
+            }
+        }
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
+        let encoder = Encoder::load(&cfg, vb).unwrap();
+        // Two rows of 7, the second padded after 4.
+        let keep = Tensor::new(&[[1u32; 7], [1, 1, 1, 1, 0, 0, 0]], &dev).unwrap();
+        let zeros = keep.zeros_like().unwrap();
+        let batch = Batch {
+            input_ids: zeros.clone(),
+            attention_mask: keep,
+            token_type_ids: zeros.clone(),
+            position_ids: zeros,
+        };
+        let x = Tensor::randn(0f32, 1.0, (2, 7, 16), &dev).unwrap();
+        let whole = encoder.forward(&x, &batch, false).unwrap();
+        let first = encoder.forward(&x, &batch, true).unwrap();
+        assert_eq!(whole.dims(), [2, 7, 16]);
+        assert_eq!(first.dims(), [2, 1, 16]);
+        let diff = (whole.narrow(1, 0, 1).unwrap() - &first)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6, "max |Δ| {diff}");
+    }
+}
