@@ -155,9 +155,9 @@ impl Layer {
         let x = first_positions(x, q_len)?;
         let x = self
             .attn_norm
-            .forward(&(self.attn_out.forward(&ctx)? + &x)?)?;
+            .forward(&self.attn_out.forward_add(&ctx, &x)?)?;
         let inner = self.up.forward_act(&x, self.act)?;
-        self.out_norm.forward(&(self.down.forward(&inner)? + x)?)
+        self.out_norm.forward(&self.down.forward_add(&inner, &x)?)
     }
 }
 

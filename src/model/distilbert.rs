@@ -98,9 +98,9 @@ impl Layer {
             q_len,
         )?;
         let x = first_positions(x, q_len)?;
-        let x = self.sa_norm.forward(&(self.out.forward(&ctx)? + &x)?)?;
+        let x = self.sa_norm.forward(&self.out.forward_add(&ctx, &x)?)?;
         let inner = self.lin1.forward_act(&x, self.act)?;
-        self.out_norm.forward(&(self.lin2.forward(&inner)? + x)?)
+        self.out_norm.forward(&self.lin2.forward_add(&inner, &x)?)
     }
 }
 

@@ -319,11 +319,42 @@ fn exactly_f16(values: &[f32]) -> bool {
     })
 }
 
-/// What to do to the output after the bias.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Epilogue {
+/// What to do to the output after the bias, while a unit's columns are still in cache.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Epilogue<'a> {
     None,
     GeluErf,
+    /// Add these `m × n` values (a residual): the same sum, in the same f32 rounding, as adding
+    /// them afterwards, without another pass over the output or a tensor op.
+    Add(&'a [f32]),
+}
+
+impl Epilogue<'_> {
+    /// Finishes `row`, which holds the output's elements from flat index `at` on.
+    #[inline]
+    pub(crate) fn finish(self, row: &mut [f32], at: usize) {
+        match self {
+            Epilogue::None => {}
+            Epilogue::GeluErf => super::gelu::gelu_in_place(row),
+            Epilogue::Add(residual) => {
+                let n = row.len();
+                for (y, r) in row.iter_mut().zip(&residual[at..at + n]) {
+                    *y += r;
+                }
+            }
+        }
+    }
+
+    /// Panics unless an [`Epilogue::Add`] holds exactly the `m × n` output's values.
+    pub(crate) fn check(self, m: usize, n: usize) {
+        if let Epilogue::Add(residual) = self {
+            assert_eq!(
+                residual.len(),
+                m * n,
+                "matmul: the residual is not {m} rows of {n}"
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,9 +394,10 @@ pub fn kernel_set() -> &'static str {
 }
 
 /// `x · Wᵀ + b` for `x` of `m` rows of `w.k()` values; returns `m` rows of `w.n()` values.
-pub fn matmul(x: &[f32], m: usize, w: &Packed, epilogue: Epilogue) -> Vec<f32> {
+pub fn matmul(x: &[f32], m: usize, w: &Packed, epilogue: Epilogue<'_>) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), m * k, "matmul: x is not {m} rows of {k}");
+    epilogue.check(m, n);
     let np = n.div_ceil(NR);
     // Not zeroed first: every element is written below (each unit writes all its columns of
     // every row), so zeroing would write each output twice.
@@ -383,11 +415,11 @@ pub fn matmul(x: &[f32], m: usize, w: &Packed, epilogue: Epilogue) -> Vec<f32> {
         // touch the same element.
         let c = unsafe { dst.get().add(p * NR) };
         unsafe { panels_product2(x, m, k, w.panel(p), w.panel(p + 1), bias, c, n) };
-        if epilogue == Epilogue::GeluErf {
+        if epilogue != Epilogue::None {
             for r in 0..m {
                 // SAFETY: as above; row r's columns of this pair.
                 let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * n), 2 * NR) };
-                super::gelu::gelu_in_place(row);
+                epilogue.finish(row, r * n + p * NR);
             }
         }
     };
@@ -409,9 +441,7 @@ pub fn matmul(x: &[f32], m: usize, w: &Packed, epilogue: Epilogue) -> Vec<f32> {
         for r in 0..m {
             // SAFETY: as above; row r's columns of this panel.
             let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), cols) };
-            if epilogue == Epilogue::GeluErf {
-                super::gelu::gelu_in_place(row);
-            }
+            epilogue.finish(row, r * n + p * NR);
             if ldc != n {
                 // SAFETY: the partial last panel's own columns of row r.
                 let to =
@@ -1040,5 +1070,27 @@ mod tests {
         let mut plain = matmul(&x, m, &packed, Epilogue::None);
         super::super::gelu::gelu_in_place(&mut plain);
         assert_eq!(matmul(&x, m, &packed, Epilogue::GeluErf), plain);
+    }
+
+    #[test]
+    fn add_epilogue_equals_adding_after_bit_for_bit() {
+        // 70 columns: a pair of full panels, then a partial one (written through scratch).
+        let (m, k, n) = (5, 40, 70);
+        let x = data(m * k, 6);
+        let packed = Packed::from_transposed(&data(k * n, 7), k, n, Some(&data(n, 8)));
+        let residual = data(m * n, 9);
+        let want: Vec<f32> = matmul(&x, m, &packed, Epilogue::None)
+            .iter()
+            .zip(&residual)
+            .map(|(y, r)| y + r)
+            .collect();
+        assert_eq!(matmul(&x, m, &packed, Epilogue::Add(&residual)), want);
+    }
+
+    #[test]
+    #[should_panic(expected = "residual")]
+    fn a_residual_of_the_wrong_size_is_refused() {
+        let packed = Packed::from_transposed(&data(8 * 4, 1), 8, 4, None);
+        let _ = matmul(&data(2 * 8, 2), 2, &packed, Epilogue::Add(&[0.0; 7]));
     }
 }

@@ -638,6 +638,20 @@ impl Linear {
         }
     }
 
+    /// `self(xs) + residual`, the sum done in the matmul's epilogue where the packed kernel runs
+    /// and the residual is a contiguous f32 tensor of the output's shape; otherwise a tensor add
+    /// (the same f32 sum either way).
+    pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if let Some(w) = self.kernel() {
+            if residual.dtype() == DType::F32 && residual.device().is_cpu() {
+                return xs
+                    .contiguous()?
+                    .apply_op2_no_bwd(&residual.contiguous()?, &PackedMatmulAdd { w });
+            }
+        }
+        self.forward(xs)? + residual
+    }
+
     /// The hand-written kernel's weight, where one runs this layer.
     fn kernel(&self) -> Option<Kernel<'_>> {
         match (&self.quant, &self.packed) {
@@ -668,7 +682,7 @@ impl Kernel<'_> {
             Kernel::Int8(w) => w.n(),
         }
     }
-    fn matmul(&self, x: &[f32], m: usize, epilogue: gemm::Epilogue) -> Vec<f32> {
+    fn matmul(&self, x: &[f32], m: usize, epilogue: gemm::Epilogue<'_>) -> Vec<f32> {
         match self {
             Kernel::F32(w) => gemm::matmul(x, m, w, epilogue),
             Kernel::Int8(w) => qgemm::matmul(x, m, w, epilogue),
@@ -676,7 +690,7 @@ impl Kernel<'_> {
     }
 }
 
-fn packed_forward(w: Kernel<'_>, xs: &Tensor, epilogue: gemm::Epilogue) -> Result<Tensor> {
+fn packed_forward(w: Kernel<'_>, xs: &Tensor, epilogue: gemm::Epilogue<'static>) -> Result<Tensor> {
     xs.contiguous()?
         .apply_op1_no_bwd(&PackedMatmul { w, epilogue })
 }
@@ -684,7 +698,58 @@ fn packed_forward(w: Kernel<'_>, xs: &Tensor, epilogue: gemm::Epilogue) -> Resul
 /// [`gemm::matmul`] or [`qgemm::matmul`] as a candle op on `[.., in]` f32 CPU tensors.
 struct PackedMatmul<'a> {
     w: Kernel<'a>,
-    epilogue: gemm::Epilogue,
+    epilogue: gemm::Epilogue<'static>,
+}
+
+/// The contiguous f32 rows of an input to one of the kernels, and how many of `k` values.
+fn kernel_rows<'s>(
+    storage: &'s candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    k: usize,
+) -> Result<(&'s [f32], usize)> {
+    let (candle_core::CpuStorage::F32(data), Some((start, end))) =
+        (storage, layout.contiguous_offsets())
+    else {
+        candle_core::bail!("packed matmul needs a contiguous f32 tensor");
+    };
+    let dims = layout.dims();
+    if dims.last() != Some(&k) {
+        candle_core::bail!("packed matmul: input {dims:?}, weight takes {k} features");
+    }
+    Ok((&data[start..end], (end - start) / k))
+}
+
+/// [`PackedMatmul`] plus a residual of the output's shape, added in the epilogue.
+struct PackedMatmulAdd<'a> {
+    w: Kernel<'a>,
+}
+
+impl candle_core::CustomOp2 for PackedMatmulAdd<'_> {
+    fn name(&self) -> &'static str {
+        "classifyd-packed-matmul-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (x, m) = kernel_rows(s1, l1, self.w.k())?;
+        let mut out_dims = l1.dims().to_vec();
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.w.n();
+        if l2.dims() != out_dims.as_slice() {
+            candle_core::bail!(
+                "packed matmul: residual {:?}, output {out_dims:?}",
+                l2.dims()
+            );
+        }
+        let (residual, _) = kernel_rows(s2, l2, self.w.n())?;
+        let out = self.w.matmul(x, m, gemm::Epilogue::Add(residual));
+        Ok((candle_core::CpuStorage::F32(out), out_dims.into()))
+    }
 }
 
 impl candle_core::CustomOp1 for PackedMatmul<'_> {
@@ -697,19 +762,9 @@ impl candle_core::CustomOp1 for PackedMatmul<'_> {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (candle_core::CpuStorage::F32(data), Some((start, end))) =
-            (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("packed matmul needs a contiguous f32 tensor");
-        };
-        let dims = layout.dims();
-        let k = self.w.k();
-        if dims.last() != Some(&k) {
-            candle_core::bail!("packed matmul: input {dims:?}, weight takes {k} features");
-        }
-        let m = (end - start) / k;
-        let out = self.w.matmul(&data[start..end], m, self.epilogue);
-        let mut out_dims = dims.to_vec();
+        let (x, m) = kernel_rows(storage, layout, self.w.k())?;
+        let out = self.w.matmul(x, m, self.epilogue);
+        let mut out_dims = layout.dims().to_vec();
         let last = out_dims.len() - 1;
         out_dims[last] = self.w.n();
         Ok((candle_core::CpuStorage::F32(out), out_dims.into()))

@@ -547,9 +547,10 @@ unsafe fn levels_avx2(row: &[f32], lo: f32, inv: f32, out: &mut [u8]) {
 }
 
 /// `x · Wᵀ + b` for `x` of `m` rows of `w.k()` values; returns `m` rows of `w.n()` values.
-pub fn matmul(x: &[f32], m: usize, w: &QPacked, epilogue: super::gemm::Epilogue) -> Vec<f32> {
+pub fn matmul(x: &[f32], m: usize, w: &QPacked, epilogue: super::gemm::Epilogue<'_>) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), m * k, "matmul: x is not {m} rows of {k}");
+    epilogue.check(m, n);
     let isa = isa();
     let rows = quantize_rows(x, m, k);
     let np = n.div_ceil(NR);
@@ -589,9 +590,7 @@ pub fn matmul(x: &[f32], m: usize, w: &QPacked, epilogue: super::gemm::Epilogue)
             }
             #[cfg(not(target_arch = "x86_64"))]
             dequantize(y, acc, step, lo, sums, scales, bias);
-            if epilogue == super::gemm::Epilogue::GeluErf {
-                super::gelu::gelu_in_place(y);
-            }
+            epilogue.finish(y, r * n + p * NR);
         }
     };
     if m * n * k >= PARALLEL_MIN_MACS && np > 1 && super::team::current_threads() > 1 {
@@ -808,6 +807,10 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(worst < 0.05 * (k as f32).sqrt() / 3.0, "worst {worst}");
+        // A residual added in the epilogue is the same sum as one added after.
+        let residual = data(m * n, 8);
+        let added: Vec<f32> = got.iter().zip(&residual).map(|(y, r)| y + r).collect();
+        assert_eq!(matmul(&x, m, &q, Epilogue::Add(&residual)), added);
         // Joined parts give exactly what each part gives alone.
         let (w2, b2) = (data(32 * k, 6), data(32, 7));
         let q2 = QPacked::from_rows(&w2, 32, k, Some(&b2));
