@@ -108,18 +108,21 @@ impl Embeddings {
     }
 }
 
-struct Layer {
-    qkv: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    up: Linear,
-    down: Linear,
-    out_norm: LayerNorm,
-    heads: usize,
+/// One post-LN transformer layer: fused Q/K/V, attention, output projection, residual and norm,
+/// then the feed-forward, residual and norm. BERT's layer; DistilBERT's is the same under other
+/// names and builds this one.
+pub(super) struct Layer {
+    pub(super) qkv: Linear,
+    pub(super) attn_out: Linear,
+    pub(super) attn_norm: LayerNorm,
+    pub(super) up: Linear,
+    pub(super) down: Linear,
+    pub(super) out_norm: LayerNorm,
+    pub(super) heads: usize,
     /// The query projection carries 1/√head_dim (off the CPU kernels: see
     /// [`Linear::load_scaled`]).
-    prescaled: bool,
-    act: Activation,
+    pub(super) prescaled: bool,
+    pub(super) act: Activation,
 }
 
 impl Layer {
@@ -144,7 +147,7 @@ impl Layer {
     }
 
     /// The layer for the first `q_len` positions of `x` (all of them are keys and values).
-    fn forward(&self, x: &Tensor, mask: &Tensor, q_len: usize) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor, mask: &Tensor, q_len: usize) -> Result<Tensor> {
         let ctx = self_attention(
             &self.qkv.forward(x)?,
             self.heads,
@@ -312,16 +315,7 @@ mod tests {
         let first = encoder.forward(&x, &batch, true).unwrap();
         assert_eq!(whole.dims(), [2, 7, 16]);
         assert_eq!(first.dims(), [2, 1, 16]);
-        let diff = (whole.narrow(1, 0, 1).unwrap() - &first)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::model::tests::max_abs_diff(&whole.narrow(1, 0, 1).unwrap(), &first);
         assert!(diff < 1e-6, "max |Δ| {diff}");
     }
 }

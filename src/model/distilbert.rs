@@ -7,13 +7,13 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::bert::Layer;
 use super::Embedding;
 use serde::Deserialize;
 
 use super::{
-    additive_key_mask, attention_dtype, embedding, first_positions, first_token, head_vb,
-    kernel_path, self_attention, to_head, Activation, Batch, LayerNorm, Linear, SequenceClassifier,
-    Task, TokenHead,
+    additive_key_mask, attention_dtype, embedding, first_token, head_vb, kernel_path, to_head,
+    Activation, Batch, LayerNorm, Linear, SequenceClassifier, Task, TokenHead,
 };
 
 // DistilBERT's LayerNorms are built with a fixed eps.
@@ -54,54 +54,25 @@ impl DistilBertConfig {
     }
 }
 
-struct Layer {
-    qkv: Linear,
-    out: Linear,
-    sa_norm: LayerNorm,
-    lin1: Linear,
-    lin2: Linear,
-    out_norm: LayerNorm,
-    heads: usize,
-    /// The query projection carries 1/√head_dim (see [`Linear::load_scaled`]).
-    prescaled: bool,
-    act: Activation,
-}
-
-impl Layer {
-    fn load(cfg: &DistilBertConfig, vb: VarBuilder) -> Result<Self> {
-        let d = cfg.dim;
-        let att = vb.pp("attention");
-        let scale = 1.0 / ((d / cfg.n_heads) as f64).sqrt();
-        let q = Linear::load_scaled(d, d, scale, att.pp("q_lin"))?;
-        let k = Linear::load(d, d, att.pp("k_lin"))?;
-        let v = Linear::load(d, d, att.pp("v_lin"))?;
-        Ok(Self {
-            qkv: Linear::fused(&[q, k, v])?,
-            out: Linear::load(d, d, att.pp("out_lin"))?,
-            sa_norm: LayerNorm::load(d, EPS, vb.pp("sa_layer_norm"))?,
-            lin1: Linear::load(d, cfg.hidden_dim, vb.pp("ffn").pp("lin1"))?,
-            lin2: Linear::load(cfg.hidden_dim, d, vb.pp("ffn").pp("lin2"))?,
-            out_norm: LayerNorm::load(d, EPS, vb.pp("output_layer_norm"))?,
-            heads: cfg.n_heads,
-            prescaled: !kernel_path(&vb),
-            act: cfg.activation,
-        })
-    }
-
-    /// The layer for the first `q_len` positions of `x` (all of them are keys and values).
-    fn forward(&self, x: &Tensor, mask: &Tensor, q_len: usize) -> Result<Tensor> {
-        let ctx = self_attention(
-            &self.qkv.forward(x)?,
-            self.heads,
-            mask,
-            self.prescaled,
-            q_len,
-        )?;
-        let x = first_positions(x, q_len)?;
-        let x = self.sa_norm.forward(&self.out.forward_add(&ctx, &x)?)?;
-        let inner = self.lin1.forward_act(&x, self.act)?;
-        self.out_norm.forward(&self.lin2.forward_add(&inner, &x)?)
-    }
+/// DistilBERT's layer is BERT's under other names.
+fn load_layer(cfg: &DistilBertConfig, vb: VarBuilder) -> Result<Layer> {
+    let d = cfg.dim;
+    let att = vb.pp("attention");
+    let scale = 1.0 / ((d / cfg.n_heads) as f64).sqrt();
+    let q = Linear::load_scaled(d, d, scale, att.pp("q_lin"))?;
+    let k = Linear::load(d, d, att.pp("k_lin"))?;
+    let v = Linear::load(d, d, att.pp("v_lin"))?;
+    Ok(Layer {
+        qkv: Linear::fused(&[q, k, v])?,
+        attn_out: Linear::load(d, d, att.pp("out_lin"))?,
+        attn_norm: LayerNorm::load(d, EPS, vb.pp("sa_layer_norm"))?,
+        up: Linear::load(d, cfg.hidden_dim, vb.pp("ffn").pp("lin1"))?,
+        down: Linear::load(cfg.hidden_dim, d, vb.pp("ffn").pp("lin2"))?,
+        out_norm: LayerNorm::load(d, EPS, vb.pp("output_layer_norm"))?,
+        heads: cfg.n_heads,
+        prescaled: !kernel_path(&vb),
+        act: cfg.activation,
+    })
 }
 
 pub struct DistilBert {
@@ -132,7 +103,7 @@ impl DistilBert {
         let d = cfg.dim;
         let emb = vb.pp("distilbert").pp("embeddings");
         let layers = (0..cfg.n_layers)
-            .map(|i| Layer::load(&cfg, vb.pp("distilbert.transformer.layer").pp(i)))
+            .map(|i| load_layer(&cfg, vb.pp("distilbert.transformer.layer").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         // Sinusoidal tables are also stored in the checkpoint, so both variants load the same way.
         Ok(Self {
