@@ -164,12 +164,18 @@ impl Layer {
     }
 }
 
-/// The stack of post-LN transformer layers (`encoder.layer.N`).
+/// The stack of post-LN transformer layers (`encoder.layer.N`; DistilBERT's
+/// `transformer.layer.N`).
 pub struct Encoder {
     layers: Vec<Layer>,
 }
 
 impl Encoder {
+    /// A stack of layers loaded under another family's names.
+    pub(super) fn of(layers: Vec<Layer>) -> Self {
+        Self { layers }
+    }
+
     pub fn load(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::load(cfg, vb.pp("layer").pp(i)))

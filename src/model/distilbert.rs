@@ -7,13 +7,13 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::bert::Layer;
+use super::bert::{Encoder, Layer};
 use super::Embedding;
 use serde::Deserialize;
 
 use super::{
-    additive_key_mask, attention_dtype, embedding, first_token, head_vb, kernel_path, to_head,
-    Activation, Batch, LayerNorm, Linear, SequenceClassifier, Task, TokenHead,
+    embedding, first_token, head_vb, kernel_path, to_head, Activation, Batch, LayerNorm, Linear,
+    SequenceClassifier, Task, TokenHead,
 };
 
 // DistilBERT's LayerNorms are built with a fixed eps.
@@ -79,7 +79,7 @@ pub struct DistilBert {
     words: Embedding,
     positions: Embedding,
     norm: LayerNorm,
-    layers: Vec<Layer>,
+    encoder: Encoder,
     head: Head,
     cfg: DistilBertConfig,
 }
@@ -114,7 +114,7 @@ impl DistilBert {
                 emb.pp("position_embeddings"),
             )?,
             norm: LayerNorm::load(d, EPS, emb.pp("LayerNorm"))?,
-            layers,
+            encoder: Encoder::of(layers),
             head: match task {
                 Task::Sequence => Head::Cls {
                     pre_classifier: Linear::load(d, d, head_vb(vb.pp("pre_classifier")))?,
@@ -131,15 +131,9 @@ impl SequenceClassifier for DistilBert {
     fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let x = (self.words.forward(&batch.input_ids)?
             + self.positions.forward(&batch.position_ids)?)?;
-        let mut x = self.norm.forward(&x)?;
-        let mask = additive_key_mask(&batch.attention_mask, attention_dtype(x.dtype()))?;
-        // Only [CLS] of the last layer is read by a sequence head (see bert::Encoder::forward).
-        let (t, last) = (x.dim(1)?, self.layers.len().saturating_sub(1));
+        let x = self.norm.forward(&x)?;
         let first_only = matches!(self.head, Head::Cls { .. });
-        for (i, layer) in self.layers.iter().enumerate() {
-            let q_len = if i == last && first_only { t.min(1) } else { t };
-            x = layer.forward(&x, &mask, q_len)?;
-        }
+        let x = self.encoder.forward(&x, batch, first_only)?;
         match &self.head {
             Head::Cls {
                 pre_classifier,

@@ -682,6 +682,15 @@ impl Kernel<'_> {
             Kernel::Int8(w) => w.n(),
         }
     }
+    /// The shape of this weight's output for an input laid out as `input` (checked by
+    /// [`kernel_rows`]): its last dimension becomes `n`.
+    fn output_dims(&self, input: &candle_core::Layout) -> Vec<usize> {
+        let mut dims = input.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = self.n();
+        }
+        dims
+    }
     fn matmul(&self, x: &[f32], m: usize, epilogue: gemm::Epilogue<'_>) -> Vec<f32> {
         match self {
             Kernel::F32(w) => gemm::matmul(x, m, w, epilogue),
@@ -737,9 +746,7 @@ impl candle_core::CustomOp2 for PackedMatmulAdd<'_> {
         l2: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let (x, m) = kernel_rows(s1, l1, self.w.k())?;
-        let mut out_dims = l1.dims().to_vec();
-        let last = out_dims.len() - 1;
-        out_dims[last] = self.w.n();
+        let out_dims = self.w.output_dims(l1);
         if l2.dims() != out_dims.as_slice() {
             candle_core::bail!(
                 "packed matmul: residual {:?}, output {out_dims:?}",
@@ -764,10 +771,10 @@ impl candle_core::CustomOp1 for PackedMatmul<'_> {
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let (x, m) = kernel_rows(storage, layout, self.w.k())?;
         let out = self.w.matmul(x, m, self.epilogue);
-        let mut out_dims = layout.dims().to_vec();
-        let last = out_dims.len() - 1;
-        out_dims[last] = self.w.n();
-        Ok((candle_core::CpuStorage::F32(out), out_dims.into()))
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            self.w.output_dims(layout).into(),
+        ))
     }
 }
 

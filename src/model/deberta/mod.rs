@@ -37,8 +37,8 @@ use relpos::log_bucket;
 use relpos::relative_indices;
 
 use super::{
-    additive_key_mask, attention_dtype, embedding, first_token, Activation, Batch, LayerNorm,
-    Linear, SequenceClassifier, Task, TokenHead,
+    additive_key_mask, attention_dtype, embedding, first_positions, first_token, Activation, Batch,
+    LayerNorm, Linear, SequenceClassifier, Task, TokenHead,
 };
 
 /// Gather tables, on the model's device: `[T, T]` for the longest sequence the model takes,
@@ -240,11 +240,7 @@ impl Layer {
         let (b, t, _) = x.dims3()?;
         let (heads, h) = (self.heads, self.hidden);
         let d = h / heads;
-        let x_q = if q_len == t {
-            x.clone()
-        } else {
-            x.narrow(1, 0, q_len)?
-        };
+        let x_q = first_positions(x, q_len)?;
 
         let dtype = x.dtype();
         let adt = attention_dtype(dtype);
