@@ -21,14 +21,18 @@
 //! - [`sched`]: admission into a bounded queue with lanes, priorities and deadlines
 //!   ([`sched::queue`]), batch selection ([`sched::batch`]), each lane's engine loop
 //!   ([`sched::worker`]) and its threads: how many, where, how long awake ([`sched::hot`]).
-//! - [`engine`]: the model directory ([`engine::loader`]), the weights cache file
-//!   ([`engine::cache`]), tokenization ([`engine::tokenize`]),
-//!   the device and dtype choice, cutting a batch into forward passes ([`engine::passes`]),
-//!   logits → labels and scores, typed errors ([`engine::error`]) and the heap ([`engine::heap`]).
-//! - [`model`]: the layers, the hand-written CPU kernels and the thread team they split across
-//!   ([`model::team`]), weights recorded for the cache or viewed in place in its mapping
-//!   ([`model::weights`], [`model::mapped`]), and one file or folder per family behind
-//!   [`model::SequenceClassifier`] (the decoder LLMs share [`model::decoder`]).
+//! - [`engine`]: the model directory ([`engine::loader`]), the device and dtype choice
+//!   ([`engine::device`]), the model built through the family registry with its weights private
+//!   or in the weights cache file ([`engine::build`], [`engine::cache`]), tokenization
+//!   ([`engine::tokenize`]), cutting a batch into forward passes ([`engine::passes`]), logits →
+//!   labels, scores, entities and redaction ([`engine::predict`], [`engine::entities`]), typed
+//!   errors ([`engine::error`]), the heap ([`engine::heap`]) and op counts ([`engine::opcount`]).
+//! - [`model`] in three layers: [`model::kernels`], the hand-written CPU kernels (f32 and int8
+//!   matmuls, attention, LayerNorm, GELU, RoPE tables), the thread team they split across and
+//!   the weights recorded for the cache or viewed in its mapping, with no model knowledge;
+//!   [`model::layers`], Linear, LayerNorm, embeddings, heads, masks and attention blocks; and
+//!   [`model::families`], one file or folder per architecture behind
+//!   [`model::SequenceClassifier`], and the registry that is the one list of architecture names.
 //! - [`wire`]: what both ends share, with no engine in it: the length prefix, the protobuf
 //!   messages, QUIC's stream and close codes, TLS and the development PKI.
 //! - [`client`] and [`mod@bench`]: the same protocol from the other side, and the load generator.

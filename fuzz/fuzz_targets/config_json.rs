@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use classifyd::loader;
-use classifyd::model::{bert::EncoderConfig, deberta, distilbert::DistilBertConfig, modernbert};
+use classifyd::model::families::{bert::EncoderConfig, deberta, distilbert::DistilBertConfig, modernbert};
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 

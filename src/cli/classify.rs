@@ -64,6 +64,7 @@ pub(crate) fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
         writeln!(out, "{v}")?;
     } else {
         writeln!(out, "architecture   {}", info.architecture)?;
+        writeln!(out, "family         {}", info.family)?;
         writeln!(out, "labels         {}", info.labels.join(", "))?;
         writeln!(out, "problem type   {}", info.problem_type)?;
         writeln!(out, "parameters     {}", info.parameters)?;

@@ -1,7 +1,7 @@
 //! The weights cache: a model's packed CPU weights written once to a file, then mapped
 //! read-only and used in place.
 //!
-//! Why: the CPU kernels read weights packed in panels (`model::gemm`), which the checkpoint
+//! Why: the CPU kernels read weights packed in panels (`model::kernels::gemm`), which the checkpoint
 //! does not hold, so without a cache every load converts and repacks every weight into private
 //! memory (82 MiB for the default model). From the cache they are shared file pages: a restart
 //! reads nothing but the file, a second daemon on the same model adds almost nothing, and the
@@ -30,7 +30,7 @@ use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 
 use crate::engine::loader::ModelDir;
-use crate::model::weights::{Blob, Cached, Entry, Kind, Recording};
+use crate::model::kernels::weights::{Blob, Cached, Entry, Kind, Recording};
 
 const MAGIC: &[u8; 8] = b"CLSFYDW\0";
 /// Bump when the layout of the file or of the packed panels changes.

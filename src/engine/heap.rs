@@ -12,7 +12,7 @@
 //! gets a mapping of its own, unmapped on free, and the heap never holds them. The same ten
 //! reloads stay between 88 and 104 MiB. The price is that a load faults in fresh pages for its
 //! temporaries, paid at start and on reload, not per request: 49,000 page faults instead of
-//! 29,000 for the default model once packing stopped making copies (`model::gemm`), and no
+//! 29,000 for the default model once packing stopped making copies (`model::kernels::gemm`), and no
 //! measurable change in cold start. The thresholds are the process's, so requests the old model
 //! answers while a reload loads (well under a second) map their large temporaries too.
 //!

@@ -1,7 +1,7 @@
 //! Each lane's engine threads: how many, how long they stay awake, where they run.
 //!
 //! A lane's loop runs on its engine thread, and the CPU kernels of its forward passes split
-//! across the lane's [`Team`] (see [`crate::model::team`] for why a team and not rayon). The
+//! across the lane's [`Team`] (see [`crate::model::kernels::team`] for why a team and not rayon). The
 //! team's helpers stay awake during a pass and for `--spin-us` after it, and the scheduler
 //! wakes them when a request arrives ([`EngineThreads::wake`]), while the request is still
 //! being tokenized; `--busy-poll` keeps them (and the engine thread's wait on its queue)
@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::model::team::Team;
+use crate::model::kernels::team::Team;
 use crate::settings::Settings;
 
 /// How the engine threads run (`--threads`, `--spin-us`, `--busy-poll`, `--cpus`).
@@ -209,7 +209,7 @@ mod tests {
         assert_eq!(t.threads(), 3);
         let (threads, rayon) = t.run(|| {
             (
-                crate::model::team::current_threads(),
+                crate::model::kernels::team::current_threads(),
                 rayon::current_num_threads(),
             )
         });
@@ -250,7 +250,7 @@ mod tests {
             let helper = std::sync::Mutex::new(Vec::new());
             let me = std::thread::current().id();
             t.pass_started();
-            crate::model::team::for_each(64, |_| {
+            crate::model::kernels::team::for_each(64, |_| {
                 if std::thread::current().id() != me {
                     *helper.lock().unwrap() = allowed_cpus();
                 }
