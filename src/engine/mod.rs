@@ -25,8 +25,10 @@ use crate::engine::build::{build_cached, build_model};
 use crate::engine::cache::CacheStatus;
 use crate::engine::device::device_name;
 pub use crate::engine::device::{DTypeChoice, DeviceChoice};
+use crate::engine::entities::Spans;
 use crate::engine::error::{EngineError, InputError, LoadError};
 use crate::engine::loader::{weight_summary, HeadConfig, ModelDir};
+use crate::engine::predict::Answerer;
 pub use crate::engine::predict::{scores, Answer, Prediction, TokenOptions, TokenPrediction};
 use crate::engine::tokenize::{Encoded, Input, TextTokenizer, TokenTask};
 use crate::model::kernels::{gemm, qgemm, weights};
@@ -368,6 +370,37 @@ impl Engine {
         let (logits, n) = opcount::tensors_created(|| self.logits_padded(&inputs));
         logits?;
         Ok(n)
+    }
+
+    fn answerer(&self) -> Answerer<'_> {
+        Answerer {
+            head: &self.head,
+            tokenizer: &self.tokenizer,
+            task: self.task,
+        }
+    }
+
+    /// Turns logits into labels and scores as transformers' pipelines do.
+    pub fn predict(&self, logits: Vec<f32>, tokens: usize) -> Prediction {
+        self.answerer().predict(logits, tokens)
+    }
+
+    /// A token model's answer from one input's flattened token logits (as
+    /// [`Engine::logits_padded`] returns them), its ids and its spans.
+    pub fn predict_tokens(
+        &self,
+        logits: Vec<f32>,
+        ids: &[u32],
+        spans: &Spans,
+        opts: &TokenOptions,
+    ) -> TokenPrediction {
+        self.answerer().predict_tokens(logits, ids, spans, opts)
+    }
+
+    /// One input's answer from its logits: a [`Prediction`] or, for a token model, a
+    /// [`TokenPrediction`] (which needs the input's spans; without them it has no entities).
+    pub fn answer(&self, logits: Vec<f32>, encoded: &Encoded, opts: &TokenOptions) -> Answer {
+        self.answerer().answer(logits, encoded, opts)
     }
 
     /// Tokenizes and classifies `inputs`, whichever the task.

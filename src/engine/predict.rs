@@ -2,9 +2,10 @@
 //! model's entities and redaction.
 
 use crate::engine::entities::{self, Aggregation, Entity, MinScore, Spans};
+use crate::engine::loader::HeadConfig;
 use crate::engine::loader::ProblemType;
 use crate::engine::tokenize::Encoded;
-use crate::engine::Engine;
+use crate::engine::tokenize::TextTokenizer;
 use crate::model::Task;
 
 /// One input's answer.
@@ -48,7 +49,15 @@ pub enum Answer {
     Token(TokenPrediction),
 }
 
-impl Engine {
+/// What turning logits into answers reads of a loaded model: its head (labels, problem type),
+/// its tokenizer (for entity words) and its task. The engine lends it per answer.
+pub(super) struct Answerer<'a> {
+    pub head: &'a HeadConfig,
+    pub tokenizer: &'a TextTokenizer,
+    pub task: Task,
+}
+
+impl Answerer<'_> {
     /// Turns logits into labels and scores as transformers' pipelines do.
     pub fn predict(&self, logits: Vec<f32>, tokens: usize) -> Prediction {
         let scores = scores(&logits, self.head.problem_type);
@@ -64,7 +73,7 @@ impl Engine {
     }
 
     /// A token model's answer from one input's flattened token logits (as
-    /// [`Engine::logits_padded`] returns them), its ids and its spans.
+    /// [`crate::engine::Engine::logits_padded`] returns them), its ids and its spans.
     pub fn predict_tokens(
         &self,
         logits: Vec<f32>,
@@ -79,7 +88,7 @@ impl Engine {
             .map(|l| scores(l, ProblemType::SingleLabel))
             .collect();
         let mut found = entities::entities(
-            &self.tokenizer,
+            self.tokenizer,
             &self.head.labels,
             ids,
             spans,
