@@ -344,3 +344,55 @@ fn weights_truncated_in_place_or_replaced_with_garbage_never_crash_the_daemon() 
     let s = daemon.wait();
     assert!(s.success(), "{}: {}", exit_code(s), daemon.stderr());
 }
+
+/// A config.json asking for a billion positions (ModernBERT's rotary tables, DeBERTa's
+/// relative-position indices) is refused before anything is allocated: put in place under a
+/// serving daemon and SIGHUPed, the reload fails and the old revision keeps answering; at start,
+/// the daemon exits 1 with the key named.
+#[test]
+fn a_billion_positions_fails_the_reload_and_the_start_cleanly() {
+    for name in ["modernbert", "deberta-v2"] {
+        let model = tempfile::tempdir().unwrap();
+        install(&fixture(name), model.path());
+        let mut daemon = Daemon::start(model.path(), &[]);
+        let broken = tempfile::tempdir().unwrap();
+        let config = broken.path().join("config.json");
+        let mut c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(model.path().join("config.json")).unwrap())
+                .unwrap();
+        c["max_position_embeddings"] = serde_json::json!(1_000_000_000u64);
+        std::fs::write(&config, serde_json::to_vec(&c).unwrap()).unwrap();
+        runtime().block_on(async {
+            let client = daemon.client().await;
+            let before = revision(&client).await;
+            install(broken.path(), model.path());
+            daemon.signal(1);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !daemon.stderr().contains("reload failed") {
+                assert!(Instant::now() < deadline, "{name}: {}", daemon.stderr());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(
+                daemon
+                    .stderr()
+                    .contains("max_position_embeddings 1000000000"),
+                "{name}: {}",
+                daemon.stderr()
+            );
+            assert_eq!(revision(&client).await, before, "{name}");
+        });
+        daemon.signal(15);
+        assert!(daemon.wait().success(), "{name}: {}", daemon.stderr());
+        assert!(daemon.try_wait().is_some());
+
+        // The same directory at start: exit 1, the key named, no panic.
+        let mut failed = Daemon::spawn(model.path(), None, &[], Launch::default());
+        let status = failed.wait();
+        assert_eq!(exit_code(status), "exit 1", "{name}: {}", failed.stderr());
+        let stderr = failed.stderr();
+        assert!(
+            stderr.contains("max_position_embeddings") && !stderr.contains("panicked"),
+            "{name}: {stderr}"
+        );
+    }
+}

@@ -323,3 +323,52 @@ fn a_text_of_no_tokens_is_refused_by_a_tokenizer_that_adds_none() {
         1
     );
 }
+
+/// A config.json asking for a billion positions is a load error naming the key, for the two
+/// families that build position tables from config.json alone (ModernBERT's rotary tables,
+/// DeBERTa's relative-position indices): nothing is allocated for it, so the binary exits 1
+/// with one line even under an address-space limit far below what such tables would take.
+#[test]
+fn a_billion_positions_is_a_config_error_not_an_abort() {
+    for fixture in ["modernbert", "deberta-v2"] {
+        let dir = scratch_copy(fixture);
+        edit_json(&dir.path().join("config.json"), |c| {
+            c["max_position_embeddings"] = serde_json::json!(1_000_000_000u64);
+        });
+        assert_mentions(
+            &load_error(dir.path()),
+            &["config.json", "max_position_embeddings 1000000000"],
+        );
+        // 2 GiB of address space: enough to start, far from a billion positions' tables.
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -v 2097152 && exec \"$0\" classify --model \"$1\" hello")
+            .arg(env!("CARGO_BIN_EXE_classifyd"))
+            .arg(dir.path())
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{fixture}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{fixture}: {stderr}");
+        assert!(stderr.contains("max_position_embeddings"), "{stderr}");
+    }
+}
+
+/// With relative attention, DeBERTa serves at most `MAX_RELATIVE_POSITIONS` tokens (its gather
+/// indices are `T × T`), whatever larger table its config names; `inspect` says so.
+#[test]
+fn deberta_relative_positions_are_capped_at_what_is_built() {
+    let dir = scratch_copy("deberta-v2");
+    edit_json(&dir.path().join("config.json"), |c| {
+        c["max_position_embeddings"] = serde_json::json!(60_000);
+    });
+    edit_json(&dir.path().join("tokenizer_config.json"), |c| {
+        c["model_max_length"] = serde_json::json!(100_000);
+    });
+    let engine = Engine::load(dir.path(), DeviceChoice::Cpu, DTypeChoice::Auto).unwrap();
+    assert_eq!(
+        engine.info().max_length,
+        classifyd::model::families::deberta::MAX_RELATIVE_POSITIONS
+    );
+}

@@ -35,6 +35,24 @@ pub enum BuildError {
     Weights(#[from] candle_core::Error),
 }
 
+/// The most positions any family builds tables for from config.json alone (rotary tables,
+/// relative-position indices): a config asking for more is refused before anything is
+/// allocated, so a hostile or mistyped `max_position_embeddings` is a load error, not an
+/// allocation failure that aborts the process (on SIGHUP too). Position *embeddings* need no
+/// bound here: their size is checked against the weight file's header before it is read.
+pub const MAX_POSITIONS: usize = 1 << 16;
+
+/// `max_position_embeddings` within [`MAX_POSITIONS`] (and above zero), as a config message.
+pub fn positions_within(positions: usize) -> Result<(), String> {
+    if positions == 0 || positions > MAX_POSITIONS {
+        return Err(format!(
+            "max_position_embeddings {positions} is outside 1..={MAX_POSITIONS}, the positions \
+             classifyd builds tables for"
+        ));
+    }
+    Ok(())
+}
+
 /// A built model, boxed behind the trait the engine drives.
 pub type Built = Result<Box<dyn SequenceClassifier>, BuildError>;
 

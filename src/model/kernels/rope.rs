@@ -5,6 +5,10 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+/// The most entries a rotary table may have (positions × frequencies): 64 MiB of f32 each for
+/// cos and sin, past any table a family asks for within its position bounds.
+pub const MAX_TABLE_ENTRIES: usize = 1 << 24;
+
 /// How RoPE's inverse frequencies are derived from `rope_theta`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -76,8 +80,17 @@ impl Rope {
     ) -> Result<Self> {
         let freqs = inv_freq(head_dim, theta, scaling);
         let half = freqs.len();
-        let mut cos = Vec::with_capacity(positions * half);
-        let mut sin = Vec::with_capacity(positions * half);
+        // Checked: the sizes come from config.json, and an allocation failure aborts.
+        let entries = positions
+            .checked_mul(half)
+            .filter(|&n| n <= MAX_TABLE_ENTRIES)
+            .ok_or_else(|| {
+                candle_core::Error::msg(format!(
+                    "rotary table of {positions} positions × {half} frequencies is too large"
+                ))
+            })?;
+        let mut cos = Vec::with_capacity(entries);
+        let mut sin = Vec::with_capacity(entries);
         for p in 0..positions {
             for &f in &freqs {
                 let angle = p as f32 * f;

@@ -98,6 +98,10 @@ pub struct Config {
     pub pooler_hidden_act: Activation,
 }
 
+/// The longest sequence a DeBERTa with relative attention serves: its c2p and p2c index tables
+/// take `2 × T² × 4` bytes (32 MiB at 2,048; 2 MiB at DeBERTa-v3's 512).
+pub const MAX_RELATIVE_POSITIONS: usize = 2048;
+
 impl Config {
     fn has(&self, kind: &str) -> bool {
         self.pos_att_type.iter().any(|p| p == kind)
@@ -147,7 +151,19 @@ impl Config {
         self.hidden_size / self.num_attention_heads.max(1)
     }
 
+    /// The positions served: `max_position_embeddings`, but with relative attention no more
+    /// than [`MAX_RELATIVE_POSITIONS`], since its gather indices are built at load for every
+    /// pair of positions (`T × T`).
+    pub(super) fn positions(&self) -> usize {
+        if self.relative_attention {
+            self.max_position_embeddings.min(MAX_RELATIVE_POSITIONS)
+        } else {
+            self.max_position_embeddings
+        }
+    }
+
     pub fn check(&self) -> std::result::Result<(), String> {
+        crate::model::families::positions_within(self.max_position_embeddings)?;
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {

@@ -31,7 +31,7 @@ use crate::model::layers::Embedding;
 mod config;
 mod relpos;
 
-pub use config::Config;
+pub use config::{Config, MAX_RELATIVE_POSITIONS};
 #[cfg(test)]
 use relpos::log_bucket;
 use relpos::relative_indices;
@@ -425,7 +425,7 @@ impl DebertaV2 {
                 Task::Token => Head::Tokens(TokenHead::load(h, num_labels, vb.clone())?),
             },
             rel_index: if relative {
-                Some(rel_index(&cfg, cfg.max_position_embeddings, vb.device())?)
+                Some(rel_index(&cfg, cfg.positions(), vb.device())?)
             } else {
                 None
             },
@@ -437,7 +437,8 @@ impl DebertaV2 {
 
 /// The `[T, T]` gather tables of [`RelIndex`] for `t` positions.
 fn rel_index(cfg: &Config, t: usize, device: &Device) -> Result<RelIndex> {
-    let (c2p, p2c) = relative_indices(t, cfg.att_span(), cfg.position_buckets, cfg.max_relative());
+    let (c2p, p2c) = relative_indices(t, cfg.att_span(), cfg.position_buckets, cfg.max_relative())
+        .map_err(candle_core::Error::msg)?;
     Ok(RelIndex {
         c2p: Tensor::from_vec(c2p, (t, t), device)?,
         p2c: Tensor::from_vec(p2c, (t, t), device)?,
@@ -495,7 +496,7 @@ impl SequenceClassifier for DebertaV2 {
         }
     }
     fn max_positions(&self) -> usize {
-        self.cfg.max_position_embeddings
+        self.cfg.positions()
     }
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
@@ -573,10 +574,20 @@ mod tests {
     /// c2p and p2c gather indices for a short sequence without bucketing.
     #[test]
     fn relative_indices_follow_torch_gather() {
-        let (c2p, p2c) = relative_indices(3, 2, -1, 2);
+        let (c2p, p2c) = relative_indices(3, 2, -1, 2).unwrap();
         // rel(i, j) = i - j; c2p[i][j] = i*4 + clamp(i - j + 2, 0, 3)
         assert_eq!(c2p, [2, 1, 0, 7, 6, 5, 11, 11, 10]);
         // p2c[i][j] = j*4 + clamp(2 - (j - i), 0, 3)
         assert_eq!(p2c, [2, 5, 8, 3, 6, 9, 3, 7, 10]);
+    }
+
+    /// Sizes from config.json cannot wrap the indices or size a table past memory: refused as
+    /// errors before anything is allocated.
+    #[test]
+    fn relative_indices_refuse_sizes_that_overflow() {
+        assert!(relative_indices(4, i64::MAX / 2, 256, 512).is_err());
+        assert!(relative_indices(4, 0, 256, 512).is_err());
+        let e = relative_indices(70_000, 40_000, 256, 512).unwrap_err();
+        assert!(e.contains("overflow"), "{e}");
     }
 }

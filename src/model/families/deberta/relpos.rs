@@ -28,7 +28,22 @@ pub(super) fn relative_indices(
     span: i64,
     buckets: i64,
     max_rel: i64,
-) -> (Vec<u32>, Vec<u32>) {
+) -> Result<(Vec<u32>, Vec<u32>), String> {
+    // Every index is below `t × 2span`; both tables hold `t²`. Checked, so that a span from
+    // config.json cannot wrap the u32 indices or size a table past memory.
+    let width = span
+        .checked_mul(2)
+        .and_then(|w| u32::try_from(w).ok())
+        .filter(|&w| w > 0)
+        .ok_or_else(|| format!("relative attention span {span} is out of range"))?;
+    let entries = t
+        .checked_mul(t)
+        .filter(|_| (t as u64) * u64::from(width) <= u64::from(u32::MAX));
+    let entries = entries.ok_or_else(|| {
+        format!(
+            "relative positions: {t} positions × {width} relative embeddings overflow the indices"
+        )
+    })?;
     let t_i = t as i64;
     // rel(i, j) depends on i - j only: one value per distance in -(t-1)..=(t-1).
     let rel: Vec<i64> = (-(t_i - 1)..t_i)
@@ -42,14 +57,13 @@ pub(super) fn relative_indices(
         .collect();
     let rel_of = |i: usize, j: usize| rel[(i as i64 - j as i64 + t_i - 1) as usize];
     let clamp = |x: i64| x.clamp(0, 2 * span - 1) as u32;
-    let width = 2 * span as u32;
-    let mut c2p = Vec::with_capacity(t * t);
-    let mut p2c = Vec::with_capacity(t * t);
+    let mut c2p = Vec::with_capacity(entries);
+    let mut p2c = Vec::with_capacity(entries);
     for i in 0..t {
         for j in 0..t {
             c2p.push(i as u32 * width + clamp(rel_of(i, j) + span));
             p2c.push(j as u32 * width + clamp(span - rel_of(j, i)));
         }
     }
-    (c2p, p2c)
+    Ok((c2p, p2c))
 }

@@ -192,6 +192,7 @@ impl Config {
                 self.head_dim()
             ));
         }
+        crate::model::families::positions_within(self.max_position_embeddings)?;
         self.sliding_layers()?;
         self.rope_theta(true)?;
         self.rope_theta(false)?;

@@ -28,7 +28,7 @@ pub const FAMILY: super::Family = super::Family {
     ],
     build: |spec, vb| {
         let cfg: Config = super::parse(spec)?;
-
+        super::checked(cfg.check())?;
         Ok(Box::new(ModernBert::load(
             cfg,
             spec.num_labels,
