@@ -369,11 +369,38 @@ fn aggregate_word(
 
 /// `text` with each entity's span replaced by `[LABEL]`. Entities are taken in text order; one
 /// that overlaps a span already replaced widens it instead of nesting.
+///
+/// A span first widens to the words it touches (Unicode word boundaries, UAX #29): a model
+/// that tags part of a word (`Jo` of `John`, with a sub-word left `O` by SIMPLE aggregation)
+/// still redacts the whole word, never leaving `[PER]hn`. Redaction may hide more than the
+/// entity, never less of the word it falls in.
 pub fn redact(text: &str, entities: &[Entity]) -> String {
+    use unicode_segmentation::UnicodeSegmentation;
+    // Words only: whitespace and punctuation segments are not widened into.
+    let words: Vec<(usize, usize)> = text
+        .split_word_bound_indices()
+        .filter(|(_, w)| w.chars().any(char::is_alphanumeric))
+        .map(|(at, w)| (at, at + w.len()))
+        .collect();
+    let widen = |(start, end): (usize, usize)| {
+        let start = words
+            .iter()
+            .find(|w| w.0 <= start && start < w.1)
+            .map_or(start, |w| w.0);
+        let end = words
+            .iter()
+            .find(|w| w.0 < end && end <= w.1)
+            .map_or(end, |w| w.1);
+        (start, end)
+    };
     let mut spans: Vec<(usize, usize, &str)> = entities
         .iter()
         .filter(|e| e.start_byte < e.end_byte && e.end_byte <= text.len())
-        .map(|e| (e.start_byte, e.end_byte, e.label.as_str()))
+        .filter(|e| text.is_char_boundary(e.start_byte) && text.is_char_boundary(e.end_byte))
+        .map(|e| {
+            let (s, t) = widen((e.start_byte, e.end_byte));
+            (s, t, e.label.as_str())
+        })
         .collect();
     spans.sort_by_key(|s| (s.0, s.1));
     let mut merged: Vec<(usize, usize, &str)> = Vec::new();
@@ -542,6 +569,40 @@ mod tests {
         );
         assert_eq!(got, "Mail [EMAIL] from [LOC]");
         assert_eq!(redact(text, &[]), text);
+    }
+
+    /// A span that covers part of a word redacts the whole word, whatever the aggregation left
+    /// out of the entity; spaces and punctuation around it are kept.
+    #[test]
+    fn redaction_widens_to_whole_words() {
+        let e = |label: &str, s: usize, t: usize| Entity {
+            label: label.into(),
+            score: 1.0,
+            word: String::new(),
+            start: 0,
+            end: 0,
+            start_byte: s,
+            end_byte: t,
+            index: None,
+        };
+        let text = "John Smith wired 5000 dollars to Acme Bank, Köln.";
+        // "Jo" of John, "mit" inside Smith, "Kö" of Köln (ö is two bytes).
+        let got = redact(text, &[e("PER", 0, 2), e("PER", 6, 9), e("LOC", 44, 47)]);
+        assert_eq!(got, "[PER] [PER] wired 5000 dollars to Acme Bank, [LOC].");
+        // A span ending at a word's end, or starting at its start, is unchanged.
+        assert_eq!(
+            redact(text, &[e("ORG", 33, 42)]),
+            "John Smith wired 5000 dollars to [ORG], Köln."
+        );
+        // Ideographs are words of their own: widening does not swallow the sentence.
+        let cjk = "我住在东京市";
+        assert_eq!(
+            redact(cjk, &[e("LOC", 9, 15)])
+                .chars()
+                .filter(|&c| c == '我')
+                .count(),
+            1
+        );
     }
 
     #[test]

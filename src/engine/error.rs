@@ -58,6 +58,11 @@ pub enum InputError {
     NeedsText,
     #[error("token type id {id} is outside the model's {types} token types")]
     TokenTypeOutOfRange { id: u32, types: usize },
+    /// The forward pass gave a NaN or an infinity for this input (F16 overflow, a model with
+    /// NaN weights, an int8 row with an infinity): no label, entity or redaction read from such
+    /// scores can be trusted, so the input is refused instead of answered unchecked.
+    #[error("the model's scores for this input are not finite ({0} of them NaN or infinite): refused rather than answered unchecked")]
+    NotFinite(usize),
 }
 
 /// A failure of the forward pass. Cloneable so one failure can answer a whole batch.

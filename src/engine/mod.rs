@@ -381,7 +381,8 @@ impl Engine {
     }
 
     /// Turns logits into labels and scores as transformers' pipelines do.
-    pub fn predict(&self, logits: Vec<f32>, tokens: usize) -> Prediction {
+    /// A NaN or infinite logit refuses the input ([`InputError::NotFinite`]).
+    pub fn predict(&self, logits: Vec<f32>, tokens: usize) -> Result<Prediction, InputError> {
         self.answerer().predict(logits, tokens)
     }
 
@@ -393,13 +394,18 @@ impl Engine {
         ids: &[u32],
         spans: &Spans,
         opts: &TokenOptions,
-    ) -> TokenPrediction {
+    ) -> Result<TokenPrediction, InputError> {
         self.answerer().predict_tokens(logits, ids, spans, opts)
     }
 
     /// One input's answer from its logits: a [`Prediction`] or, for a token model, a
     /// [`TokenPrediction`] (which needs the input's spans; without them it has no entities).
-    pub fn answer(&self, logits: Vec<f32>, encoded: &Encoded, opts: &TokenOptions) -> Answer {
+    pub fn answer(
+        &self,
+        logits: Vec<f32>,
+        encoded: &Encoded,
+        opts: &TokenOptions,
+    ) -> Result<Answer, InputError> {
         self.answerer().answer(logits, encoded, opts)
     }
 
@@ -428,7 +434,7 @@ impl Engine {
         &self,
         inputs: &[Input],
         truncate: bool,
-        answer: impl Fn(Vec<f32>, &Encoded) -> T,
+        answer: impl Fn(Vec<f32>, &Encoded) -> Result<T, InputError>,
     ) -> Result<Vec<Result<T, InputError>>, EngineError> {
         let encoded: Vec<Result<Encoded, InputError>> =
             inputs.iter().map(|i| self.tokenize(i, truncate)).collect();
@@ -438,7 +444,7 @@ impl Engine {
             .into_iter()
             .map(|e| {
                 let e = e?;
-                Ok(answer(logits.next().unwrap_or_default(), &e))
+                answer(logits.next().unwrap_or_default(), &e)
             })
             .collect())
     }

@@ -2,6 +2,7 @@
 //! model's entities and redaction.
 
 use crate::engine::entities::{self, Aggregation, Entity, MinScore, Spans};
+use crate::engine::error::InputError;
 use crate::engine::loader::HeadConfig;
 use crate::engine::loader::ProblemType;
 use crate::engine::tokenize::Encoded;
@@ -59,17 +60,18 @@ pub(super) struct Answerer<'a> {
 
 impl Answerer<'_> {
     /// Turns logits into labels and scores as transformers' pipelines do.
-    pub fn predict(&self, logits: Vec<f32>, tokens: usize) -> Prediction {
+    pub fn predict(&self, logits: Vec<f32>, tokens: usize) -> Result<Prediction, InputError> {
+        finite(&logits)?;
         let scores = scores(&logits, self.head.problem_type);
         let best = entities::argmax(&scores);
         let labels = &self.head.labels;
-        Prediction {
+        Ok(Prediction {
             label: labels.get(best).cloned().unwrap_or_default(),
             score: scores.get(best).copied().unwrap_or(f32::NAN),
             scores: labels.iter().cloned().zip(scores.iter().copied()).collect(),
             logits,
             tokens,
-        }
+        })
     }
 
     /// A token model's answer from one input's flattened token logits (as
@@ -80,7 +82,10 @@ impl Answerer<'_> {
         ids: &[u32],
         spans: &Spans,
         opts: &TokenOptions,
-    ) -> TokenPrediction {
+    ) -> Result<TokenPrediction, InputError> {
+        // Before anything is read from them: a NaN argmax falls on label 0 (usually `O`), every
+        // entity is dropped, and the "redacted" text would be the input itself.
+        finite(&logits)?;
         let n = self.head.labels.len().max(1);
         let token_logits: Vec<Vec<f32>> = logits.chunks(n).map(<[f32]>::to_vec).collect();
         let probs: Vec<Vec<f32>> = token_logits
@@ -96,7 +101,7 @@ impl Answerer<'_> {
             opts.aggregation,
         );
         found.retain(|e| opts.min_score.keeps(e));
-        TokenPrediction {
+        Ok(TokenPrediction {
             redacted: opts.redact.then(|| entities::redact(&spans.text, &found)),
             entities: found,
             tokens: ids.len(),
@@ -108,15 +113,20 @@ impl Answerer<'_> {
                 })
                 .collect(),
             token_logits,
-        }
+        })
     }
 
     /// One input's answer from its logits: a [`Prediction`] or, for a token model, a
     /// [`TokenPrediction`] (which needs the input's spans; without them it has no entities).
-    pub fn answer(&self, logits: Vec<f32>, encoded: &Encoded, opts: &TokenOptions) -> Answer {
-        match (self.task, &encoded.spans) {
+    pub fn answer(
+        &self,
+        logits: Vec<f32>,
+        encoded: &Encoded,
+        opts: &TokenOptions,
+    ) -> Result<Answer, InputError> {
+        Ok(match (self.task, &encoded.spans) {
             (Task::Token, Some(spans)) => {
-                Answer::Token(self.predict_tokens(logits, &encoded.ids, spans, opts))
+                Answer::Token(self.predict_tokens(logits, &encoded.ids, spans, opts)?)
             }
             (Task::Token, None) => {
                 let spans = Spans {
@@ -124,10 +134,18 @@ impl Answerer<'_> {
                     offsets: Vec::new(),
                     special: vec![true; encoded.len()],
                 };
-                Answer::Token(self.predict_tokens(logits, &encoded.ids, &spans, opts))
+                Answer::Token(self.predict_tokens(logits, &encoded.ids, &spans, opts)?)
             }
-            (Task::Sequence, _) => Answer::Sequence(self.predict(logits, encoded.len())),
-        }
+            (Task::Sequence, _) => Answer::Sequence(self.predict(logits, encoded.len())?),
+        })
+    }
+}
+
+/// Logits that can be read: every one finite, or the count of those that are not.
+fn finite(logits: &[f32]) -> Result<(), InputError> {
+    match logits.iter().filter(|x| !x.is_finite()).count() {
+        0 => Ok(()),
+        n => Err(InputError::NotFinite(n)),
     }
 }
 

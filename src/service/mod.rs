@@ -393,15 +393,16 @@ impl Service {
                 Ok(c) => {
                     let l = logits.next().unwrap_or_default();
                     let answer = match c.spans {
-                        Some((ids, spans)) => Answer::Token(model.engine.predict_tokens(
-                            l,
-                            &ids,
-                            &spans,
-                            &token_options,
-                        )),
-                        None => Answer::Sequence(model.engine.predict(l, c.tokens)),
+                        Some((ids, spans)) => model
+                            .engine
+                            .predict_tokens(l, &ids, &spans, &token_options)
+                            .map(Answer::Token),
+                        None => model.engine.predict(l, c.tokens).map(Answer::Sequence),
                     };
-                    protocol::result(answer, &options, &model.engine.info().labels)
+                    match answer {
+                        Ok(a) => protocol::result(a, &options, &model.engine.info().labels),
+                        Err(e) => protocol::refused_result(e.to_string()),
+                    }
                 }
             })
             .collect();

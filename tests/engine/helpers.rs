@@ -92,3 +92,17 @@ pub fn classified_cases(golden: &Value) -> Vec<&Value> {
         .filter(|c| c["refused"].as_bool() != Some(true))
         .collect()
 }
+
+/// Sets every value of `tensor` in `dir`'s model.safetensors to NaN (a model whose head was
+/// broken by training or conversion), keeping its shape and dtype.
+pub fn poison_weight(dir: &std::path::Path, tensor: &str) {
+    let path = dir.join("model.safetensors");
+    let mut all = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).expect("load");
+    let t = all.get(tensor).expect("tensor in fixture");
+    let nan = (t.to_dtype(DType::F32).unwrap() * f64::NAN)
+        .unwrap()
+        .to_dtype(t.dtype())
+        .unwrap();
+    all.insert(tensor.to_string(), nan);
+    candle_core::safetensors::save(&all, &path).expect("save");
+}

@@ -201,11 +201,16 @@ fn redaction_and_min_scores() {
             .unwrap_or_else(|| panic!("{tag} in {redacted:?}"));
         rest = &rest[at + tag.len()..];
     }
-    // Text between entities is kept as it was.
+    // Text outside the words the entities touch is kept as it was (a span widens to whole
+    // words, #30).
     let first = &all.entities[0];
-    assert!(redacted.starts_with(&text[..first.start_byte]));
+    let word_start = text[..first.start_byte]
+        .trim_end_matches(char::is_alphanumeric)
+        .len();
+    assert!(redacted.starts_with(&text[..word_start]), "{redacted:?}");
     let last = all.entities.last().unwrap();
-    assert!(redacted.ends_with(&text[last.end_byte..]));
+    let after = text[last.end_byte..].trim_start_matches(char::is_alphanumeric);
+    assert!(redacted.ends_with(after), "{redacted:?}");
 
     // A threshold above every score keeps nothing; one per label keeps the others.
     let top = all.entities.iter().map(|e| e.score).fold(0f32, f32::max);
@@ -292,4 +297,61 @@ fn token_models_in_int8_keep_the_f32_labels() {
         );
         assert!(flips * 10 <= rows, "{name}: {flips} of {rows} flipped");
     }
+}
+
+/// Scores that are not finite are never read as an answer: a token model whose classifier is
+/// NaN refuses each input with its own error (no entities, no "redacted" equal to the input),
+/// in process and through `classify --redact`, which exits 2 with the reason; a sequence model
+/// likewise refuses rather than naming label 0.
+#[test]
+fn non_finite_scores_are_refused_never_redacted_as_clean() {
+    let text = "John Smith wired 5000 dollars to Acme Bank in Paris.";
+    let dir = scratch_copy("tok-bert");
+    poison_weight(dir.path(), "classifier.weight");
+    let engine = Engine::load(
+        dir.path(),
+        classifyd::engine::DeviceChoice::Cpu,
+        classifyd::engine::DTypeChoice::Auto,
+    )
+    .unwrap();
+    let opts = TokenOptions {
+        redact: true,
+        ..Default::default()
+    };
+    let answers = engine
+        .classify_with(&[Input::Text(text.into())], true, &opts)
+        .expect("the pass itself runs");
+    assert!(
+        matches!(answers[0], Err(InputError::NotFinite(n)) if n > 0),
+        "{:?}",
+        answers[0]
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_classifyd"))
+        .args(["classify", "--redact", "--model"])
+        .arg(dir.path())
+        .arg(text)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    let line: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(line.get("redacted").is_none(), "{line}");
+    assert!(
+        line["error"].as_str().unwrap_or("").contains("not finite"),
+        "{line}"
+    );
+
+    let seq = scratch_copy("bert");
+    poison_weight(seq.path(), "classifier.weight");
+    let engine = Engine::load(
+        seq.path(),
+        classifyd::engine::DeviceChoice::Cpu,
+        classifyd::engine::DTypeChoice::Auto,
+    )
+    .unwrap();
+    let r = engine
+        .classify(&[Input::Text("a fine film".into())], true)
+        .unwrap();
+    assert!(matches!(r[0], Err(InputError::NotFinite(_))), "{:?}", r[0]);
 }
