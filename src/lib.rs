@@ -15,7 +15,8 @@
 //!   turns the settings into what each part runs with (listeners, request limits, scheduler,
 //!   threads), so nothing below `serve` reads them.
 //! - [`settings`]: every `serve` setting written once (flag, TOML key, default, doc, range),
-//!   merged flags over file over defaults, with where each value came from.
+//!   merged flags over file over defaults, with where each value came from; the engine's rows
+//!   are also the flags of `classify`, `inspect` and `bench`.
 //! - [`service`]: one request end to end (decode, validate, tokenize on
 //!   [`service::tokenize_pool`], submit, encode the reply), the model hot-swap, and the
 //!   Prometheus [`service::metrics`] it records.

@@ -19,9 +19,11 @@ use crate::engine::{DTypeChoice, DeviceChoice};
 use crate::sched::queue::{GPU_DEFAULT_ROWS, GPU_DEFAULT_TOKENS};
 
 mod file;
+mod local;
 mod value;
 
 pub use file::FileValues;
+pub use local::{CacheArgs, EngineArgs};
 pub use value::{parse_mode, CpuList, Mode, Scalar, Shape, Value};
 
 /// Where a setting's value came from.
