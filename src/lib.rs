@@ -12,9 +12,11 @@
 //! - [`serve`]: start, warm up, ready, reload and drain; the Unix-socket and QUIC listeners
 //!   ([`serve::unix`], [`serve::quic`]), the metrics/health HTTP endpoint ([`serve::http`]),
 //!   systemd readiness, watchdog and socket activation ([`serve::systemd`]); [`serve::config`]
-//!   turns the settings into what each listener runs with.
-//! - [`settings`]: every `serve` setting written once (flag, TOML key, default, doc), merged
-//!   flags over file over defaults, with where each value came from.
+//!   turns the settings into what each part runs with (listeners, request limits, scheduler,
+//!   threads), so nothing below `serve` reads them.
+//! - [`settings`]: every `serve` setting written once (flag, TOML key, default, doc, range),
+//!   merged flags over file over defaults, with where each value came from; the engine's rows
+//!   are also the flags of `classify`, `inspect` and `bench`.
 //! - [`service`]: one request end to end (decode, validate, tokenize on
 //!   [`service::tokenize_pool`], submit, encode the reply), the model hot-swap, and the
 //!   Prometheus [`service::metrics`] it records.

@@ -164,6 +164,49 @@ fn bad_address_is_named() {
     assert_fails(&check(&path, &[]), &path, &["metrics_addr", "localhost"]);
 }
 
+/// Out-of-range values in the file are refused with the key, the bound and the line, never
+/// raised to the nearest value allowed; the same for `serve`.
+#[test]
+fn out_of_range_keys_in_the_file_are_refused() {
+    for (key, line) in [
+        ("queue_capacity", "queue_capacity = 0"),
+        ("max_inputs", "max_inputs = 0"),
+        ("max_batch_size", "max_batch_size = 0"),
+        ("frame_timeout_secs", "frame_timeout_secs = 0"),
+    ] {
+        let (_dir, path) = config_with(&format!("{line}\n"));
+        let message = format!("line 3: {key} must be at least 1, got 0");
+        assert_fails(&check(&path, &[]), &path, &[&message]);
+        let out = classifyd(&["serve", "--config", path.to_str().unwrap()]);
+        assert_fails(&out, &path, &[&message]);
+    }
+}
+
+/// Out-of-range flags are refused by the flag parser (usage error, exit 2), naming the flag and
+/// the key; a flag that puts the file's bad value right wins over it.
+#[test]
+fn out_of_range_flags_are_refused() {
+    let (_dir, path) = config_with("max_connections = 0\n");
+    for (flag, key) in [
+        ("--queue-capacity", "queue_capacity"),
+        ("--max-in-flight", "max_in_flight"),
+        ("--max-attention-mib", "max_attention_mib"),
+        ("--idle-timeout-secs", "idle_timeout_secs"),
+    ] {
+        let out = check(&path, &[flag, "0"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains(flag), "{err}");
+        assert!(
+            err.contains(&format!("{key} must be at least 1, got 0")),
+            "{err}"
+        );
+    }
+    let out = check(&path, &["--max-connections", "1"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(stdout(&out).contains("max_connections = 1  # flag\n"));
+}
+
 #[test]
 fn shipped_example_parses() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/classifyd.toml");

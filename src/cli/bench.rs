@@ -107,8 +107,12 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<i32> {
     bench::validate(&plan)?;
     let (target, runs) = match (&a.local.model, a.remote.remote()?) {
         (Some(dir), _) => {
-            let engine =
-                Engine::load_with(dir, a.local.device, a.local.dtype, &a.local.load_options())?;
+            let engine = Engine::load_with(
+                dir,
+                a.local.engine.device,
+                a.local.engine.dtype,
+                &a.local.load_options(),
+            )?;
             let i = engine.info();
             let target = format!(
                 "in-process {} ({}, {} {})",

@@ -174,8 +174,8 @@ impl Backend {
         if let Some(model) = &a.local.model {
             return Ok(Backend::Local(Box::new(Engine::load_with(
                 model,
-                a.local.device,
-                a.local.dtype,
+                a.local.engine.device,
+                a.local.engine.dtype,
                 &a.local.load_options(),
             )?)));
         }

@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::bench::Remote;
 use crate::client::quic::QuicClientConfig;
-use crate::engine::{DTypeChoice, DeviceChoice, Engine};
-use crate::settings::ServeArgs;
+use crate::engine::Engine;
+use crate::settings::{CacheArgs, EngineArgs, ServeArgs};
 
 pub use bench::BenchArgs;
 pub use classify::{prediction_json, ClassifyArgs};
@@ -73,12 +73,8 @@ pub struct ModelArgs {
     /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// auto (CUDA when built with it and present), cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// auto (F32 on CPU, F16 on CUDA), f32, f16, bf16 or int8 (CPU).
-    #[arg(long, default_value = "auto")]
-    pub dtype: DTypeChoice,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -101,22 +97,17 @@ pub struct LocalArgs {
     /// Run in this process with the model in DIR.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    #[arg(long, default_value = "auto")]
-    pub dtype: DTypeChoice,
-    /// Weights cache directory (see `serve --cache-dir`).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Copy every weight into private memory; no weights cache.
-    #[arg(long)]
-    pub no_weights_cache: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 impl LocalArgs {
     /// How this process's own load uses the weights cache.
     pub fn load_options(&self) -> crate::engine::LoadOptions {
-        crate::engine::LoadOptions::from_settings(self.cache_dir.as_deref(), self.no_weights_cache)
+        let c = &self.cache;
+        crate::engine::LoadOptions::from_settings(c.cache_dir.as_deref(), c.no_weights_cache)
     }
 }
 
@@ -187,5 +178,5 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 pub(crate) fn load(m: &ModelArgs) -> anyhow::Result<Engine> {
-    Ok(Engine::load(&m.model, m.device, m.dtype)?)
+    Ok(Engine::load(&m.model, m.engine.device, m.engine.dtype)?)
 }

@@ -17,8 +17,7 @@ fn resolve(a: &ServeArgs) -> anyhow::Result<(Settings, ServeConfig)> {
 }
 
 pub(crate) fn serve(a: ServeArgs) -> anyhow::Result<i32> {
-    #[allow(unused_mut)]
-    let (s, mut cfg) = resolve(&a)?;
+    let (s, cfg) = resolve(&a)?;
     if let Some(cpus) = &s.cpus {
         // Every thread started from here on inherits this mask; the engine threads then pin
         // themselves to --cpus.
@@ -30,9 +29,8 @@ pub(crate) fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         }
     }
     #[cfg(feature = "test-hooks")]
-    {
-        crate::sched::hooks::arm(&a.hooks);
-        cfg.scheduler.stall_worker_after = a.hooks.stall_after();
+    if let Some(hooks) = crate::serve::config::test_hooks(&s) {
+        crate::sched::hooks::arm(hooks);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

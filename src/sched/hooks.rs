@@ -1,6 +1,7 @@
 //! Faults and holds the tests inject into a real engine thread. Compiled only with the
 //! `test-hooks` feature, which only the tests enable (a dev-dependency of the crate on itself);
-//! without it the functions the worker calls are empty and the flags do not exist.
+//! without it the functions the worker calls are empty, the stall check is not compiled in, and
+//! the flags do not exist.
 
 #[cfg(feature = "test-hooks")]
 use std::path::PathBuf;
@@ -11,34 +12,15 @@ use std::sync::OnceLock;
 #[cfg(feature = "test-hooks")]
 use std::thread;
 #[cfg(feature = "test-hooks")]
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sched::queue::{Lane, Shared};
-#[cfg(feature = "test-hooks")]
-use crate::settings::HookArgs;
 
-#[cfg(feature = "test-hooks")]
-/// Arms the hooks `args` gives, if any.
-pub fn arm(args: &HookArgs) {
-    if args.test_fail_batches.is_some()
-        || args.test_fail_probes.is_some()
-        || args.test_hold_batches_while.is_some()
-        || args.test_hold_bulk_while.is_some()
-    {
-        arm_test_hooks(TestHooks {
-            fail_batches: args.test_fail_batches.unwrap_or(0).into(),
-            fail_probes: args.test_fail_probes.unwrap_or(0).into(),
-            hold_while: args.test_hold_batches_while.clone(),
-            hold_bulk_while: args.test_hold_bulk_while.clone(),
-        });
-    }
-}
-
-#[cfg(feature = "test-hooks")]
-/// Faults the daemon tests (tests/daemon/faults.rs) inject into a real `classifyd serve`
-/// through hidden flags. Process-wide rather than per scheduler so that they need no plumbing
-/// through the scheduler's configuration and hold across reloads; armed once, by `serve`, only
-/// when one of those flags is given. Never armed in production.
+/// Faults the daemon tests (tests/daemon/faults.rs, tests/daemon/systemd.rs) inject into a real
+/// `classifyd serve` through hidden flags, which `serve` turns into this. Process-wide rather
+/// than per scheduler so that they need no plumbing through the scheduler's configuration and
+/// hold across reloads; armed once, by `serve`, only when one of those flags is given. Never
+/// armed in production.
 #[cfg(feature = "test-hooks")]
 #[derive(Debug, Default)]
 pub struct TestHooks {
@@ -51,14 +33,17 @@ pub struct TestHooks {
     pub hold_while: Option<PathBuf>,
     /// `--test-hold-bulk-while PATH`: the same for the bulk lane alone.
     pub hold_bulk_while: Option<PathBuf>,
+    /// `--test-stall-worker-after-secs`: this long after its scheduler starts, an idle worker
+    /// stops for good without beating, as a hung device would (the watchdog tests).
+    pub stall_after: Option<Duration>,
 }
 
 #[cfg(feature = "test-hooks")]
 static TEST_HOOKS: OnceLock<TestHooks> = OnceLock::new();
 
-#[cfg(feature = "test-hooks")]
 /// Arms the test hooks for the rest of the process; a second call is ignored.
-pub fn arm_test_hooks(hooks: TestHooks) {
+#[cfg(feature = "test-hooks")]
+pub fn arm(hooks: TestHooks) {
     if TEST_HOOKS.set(hooks).is_ok() {
         tracing::warn!("test hooks armed: {:?}", TEST_HOOKS.get());
     }
@@ -115,4 +100,23 @@ pub(crate) fn hold(shared: &Shared, lane: Lane) {
     }
     #[cfg(not(feature = "test-hooks"))]
     let _ = (shared, lane);
+}
+
+/// Whether an idle worker of this scheduler is to stall now (`--test-stall-worker-after-secs`).
+#[cfg(feature = "test-hooks")]
+pub(crate) fn stall_due(shared: &Shared) -> bool {
+    TEST_HOOKS
+        .get()
+        .and_then(|h| h.stall_after)
+        .is_some_and(|after| Instant::now() >= shared.epoch + after)
+}
+
+/// Stops the calling thread for good without beating, holding no lock, the way a forward pass
+/// stuck on a hung device looks from outside.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn stall() -> ! {
+    tracing::warn!("test hook: the engine thread stalls now (--test-stall-worker-after-secs)");
+    loop {
+        thread::park();
+    }
 }

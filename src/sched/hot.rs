@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use crate::model::kernels::team::Team;
-use crate::settings::Settings;
 
-/// How the engine threads run (`--threads`, `--spin-us`, `--busy-poll`, `--cpus`).
+/// How the engine threads run (`--threads`, `--spin-us`, `--busy-poll`, `--cpus`); filled from
+/// the settings, and defaulted to what `serve` runs with, in [`crate::serve::config`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadsConfig {
     /// Threads per lane, the engine thread included; 0: one per usable CPU.
@@ -26,15 +26,6 @@ pub struct ThreadsConfig {
 }
 
 impl ThreadsConfig {
-    pub fn of(s: &Settings) -> ThreadsConfig {
-        ThreadsConfig {
-            threads: s.threads,
-            spin: Duration::from_micros(s.spin_us),
-            busy_poll: s.busy_poll,
-            cpus: s.cpus.as_ref().map(|c| c.0.clone()),
-        }
-    }
-
     /// The threads per lane: `--threads`, else one per CPU of `--cpus`, else
     /// `RAYON_NUM_THREADS` (set by the user, or by `main` to the CPUs this process may use).
     pub fn count(&self) -> usize {
@@ -49,12 +40,6 @@ impl ThreadsConfig {
             .and_then(|v| v.parse().ok())
             .filter(|&n: &usize| n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-}
-
-impl Default for ThreadsConfig {
-    fn default() -> Self {
-        ThreadsConfig::of(&Settings::defaults())
     }
 }
 

@@ -24,8 +24,9 @@ use crate::engine::tokenize::Encoded;
 pub use crate::sched::batch::Priority;
 use crate::sched::batch::{Budget, Candidate, Index};
 use crate::sched::hot::{EngineThreads, ThreadsConfig};
-use crate::settings::{Settings, Source};
 
+/// What the scheduler runs with; `serve` fills it from the settings, and its `Default` is what
+/// `serve` runs with when nothing is set (both in [`crate::serve::config`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchedulerConfig {
     /// Jobs waiting, not counting the batch being computed.
@@ -43,9 +44,6 @@ pub struct SchedulerConfig {
     /// How often an idle worker wakes to beat its heartbeat ([`crate::sched::Scheduler::heartbeat_age`]);
     /// a busy one beats around every batch.
     pub idle_heartbeat: Duration,
-    /// Test-only (`serve --test-stall-worker-after-secs`): the worker stops for good this long
-    /// after start, without beating, as a hung device would. Never set in production.
-    pub stall_worker_after: Option<Duration>,
     /// The engine threads of each lane (see [`crate::sched::hot`]).
     pub threads: ThreadsConfig,
     /// Whether `max_batch_tokens` / `max_batch_size` are the defaults, which are sized for a
@@ -80,21 +78,11 @@ impl SchedulerConfig {
 }
 
 impl SchedulerConfig {
-    /// The scheduler's limits under `s`.
-    pub fn of(s: &Settings) -> SchedulerConfig {
-        let unset = |key| !matches!(s.sources.get(key), Some(Source::Flag | Source::File));
-        SchedulerConfig {
-            queue_capacity: s.queue_capacity.max(1),
-            max_batch_tokens: s.max_batch_tokens.max(1),
-            // A job of more than a quarter of a full pass is bulk work.
-            bulk_tokens: (s.max_batch_tokens / 4).max(1),
-            max_batch_size: s.max_batch_size.max(1),
-            max_attention_bytes: s.max_attention_mib.max(1).saturating_mul(1 << 20),
-            idle_heartbeat: Duration::from_secs(1),
-            stall_worker_after: None,
-            threads: ThreadsConfig::of(s),
-            default_limits: (unset("max_batch_tokens"), unset("max_batch_size")),
-        }
+    /// The bulk lane's threshold for passes of `max_batch_tokens`: a job of more than a quarter
+    /// of a full pass is bulk work. Never 0, which would send even one-token jobs to the bulk
+    /// lane when a pass holds under four tokens.
+    pub fn bulk_tokens_for(max_batch_tokens: usize) -> usize {
+        (max_batch_tokens / 4).max(1)
     }
 
     /// The limits for a device that pads batches (`pads`, a GPU) or not: on a GPU, pass sizes
@@ -105,21 +93,13 @@ impl SchedulerConfig {
         if pads {
             if c.default_limits.0 {
                 c.max_batch_tokens = GPU_DEFAULT_TOKENS;
-                c.bulk_tokens = GPU_DEFAULT_TOKENS / 4;
+                c.bulk_tokens = Self::bulk_tokens_for(GPU_DEFAULT_TOKENS);
             }
             if c.default_limits.1 {
                 c.max_batch_size = GPU_DEFAULT_ROWS;
             }
         }
         c
-    }
-}
-
-impl Default for SchedulerConfig {
-    /// The limits at the default settings, sized for a CPU: larger batches only add latency
-    /// once the cores are saturated.
-    fn default() -> Self {
-        SchedulerConfig::of(&Settings::defaults())
     }
 }
 

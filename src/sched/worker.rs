@@ -78,8 +78,7 @@ impl Drop for ExitGuard<'_> {
 fn run(engine: &Engine, shared: &Shared, lane: Lane, threads: &EngineThreads) {
     let budget = shared.cfg.budget();
     let shape = shared.cfg.pass_shape(engine.pads_batches());
-    let stall_at = shared.cfg.stall_worker_after.map(|d| shared.epoch + d);
-    while let Some(batch) = next_batch(shared, lane, budget, stall_at, threads) {
+    while let Some(batch) = next_batch(shared, lane, budget, threads) {
         shared.beat(lane);
         #[cfg(test)]
         shared.gate.pass();
@@ -109,16 +108,16 @@ fn next_batch(
     shared: &Shared,
     lane: Lane,
     budget: Budget,
-    stall_at: Option<Instant>,
     threads: &EngineThreads,
 ) -> Option<Vec<Queued>> {
     let mut st = shared.lock();
     // Never 0: wait_timeout(0) would spin.
     let heartbeat = shared.cfg.idle_heartbeat.max(Duration::from_millis(10));
     loop {
-        if stall_at.is_some_and(|at| Instant::now() >= at) {
+        #[cfg(feature = "test-hooks")]
+        if hooks::stall_due(shared) {
             drop(st);
-            stall();
+            hooks::stall();
         }
         shared.beat(lane);
         // Expired at pick time so a deadline is judged when the job would start, not when it
@@ -158,15 +157,6 @@ fn next_batch(
             .unwrap_or_else(PoisonError::into_inner)
             .0;
         sleeping.store(false, Ordering::SeqCst);
-    }
-}
-
-/// Test-only (`--test-stall-worker-after-secs`): stop for good without beating, holding no lock,
-/// the way a forward pass stuck on a hung device looks from outside.
-fn stall() -> ! {
-    tracing::warn!("test hook: the engine thread stalls now (--test-stall-worker-after-secs)");
-    loop {
-        thread::park();
     }
 }
 

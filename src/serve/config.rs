@@ -1,15 +1,20 @@
-//! [`ServeConfig`]: the [`Settings`] turned into what each part of the server runs with.
+//! [`ServeConfig`]: the [`Settings`] turned into what each part of the server runs with. The one
+//! place that reads the settings for them: the listeners, the request limits, the scheduler and
+//! its threads (and, in test builds, the test hooks) get plain structs from here, and their
+//! `Default`s are what `serve` runs with when nothing is set, so no part keeps a copy of a
+//! default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::engine::{DTypeChoice, DeviceChoice, LoadOptions};
+use crate::sched::hot::ThreadsConfig;
 use crate::sched::queue::SchedulerConfig;
 use crate::serve::limits::ConnectionLimits;
 use crate::serve::quic::QuicOptions;
 use crate::serve::unix::{self, UnixOptions};
-use crate::settings::Settings;
+use crate::settings::{Settings, Source};
 use crate::wire::protocol::RequestLimits;
 
 /// Everything `serve` needs, validated.
@@ -89,15 +94,106 @@ impl ServeConfig {
             load: LoadOptions::from_settings(s.cache_dir.as_deref(), s.no_weights_cache),
             unix,
             quic,
-            connections: ConnectionLimits::of(s),
-            requests: RequestLimits {
-                max_inputs: s.max_inputs.max(1),
-                max_text_bytes: s.max_text_bytes,
-            },
-            scheduler: SchedulerConfig::of(s),
+            connections: connection_limits(s),
+            requests: request_limits(s),
+            scheduler: scheduler_config(s),
             drain_timeout: Duration::from_secs(s.drain_timeout_secs),
             metrics_addr: s.metrics_addr,
         })
+    }
+}
+
+/// What each listener allows a connection. The ranges (at least 1 connection, request and
+/// second) are the settings table's; only the tie between two settings is made here.
+fn connection_limits(s: &Settings) -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: s.max_connections,
+        max_in_flight: s.max_in_flight,
+        max_frame_bytes: s.max_frame_bytes,
+        // At least one frame of the largest size must fit, or no request of that size could
+        // ever be read.
+        max_receive_bytes: s.max_receive_bytes.max(s.max_frame_bytes),
+        idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+        frame_timeout: Duration::from_secs(s.frame_timeout_secs),
+    }
+}
+
+fn request_limits(s: &Settings) -> RequestLimits {
+    RequestLimits {
+        max_inputs: s.max_inputs,
+        max_text_bytes: s.max_text_bytes,
+    }
+}
+
+fn scheduler_config(s: &Settings) -> SchedulerConfig {
+    let unset = |key| !matches!(s.sources.get(key), Some(Source::Flag | Source::File));
+    SchedulerConfig {
+        queue_capacity: s.queue_capacity,
+        max_batch_tokens: s.max_batch_tokens,
+        bulk_tokens: SchedulerConfig::bulk_tokens_for(s.max_batch_tokens),
+        max_batch_size: s.max_batch_size,
+        max_attention_bytes: s.max_attention_mib.saturating_mul(1 << 20),
+        idle_heartbeat: Duration::from_secs(1),
+        threads: threads_config(s),
+        default_limits: (unset("max_batch_tokens"), unset("max_batch_size")),
+    }
+}
+
+fn threads_config(s: &Settings) -> ThreadsConfig {
+    ThreadsConfig {
+        threads: s.threads,
+        spin: Duration::from_micros(s.spin_us),
+        busy_poll: s.busy_poll,
+        cpus: s.cpus.as_ref().map(|c| c.0.clone()),
+    }
+}
+
+/// The test hooks the hidden `serve --test-*` flags ask for; `None` when none was given.
+#[cfg(feature = "test-hooks")]
+pub fn test_hooks(s: &Settings) -> Option<crate::sched::hooks::TestHooks> {
+    let h = &s.hooks;
+    let stall_after = h
+        .test_stall_worker_after_secs
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok());
+    let any = h.test_fail_batches.is_some()
+        || h.test_fail_probes.is_some()
+        || h.test_hold_batches_while.is_some()
+        || h.test_hold_bulk_while.is_some()
+        || stall_after.is_some();
+    any.then(|| crate::sched::hooks::TestHooks {
+        fail_batches: h.test_fail_batches.unwrap_or(0).into(),
+        fail_probes: h.test_fail_probes.unwrap_or(0).into(),
+        hold_while: h.test_hold_batches_while.clone(),
+        hold_bulk_while: h.test_hold_bulk_while.clone(),
+        stall_after,
+    })
+}
+
+/// The limits at the default settings.
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        connection_limits(&Settings::defaults())
+    }
+}
+
+/// The limits at the default settings.
+impl Default for RequestLimits {
+    fn default() -> Self {
+        request_limits(&Settings::defaults())
+    }
+}
+
+/// The limits at the default settings, sized for a CPU: larger batches only add latency once
+/// the cores are saturated.
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        scheduler_config(&Settings::defaults())
+    }
+}
+
+impl Default for ThreadsConfig {
+    fn default() -> Self {
+        threads_config(&Settings::defaults())
     }
 }
 

@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use crate::settings::Settings;
-
-/// Limits every listener applies to its connections.
+/// Limits every listener applies to its connections; filled from the settings, and defaulted
+/// to what `serve` runs with, in [`crate::serve::config`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
@@ -24,25 +23,4 @@ pub struct ConnectionLimits {
     /// is closed. Receiving bytes does not extend it, so a peer dripping a frame cannot hold a
     /// connection open the way it could hold off the idle timeout.
     pub frame_timeout: Duration,
-}
-
-impl ConnectionLimits {
-    pub fn of(s: &Settings) -> ConnectionLimits {
-        ConnectionLimits {
-            max_connections: s.max_connections.max(1),
-            max_in_flight: s.max_in_flight.max(1),
-            max_frame_bytes: s.max_frame_bytes,
-            // At least one frame of the largest size must fit.
-            max_receive_bytes: s.max_receive_bytes.max(s.max_frame_bytes),
-            idle_timeout: Duration::from_secs(s.idle_timeout_secs.max(1)),
-            frame_timeout: Duration::from_secs(s.frame_timeout_secs.max(1)),
-        }
-    }
-}
-
-impl Default for ConnectionLimits {
-    /// The limits at the default settings.
-    fn default() -> Self {
-        ConnectionLimits::of(&Settings::defaults())
-    }
 }

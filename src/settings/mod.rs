@@ -14,10 +14,16 @@ use std::path::{Path, PathBuf};
 
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 
+use crate::engine::passes;
 use crate::engine::{DTypeChoice, DeviceChoice};
+use crate::sched::queue::{GPU_DEFAULT_ROWS, GPU_DEFAULT_TOKENS};
 
+mod file;
+mod local;
 mod value;
 
+pub use file::FileValues;
+pub use local::{CacheArgs, EngineArgs};
 pub use value::{parse_mode, CpuList, Mode, Scalar, Shape, Value};
 
 /// Where a setting's value came from.
@@ -44,11 +50,16 @@ pub struct Spec {
     /// The TOML key; the flag is this with `-` for `_`.
     pub key: &'static str,
     pub doc: &'static str,
-    /// The default as a flag would write it; `""` is unset.
-    pub default: &'static str,
+    /// The default as a flag would write it; `""` is unset. A function so that a row can take
+    /// its default from the constant of the layer that also needs it without a `serve`.
+    default: fn() -> String,
+    /// What a GPU gets instead when the setting is not given, if that differs.
+    gpu_default: Option<fn() -> String>,
+    /// The values allowed, in words (`at least 1`), when not every value of the type is.
+    range: Option<fn() -> String>,
     pub value_name: &'static str,
     pub shape: Shape,
-    /// Checks one flag value (clap calls it while parsing).
+    /// Checks one flag value, range included (clap calls it while parsing).
     check: fn(&str) -> Result<(), String>,
 }
 
@@ -57,12 +68,37 @@ impl Spec {
         self.key.replace('_', "-")
     }
 
+    /// The default as a flag would write it; `""` is unset.
+    pub fn default(&self) -> String {
+        (self.default)()
+    }
+
+    /// The values given for this row's flag in `m`, as written; empty when it was not given.
+    fn given(&self, m: &ArgMatches) -> Vec<String> {
+        match self.shape {
+            Shape::Switch if m.get_flag(self.key) => vec!["true".to_string()],
+            Shape::Switch => Vec::new(),
+            _ => m
+                .get_many::<String>(self.key)
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
     fn arg(&self) -> Arg {
-        let help = if self.default.is_empty() {
-            self.doc.to_string()
-        } else {
-            format!("{} [default: {}]", self.doc, self.default)
-        };
+        // Each doc line keeps the space after its `///`.
+        let mut help = self.doc.trim_start().to_string();
+        let default = self.default();
+        if !default.is_empty() {
+            help.push_str(&format!(" [default: {default}"));
+            if let Some(gpu) = self.gpu_default {
+                help.push_str(&format!("; {} on a GPU", gpu()));
+            }
+            help.push(']');
+        }
+        if let Some(range) = self.range {
+            help.push_str(&format!(" [{}]", range()));
+        }
         let check = self.check;
         let arg = Arg::new(self.key).long(self.flag()).help(help);
         match self.shape {
@@ -93,100 +129,34 @@ pub enum SettingsError {
     /// A bad value from a flag or a default.
     #[error("{key}: {message}")]
     Value { key: &'static str, message: String },
+    /// A value from a flag or a default outside its row's range; the message names the key.
+    #[error("{0}")]
+    Range(String),
     #[error("no model: give --model DIR or --config FILE")]
     NoModel,
     #[error("{}: no model: give --model DIR or `model = \"DIR\"` in the file", .0.display())]
     NoModelInFile(PathBuf),
 }
 
-/// 1-based line of byte offset `at` in `text`.
-fn line_of(text: &str, at: usize) -> usize {
-    text.as_bytes()[..at.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
+/// `Some` of a function giving the text, or `None` when the row leaves it out.
+macro_rules! text_fn {
+    () => {
+        None
+    };
+    ($text:expr) => {
+        Some((|| $text) as fn() -> String)
+    };
 }
 
-/// The `--config` file, parsed: each key with its value and line. Unknown keys are refused.
-#[derive(Debug, Clone, Default)]
-pub struct FileValues {
-    pub path: Option<PathBuf>,
-    values: BTreeMap<String, (toml::Value, usize)>,
-}
-
-impl FileValues {
-    /// Parses TOML text; errors are one line (`line N: message`), without the file name.
-    pub fn parse(text: &str) -> Result<FileValues, String> {
-        let table: BTreeMap<String, toml::Spanned<toml::Value>> =
-            toml::from_str(text).map_err(|e| {
-                let message = e.message().trim().replace('\n', " ");
-                match e.span() {
-                    Some(span) => format!("line {}: {message}", line_of(text, span.start)),
-                    None => message,
-                }
-            })?;
-        let mut values = BTreeMap::new();
-        for (key, v) in table {
-            let line = line_of(text, v.span().start);
-            if !SPECS.iter().any(|s| s.key == key) {
-                let known: Vec<&str> = SPECS.iter().map(|s| s.key).collect();
-                return Err(format!(
-                    "line {line}: unknown key `{key}`, expected one of {}",
-                    known.join(", ")
-                ));
-            }
-            values.insert(key, (v.into_inner(), line));
-        }
-        Ok(FileValues { path: None, values })
-    }
-
-    /// Reads and parses `path`. Errors name the file.
-    pub fn from_path(path: &Path) -> Result<FileValues, SettingsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut file = Self::parse(&text).map_err(|message| SettingsError::File {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        file.path = Some(path.to_path_buf());
-        Ok(file)
-    }
-
-    /// The file's value of `key`, made relative to the file's directory where it is a path.
-    pub fn get<T: Value>(&self, key: &'static str) -> Option<Result<T, SettingsError>> {
-        let (v, line) = self.values.get(key)?;
-        let path = self.path.clone().unwrap_or_default();
-        Some(
-            T::from_toml(v.clone())
-                .map(|mut t| {
-                    let base = path.parent().unwrap_or(Path::new("."));
-                    t.rebase(base);
-                    t
-                })
-                .map_err(|e| SettingsError::File {
-                    path,
-                    message: format!("line {line}: {key}: {e}"),
-                }),
-        )
-    }
-
-    /// The model directory the file names, for a reload that re-reads it.
-    pub fn model(&self) -> Result<Option<PathBuf>, SettingsError> {
-        self.get::<Option<PathBuf>>("model")
-            .transpose()
-            .map(Option::flatten)
-    }
-}
-
-/// Declares the settings: one row each, `key: Type = "default";` under its doc comment. The
-/// default is written as a flag would write it and parsed like one.
+/// Declares the settings: one row each, `key: Type = default, "VALUE_NAME"` under its doc
+/// comment, then optionally the range of values allowed and, after `gpu`, the default a GPU
+/// gets instead. The default is written as a flag would write it (or as a constant that prints
+/// so) and parsed like one.
 macro_rules! settings {
     ($(
         $(#[doc = $doc:literal])+
-        $key:ident : $ty:ty = $default:literal, $value_name:literal;
+        $key:ident : $ty:ty = $default:expr, $value_name:literal
+            $(, $range:expr $(, gpu $gpu:expr)?)?;
     )*) => {
         /// The effective `serve` settings: flags over file over defaults.
         #[derive(Debug, Clone)]
@@ -199,6 +169,9 @@ macro_rules! settings {
                 $(#[doc = $doc])+
                 pub $key: $ty,
             )*
+            /// The hidden test-only flags, as given.
+            #[cfg(feature = "test-hooks")]
+            pub hooks: HookArgs,
         }
 
         /// Every setting, in the order `--help` and `check-config` list them.
@@ -206,10 +179,17 @@ macro_rules! settings {
             Spec {
                 key: stringify!($key),
                 doc: concat!($($doc),+),
-                default: $default,
+                default: || ToString::to_string(&$default),
+                gpu_default: text_fn!($($(ToString::to_string(&$gpu))?)?),
+                range: text_fn!($(value::describe(&$range))?),
                 value_name: $value_name,
                 shape: <$ty as Value>::SHAPE,
-                check: |s| <$ty as Value>::parse(&[s.to_string()]).map(drop),
+                check: |s| {
+                    #[allow(unused_variables)]
+                    let v = <$ty as Value>::parse(&[s.to_string()])?;
+                    $(value::within(stringify!($key), &v, &$range)?;)?
+                    Ok(())
+                },
             },
         )*];
 
@@ -224,19 +204,32 @@ macro_rules! settings {
                                 SettingsError::Value { key, message }
                             })
                         };
-                        if let Some(given) = flags.given(key) {
-                            sources.insert(key, Source::Flag);
-                            value(given)?
+                        let (v, source) = if let Some(given) = flags.given(key) {
+                            (value(given)?, Source::Flag)
                         } else if let Some(v) = file.get::<$ty>(key) {
-                            sources.insert(key, Source::File);
-                            v?
+                            (v?, Source::File)
                         } else {
-                            sources.insert(key, Source::Default);
-                            value(&[$default.to_string()])?
-                        }
+                            (value(&[ToString::to_string(&$default)])?, Source::Default)
+                        };
+                        $(
+                            if let Err(message) = value::within(key, &v, &$range) {
+                                return Err(match source {
+                                    Source::File => file.error_at(key, message),
+                                    _ => SettingsError::Range(message),
+                                });
+                            }
+                        )?
+                        sources.insert(key, source);
+                        v
                     };
                 )*
-                Ok(Settings { config: file.path.clone(), sources, $($key,)* })
+                Ok(Settings {
+                    config: file.path.clone(),
+                    sources,
+                    $($key,)*
+                    #[cfg(feature = "test-hooks")]
+                    hooks: flags.hooks.clone(),
+                })
             }
 
             /// Each setting as `(key, value as TOML or None when unset)`, in table order.
@@ -283,32 +276,32 @@ settings! {
     /// Accept QUIC clients without a certificate; only on a loopback address.
     allow_anonymous_loopback: bool = "false", "";
     /// Requests waiting for the engine before new ones are answered OVERLOADED.
-    queue_capacity: usize = "256", "N";
-    /// Padded tokens (rows × longest row) one forward pass may take (65536 on a GPU unless set).
-    max_batch_tokens: usize = "8192", "N";
-    /// Rows one forward pass may take (128 on a GPU unless set).
-    max_batch_size: usize = "32", "N";
+    queue_capacity: usize = "256", "N", 1..;
+    /// Padded tokens (rows × longest row) one forward pass may take.
+    max_batch_tokens: usize = passes::DEFAULT_MAX_TOKENS, "N", 1.., gpu GPU_DEFAULT_TOKENS;
+    /// Rows one forward pass may take.
+    max_batch_size: usize = passes::DEFAULT_MAX_ROWS, "N", 1.., gpu GPU_DEFAULT_ROWS;
     /// Attention working set one forward pass may take, in MiB: batches are cut into passes
     /// under it, and a single input over it is refused.
-    max_attention_mib: usize = "512", "MIB";
+    max_attention_mib: usize = passes::DEFAULT_MAX_ATTENTION_BYTES >> 20, "MIB", 1..;
     /// Largest request frame accepted, in bytes.
     max_frame_bytes: usize = "1048576", "BYTES";
     /// Inputs one request may carry.
-    max_inputs: usize = "64", "N";
+    max_inputs: usize = "64", "N", 1..;
     /// Bytes of text one input may carry.
     max_text_bytes: usize = "65536", "BYTES";
     /// Requests in flight per connection; past it the connection is not read.
-    max_in_flight: usize = "64", "N";
+    max_in_flight: usize = "64", "N", 1..;
     /// Connections open at once, per listener.
-    max_connections: usize = "256", "N";
+    max_connections: usize = "256", "N", 1..;
     /// Request bytes a QUIC listener receives at once over all its streams; a request that
     /// would go over is answered OVERLOADED without being read.
     max_receive_bytes: usize = "134217728", "BYTES";
     /// Seconds before an idle connection is closed.
-    idle_timeout_secs: u64 = "60", "SECS";
+    idle_timeout_secs: u64 = "60", "SECS", 1..;
     /// Seconds a request frame may take to arrive once its first byte has, and a response to be
     /// taken by the peer; past it the connection (Unix socket) or stream (QUIC) is closed.
-    frame_timeout_secs: u64 = "10", "SECS";
+    frame_timeout_secs: u64 = "10", "SECS", 1..;
     /// Seconds in-flight requests get to finish after SIGTERM before they are answered
     /// UNAVAILABLE.
     drain_timeout_secs: u64 = "10", "SECS";
@@ -405,14 +398,7 @@ impl FromArgMatches for ServeArgs {
             ..ServeArgs::default()
         };
         for spec in SPECS {
-            let values: Vec<String> = match spec.shape {
-                Shape::Switch if m.get_flag(spec.key) => vec!["true".to_string()],
-                Shape::Switch => Vec::new(),
-                _ => m
-                    .get_many::<String>(spec.key)
-                    .map(|v| v.cloned().collect())
-                    .unwrap_or_default(),
-            };
+            let values = spec.given(m);
             if !values.is_empty() {
                 a.given.insert(spec.key, values);
             }
@@ -482,15 +468,6 @@ pub struct HookArgs {
     pub test_hold_bulk_while: Option<PathBuf>,
 }
 
-#[cfg(feature = "test-hooks")]
-impl HookArgs {
-    /// `--test-stall-worker-after-secs` as a duration.
-    pub fn stall_after(&self) -> Option<std::time::Duration> {
-        self.test_stall_worker_after_secs
-            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,25 +485,26 @@ mod tests {
         assert!(!e.contains('\n'), "{e}");
     }
 
-    /// `Engine::logits` (in-process callers) cuts passes with the engine's own copy of these
-    /// three limits, since the engine sits below the settings; they must stay the serve defaults.
+    /// The rows that read their default from a lower layer's constant print it as the flag
+    /// would take it, with the GPU's default and the range beside it in `--help`.
     #[test]
-    fn the_engines_in_process_pass_limits_are_the_serve_defaults() {
-        use crate::engine::passes;
-        let d = Settings::defaults();
-        assert_eq!(d.max_batch_tokens, passes::DEFAULT_MAX_TOKENS);
-        assert_eq!(d.max_batch_size, passes::DEFAULT_MAX_ROWS);
-        assert_eq!(
-            d.max_attention_mib << 20,
-            passes::DEFAULT_MAX_ATTENTION_BYTES
+    fn defaults_from_constants_print_as_flags() {
+        let spec = |key: &str| SPECS.iter().find(|s| s.key == key).unwrap();
+        assert_eq!(spec("max_batch_tokens").default(), "8192");
+        assert_eq!(spec("max_attention_mib").default(), "512");
+        let help = spec("max_batch_size").arg().get_help().unwrap().to_string();
+        assert!(
+            help.ends_with(" [default: 32; 128 on a GPU] [at least 1]"),
+            "{help}"
         );
     }
 
     #[test]
     fn every_default_parses() {
         for spec in SPECS {
-            if !spec.default.is_empty() {
-                (spec.check)(spec.default).unwrap_or_else(|e| panic!("{}: {e}", spec.key));
+            let default = spec.default();
+            if !default.is_empty() {
+                (spec.check)(&default).unwrap_or_else(|e| panic!("{}: {e}", spec.key));
             }
         }
         let d = Settings::defaults();
@@ -542,6 +520,7 @@ mod tests {
         let defaults = Settings::defaults();
         let values: BTreeMap<_, _> = defaults.values().into_iter().collect();
         for spec in SPECS {
+            let default = spec.default();
             // An example value for the unset ones, of the right type.
             let example = match spec.key {
                 "model" | "uds" | "tls_cert" | "tls_key" | "client_ca" | "cache_dir" => "/x/y",
@@ -550,7 +529,7 @@ mod tests {
                 "quic" | "metrics_addr" => "127.0.0.1:9",
                 "cpus" => "0",
                 _ if spec.shape == Shape::Switch => "true",
-                _ => spec.default,
+                _ => default.as_str(),
             };
             let argv: Vec<&str> = match spec.shape {
                 Shape::Switch => vec!["--model", "/m", "--x"],
@@ -580,7 +559,7 @@ mod tests {
             assert_eq!(by_file.sources[spec.key], Source::File, "{}", spec.key);
             let fv = by_file.values().into_iter().find(|(k, _)| *k == spec.key);
             assert_eq!(fv.and_then(|(_, v)| v), Some(v.clone()), "{}", spec.key);
-            if example == spec.default {
+            if example == default {
                 // The default's text as a flag gives the default's value.
                 assert_eq!(values[spec.key].as_ref(), Some(&v), "{}", spec.key);
             }
@@ -639,6 +618,36 @@ mod tests {
             .get::<Mode>("uds_mode")
             .unwrap()
             .is_err());
+    }
+
+    /// A value out of its row's range is refused, from a flag or from the file, naming the key
+    /// (and the file's line): none is raised to the nearest one allowed.
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_key() {
+        let cmd = ServeArgs::augment_args(Command::new("serve").no_binary_name(true));
+        let e = cmd
+            .try_get_matches_from(["--model", "m", "--queue-capacity", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--queue-capacity"), "{e}");
+        assert!(
+            e.contains("queue_capacity must be at least 1, got 0"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "model = \"m\"\nidle_timeout_secs = 0\n").unwrap();
+        let p = path.display().to_string();
+        let e = Settings::resolve(&parse(&["--config", &p]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("{p}: line 2: idle_timeout_secs must be at least 1, got 0")
+        );
+        // The flag wins over the file's bad value, and the lowest value allowed is kept as is.
+        let s = Settings::resolve(&parse(&["--config", &p, "--idle-timeout-secs", "1"])).unwrap();
+        assert_eq!(s.idle_timeout_secs, 1);
     }
 
     #[test]

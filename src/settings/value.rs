@@ -1,7 +1,9 @@
 //! The types a setting can have, and how each parses from a flag, from TOML and from its
 //! default text.
 
+use std::fmt::Display;
 use std::net::SocketAddr;
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 
 use crate::engine::{DTypeChoice, DeviceChoice};
@@ -305,6 +307,39 @@ impl Value for bool {
     }
 }
 
+/// A row's range as `--help` and the errors word it: `at least 1`, `at most 9`, or both.
+pub fn describe<T: Display, R: RangeBounds<T>>(range: &R) -> String {
+    let low = match range.start_bound() {
+        Bound::Included(a) => Some(format!("at least {a}")),
+        Bound::Excluded(a) => Some(format!("over {a}")),
+        Bound::Unbounded => None,
+    };
+    let high = match range.end_bound() {
+        Bound::Included(b) => Some(format!("at most {b}")),
+        Bound::Excluded(b) => Some(format!("under {b}")),
+        Bound::Unbounded => None,
+    };
+    match (low, high) {
+        (Some(l), Some(h)) => format!("{l} and {h}"),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => "anything".to_string(),
+    }
+}
+
+/// Refuses a value outside its row's range, naming the key: a value that makes no sense is an
+/// error to fix, never quietly replaced by the nearest one that does.
+pub fn within<T: PartialOrd + Display, R: RangeBounds<T>>(
+    key: &str,
+    v: &T,
+    range: &R,
+) -> Result<(), String> {
+    if range.contains(v) {
+        Ok(())
+    } else {
+        Err(format!("{key} must be {}, got {v}", describe(range)))
+    }
+}
+
 /// Parses an octal permission mode like `660`.
 pub fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8)
@@ -316,6 +351,19 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_name_the_key_the_bound_and_the_value() {
+        assert_eq!(within("n", &1usize, &(1..)), Ok(()));
+        assert_eq!(
+            within("n", &0usize, &(1..)).unwrap_err(),
+            "n must be at least 1, got 0"
+        );
+        assert_eq!(
+            within("n", &10u64, &(1..=9)).unwrap_err(),
+            "n must be at least 1 and at most 9, got 10"
+        );
+    }
 
     #[test]
     fn cpu_lists_parse_as_the_kernel_writes_them() {

@@ -62,21 +62,13 @@ pub fn decode_request(payload: &[u8]) -> Result<pb::Request, Refusal> {
     }
 }
 
-/// Limits on what one classify request may carry.
+/// Limits on what one classify request may carry. Its `Default` (the `serve` defaults) is
+/// in `serve::config`, where the settings are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestLimits {
     pub max_inputs: usize,
     /// Bytes of text per input (both texts of a pair together), or ids per pre-tokenized input.
     pub max_text_bytes: usize,
-}
-
-impl Default for RequestLimits {
-    fn default() -> Self {
-        Self {
-            max_inputs: 64,
-            max_text_bytes: 64 * 1024,
-        }
-    }
 }
 
 /// Turns wire inputs into engine inputs, refusing what exceeds the limits.

@@ -1,0 +1,99 @@
+//! The `--config` file: TOML whose keys are the table's rows, each value kept with its line so
+//! that an error can point at it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{SettingsError, Value, SPECS};
+
+/// 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// The `--config` file, parsed: each key with its value and line. Unknown keys are refused.
+#[derive(Debug, Clone, Default)]
+pub struct FileValues {
+    pub path: Option<PathBuf>,
+    values: BTreeMap<String, (toml::Value, usize)>,
+}
+
+impl FileValues {
+    /// Parses TOML text; errors are one line (`line N: message`), without the file name.
+    pub fn parse(text: &str) -> Result<FileValues, String> {
+        let table: BTreeMap<String, toml::Spanned<toml::Value>> =
+            toml::from_str(text).map_err(|e| {
+                let message = e.message().trim().replace('\n', " ");
+                match e.span() {
+                    Some(span) => format!("line {}: {message}", line_of(text, span.start)),
+                    None => message,
+                }
+            })?;
+        let mut values = BTreeMap::new();
+        for (key, v) in table {
+            let line = line_of(text, v.span().start);
+            if !SPECS.iter().any(|s| s.key == key) {
+                let known: Vec<&str> = SPECS.iter().map(|s| s.key).collect();
+                return Err(format!(
+                    "line {line}: unknown key `{key}`, expected one of {}",
+                    known.join(", ")
+                ));
+            }
+            values.insert(key, (v.into_inner(), line));
+        }
+        Ok(FileValues { path: None, values })
+    }
+
+    /// Reads and parses `path`. Errors name the file.
+    pub fn from_path(path: &Path) -> Result<FileValues, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut file = Self::parse(&text).map_err(|message| SettingsError::File {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        file.path = Some(path.to_path_buf());
+        Ok(file)
+    }
+
+    /// The file's value of `key`, made relative to the file's directory where it is a path.
+    pub fn get<T: Value>(&self, key: &'static str) -> Option<Result<T, SettingsError>> {
+        let (v, line) = self.values.get(key)?;
+        let path = self.path.clone().unwrap_or_default();
+        Some(
+            T::from_toml(v.clone())
+                .map(|mut t| {
+                    let base = path.parent().unwrap_or(Path::new("."));
+                    t.rebase(base);
+                    t
+                })
+                .map_err(|e| SettingsError::File {
+                    path,
+                    message: format!("line {line}: {key}: {e}"),
+                }),
+        )
+    }
+
+    /// `message` about the value of `key`, at its line: for a value that parsed but is out of
+    /// its row's range.
+    pub(super) fn error_at(&self, key: &str, message: String) -> SettingsError {
+        let line = self.values.get(key).map_or(0, |(_, line)| *line);
+        SettingsError::File {
+            path: self.path.clone().unwrap_or_default(),
+            message: format!("line {line}: {message}"),
+        }
+    }
+
+    /// The model directory the file names, for a reload that re-reads it.
+    pub fn model(&self) -> Result<Option<PathBuf>, SettingsError> {
+        self.get::<Option<PathBuf>>("model")
+            .transpose()
+            .map(Option::flatten)
+    }
+}
