@@ -267,9 +267,11 @@ pub fn quantizing<R>(build: impl FnOnce() -> R) -> R {
 /// layers (`….layer.N.…`, `….layers.N.…`), which are nearly all of the arithmetic. Embeddings,
 /// norms, the pooler and the classification head stay in floating point: they are a sliver of
 /// the work, and the head's few outputs are where a rounding error would show up as a flipped
-/// label.
-pub fn quantize(name: &str) -> bool {
+/// label. A weight taking more than [`super::qgemm::MAX_K`] inputs stays in f32: its integer
+/// dot products could pass i32.
+pub fn quantize(name: &str, k: usize) -> bool {
     QUANTIZE.with(Cell::get)
+        && k <= super::qgemm::MAX_K
         && (name.contains(".layer.") || name.contains(".layers.") || name.starts_with("layers."))
 }
 

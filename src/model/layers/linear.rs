@@ -84,7 +84,7 @@ impl Linear {
                 candle_core::bail!("linear weight is not a contiguous CPU tensor");
             };
             let w = &cpu.as_slice::<f32>()?[start..end];
-            if name.as_deref().is_some_and(weights::quantize) {
+            if name.as_deref().is_some_and(|n| weights::quantize(n, k)) {
                 let mut q = qgemm::QPacked::from_rows(w, n, k, b.as_deref());
                 if let Some(name) = name {
                     q = q.named(name);
@@ -136,7 +136,7 @@ impl Linear {
         let name = weights::name(&vb, "weight");
         let dims = (in_dim, out_dim);
         let bias_values = || bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose();
-        if weights::quantize(&name) {
+        if weights::quantize(&name, in_dim) {
             if let Some(bytes) = weights::view_int8(&vb, &name, dims) {
                 let b = bias_values()?;
                 if let Some(q) = qgemm::QPacked::from_panels(in_dim, out_dim, bytes, b.as_deref()) {
@@ -441,5 +441,28 @@ impl Module for Linear {
         let last = out_dims.len() - 1;
         out_dims[last] = out.dim(1)?;
         out.reshape(out_dims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A quantized weight's dot products stay inside i32: one wider than `qgemm::MAX_K` inputs
+    /// is kept in f32 even while the build quantizes, and one at the bound is quantized.
+    #[test]
+    fn int8_is_refused_where_the_integer_sums_could_wrap() {
+        let worst = |k: usize| k as i64 * 255 * 127;
+        assert!(worst(qgemm::MAX_K) <= i64::from(i32::MAX));
+        assert!(worst(qgemm::MAX_K + 1) > i64::from(i32::MAX));
+        let name = "encoder.layer.0.intermediate.dense.weight".to_string();
+        let linear = |k: usize| {
+            let w = Tensor::ones((1, k), DType::F32, &Device::Cpu).unwrap();
+            weights::quantizing(|| Linear::from_weights_named(w, None, Some(name.clone()))).unwrap()
+        };
+        let wide = linear(qgemm::MAX_K + 1);
+        assert!(wide.quant.is_none() && wide.packed.is_some());
+        let fits = linear(qgemm::MAX_K);
+        assert!(fits.quant.is_some());
     }
 }

@@ -10,7 +10,7 @@
 //! the 256 levels between its own extremes, `x[r] ≈ lo[r] + sx[r] · u[r]` (u in 0..=255, the
 //! unsigned operand the integer instructions want), `y[r][j] = sw[j] · (sx[r] · Σ u·wq + lo[r]
 //! · Σ wq) + b[j]`, where `Σ wq[j]` is precomputed at load (`sums`). Dot products stay in i32 (at
-//! most k · 255 · 127, far from overflow for any hidden size here).
+//! most k · 255 · 127: [`MAX_K`] bounds `k`).
 //!
 //! Layout: panels of [`NR`] columns; inside a panel the weight bytes are in groups of four
 //! consecutive `k` per column (`[k/4][column][4]`), the operand shape of `vpdpbusd`, which
@@ -41,6 +41,12 @@ const KG: usize = 4;
 const MR: usize = 6;
 /// Multiply-adds below which the product stays on the calling thread (as in `gemm`).
 const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// The most inputs (`k`) a quantized weight may take: each dot product sums `k` products of at
+/// most 255 · 127 in an i32, which passes `i32::MAX` beyond this (66,311). `intermediate_size`
+/// comes from config.json, so a wider weight is kept in f32 instead
+/// ([`super::weights::quantize`]).
+pub const MAX_K: usize = (i32::MAX as usize) / (255 * 127);
 
 /// Bytes that start on a cache line. A panel and its trailer are a whole number of lines
 /// (`NR · KG` = 128 bytes a group, [`TRAILER`] 256), so every 64-byte weight load of the VNNI
@@ -370,9 +376,11 @@ fn isa() -> Isa {
 fn best_isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
+        // The VNNI path quantizes and dequantizes with AVX2 code: asked for, not assumed.
         if std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx2")
         {
             return Isa::Avx512Vnni;
         }
