@@ -74,28 +74,45 @@ pub(super) fn replay(
     Ok((model, status, (cached.used(), cached.len())))
 }
 
+/// What a cache file is keyed by besides the model's files: where it lives, the compute dtype
+/// and the kernel sets.
+pub(super) struct CacheKey<'a> {
+    pub dir: &'a Path,
+    pub dtype: &'a str,
+    pub kernels: &'a str,
+}
+
 /// Builds the model with its large CPU weights viewed in the cache file: replayed from a valid
 /// file, or recorded from the checkpoint, written, and then replayed from the new file (so the
-/// first start serves from shared pages too). Cache trouble never fails a load: the weights
-/// then stay private and the status says why.
+/// first start serves from shared pages too). `file` was keyed before the weights were mapped;
+/// it is keyed again after a recording build, and not written if the model's files changed in
+/// between. Cache trouble never fails a load: the weights then stay private and the status says
+/// why.
 pub(super) fn build_cached(
     dir: &ModelDir,
     vb: VarBuilder,
-    cache_dir: &Path,
+    file: std::io::Result<CacheFile>,
+    key: CacheKey<'_>,
     device: &Device,
-    dtype: &str,
-    kernels: &str,
 ) -> Result<Built, LoadError> {
-    let file = match CacheFile::for_model(cache_dir, dir, dtype, kernels) {
+    let private = |status: CacheStatus, vb| Ok((build_model(dir, vb)?, status, (0, 0)));
+    let file = match file {
         Ok(f) => f,
         Err(e) => {
             let status = CacheStatus::Unwritable {
-                path: cache_dir.to_path_buf(),
+                path: key.dir.to_path_buf(),
                 why: format!("cannot key the model's files: {e}"),
             };
-            return Ok((build_model(dir, vb)?, status, (0, 0)));
+            return private(status, vb);
         }
     };
+    if let Err(why) = file.dir_trusted() {
+        let status = CacheStatus::Untrusted {
+            path: key.dir.to_path_buf(),
+            why,
+        };
+        return private(status, vb);
+    }
     let why = match file.open() {
         Ok(Some(cached)) => return replay(dir, vb, cached, CacheStatus::Hit(file.path)),
         Ok(None) => "none yet".to_string(),
@@ -103,12 +120,20 @@ pub(super) fn build_cached(
     };
     let (model, rec) = weights::recording(|| build_model(dir, vb));
     let model = model?;
+    let unwritable = |path, why| (CacheStatus::Unwritable { path, why }, (0, 0));
+    match CacheFile::for_model(key.dir, dir, key.dtype, key.kernels) {
+        Ok(again) if again.same_key(&file) => {}
+        _ => {
+            let (status, views) = unwritable(
+                file.path,
+                "the model's files changed during the load; not cached".into(),
+            );
+            return Ok((model, status, views));
+        }
+    }
     if let Err(e) = file.write(&rec) {
-        let status = CacheStatus::Unwritable {
-            path: file.path,
-            why: e.to_string(),
-        };
-        return Ok((model, status, (0, 0)));
+        let (status, views) = unwritable(file.path, e.to_string());
+        return Ok((model, status, views));
     }
     drop(rec);
     match file.open() {
@@ -129,14 +154,8 @@ pub(super) fn build_cached(
                 Err(e) => e,
                 _ => "vanished after writing".into(),
             };
-            Ok((
-                model,
-                CacheStatus::Unwritable {
-                    path: file.path,
-                    why,
-                },
-                (0, 0),
-            ))
+            let (status, views) = unwritable(file.path, why);
+            Ok((model, status, views))
         }
     }
 }

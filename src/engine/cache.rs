@@ -52,6 +52,9 @@ pub enum CacheStatus {
     Written { path: PathBuf, why: String },
     /// The file could not be written; the weights are private memory.
     Unwritable { path: PathBuf, why: String },
+    /// The directory is not the daemon's alone (another owner, or writable by group or others):
+    /// nothing in it is mapped or written, and the weights are private memory.
+    Untrusted { path: PathBuf, why: String },
 }
 
 impl CacheStatus {
@@ -76,6 +79,13 @@ impl fmt::Display for CacheStatus {
                 write!(
                     f,
                     "cannot write {}: {why}; weights are private",
+                    path.display()
+                )
+            }
+            CacheStatus::Untrusted { path, why } => {
+                write!(
+                    f,
+                    "not using {}: {why}; weights are private",
                     path.display()
                 )
             }
@@ -121,7 +131,15 @@ impl CacheFile {
         let mut key = Sha256::new();
         key.update(MAGIC);
         key.update(FORMAT.to_le_bytes());
-        for part in [env!("CARGO_PKG_VERSION"), kernels, dtype] {
+        // The packing as this build's code defines it (build.rs hashes the sources that lay
+        // out panels and this file), so a build that packs differently never reads old panels
+        // however the version and FORMAT were left.
+        for part in [
+            env!("CARGO_PKG_VERSION"),
+            env!("CLASSIFYD_PACKING"),
+            kernels,
+            dtype,
+        ] {
             key.update((part.len() as u64).to_le_bytes());
             key.update(part.as_bytes());
         }
@@ -149,36 +167,147 @@ impl CacheFile {
         })
     }
 
-    /// The mapped, validated file; `Ok(None)` when there is none.
+    /// Whether both were keyed alike: the model's files did not change between the two keys.
+    pub fn same_key(&self, other: &CacheFile) -> bool {
+        self.path == other.path && self.key == other.key
+    }
+
+    /// Whether the cache directory is the daemon's alone: owned by its effective uid and not
+    /// writable by group or others. Anyone else who can write it could truncate a mapped file
+    /// (SIGBUS), plant a FIFO (a start that never ends) or choose the weights served: a CRC is
+    /// no signature. A directory that does not exist yet is made by [`Self::write`], private.
+    pub fn dir_trusted(&self) -> Result<(), Invalid> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        match fs::symlink_metadata(dir) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                // The directory named may be a link (a volume mount, ~/.cache elsewhere): what
+                // it points to must pass the same checks.
+                private_to_us(&fs::metadata(dir).map_err(|e| e.to_string())?, "directory")
+            }
+            Ok(meta) => private_to_us(&meta, "directory"),
+            // Missing, or a path through a file: nothing to trust yet, and the write will say
+            // why it cannot be made.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(format!("cannot inspect the directory: {e}")),
+        }
+    }
+
+    /// The mapped, validated file; `Ok(None)` when there is none. Opened without following a
+    /// link and without blocking (a FIFO would otherwise hold the load forever), then checked
+    /// on the descriptor itself, which is what is mapped: a regular file of the daemon's own,
+    /// writable by no one else.
     pub fn open(&self) -> Result<Option<Cached>, Invalid> {
-        let file = match File::open(&self.path) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.path);
+        let file = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err("a symbolic link, not a file of the daemon's own".into())
+            }
             Err(e) => return Err(format!("cannot open: {e}")),
         };
-        // SAFETY: read-only; the file is only ever replaced by rename, never written in place,
-        // and everything read from it is bounds-checked below.
+        let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+        if !meta.file_type().is_file() {
+            return Err("not a regular file".into());
+        }
+        private_to_us(&meta, "file")?;
+        // SAFETY: read-only; the file is a regular file that only this uid can write, only ever
+        // replaced by rename, never written in place, and everything read from it is
+        // bounds-checked below.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| format!("cannot map: {e}"))?;
         parse(Arc::new(map), &self.key).map(Some)
     }
 
-    /// Writes what a recorded build kept, atomically (a temporary file renamed into place).
+    /// Writes what a recorded build kept, atomically: a temporary file of a random name made
+    /// with `O_EXCL` (mode 0600) in the same directory, renamed into place. The directory is
+    /// made 0700 when missing. Then older files of this model and dtype (another kernel set)
+    /// and temporary files left by a crash are removed.
     pub fn write(&self, rec: &Recording) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
         let blobs = rec.blobs().map_err(io::Error::other)?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir)?;
-        let tmp = self
-            .path
-            .with_extension(format!("tmp.{}", std::process::id()));
-        let written = write_file(&tmp, &self.key, &blobs);
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written?;
-        fs::rename(&tmp, &self.path).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let name = self.file_name();
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!("{name}.tmp."))
+            .tempfile_in(dir)?;
+        write_file(tmp.as_file_mut(), &self.key, &blobs)?;
+        tmp.persist(&self.path).map_err(|e| e.error)?;
+        self.remove_leftovers(dir);
+        Ok(())
     }
+
+    fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Removes this model's other cache files of the same dtype (written for another kernel
+    /// set, so never read on this machine again) and temporary files of its writes older than
+    /// [`STALE_TMP`] (a crash's; a concurrent writer's are younger). Best effort.
+    fn remove_leftovers(&self, dir: &Path) {
+        let name = self.file_name();
+        // `{stem}-{dtype}-`: the model and dtype; what follows names the kernel sets.
+        let mut parts = name.splitn(3, '-');
+        let (Some(stem), Some(dtype), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+            return;
+        };
+        let model_dtype = format!("{stem}-{dtype}-");
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let other = e.file_name().to_string_lossy().into_owned();
+            if other == name || !other.starts_with(&model_dtype) {
+                continue;
+            }
+            let stale_tmp = other.contains(".weights.tmp.")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_TMP));
+            let old_weights = other.ends_with(".weights");
+            if stale_tmp || old_weights {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// How old a temporary file must be before a write removes it as a crash's leftover.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Owned by the effective uid and writable by no one else.
+fn private_to_us(meta: &fs::Metadata, what: &str) -> Result<(), Invalid> {
+    use std::os::unix::fs::PermissionsExt;
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(format!(
+            "the {what} belongs to uid {}, not this daemon's uid {euid}",
+            meta.uid()
+        ));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "the {what} is writable by group or others (mode {:o})",
+            mode & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// The safetensors header (its 8-byte length and JSON): names, dtypes, shapes and offsets.
@@ -212,7 +341,7 @@ fn toc_record(out: &mut Vec<u8>, name: &str, kind: Kind, f16: bool, dims: (usize
     }
 }
 
-fn write_file(path: &Path, key: &[u8; 32], blobs: &[Blob]) -> io::Result<()> {
+fn write_file(file: &mut File, key: &[u8; 32], blobs: &[Blob]) -> io::Result<()> {
     // Lay the blobs out first: the table of contents names their absolute offsets.
     let toc_len: usize = blobs
         .iter()
@@ -236,7 +365,7 @@ fn write_file(path: &Path, key: &[u8; 32], blobs: &[Blob]) -> io::Result<()> {
     let end = at;
 
     let mut crc = crc32fast::Hasher::new();
-    let mut f = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut f = BufWriter::with_capacity(1 << 20, file);
     f.write_all(&[0u8; HEADER])?;
     f.write_all(&toc)?;
     crc.update(&toc);
@@ -260,7 +389,7 @@ fn write_file(path: &Path, key: &[u8; 32], blobs: &[Blob]) -> io::Result<()> {
     header.extend((toc.len() as u64).to_le_bytes());
     header.extend((end as u64).to_le_bytes());
     header.extend(crc.finalize().to_le_bytes());
-    let mut f = f.into_inner().map_err(|e| e.into_error())?;
+    let f = f.into_inner().map_err(|e| e.into_error())?;
     f.seek(SeekFrom::Start(0))?;
     f.write_all(&header)?;
     f.sync_all()

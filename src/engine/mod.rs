@@ -22,7 +22,7 @@ use candle_nn::VarBuilder;
 
 pub use crate::engine::build::supported;
 use crate::engine::build::{build_cached, build_model};
-use crate::engine::cache::CacheStatus;
+use crate::engine::cache::{CacheFile, CacheStatus};
 use crate::engine::device::device_name;
 pub use crate::engine::device::{DTypeChoice, DeviceChoice};
 use crate::engine::entities::Spans;
@@ -130,28 +130,50 @@ impl Engine {
             });
         }
         let dtype = dtype.resolve(&device);
+        // The cache's key is taken before the weights are mapped and again after the build
+        // (see `build_cached`), so a file replaced in between is never cached under the key
+        // of what was not read.
+        let cached_as = match (&opts.cache_dir, int8) {
+            // The layers' int8 panels, and the f32 panels of what stays in floating point, so
+            // the key names both kernel sets.
+            (Some(cache_dir), true) => Some((
+                cache_dir,
+                "int8",
+                format!("{}+{}", gemm::kernel_set(), qgemm::kernel_set()),
+            )),
+            (Some(cache_dir), false) if device.is_cpu() && dtype == DType::F32 => {
+                Some((cache_dir, "f32", gemm::kernel_set().to_string()))
+            }
+            _ => None,
+        };
+        let cache_file = cached_as
+            .as_ref()
+            .map(|(d, dt, k)| (CacheFile::for_model(d, &dir, dt, k), *d, *dt, k.as_str()));
         let st = dir.map_weights()?;
         let (parameters, weight_dtype) = weight_summary(&st);
         let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone());
-        let (model, cache, cache_views) = match &opts.cache_dir {
-            // The layers' int8 panels, and the f32 panels of what stays in floating point, so
-            // the key names both kernel sets.
-            Some(cache_dir) if int8 => {
-                let kernels = format!("{}+{}", gemm::kernel_set(), qgemm::kernel_set());
-                weights::quantizing(|| {
-                    build_cached(&dir, vb, cache_dir, &device, "int8", &kernels)
-                })?
+        let build = |vb| match cache_file {
+            Some((file, cache_dir, dt, kernels)) => {
+                let key = build::CacheKey {
+                    dir: cache_dir,
+                    dtype: dt,
+                    kernels,
+                };
+                build_cached(&dir, vb, file, key, &device)
             }
-            None if int8 => (
-                weights::quantizing(|| build_model(&dir, vb))?,
-                CacheStatus::Off,
-                (0, 0),
-            ),
-            Some(cache_dir) if device.is_cpu() && dtype == DType::F32 => {
-                build_cached(&dir, vb, cache_dir, &device, "f32", gemm::kernel_set())?
+            None => {
+                let status = if opts.cache_dir.is_some() {
+                    CacheStatus::NotUsed
+                } else {
+                    CacheStatus::Off
+                };
+                Ok((build_model(&dir, vb)?, status, (0, 0)))
             }
-            Some(_) => (build_model(&dir, vb)?, CacheStatus::NotUsed, (0, 0)),
-            None => (build_model(&dir, vb)?, CacheStatus::Off, (0, 0)),
+        };
+        let (model, cache, cache_views) = if int8 {
+            weights::quantizing(|| build(vb))?
+        } else {
+            build(vb)?
         };
         let max_len = match dir.model_max_length {
             Some(m) => m.min(model.max_positions()),

@@ -300,3 +300,173 @@ fn other_dtypes_do_not_use_the_cache() {
     assert_eq!(engine.cache_status(), &CacheStatus::NotUsed);
     assert!(cache_files(cache.path()).is_empty());
 }
+
+/// The cache file a load wrote or mapped.
+fn cache_path(engine: &Engine) -> PathBuf {
+    match engine.cache_status() {
+        CacheStatus::Hit(p) | CacheStatus::Written { path: p, .. } => p.clone(),
+        other => panic!("no cache file: {other:?}"),
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Whatever sits at the cache file's path that is not a regular file of the daemon's own, in a
+/// directory of its own, is replaced, never followed, blocked on or mapped: a FIFO (which a
+/// plain open would wait on forever), a symbolic link (whose target is left as it was), and a
+/// valid file owned by another uid with mode 0666 (which anyone could truncate under the map).
+#[test]
+fn only_a_private_regular_file_is_mapped_and_anything_else_is_replaced() {
+    let model = fixture("distilbert");
+    let want = logits(&load(&model, DType::F32), &model);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let path = cache_path(&load_cached(&model, cache.path()));
+
+    // A FIFO: the load ends (in a thread, so a hang fails the test instead of stalling it).
+    fs::remove_file(&path).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (m, c) = (model.clone(), cache.path().to_path_buf());
+    std::thread::spawn(move || {
+        let e = load_cached(&m, &c);
+        let _ = tx.send((e.cache_status().clone(), logits(&e, &m)));
+    });
+    let (status, got) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a FIFO at the cache path must not block the load");
+    assert!(why(&status).contains("not a regular file"), "{status:?}");
+    assert_eq!(got, want);
+    assert!(fs::symlink_metadata(&path).unwrap().file_type().is_file());
+
+    // A symbolic link to a file the daemon could write: replaced, its target untouched.
+    let victim = cache.path().join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let engine = load_cached(&model, cache.path());
+    assert!(
+        why(engine.cache_status()).contains("symbolic link"),
+        "{:?}",
+        engine.cache_status()
+    );
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert!(!fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(logits(&engine, &model), want);
+
+    // A valid file of another uid, writable by all: not mapped, rewritten as the daemon's own.
+    if !is_root() {
+        eprintln!("skipping the foreign-owner case: it needs root to chown");
+        return;
+    }
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let mut perms = fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o666);
+    fs::set_permissions(&path, perms).unwrap();
+    let engine = load_cached(&model, cache.path());
+    assert!(
+        why(engine.cache_status()).contains("uid 65534"),
+        "{:?}",
+        engine.cache_status()
+    );
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077,
+        0
+    );
+    assert_eq!(logits(&engine, &model), want);
+}
+
+/// A cache directory that others can write, or that another uid owns, is not used at all: its
+/// file is neither mapped nor written, and the weights stay private with the reason said.
+#[test]
+fn a_directory_others_can_write_is_not_used() {
+    let model = fixture("bert");
+    let want = logits(&load(&model, DType::F32), &model);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let dir = cache.path().join("shared");
+    let path = cache_path(&load_cached(&model, &dir));
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+
+    let mut perms = fs::metadata(&dir).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+    fs::set_permissions(&dir, perms).unwrap();
+    let engine = load_cached(&model, &dir);
+    match engine.cache_status() {
+        CacheStatus::Untrusted { why, .. } => {
+            assert!(why.contains("writable by group or others"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!engine.cache_status().mapped());
+    assert_eq!(logits(&engine, &model), want);
+    assert_eq!(
+        fs::metadata(&path).unwrap().modified().unwrap(),
+        mtime,
+        "not rewritten"
+    );
+
+    if is_root() {
+        let mut perms = fs::metadata(&dir).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        fs::set_permissions(&dir, perms).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let engine = load_cached(&model, &dir);
+        assert!(matches!(
+            engine.cache_status(),
+            CacheStatus::Untrusted { .. }
+        ));
+    }
+
+    // A directory the load makes itself is private: 0700.
+    let fresh = cache.path().join("made");
+    drop(load_cached(&model, &fresh));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&fresh).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+/// A write clears what earlier ones left for the same model and dtype: a file of another kernel
+/// set, and a temporary file old enough to be a crash's; a fresh temporary file (a concurrent
+/// writer's) and another dtype's file are kept.
+#[test]
+fn a_write_removes_older_files_and_stale_temporaries_of_the_same_model() {
+    let model = fixture("electra");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let path = cache_path(&load_cached(&model, cache.path()));
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let (stem, _) = name
+        .split_once("-f32-")
+        .expect("{stem}-f32-{kernels}.weights");
+    let other_kernels = cache
+        .path()
+        .join(format!("{stem}-f32-portable-old.weights"));
+    let other_dtype = cache.path().join(format!("{stem}-int8-other.weights"));
+    let stale = cache.path().join(format!("{name}.tmp.crashed"));
+    let fresh = cache.path().join(format!("{name}.tmp.writing"));
+    for p in [&other_kernels, &other_dtype, &stale, &fresh] {
+        fs::write(p, b"x").unwrap();
+    }
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    // A rewrite: the current file is stale (its key no longer matches a changed config).
+    fs::write(&path, b"garbage").unwrap();
+    let engine = load_cached(&model, cache.path());
+    assert!(matches!(engine.cache_status(), CacheStatus::Written { .. }));
+    assert!(!other_kernels.exists() && !stale.exists());
+    assert!(other_dtype.exists() && fresh.exists());
+}
