@@ -1,6 +1,7 @@
 //! One request, start to finish: decode → validate → tokenize → queue → (worker) → reply.
 //! Every path returns exactly one encoded response; nothing here fails or panics on input.
 
+pub mod convert;
 pub mod metrics;
 pub mod tokenize_pool;
 
@@ -279,14 +280,14 @@ impl Service {
         received: Instant,
     ) -> Result<pb::Response, (pb::Status, String)> {
         let invalid = |m: String| (pb::Status::InvalidArgument, m);
-        let inputs = protocol::inputs(&req, &self.limits).map_err(invalid)?;
+        let inputs = convert::inputs(&req, &self.limits).map_err(invalid)?;
         // The engine threads wake while the texts are tokenized, not after.
         model.scheduler.wake();
         // From here on the texts live in `inputs` only.
         drop(std::mem::take(&mut req.inputs));
         let options = req.options.unwrap_or_default();
         let token_options = match model.engine.task() {
-            Task::Token => Some(protocol::token_options(&options).map_err(invalid)?),
+            Task::Token => Some(convert::token_options(&options).map_err(invalid)?),
             Task::Sequence => None,
         };
         // A redacted text must have had every character seen: a truncated one would come back
@@ -389,7 +390,7 @@ impl Service {
         let results = plan
             .into_iter()
             .map(|p| match p {
-                Err(message) => protocol::refused_result(message),
+                Err(message) => convert::refused_result(message),
                 Ok(c) => {
                     let l = logits.next().unwrap_or_default();
                     let answer = match c.spans {
@@ -401,7 +402,7 @@ impl Service {
                         )),
                         None => Answer::Sequence(model.engine.predict(l, c.tokens)),
                     };
-                    protocol::result(answer, &options, &model.engine.info().labels)
+                    convert::result(answer, &options, &model.engine.info().labels)
                 }
             })
             .collect();
