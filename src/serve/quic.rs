@@ -125,8 +125,8 @@ pub async fn serve_service(
 struct ServiceHandler(Arc<crate::service::Service>);
 
 impl Handler for ServiceHandler {
-    fn handle(&self, payload: Bytes) -> impl Future<Output = Vec<u8>> + Send {
-        self.0.handle(payload)
+    async fn handle(&self, payload: Bytes) -> Vec<u8> {
+        prost::Message::encode_to_vec(&self.0.respond(payload).await)
     }
 
     fn connection_opened(&self) -> Option<OpenConnection> {

@@ -335,7 +335,7 @@ async fn read_loop(
         let service = service.clone();
         let tx = tx.clone();
         requests.spawn(async move {
-            let response = service.handle(payload).await;
+            let response = prost::Message::encode_to_vec(&service.respond(payload).await);
             let _ = tx.send(frame::encode(&response)).await;
             drop(permit);
         });
