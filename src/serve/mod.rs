@@ -1,6 +1,8 @@
 //! The daemon's life: load → warm up → bind → ready → serve → (signal) → drain → exit.
 
 pub mod config;
+mod connection;
+pub mod handler;
 pub mod http;
 pub mod limits;
 pub mod quic;
@@ -346,13 +348,16 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
             }
         };
         serving_on.push(opts.path.display().to_string());
+        let listener = unix::Listener {
+            socket: listener,
+            opts: opts.clone(),
+            owns_path,
+        };
         listeners.spawn(unix::serve(
             listener,
             service.clone(),
-            opts.clone(),
             cfg.connections,
             token.clone(),
-            owns_path,
         ));
     }
     if let Some(q) = &cfg.quic {
@@ -360,10 +365,10 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
             quic::listen(q, &cfg.connections).map_err(|e| ServerError::Quic(e.to_string()))?;
         info!("listening on quic {}", q.listen);
         serving_on.push(format!("quic {}", q.listen));
-        listeners.spawn(quic::serve_service(
+        listeners.spawn(quic::serve(
             endpoint,
             service.clone(),
-            cfg.connections,
+            cfg.connections.into(),
             token.clone(),
         ));
     }
