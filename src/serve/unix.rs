@@ -445,14 +445,6 @@ fn answer_and_close(conn: &mut Connection, msg: String) {
     conn.writer.queue(Framed::message(&r));
 }
 
-/// The default socket path when none is configured: $RUNTIME_DIRECTORY (systemd) or /run.
-pub fn default_path() -> PathBuf {
-    std::env::var_os("RUNTIME_DIRECTORY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new("/run/classifyd").to_path_buf())
-        .join("classifyd.sock")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
