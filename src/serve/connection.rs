@@ -37,6 +37,8 @@ impl Connection {
             writer: Writer {
                 write,
                 out: VecDeque::new(),
+                written: 0,
+                front_since: Instant::now(),
             },
         }
     }
@@ -89,23 +91,20 @@ impl Reader {
 /// The answers a peer has not taken yet, oldest first.
 pub(crate) struct Writer {
     write: OwnedWriteHalf,
-    out: VecDeque<Queued>,
-}
-
-struct Queued {
-    frame: Framed,
-    /// Bytes of `frame` already written.
+    out: VecDeque<Framed>,
+    /// Bytes of the oldest answer already written.
     written: usize,
-    at: Instant,
+    /// When the oldest answer began to be written: each answer has its own time to be taken,
+    /// so a long backlog read steadily is not mistaken for a peer that reads nothing.
+    front_since: Instant,
 }
 
 impl Writer {
     pub fn queue(&mut self, frame: Framed) {
-        self.out.push_back(Queued {
-            frame,
-            written: 0,
-            at: Instant::now(),
-        });
+        if self.out.is_empty() {
+            self.front_since = Instant::now();
+        }
+        self.out.push_back(frame);
     }
 
     /// Answers queued and not wholly written.
@@ -113,26 +112,28 @@ impl Writer {
         self.out.len()
     }
 
-    /// When the oldest answer not yet taken has waited `limit`: a peer that stops reading is
-    /// dropped then, instead of holding its answers, and its in-flight slots, for as long as
-    /// it stays connected.
+    /// When the answer being written has taken `limit` without being wholly taken: a peer that
+    /// stops reading is dropped then, instead of holding its answers, and its in-flight slots,
+    /// for as long as it stays connected.
     pub fn overdue_at(&self, limit: Duration) -> Option<Instant> {
-        self.out.front().map(|q| q.at + limit)
+        (!self.out.is_empty()).then(|| self.front_since + limit)
     }
 
     /// Writes what the socket takes of the oldest answer. Cancel-safe: a write that has not
     /// completed has written nothing.
     pub async fn write_some(&mut self) -> std::io::Result<()> {
-        let Some(q) = self.out.front_mut() else {
+        let Some(front) = self.out.front() else {
             return Ok(());
         };
-        let n = self.write.write(&q.frame.as_bytes()[q.written..]).await?;
+        let n = self.write.write(&front.as_bytes()[self.written..]).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        q.written += n;
-        if q.written == q.frame.as_bytes().len() {
+        self.written += n;
+        if self.written == front.as_bytes().len() {
             self.out.pop_front();
+            self.written = 0;
+            self.front_since = Instant::now();
         }
         Ok(())
     }
