@@ -1,9 +1,10 @@
 //! The wire path around the engine, without sockets: a framed protobuf request decoded the way
 //! the daemon reads it (length-delimited codec, then `protocol::decode_request` and
-//! `protocol::inputs`), and the reply encoded and framed. One text and 32 texts per request.
+//! `convert::inputs`), and the reply encoded and framed. One text and 32 texts per request.
 
 use bytes::BytesMut;
 use classifyd::client::{classify_request, text};
+use classifyd::service::convert;
 use classifyd::wire::frame;
 use classifyd::wire::protocol::{self, pb, RequestLimits};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -78,7 +79,7 @@ fn frames(c: &mut Criterion) {
                     let req = protocol::decode_request(&payload).expect("valid request");
                     match req.body {
                         Some(pb::request::Body::Classify(c)) => {
-                            protocol::inputs(&c, &limits).expect("within limits")
+                            convert::inputs(&c, &limits).expect("within limits")
                         }
                         _ => unreachable!(),
                     }

@@ -9,17 +9,19 @@
 //!
 //! - [`cli`]: the `classifyd` subcommands (`serve`, `check-config`, `classify`, `inspect`,
 //!   `bench`, `cert`), one file each.
-//! - [`serve`]: start, warm up, ready, reload and drain; the Unix-socket and QUIC listeners
-//!   ([`serve::unix`], [`serve::quic`]), the metrics/health HTTP endpoint ([`serve::http`]),
+//! - [`serve`]: start, bind, serve and drain, warm-up and reload; the [`serve::handler::Handler`]
+//!   both listeners answer with, the Unix-socket and QUIC listeners ([`serve::unix`],
+//!   [`serve::quic`]), the metrics/health HTTP endpoint ([`serve::http`]),
 //!   systemd readiness, watchdog and socket activation ([`serve::systemd`]); [`serve::config`]
 //!   turns the settings into what each part runs with (listeners, request limits, scheduler,
 //!   threads), so nothing below `serve` reads them.
 //! - [`settings`]: every `serve` setting written once (flag, TOML key, default, doc, range),
 //!   merged flags over file over defaults, with where each value came from; the engine's rows
 //!   are also the flags of `classify`, `inspect` and `bench`.
-//! - [`service`]: one request end to end (decode, validate, tokenize on
-//!   [`service::tokenize_pool`], submit, encode the reply), the model hot-swap, and the
-//!   Prometheus [`service::metrics`] it records.
+//! - [`service`]: one request end to end (decode, then admit, tokenize on
+//!   [`service::tokenize_pool`], submit and answer, each failing with a
+//!   [`service::error::ServiceError`]), protobuf ↔ engine types ([`service::convert`]), the
+//!   model hot-swap, and the Prometheus [`service::metrics`] it records.
 //! - [`sched`]: admission into a bounded queue with lanes, priorities and deadlines
 //!   ([`sched::queue`]), batch selection ([`sched::batch`]), each lane's engine loop
 //!   ([`sched::worker`]) and its threads: how many, where, how long awake ([`sched::hot`]).
@@ -35,9 +37,10 @@
 //!   [`model::layers`], Linear, LayerNorm, embeddings, heads, masks and attention blocks; and
 //!   [`model::families`], one file or folder per architecture behind
 //!   [`model::SequenceClassifier`], and the registry that is the one list of architecture names.
-//! - [`wire`]: what both ends share, with no engine in it: the length prefix, the protobuf
-//!   messages, QUIC's stream and close codes, TLS and the development PKI.
-//! - [`client`] and [`mod@bench`]: the same protocol from the other side, and the load generator.
+//! - [`wire`]: what both ends share, with no engine or settings in it: the length prefix, the
+//!   protobuf messages, QUIC's stream and close codes, TLS and the development PKI.
+//! - [`client`] and [`mod@bench`]: the same protocol from the other side (over [`wire`] alone),
+//!   and the load generator.
 
 pub mod bench;
 pub mod cli;

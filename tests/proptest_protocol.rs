@@ -11,6 +11,7 @@
 
 use bytes::BytesMut;
 use classifyd::engine::tokenize::Input;
+use classifyd::service::convert;
 use classifyd::wire::frame::{self, FrameError, PREFIX_LEN};
 use classifyd::wire::protocol::{self, pb, RequestLimits};
 use proptest::prelude::*;
@@ -80,7 +81,7 @@ fn validate(payload: &[u8], limits: &RequestLimits) -> Result<pb::Request, proto
         Ok(req) => {
             assert_eq!(req.version, protocol::VERSION);
             if let Some(pb::request::Body::Classify(c)) = &req.body {
-                if let Ok(inputs) = protocol::inputs(c, limits) {
+                if let Ok(inputs) = convert::inputs(c, limits) {
                     assert!(!inputs.is_empty() && inputs.len() <= limits.max_inputs);
                 }
             }
@@ -240,7 +241,7 @@ proptest! {
             let acceptable = !sizes.is_empty()
                 && sizes.len() <= limits.max_inputs
                 && sizes.iter().all(|s| s.is_some_and(|s| s <= limits.max_text_bytes));
-            match protocol::inputs(c, &limits) {
+            match convert::inputs(c, &limits) {
                 Ok(inputs) => {
                     prop_assert!(acceptable);
                     for (wire, input) in c.inputs.iter().zip(&inputs) {

@@ -4,8 +4,8 @@
 #![no_main]
 
 use bytes::BytesMut;
-use classifyd::frame::{self, FrameError};
-use classifyd::protocol::{pb, RequestLimits};
+use classifyd::wire::frame::{self, FrameError};
+use classifyd::wire::protocol::{pb, RequestLimits};
 use classifyd_fuzz::check_request;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

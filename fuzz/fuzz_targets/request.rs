@@ -2,7 +2,7 @@
 //! default limits and under small ones.
 #![no_main]
 
-use classifyd::protocol::RequestLimits;
+use classifyd::wire::protocol::RequestLimits;
 use classifyd_fuzz::check_request;
 use libfuzzer_sys::fuzz_target;
 

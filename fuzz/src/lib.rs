@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use classifyd::protocol::{self, pb, RequestLimits};
+use classifyd::service::convert;
+use classifyd::wire::protocol::{self, pb, RequestLimits};
 use prost::Message;
 
 /// Runs one frame's payload through what the server does with it before any model work
@@ -26,13 +27,13 @@ pub fn check_request(payload: &[u8], limits: &RequestLimits) {
         .expect("a decoded request re-encodes to a decodable one");
     assert_eq!(again, request, "request changed in a re-encoding");
     if let Some(pb::request::Body::Classify(c)) = &request.body {
-        if let Ok(inputs) = protocol::inputs(c, limits) {
+        if let Ok(inputs) = convert::inputs(c, limits) {
             assert!(!inputs.is_empty() && inputs.len() <= limits.max_inputs);
             for input in &inputs {
                 let size = match input {
-                    classifyd::tokenize::Input::Text(t) => t.len(),
-                    classifyd::tokenize::Input::Pair(a, b) => a.len() + b.len(),
-                    classifyd::tokenize::Input::Ids(ids) => ids.len(),
+                    classifyd::engine::tokenize::Input::Text(t) => t.len(),
+                    classifyd::engine::tokenize::Input::Pair(a, b) => a.len() + b.len(),
+                    classifyd::engine::tokenize::Input::Ids(ids) => ids.len(),
                 };
                 assert!(size <= limits.max_text_bytes);
             }

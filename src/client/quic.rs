@@ -18,7 +18,7 @@ use crate::wire::quic::{
 };
 use crate::wire::tls::{client_config, TlsError};
 
-/// Largest response a client accepts unless told otherwise.
+/// Largest response a client accepts.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 << 20;
 
 /// Where and how to connect.
@@ -109,7 +109,6 @@ impl From<quinn::ReadError> for QuicClientError {
 pub struct QuicClient {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
-    max_response: usize,
 }
 
 impl QuicClient {
@@ -144,17 +143,7 @@ impl QuicClient {
                 });
             }
         };
-        Ok(QuicClient {
-            endpoint,
-            conn,
-            max_response: DEFAULT_MAX_RESPONSE_BYTES,
-        })
-    }
-
-    /// Sets the largest response message this client accepts (prefix excluded).
-    pub fn with_max_response_bytes(mut self, max: usize) -> Self {
-        self.max_response = max;
-        self
+        Ok(QuicClient { endpoint, conn })
     }
 
     /// Sends one encoded request message (without prefix) on a new stream and returns the
@@ -167,7 +156,7 @@ impl QuicClient {
         let wrote = send.write_all(&encode(request)).await;
         // Only fails if the stream is already closed, which the read below reports better.
         let _ = send.finish();
-        let read = read_frame(&mut recv, self.max_response).await;
+        let read = read_frame(&mut recv, DEFAULT_MAX_RESPONSE_BYTES).await;
         // An answer wins over a failed write: a server with no room to receive a request stops
         // the stream and answers OVERLOADED without reading it.
         if let (Err(e), Err(_)) = (wrote, &read) {

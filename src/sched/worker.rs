@@ -88,12 +88,9 @@ fn run(engine: &Engine, shared: &Shared, lane: Lane, threads: &EngineThreads) {
         let c = &shared.counters;
         c.batches.fetch_add(1, Ordering::Relaxed);
         threads.pass_started();
-        let (rows, padded_tokens) = run_batch(engine, shared, lane, shape, batch);
+        run_batch(engine, shared, lane, shape, batch);
         threads.pass_ended();
         shared.beat(lane);
-        if let Some(observe) = shared.observer.get() {
-            observe(rows, padded_tokens);
-        }
         // Idle only after answering, so `drained()` never resolves ahead of a reply.
         c.busy[lane as usize].store(false, Ordering::Release);
         shared.idle.notify_waiters();
@@ -179,13 +176,7 @@ impl Progress {
 
 /// Runs one batch as [`passes::passes`] cuts it, answering each job the moment its last row
 /// is computed. Returns (rows, padded tokens) over all passes.
-fn run_batch(
-    engine: &Engine,
-    shared: &Shared,
-    lane: Lane,
-    shape: PassShape,
-    batch: Vec<Queued>,
-) -> (usize, usize) {
+fn run_batch(engine: &Engine, shared: &Shared, lane: Lane, shape: PassShape, batch: Vec<Queued>) {
     let started = Instant::now();
     let batch_size =
         u32::try_from(batch.iter().map(|q| q.job.inputs.len()).sum::<usize>()).unwrap_or(u32::MAX);
@@ -219,6 +210,16 @@ fn run_batch(
         })
         .collect();
     let passes = passes::passes(&plan, shape, |n, l| engine.attention_bytes(n, l));
+    // Observed before any of its jobs is answered, as the batch is counted (in `run`), so a
+    // client that scrapes the metrics after its answer sees its batch's rows too. The rows and
+    // padded tokens planned: rows of a client gone meanwhile are counted, not computed.
+    if let Some(observe) = shared.observer.get() {
+        let padded = passes
+            .iter()
+            .map(|p| p.len() * p.iter().map(|&i| plan[i].len).max().unwrap_or(0))
+            .sum();
+        observe(plan.len(), padded);
+    }
     let mut jobs: Vec<Progress> = batch
         .into_iter()
         .map(|q| Progress {
@@ -229,7 +230,6 @@ fn run_batch(
             job: q.job,
         })
         .collect();
-    let (mut computed_rows, mut padded_tokens) = (0, 0);
     for pass in passes {
         // Rows of jobs already failed, or whose clients have gone, are not computed.
         let live: Vec<usize> = pass
@@ -253,8 +253,6 @@ fn run_batch(
             .iter()
             .map(|&i| &jobs[rows[i].0].job.inputs[rows[i].1])
             .collect();
-        computed_rows += inputs.len();
-        padded_tokens += inputs.len() * inputs.iter().map(|e| e.len()).max().unwrap_or(0);
         let result = forward(engine, &inputs, false);
         drop(inputs);
         shared.beat(lane);
@@ -307,7 +305,6 @@ fn run_batch(
         .counters
         .cancelled
         .fetch_add(gone as u64, Ordering::Relaxed);
-    (computed_rows, padded_tokens)
 }
 
 /// Answers one job whose rows ran (or failed), once: a later call for the same job does

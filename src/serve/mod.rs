@@ -1,6 +1,9 @@
-//! The daemon's life: load → warm up → bind → ready → serve → (signal) → drain → exit.
+//! The daemon's life: [`run`] is start (load, warm up) → bind → serve (ready) → (signal) →
+//! drain → exit, one function each.
 
 pub mod config;
+mod connection;
+pub mod handler;
 pub mod http;
 pub mod limits;
 pub mod quic;
@@ -115,7 +118,8 @@ async fn load_warm(
         let engine = Engine::load_with(&model, device, dtype, &load)?;
         let load_ms = t0.elapsed().as_millis() as u64;
         match engine.cache_status() {
-            s @ crate::engine::cache::CacheStatus::Unwritable { .. } => {
+            s @ (crate::engine::cache::CacheStatus::Unwritable { .. }
+            | crate::engine::cache::CacheStatus::Untrusted { .. }) => {
                 warn!(weights_cache = %s, load_ms, "weights cache not used")
             }
             s => {
@@ -256,7 +260,29 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     if let Some(addr) = cfg.metrics_addr {
         http::check_addr(addr).map_err(ServerError::Config)?;
     }
-    let started = Instant::now();
+    let started = start(&cfg).await?;
+    let bound = bind(&cfg).await?;
+    let serving = serve(&cfg, started, bound);
+    shutdown.await;
+    drain(serving, cfg.drain_timeout).await;
+    Ok(())
+}
+
+/// What [`start`] leaves ready to serve.
+struct Started {
+    service: Arc<Service>,
+    /// The scheduler settings for this device, which a reload starts its scheduler with.
+    sched_cfg: SchedulerConfig,
+    watchdog: Option<std::time::Duration>,
+    warm_runs: usize,
+    /// When `run` began, for the startup time the "ready" line reports.
+    at: Instant,
+}
+
+/// Loads and warms up the model, and starts its scheduler, the tokenizer threads and the
+/// metrics.
+async fn start(cfg: &ServeConfig) -> Result<Started, ServerError> {
+    let at = Instant::now();
     let (model, device, dtype) = (cfg.model.clone(), cfg.device, cfg.dtype);
     let (engine, warm_runs) = load_warm(
         model,
@@ -293,9 +319,8 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         TokenizePool::INLINE_BYTES,
     )
     .map_err(|e| ServerError::Config(format!("cannot start the tokenizer threads: {e}")))?;
-    let mut service = Service::new(engine, scheduler, cfg.requests, identity.clone(), tokenizer);
-    let mut metrics_listener = None;
-    if let Some(addr) = cfg.metrics_addr {
+    let mut service = Service::new(engine, scheduler, cfg.requests, identity, tokenizer);
+    if cfg.metrics_addr.is_some() {
         let m = Arc::new(Metrics::new(service.model().labels()));
         let observer = m.clone();
         service
@@ -303,71 +328,139 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
             .observe_batches(Box::new(move |rows, tokens| {
                 observer.record_batch(rows, tokens)
             }));
-        service = service.with_metrics(m.clone());
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| ServerError::Config(format!("--metrics-addr {addr}: {e}")))?;
-        metrics_listener = Some((listener, m));
+        service = service.with_metrics(m);
     }
-    let service = Arc::new(service);
+    Ok(Started {
+        service: Arc::new(service),
+        sched_cfg,
+        watchdog,
+        warm_runs,
+        at,
+    })
+}
 
-    let token = CancellationToken::new();
-    let mut listeners = tokio::task::JoinSet::new();
+/// The sockets [`bind`] opened, not yet served.
+struct Bound {
+    metrics: Option<tokio::net::TcpListener>,
+    unix: Option<unix::Listener>,
+    quic: Option<quinn::Endpoint>,
+    /// Where the daemon serves, as `systemctl status` shows it.
+    serving_on: String,
+}
+
+/// Binds the metrics endpoint, the Unix socket (or takes the one systemd passed) and the QUIC
+/// endpoint, in that order.
+async fn bind(cfg: &ServeConfig) -> Result<Bound, ServerError> {
+    let metrics = match cfg.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServerError::Config(format!("--metrics-addr {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let mut serving_on = Vec::new();
-    if let Some(opts) = &cfg.unix {
-        // With socket activation systemd bound the socket, set its mode and owner and removes
-        // it; --uds then only names it.
-        let inherited =
-            systemd::inherited_unix_listener().map_err(ServerError::SocketActivation)?;
-        let (listener, owns_path) = match inherited {
-            Some(l) => {
-                if let Some(addr) = l
-                    .local_addr()
-                    .ok()
-                    .filter(|a| a.as_pathname() != Some(&opts.path))
-                {
-                    warn!(
-                        "the socket from systemd is {addr:?}, not --uds {}",
-                        opts.path.display()
-                    );
-                }
-                let l =
-                    tokio::net::UnixListener::from_std(l).map_err(ServerError::SocketActivation)?;
-                info!(
-                    "listening on unix socket {} (from systemd)",
+    let unix = match &cfg.unix {
+        Some(opts) => {
+            serving_on.push(opts.path.display().to_string());
+            Some(bind_unix(opts)?)
+        }
+        None => None,
+    };
+    let quic = match &cfg.quic {
+        Some(q) => {
+            let endpoint =
+                quic::listen(q, &cfg.connections).map_err(|e| ServerError::Quic(e.to_string()))?;
+            info!("listening on quic {}", q.listen);
+            serving_on.push(format!("quic {}", q.listen));
+            Some(endpoint)
+        }
+        None => None,
+    };
+    Ok(Bound {
+        metrics,
+        unix,
+        quic,
+        serving_on: serving_on.join(" and "),
+    })
+}
+
+/// The Unix socket systemd passed, or one bound at `--uds`.
+fn bind_unix(opts: &unix::UnixOptions) -> Result<unix::Listener, ServerError> {
+    // With socket activation systemd bound the socket, set its mode and owner and removes it;
+    // --uds then only names it.
+    let inherited = systemd::inherited_unix_listener().map_err(ServerError::SocketActivation)?;
+    let (socket, owns_path) = match inherited {
+        Some(l) => {
+            if let Some(addr) = l
+                .local_addr()
+                .ok()
+                .filter(|a| a.as_pathname() != Some(&opts.path))
+            {
+                warn!(
+                    "the socket from systemd is {addr:?}, not --uds {}",
                     opts.path.display()
                 );
-                (l, false)
             }
-            None => {
-                let l = unix::bind(opts)?;
-                info!("listening on unix socket {}", opts.path.display());
-                (l, true)
-            }
-        };
-        serving_on.push(opts.path.display().to_string());
+            let l = tokio::net::UnixListener::from_std(l).map_err(ServerError::SocketActivation)?;
+            info!(
+                "listening on unix socket {} (from systemd)",
+                opts.path.display()
+            );
+            (l, false)
+        }
+        None => {
+            let l = unix::bind(opts)?;
+            info!("listening on unix socket {}", opts.path.display());
+            (l, true)
+        }
+    };
+    Ok(unix::Listener {
+        socket,
+        opts: opts.clone(),
+        owns_path,
+    })
+}
+
+/// What [`serve`] runs until the drain.
+struct Serving {
+    service: Arc<Service>,
+    /// Cancelled to stop the listeners.
+    token: CancellationToken,
+    listeners: tokio::task::JoinSet<()>,
+    /// The watchdog, the status line and the reload handler: stopped first at the drain.
+    notifiers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Serves on every bound socket, then says so: the "ready" line, `READY=1`, and the watchdog,
+/// status and SIGHUP (reload) tasks.
+fn serve(cfg: &ServeConfig, started: Started, bound: Bound) -> Serving {
+    let Started {
+        service,
+        sched_cfg,
+        watchdog,
+        warm_runs,
+        at,
+    } = started;
+    let token = CancellationToken::new();
+    let mut listeners = tokio::task::JoinSet::new();
+    if let Some(listener) = bound.unix {
         listeners.spawn(unix::serve(
             listener,
             service.clone(),
-            opts.clone(),
             cfg.connections,
             token.clone(),
-            owns_path,
         ));
     }
-    if let Some(q) = &cfg.quic {
-        let endpoint =
-            quic::listen(q, &cfg.connections).map_err(|e| ServerError::Quic(e.to_string()))?;
-        info!("listening on quic {}", q.listen);
-        serving_on.push(format!("quic {}", q.listen));
-        listeners.spawn(quic::serve_service(
+    if let Some(endpoint) = bound.quic {
+        listeners.spawn(quic::serve(
             endpoint,
             service.clone(),
-            cfg.connections,
+            cfg.connections.into(),
             token.clone(),
         ));
     }
-    if let Some((listener, m)) = metrics_listener {
+    if let (Some(listener), Some(m)) = (bound.metrics, service.metrics().cloned()) {
         if let Ok(addr) = listener.local_addr() {
             info!("serving metrics on http://{addr}/metrics");
         }
@@ -377,17 +470,17 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     let model = service.model();
     let info = model.engine.info();
     info!(
-        model = %identity.name,
-        revision = %identity.revision,
+        model = %model.identity.name,
+        revision = %model.identity.revision,
         device = %info.device,
         dtype = %info.compute_dtype,
         warm_up_batches = warm_runs,
-        startup_ms = started.elapsed().as_millis() as u64,
+        startup_ms = at.elapsed().as_millis() as u64,
         "ready"
     );
-    // Not held past here, for the same reason as the engine above.
+    // Not held past here, for the same reason as the engine in `start`.
     drop(model);
-    let serving_on = serving_on.join(" and ");
+    let serving_on = bound.serving_on;
     systemd::ready(&status_line(&service.model(), &serving_on));
     let mut notifiers = Vec::new();
     if let Some(interval) = watchdog {
@@ -417,8 +510,23 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         }
         Err(e) => warn!("cannot install a SIGHUP handler; reload is off: {e}"),
     }
+    Serving {
+        service,
+        token,
+        listeners,
+        notifiers,
+    }
+}
 
-    shutdown.await;
+/// Stops accepting, answers every request already read (within `timeout`; past it, those
+/// still queued are answered UNAVAILABLE), and waits for the engine to finish.
+async fn drain(serving: Serving, timeout: std::time::Duration) {
+    let Serving {
+        service,
+        token,
+        mut listeners,
+        notifiers,
+    } = serving;
     // No reload may swap in a model after this point.
     for n in &notifiers {
         n.abort();
@@ -430,14 +538,8 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     token.cancel();
     let drained = async { while listeners.join_next().await.is_some() {} };
     tokio::pin!(drained);
-    if tokio::time::timeout(cfg.drain_timeout, &mut drained)
-        .await
-        .is_err()
-    {
-        warn!(
-            "drain timeout of {:?} passed; answering queued requests UNAVAILABLE",
-            cfg.drain_timeout
-        );
+    if tokio::time::timeout(timeout, &mut drained).await.is_err() {
+        warn!("drain timeout of {timeout:?} passed; answering queued requests UNAVAILABLE");
         scheduler.close();
         scheduler.abort_queued();
         drained.await;
@@ -445,7 +547,6 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     scheduler.close();
     scheduler.drained().await;
     info!("drained; exiting");
-    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

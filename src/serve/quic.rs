@@ -9,7 +9,6 @@
 //! TLS (mTLS, ALPN, no 0-RTT) is configured in [`crate::wire::tls`]; the stream and close codes
 //! both ends use are in [`crate::wire::quic`].
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,9 +21,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use crate::serve::handler::Handler;
 use crate::serve::limits::ConnectionLimits;
-use crate::service::metrics::OpenConnection;
-use crate::wire::frame::{encode, PREFIX_LEN};
+use crate::service::metrics::Transport;
+use crate::wire::frame::PREFIX_LEN;
 use crate::wire::quic::{
     read_exact, read_prefix, FrameReadError, QuicLimits, CLOSE_IDLE, CLOSE_SHUTDOWN,
     STREAM_FRAME_TIMEOUT, STREAM_FRAME_TOO_LARGE, STREAM_OVERLOADED, STREAM_TRUNCATED,
@@ -39,27 +39,6 @@ pub struct QuicOptions {
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
     pub allow_anonymous_loopback: bool,
-}
-
-/// Answers one request. `payload` is one encoded request message without its length prefix;
-/// the result is one encoded response message without its prefix. Never fails: errors are
-/// encoded as responses.
-pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, payload: Bytes) -> impl Future<Output = Vec<u8>> + Send;
-
-    /// Called once per established connection; the guard, if any, is held until it closes.
-    fn connection_opened(&self) -> Option<OpenConnection> {
-        None
-    }
-
-    /// The answer to a request refused unread because the listener's receive budget is spent.
-    fn refused_busy(&self, message: String) -> Vec<u8> {
-        crate::wire::protocol::status_response(
-            0,
-            crate::wire::protocol::pb::Status::Overloaded,
-            message,
-        )
-    }
 }
 
 impl From<ConnectionLimits> for QuicLimits {
@@ -104,44 +83,6 @@ pub fn listen(opts: &QuicOptions, limits: &ConnectionLimits) -> Result<Endpoint,
         &QuicLimits::from(*limits),
     )?;
     bind(opts.listen, config)
-}
-
-/// [`serve`] with the daemon's [`crate::service::Service`] as the handler.
-pub async fn serve_service(
-    endpoint: Endpoint,
-    service: Arc<crate::service::Service>,
-    limits: ConnectionLimits,
-    shutdown: CancellationToken,
-) {
-    serve(
-        endpoint,
-        Arc::new(ServiceHandler(service)),
-        QuicLimits::from(limits),
-        shutdown,
-    )
-    .await
-}
-
-struct ServiceHandler(Arc<crate::service::Service>);
-
-impl Handler for ServiceHandler {
-    fn handle(&self, payload: Bytes) -> impl Future<Output = Vec<u8>> + Send {
-        self.0.handle(payload)
-    }
-
-    fn connection_opened(&self) -> Option<OpenConnection> {
-        self.0
-            .metrics()
-            .map(|m| m.connection_opened(crate::service::metrics::Transport::Quic))
-    }
-
-    fn refused_busy(&self, message: String) -> Vec<u8> {
-        let status = crate::wire::protocol::pb::Status::Overloaded;
-        if let Some(m) = self.0.metrics() {
-            m.record(status, None);
-        }
-        crate::wire::protocol::status_response(0, status, message)
-    }
 }
 
 /// Serves QUIC connections on `endpoint` until `shutdown` is cancelled, then drains: no new
@@ -261,7 +202,7 @@ async fn connection<H: Handler>(
         _ = shutdown.cancelled() => return,
     };
     debug!("quic connection established");
-    let _open = handler.connection_opened();
+    let _open = handler.connection_opened(Transport::Quic);
 
     let mut streams = JoinSet::new();
     // When the last stream was opened or finished. QUIC's own idle timeout counts any packet,
@@ -366,8 +307,7 @@ async fn stream<H: Handler>(
             return;
         }
     };
-    let framed = encode(&response);
-    match tokio::time::timeout(limits.frame_timeout, send.write_all(&framed)).await {
+    match tokio::time::timeout(limits.frame_timeout, send.write_all(response.as_bytes())).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             debug!("quic response not sent: {e}");
@@ -457,7 +397,9 @@ mod tests {
     use super::*;
     use crate::client::quic::{QuicClient, QuicClientConfig, QuicClientError};
     use crate::wire::cert::{write_dev_pki, DevPki};
+    use crate::wire::frame::{encode, Framed};
     use crate::wire::tls::{self, server_config};
+    use std::future::Future;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tempfile::TempDir;
     use tokio::sync::{mpsc, Notify};
@@ -485,7 +427,7 @@ mod tests {
     }
 
     impl Handler for Echo {
-        async fn handle(&self, payload: Bytes) -> Vec<u8> {
+        async fn handle(&self, payload: Bytes) -> Framed {
             self.started.fetch_add(1, Ordering::SeqCst);
             if payload.starts_with(b"hold") {
                 if let Some(tx) = &self.started_tx {
@@ -501,7 +443,7 @@ mod tests {
             }
             let mut out = b"echo:".to_vec();
             out.extend_from_slice(&payload);
-            out
+            Framed::raw(&out)
         }
     }
 

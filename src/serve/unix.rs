@@ -1,25 +1,34 @@
 //! The Unix-domain-socket listener: many connections, many pipelined requests per connection,
 //! answers in completion order. Peers may be restricted by uid/gid (SO_PEERCRED).
+//!
+//! The listener accepts under a connection limit; each connection is served by one task that
+//! reads its frames, polls its requests and writes their answers ([`handle_connection`]), over
+//! the buffered reads and queued writes of a [`Connection`].
 
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedReadHalf;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::serve::connection::{Connection, Unframed};
+use crate::serve::handler::Handler;
 use crate::serve::limits::ConnectionLimits;
 use crate::service::metrics::Transport;
-use crate::service::Service;
-use crate::wire::frame::{self, FrameError};
+use crate::wire::frame::Framed;
 use crate::wire::protocol::{self, pb};
 
 /// Who may connect, and how the socket file is published.
@@ -91,19 +100,30 @@ pub fn group_id(name: &str) -> Option<u32> {
         .map(|g| g.gid.as_raw())
 }
 
+/// A bound socket and what it was bound with.
+#[derive(Debug)]
+pub struct Listener {
+    pub socket: UnixListener,
+    pub opts: UnixOptions,
+    /// The socket file was bound by [`bind`], so [`serve`] removes it at the end; one
+    /// inherited from systemd belongs to the socket unit and stays.
+    pub owns_path: bool,
+}
+
 /// Accepts connections until `shutdown` fires, then waits for every connection to answer what
-/// it had read and close. Removes the socket file at the end when `owns_path` (it was bound by
-/// [`bind`]); one inherited from systemd belongs to the socket unit and stays.
-pub async fn serve(
-    listener: UnixListener,
-    service: Arc<Service>,
-    opts: UnixOptions,
+/// it had read and close, and removes the socket file if it owns it.
+pub async fn serve<H: Handler>(
+    listener: Listener,
+    handler: Arc<H>,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
-    owns_path: bool,
 ) {
+    let Listener {
+        socket: listener,
+        opts,
+        owns_path,
+    } = listener;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let opts = Arc::new(opts);
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -131,10 +151,10 @@ pub async fn serve(
             warn!("refused unix peer: {why}");
             continue;
         }
-        let service = service.clone();
+        let handler = handler.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            handle_connection(stream, service, limits, shutdown).await;
+            handle_connection(stream, handler, limits, shutdown).await;
             drop(permit);
         });
         // Reap finished connections so the set does not grow for the daemon's lifetime.
@@ -167,205 +187,262 @@ fn admit(stream: &UnixStream, opts: &UnixOptions) -> Result<(), String> {
     }
 }
 
-/// Why the read side of a connection stopped.
+/// Why a connection stopped reading.
 enum Stop {
-    /// Shutdown, an oversized or overdue frame: what was read is still answered.
+    /// Shutdown, idle, or an oversized or overdue frame: what was read is still answered.
     Answer,
-    /// The peer is gone or cannot take answers: what it has in flight is cancelled.
-    PeerGone,
+    /// The peer is gone or sent what cannot be read: what it has in flight is cancelled, and
+    /// the answers already queued are still offered.
+    Cancel,
+    /// The peer takes no answers: nothing more is written.
+    Deaf,
 }
 
-/// Reads frames and answers each on its own task, so a slow request never holds up the next.
-/// The connection's write side is owned by one writer task fed through a channel.
-async fn handle_connection(
+/// One connection's task: reads frames, answers them in the order they complete, and writes
+/// the answers, all on this one task. A small request is decoded, tokenized and submitted here
+/// and its answer written from here (see [`Handler::inline`]); a large one runs on a task of
+/// its own. Either way a slow request never holds up the next.
+async fn handle_connection<H: Handler>(
     stream: UnixStream,
-    service: Arc<Service>,
+    handler: Arc<H>,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
-    let _open = service
-        .metrics()
-        .map(|m| m.connection_opened(Transport::Unix));
-    let (mut read, mut write) = stream.into_split();
-    let max_in_flight = limits.max_in_flight.max(1);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(max_in_flight);
-    // Cancelled when the writer gives up, so the reader stops computing answers nobody takes.
-    let writer_gone = CancellationToken::new();
-    let writer = {
-        let gone = writer_gone.clone();
-        let frame_timeout = limits.frame_timeout;
-        tokio::spawn(async move {
-            while let Some(bytes) = rx.recv().await {
-                // A peer that stops reading would otherwise park this task, and with it every
-                // request task waiting to queue its answer, for as long as it stays connected.
-                match tokio::time::timeout(frame_timeout, write.write_all(&bytes)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        debug!("unix connection write error: {e}");
-                        gone.cancel();
-                        return;
-                    }
-                    Err(_) => {
-                        info!(
-                            "unix connection: peer took no answer for {frame_timeout:?}; closing"
-                        );
-                        gone.cancel();
-                        return;
-                    }
-                }
-            }
-            let _ = write.shutdown().await;
-        })
-    };
-    let in_flight = Arc::new(Semaphore::new(max_in_flight));
-    let mut requests = JoinSet::new();
-    let stop = read_loop(
-        &mut read,
-        &service,
-        &limits,
-        &shutdown,
-        &writer_gone,
-        &in_flight,
-        &mut requests,
-        &tx,
-    )
-    .await;
-    if matches!(stop, Stop::PeerGone) {
-        // Dropping the tasks drops their queue receivers, which the worker then skips.
-        requests.abort_all();
+    let _open = handler.connection_opened(Transport::Unix);
+    let mut conn = Connection::new(stream, limits.max_frame_bytes);
+    let mut requests = Requests::new(handler);
+    let stop = read_loop(&mut conn, &mut requests, &limits, &shutdown).await;
+    if !matches!(stop, Stop::Deaf) {
+        if matches!(stop, Stop::Cancel) {
+            // Dropping the requests drops their queue receivers, which the worker then skips.
+            requests.cancel();
+        }
+        finish(&mut conn, &mut requests, limits.frame_timeout).await;
     }
-    while requests.join_next().await.is_some() {}
-    drop(tx);
-    let _ = writer.await;
+    conn.writer.shutdown().await;
 }
 
-/// The read side of [`handle_connection`]: frames in, one task per request, until the peer
-/// leaves, misbehaves or the daemon stops.
-#[allow(clippy::too_many_arguments)]
-async fn read_loop(
-    read: &mut OwnedReadHalf,
-    service: &Arc<Service>,
+/// A connection's requests in flight, polled by the connection's own task.
+struct Requests<H> {
+    handler: Arc<H>,
+    pending: FuturesUnordered<BoxFuture<'static, Option<Framed>>>,
+}
+
+impl<H: Handler> Requests<H> {
+    fn new(handler: Arc<H>) -> Self {
+        Self {
+            handler,
+            pending: FuturesUnordered::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Starts answering `payload`. Its first poll (on this connection's task) runs as far as
+    /// the request can go without waiting: for a small one, through submitting it to the queue.
+    fn start(&mut self, payload: Bytes) {
+        let handler = self.handler.clone();
+        if self.handler.inline(&payload) {
+            // A panicking request costs its own answer, not the connection's task.
+            let answer = AssertUnwindSafe(async move { handler.handle(payload).await })
+                .catch_unwind()
+                .map(Result::ok);
+            self.pending.push(Box::pin(answer));
+        } else {
+            let task = tokio::spawn(async move { handler.handle(payload).await });
+            self.pending.push(Box::pin(Spawned(task)));
+        }
+    }
+
+    /// The next answer to complete; `None` inside when its request panicked (it is not
+    /// answered, as a request task that panicked never was).
+    async fn next(&mut self) -> Option<Option<Framed>> {
+        self.pending.next().await
+    }
+
+    fn cancel(&mut self) {
+        self.pending.clear();
+    }
+}
+
+/// A request answered on a task of its own, aborted when its connection drops it.
+struct Spawned(tokio::task::JoinHandle<Framed>);
+
+impl Future for Spawned {
+    type Output = Option<Framed>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(Result::ok)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the connection's clock is waiting for while it reads.
+enum Clock {
+    /// The frame begun at the given instant must be whole by then.
+    Frame,
+    /// Nothing in flight, nothing received: the connection is idle.
+    Idle,
+}
+
+/// Frames in, answers out, until the peer leaves, misbehaves, idles, or the daemon stops.
+async fn read_loop<H: Handler>(
+    conn: &mut Connection,
+    requests: &mut Requests<H>,
     limits: &ConnectionLimits,
     shutdown: &CancellationToken,
-    writer_gone: &CancellationToken,
-    in_flight: &Arc<Semaphore>,
-    requests: &mut JoinSet<()>,
-    tx: &mpsc::Sender<Vec<u8>>,
 ) -> Stop {
-    let mut codec = frame::codec(limits.max_frame_bytes);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let max_in_flight = limits.max_in_flight.max(1);
     // Last byte received or last answer completed: the idle clock starts from the later.
     let mut last_activity = Instant::now();
+    // When the frame being read began. The frame clock runs only while this side reads: time
+    // spent at the in-flight limit is the server's, not the peer's.
+    let mut frame_started: Option<Instant> = None;
     loop {
-        // Backpressure: at the in-flight limit, stop reading until an answer goes out.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return Stop::Answer,
-            _ = writer_gone.cancelled() => return Stop::PeerGone,
-            p = in_flight.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return Stop::Answer,
-            },
+        // Backpressure: at the in-flight limit (answers not yet taken included), stop reading
+        // until an answer goes out.
+        let room = |requests: &Requests<H>, conn: &Connection| {
+            requests.len() + conn.writer.queued() < max_in_flight
         };
-        // The frame clock runs only while this side reads: time spent at the in-flight limit is
-        // the server's, not the peer's.
-        let mut frame_started = (!buf.is_empty()).then(Instant::now);
-        let payload = loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(frame)) => break frame.freeze(),
-                Ok(None) => {}
-                Err(e) => {
-                    let FrameError::TooLong { max, .. } =
-                        frame::classify_io_error(e, limits.max_frame_bytes, None)
-                    else {
-                        // The codec fails on nothing but the length limit.
-                        return Stop::PeerGone;
-                    };
+        while room(requests, conn) {
+            match conn.reader.frame() {
+                Ok(Some(payload)) => {
+                    requests.start(payload);
+                    frame_started = None;
+                }
+                Ok(None) => break,
+                Err(Unframed::TooLong { max }) => {
                     // The stream cannot be resynchronised; say why, then close.
                     let msg = format!("frame exceeds the limit of {max} bytes; closing");
                     info!("unix connection: {msg}");
-                    answer_and_close(tx, msg).await;
+                    answer_and_close(conn, msg);
                     return Stop::Answer;
                 }
-            }
-            let (deadline, overdue) = match frame_started {
-                Some(t) => (Some(t + limits.frame_timeout), true),
-                // Idle only with nothing in flight: a client waiting for a slow answer is not.
-                None if requests.is_empty() => (Some(last_activity + limits.idle_timeout), false),
-                None => (None, false),
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return Stop::Answer,
-                _ = writer_gone.cancelled() => return Stop::PeerGone,
-                // Reaped here so that the idle clock starts when the last answer goes out.
-                Some(_) = requests.join_next(), if !requests.is_empty() => {
-                    if requests.is_empty() {
-                        last_activity = Instant::now();
-                    }
+                Err(Unframed::Broken(e)) => {
+                    debug!("unix connection: {e}");
+                    return Stop::Cancel;
                 }
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    if !overdue {
-                        debug!("closing idle unix connection");
-                        return Stop::Answer;
-                    }
-                    let msg = format!(
-                        "frame not completed within {:?} of its first byte; closing",
-                        limits.frame_timeout
-                    );
-                    info!("unix connection: {msg}");
-                    answer_and_close(tx, msg).await;
-                    return Stop::Answer;
-                }
-                r = read_some(read, &mut buf) => match r {
-                    Ok(0) if buf.is_empty() => return Stop::PeerGone,
-                    Ok(0) => {
-                        info!("unix connection closed in the middle of a frame");
-                        return Stop::PeerGone;
-                    }
-                    Ok(_) => {
-                        last_activity = Instant::now();
-                        frame_started.get_or_insert(last_activity);
-                    }
-                    Err(e) => {
-                        info!("unix connection read error: {e}");
-                        return Stop::PeerGone;
-                    }
-                },
             }
+        }
+        let reading = room(requests, conn);
+        if !reading {
+            frame_started = None;
+        } else if conn.reader.has_partial() {
+            frame_started.get_or_insert_with(Instant::now);
+        }
+        let clock = match frame_started {
+            Some(t) if reading => Some((t + limits.frame_timeout, Clock::Frame)),
+            // Idle only with nothing in flight: a client waiting for a slow answer is not.
+            None if reading && requests.is_empty() && conn.writer.queued() == 0 => {
+                Some((last_activity + limits.idle_timeout, Clock::Idle))
+            }
+            _ => None,
         };
-        let service = service.clone();
-        let tx = tx.clone();
-        requests.spawn(async move {
-            let response = service.handle(payload).await;
-            let _ = tx.send(frame::encode(&response)).await;
-            drop(permit);
-        });
+        let overdue = conn.writer.overdue_at(limits.frame_timeout);
+        tokio::select! {
+            _ = shutdown.cancelled() => return Stop::Answer,
+            Some(answer) = requests.next(), if !requests.is_empty() => {
+                if let Some(answer) = answer {
+                    conn.writer.queue(answer);
+                }
+                if requests.is_empty() {
+                    last_activity = Instant::now();
+                }
+            }
+            written = conn.writer.write_some(), if overdue.is_some() => {
+                if let Err(e) = written {
+                    debug!("unix connection write error: {e}");
+                    return Stop::Deaf;
+                }
+            }
+            _ = sleep_until(overdue.unwrap_or_else(Instant::now)), if overdue.is_some() => {
+                info!(
+                    "unix connection: peer took no answer for {:?}; closing",
+                    limits.frame_timeout
+                );
+                return Stop::Deaf;
+            }
+            _ = sleep_until(clock.as_ref().map_or_else(Instant::now, |c| c.0)),
+                if clock.is_some() =>
+            {
+                if matches!(clock, Some((_, Clock::Idle))) {
+                    debug!("closing idle unix connection");
+                    return Stop::Answer;
+                }
+                let msg = format!(
+                    "frame not completed within {:?} of its first byte; closing",
+                    limits.frame_timeout
+                );
+                info!("unix connection: {msg}");
+                answer_and_close(conn, msg);
+                return Stop::Answer;
+            }
+            read = conn.reader.read_some(), if reading => match read {
+                Ok(0) if !conn.reader.has_partial() => return Stop::Cancel,
+                Ok(0) => {
+                    info!("unix connection closed in the middle of a frame");
+                    return Stop::Cancel;
+                }
+                Ok(_) => {
+                    last_activity = Instant::now();
+                    frame_started.get_or_insert(last_activity);
+                }
+                Err(e) => {
+                    info!("unix connection read error: {e}");
+                    return Stop::Cancel;
+                }
+            },
+        }
     }
 }
 
-/// Bytes read per system call at most, and the buffer's spare room before each.
-const READ_CHUNK: usize = 8 * 1024;
-
-/// One read into `buf`. Room for a whole frame is reserved by the codec once it has read the
-/// length prefix, so the buffer grows to one frame and no further.
-async fn read_some(read: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
-    if buf.capacity() == buf.len() {
-        buf.reserve(READ_CHUNK);
+/// Answers what is still in flight and writes every answer out, each within `frame_timeout`
+/// of being ready.
+async fn finish<H: Handler>(
+    conn: &mut Connection,
+    requests: &mut Requests<H>,
+    frame_timeout: std::time::Duration,
+) {
+    loop {
+        let overdue = conn.writer.overdue_at(frame_timeout);
+        if requests.is_empty() && overdue.is_none() {
+            return;
+        }
+        tokio::select! {
+            Some(answer) = requests.next(), if !requests.is_empty() => {
+                if let Some(answer) = answer {
+                    conn.writer.queue(answer);
+                }
+            }
+            written = conn.writer.write_some(), if overdue.is_some() => {
+                if let Err(e) = written {
+                    debug!("unix connection write error: {e}");
+                    return;
+                }
+            }
+            _ = sleep_until(overdue.unwrap_or_else(Instant::now)), if overdue.is_some() => {
+                info!("unix connection: peer took no answer for {frame_timeout:?}; closing");
+                return;
+            }
+        }
     }
-    read.read_buf(buf).await
 }
 
-/// Sends the one `INVALID_ARGUMENT` answer (id 0) that explains why the server closes.
-async fn answer_and_close(tx: &mpsc::Sender<Vec<u8>>, msg: String) {
-    let r = protocol::status_response(0, pb::Status::InvalidArgument, msg);
-    let _ = tx.send(frame::encode(&r)).await;
-}
-
-/// The default socket path when none is configured: $RUNTIME_DIRECTORY (systemd) or /run.
-pub fn default_path() -> PathBuf {
-    std::env::var_os("RUNTIME_DIRECTORY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new("/run/classifyd").to_path_buf())
-        .join("classifyd.sock")
+/// Queues the one `INVALID_ARGUMENT` answer (id 0) that explains why the server closes.
+fn answer_and_close(conn: &mut Connection, msg: String) {
+    let r = protocol::status(0, pb::Status::InvalidArgument, msg);
+    conn.writer.queue(Framed::message(&r));
 }
 
 #[cfg(test)]
@@ -377,5 +454,186 @@ mod tests {
         assert_eq!(group_id("root"), Some(0));
         assert_eq!(group_id("4242"), Some(4242));
         assert_eq!(group_id("no-such-group-classifyd"), None);
+    }
+
+    use crate::wire::frame;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::Notify;
+
+    /// Answers "echo:" + the request; a request starting with "hold" waits for `open`. Frames
+    /// of more than 8 bytes run on tasks of their own.
+    #[derive(Default)]
+    struct Echo {
+        started: AtomicUsize,
+        /// Requests answered or dropped unanswered.
+        ended: Arc<AtomicUsize>,
+        release: Notify,
+        released: std::sync::atomic::AtomicBool,
+    }
+
+    impl Echo {
+        fn open(&self) {
+            self.released.store(true, Ordering::SeqCst);
+            self.release.notify_waiters();
+        }
+    }
+
+    impl Handler for Echo {
+        async fn handle(&self, payload: Bytes) -> Framed {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            struct Ended(Arc<AtomicUsize>);
+            impl Drop for Ended {
+                fn drop(&mut self) {
+                    self.0.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            let _ended = Ended(self.ended.clone());
+            while payload.starts_with(b"hold") && !self.released.load(Ordering::SeqCst) {
+                let notified = self.release.notified();
+                if self.released.load(Ordering::SeqCst) {
+                    break;
+                }
+                notified.await;
+            }
+            let mut out = b"echo:".to_vec();
+            out.extend_from_slice(&payload);
+            Framed::raw(&out)
+        }
+
+        fn inline(&self, payload: &[u8]) -> bool {
+            payload.len() <= 8
+        }
+    }
+
+    struct Server {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(echo: Arc<Echo>, max_in_flight: usize) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = UnixOptions {
+            path: dir.path().join("s.sock"),
+            mode: 0o600,
+            ..UnixOptions::default()
+        };
+        let listener = Listener {
+            socket: bind(&opts).unwrap(),
+            opts: opts.clone(),
+            owns_path: true,
+        };
+        let limits = ConnectionLimits {
+            max_in_flight,
+            ..ConnectionLimits::default()
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, echo, limits, shutdown.clone()));
+        Server {
+            _dir: dir,
+            path: opts.path,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn send(stream: &mut UnixStream, msg: &[u8]) {
+        stream.write_all(&frame::encode(msg)).await.unwrap();
+    }
+
+    /// The next answer, or `None` at EOF.
+    async fn answer(stream: &mut UnixStream) -> Option<String> {
+        let read = async {
+            let mut len = [0u8; 4];
+            stream.read_exact(&mut len).await.ok()?;
+            let mut body = vec![0; u32::from_be_bytes(len) as usize];
+            stream.read_exact(&mut body).await.ok()?;
+            Some(String::from_utf8(body).unwrap())
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("hang guard")
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..2000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_once_each_in_completion_order() {
+        let echo = Arc::new(Echo::default());
+        let server = start(echo.clone(), 16);
+        let mut c = UnixStream::connect(&server.path).await.unwrap();
+        // Inline and held, inline, on a task of its own.
+        send(&mut c, b"hold a").await;
+        send(&mut c, b"b").await;
+        send(&mut c, b"a longer request").await;
+        let mut first = vec![answer(&mut c).await.unwrap(), answer(&mut c).await.unwrap()];
+        first.sort();
+        assert_eq!(first, ["echo:a longer request", "echo:b"]);
+        echo.open();
+        assert_eq!(answer(&mut c).await.unwrap(), "echo:hold a");
+        assert_eq!(echo.started.load(Ordering::SeqCst), 3);
+        server.shutdown.cancel();
+        assert_eq!(answer(&mut c).await, None, "one answer each, then EOF");
+        server.task.await.unwrap();
+        assert!(!server.path.exists(), "the socket file it bound is removed");
+    }
+
+    #[tokio::test]
+    async fn reading_stops_at_the_in_flight_limit_and_shutdown_answers_what_was_read() {
+        let echo = Arc::new(Echo::default());
+        let server = start(echo.clone(), 2);
+        let mut c = UnixStream::connect(&server.path).await.unwrap();
+        for msg in [&b"hold 1"[..], b"hold 2", b"hold 3"] {
+            send(&mut c, msg).await;
+        }
+        until("two requests started", || {
+            echo.started.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            echo.started.load(Ordering::SeqCst),
+            2,
+            "the third is not read"
+        );
+        server.shutdown.cancel();
+        tokio::task::yield_now().await;
+        assert!(!server.task.is_finished(), "serve waits for what it read");
+        echo.open();
+        let mut got = vec![answer(&mut c).await.unwrap(), answer(&mut c).await.unwrap()];
+        got.sort();
+        assert_eq!(got, ["echo:hold 1", "echo:hold 2"]);
+        assert_eq!(answer(&mut c).await, None);
+        server.task.await.unwrap();
+        assert_eq!(echo.started.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_leaves_cancels_its_requests() {
+        let echo = Arc::new(Echo::default());
+        let server = start(echo.clone(), 16);
+        let mut c = UnixStream::connect(&server.path).await.unwrap();
+        send(&mut c, b"hold x").await;
+        send(&mut c, b"hold: on a task of its own").await;
+        until("both started", || echo.started.load(Ordering::SeqCst) == 2).await;
+        drop(c);
+        // Held forever (never opened): they end only by being cancelled.
+        until("both cancelled", || echo.ended.load(Ordering::SeqCst) == 2).await;
+        server.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), server.task)
+            .await
+            .expect("cancelled requests do not hold the drain")
+            .unwrap();
     }
 }

@@ -240,7 +240,7 @@ impl Metrics {
         }
     }
 
-    /// One forward pass; called on the engine thread.
+    /// One batch: its rows and padded tokens, on the engine thread before any of its answers.
     pub fn record_batch(&self, rows: usize, padded_tokens: usize) {
         self.batch_rows.observe(rows as f64);
         self.batch_tokens.observe(padded_tokens as f64);

@@ -1,31 +1,28 @@
-//! One request, start to finish: decode → validate → tokenize → queue → (worker) → reply.
-//! Every path returns exactly one encoded response; nothing here fails or panics on input.
+//! One request, start to finish: decode → admit → tokenize → submit → (worker) → answer
+//! ([`classify`]), the model it runs on and its hot-swap. Every path returns exactly one
+//! response; nothing here fails or panics on input. Conversions between the wire's messages and
+//! the engine's types are in [`convert`], the ways a request fails in [`error`].
 
+mod classify;
+pub mod convert;
+pub mod error;
 pub mod metrics;
 pub mod tokenize_pool;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use prost::Message;
 
-use crate::engine::entities::Spans;
-use crate::engine::{Answer, Engine};
-use crate::model::Task;
-use crate::sched::queue::{Job, JobError, Priority, Stats, SubmitError};
+use crate::engine::Engine;
+use crate::sched::queue::Stats;
 use crate::sched::Scheduler;
+pub use crate::service::error::ServiceError;
 use crate::service::metrics::{Metrics, ModelLabels};
-use crate::service::tokenize_pool::{TokenizeError, TokenizePool};
+use crate::service::tokenize_pool::TokenizePool;
 use crate::wire::protocol::{self, pb, RequestLimits};
-
-/// An input on its way to be computed: its length and, for a token model, its ids and spans.
-struct Computed {
-    tokens: usize,
-    spans: Option<(Vec<u32>, Box<Spans>)>,
-}
 
 /// The model that answers, as responses name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,17 +189,15 @@ impl Service {
         self.metrics.as_ref()
     }
 
-    /// Answers one request message (without its length prefix) with one response message.
-    pub async fn handle(&self, payload: Bytes) -> Vec<u8> {
+    /// Answers one request message (without its length prefix): decode, then the request's own
+    /// stages ([`classify`]). Every path ends in exactly one response.
+    pub async fn respond(&self, payload: Bytes) -> pb::Response {
         let _in_flight = self.metrics.as_deref().map(Metrics::in_flight);
         let received = Instant::now();
         // One model for the whole request, even if a reload swaps it meanwhile.
         let model = self.model();
-        let (status, response) = match protocol::decode_request(&payload) {
-            Err(r) => (
-                r.status,
-                protocol::status_response(r.id, r.status, r.message),
-            ),
+        let (id, result) = match protocol::decode_request(&payload) {
+            Err(r) => (r.id, Err(ServiceError::from(r))),
             Ok(request) => {
                 // The decoded request owns its data; the frame would only sit in memory while
                 // the request waits its turn.
@@ -210,38 +205,31 @@ impl Service {
                 let id = request.id;
                 match request.body {
                     // Info is a probe, not a classify request: not counted.
-                    Some(pb::request::Body::Info(_)) => {
-                        return self.info(&model, id).encode_to_vec()
-                    }
-                    None => {
-                        let status = pb::Status::InvalidArgument;
-                        (
-                            status,
-                            protocol::status_response(id, status, "request has no body"),
-                        )
-                    }
+                    Some(pb::request::Body::Info(_)) => return self.info(&model, id),
+                    None => (id, Err(ServiceError::Invalid("request has no body".into()))),
                     Some(pb::request::Body::Classify(c)) => {
-                        match self.classify(&model, id, c, received).await {
-                            Ok(r) => {
-                                if let (Some(m), Some(pb::response::Body::Classify(c))) =
-                                    (&self.metrics, &r.body)
-                                {
-                                    m.record(pb::Status::Ok, c.timings.as_ref());
-                                }
-                                return r.encode_to_vec();
-                            }
-                            Err((status, message)) => {
-                                (status, protocol::status_response(id, status, message))
-                            }
-                        }
+                        (id, self.classify(&model, id, c, received).await)
                     }
                 }
             }
         };
-        if let Some(m) = &self.metrics {
-            m.record(status, None);
+        match result {
+            Ok(response) => {
+                if let (Some(m), Some(pb::response::Body::Classify(c))) =
+                    (&self.metrics, &response.body)
+                {
+                    m.record(pb::Status::Ok, c.timings.as_ref());
+                }
+                response
+            }
+            Err(e) => {
+                let status = e.status();
+                if let Some(m) = &self.metrics {
+                    m.record(status, None);
+                }
+                protocol::status(id, status, e.to_string())
+            }
         }
-        response
     }
 
     fn info(&self, model: &Model, id: u64) -> pb::Response {
@@ -269,161 +257,5 @@ impl Service {
                 task: info.task.to_string(),
             })),
         }
-    }
-
-    async fn classify(
-        &self,
-        model: &Model,
-        id: u64,
-        mut req: pb::ClassifyRequest,
-        received: Instant,
-    ) -> Result<pb::Response, (pb::Status, String)> {
-        let invalid = |m: String| (pb::Status::InvalidArgument, m);
-        let inputs = protocol::inputs(&req, &self.limits).map_err(invalid)?;
-        // The engine threads wake while the texts are tokenized, not after.
-        model.scheduler.wake();
-        // From here on the texts live in `inputs` only.
-        drop(std::mem::take(&mut req.inputs));
-        let options = req.options.unwrap_or_default();
-        let token_options = match model.engine.task() {
-            Task::Token => Some(protocol::token_options(&options).map_err(invalid)?),
-            Task::Sequence => None,
-        };
-        // A redacted text must have had every character seen: a truncated one would come back
-        // with its tail unredacted, so redaction refuses over-long texts instead.
-        let truncate = !options.no_truncate && !token_options.as_ref().is_some_and(|t| t.redact);
-        let deadline = (req.deadline_us > 0)
-            .then(|| received.checked_add(Duration::from_micros(req.deadline_us)))
-            .flatten();
-        // Tokenized on the tokenizer pool: the engine thread only ever runs the model, and the
-        // I/O threads stay free for other connections and the health probes. Only token ids
-        // wait in the queue, not the texts they came from (a token model's spans wait here).
-        let encoded = self
-            .tokenizer
-            .encode(model.engine.clone(), inputs, truncate)
-            .await
-            .map_err(|e| match e {
-                TokenizeError::Busy { .. } => (pb::Status::Overloaded, e.to_string()),
-                TokenizeError::Failed(_) => (pb::Status::Internal, e.to_string()),
-            })?;
-        // Each input is computed or refused on its own; the request fails only when none can
-        // be computed.
-        let budget = model.scheduler.config().max_attention_bytes;
-        let mut plan: Vec<Result<Computed, String>> = Vec::with_capacity(encoded.len());
-        let mut rows = Vec::with_capacity(encoded.len());
-        for (i, e) in encoded.into_iter().enumerate() {
-            let mut e = match e {
-                Ok(e) => e,
-                Err(why) => {
-                    plan.push(Err(format!("input {i}: {why}")));
-                    continue;
-                }
-            };
-            // Rows are never split, so an input whose attention alone is over the pass budget
-            // could never run within it.
-            let need = model.engine.attention_bytes(1, e.len());
-            if need > budget {
-                plan.push(Err(format!(
-                    "input {i}: {} tokens need {} MiB of attention memory, over the limit of \
-                     {} MiB (--max-attention-mib)",
-                    e.len(),
-                    need.div_ceil(1 << 20),
-                    budget >> 20
-                )));
-                continue;
-            }
-            plan.push(Ok(Computed {
-                tokens: e.len(),
-                spans: e.spans.take().map(|s| (e.ids.clone(), s)),
-            }));
-            rows.push(e);
-        }
-        if rows.is_empty() {
-            let first = plan.into_iter().find_map(Result::err);
-            return Err(invalid(
-                first.unwrap_or_else(|| "no input to classify".into()),
-            ));
-        }
-        let tokenized = Instant::now();
-        let priority = match pb::Priority::try_from(req.priority) {
-            Ok(pb::Priority::High) => Priority::High,
-            _ => Priority::Normal,
-        };
-        let job = Job {
-            inputs: rows,
-            priority,
-            deadline,
-            received,
-        };
-        let rx = model.scheduler.submit(job).map_err(|e| match e {
-            SubmitError::Overloaded { capacity } => (
-                pb::Status::Overloaded,
-                format!("queue is full ({capacity} requests waiting); retry later"),
-            ),
-            SubmitError::ShuttingDown => {
-                (pb::Status::Unavailable, "server is shutting down".into())
-            }
-            SubmitError::Unhealthy(why) => {
-                (pb::Status::Unavailable, format!("engine unhealthy: {why}"))
-            }
-        })?;
-        let output = match rx.await {
-            Ok(Ok(out)) => out,
-            Ok(Err(JobError::DeadlineExceeded)) => {
-                return Err((
-                    pb::Status::DeadlineExceeded,
-                    format!("deadline of {} µs passed while queued", req.deadline_us),
-                ))
-            }
-            Ok(Err(JobError::ShuttingDown)) => {
-                return Err((pb::Status::Unavailable, "server is shutting down".into()))
-            }
-            Ok(Err(JobError::Engine(e))) => return Err((pb::Status::Internal, e.to_string())),
-            Ok(Err(e @ JobError::Unhealthy(_))) => {
-                return Err((pb::Status::Unavailable, e.to_string()))
-            }
-            Err(_) => return Err((pb::Status::Internal, "engine worker stopped".into())),
-        };
-        let mut logits = output.logits.into_iter();
-        let token_options = token_options.unwrap_or_default();
-        let results = plan
-            .into_iter()
-            .map(|p| match p {
-                Err(message) => protocol::refused_result(message),
-                Ok(c) => {
-                    let l = logits.next().unwrap_or_default();
-                    let answer = match c.spans {
-                        Some((ids, spans)) => model
-                            .engine
-                            .predict_tokens(l, &ids, &spans, &token_options)
-                            .map(Answer::Token),
-                        None => model.engine.predict(l, c.tokens).map(Answer::Sequence),
-                    };
-                    match answer {
-                        Ok(a) => protocol::result(a, &options, &model.engine.info().labels),
-                        Err(e) => protocol::refused_result(e.to_string()),
-                    }
-                }
-            })
-            .collect();
-        let micros = |d: Duration| d.as_micros() as u64;
-        Ok(pb::Response {
-            version: protocol::VERSION,
-            id,
-            status: pb::Status::Ok as i32,
-            message: String::new(),
-            body: Some(pb::response::Body::Classify(pb::ClassifyResponse {
-                results,
-                model: model.identity.name.clone(),
-                revision: model.identity.revision.clone(),
-                timings: Some(pb::Timings {
-                    queue_us: output.queue_us,
-                    tokenize_us: micros(tokenized - received),
-                    inference_us: output.inference_us,
-                    total_us: micros(received.elapsed()),
-                    batch_size: output.batch_size,
-                }),
-            })),
-        })
     }
 }

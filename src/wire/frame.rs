@@ -24,6 +24,39 @@ pub fn encode(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One message with its length prefix, in one buffer: encoded in place behind room left for the
+/// prefix, so that an answer is written to its stream as it was encoded, never copied to be
+/// framed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Framed(Vec<u8>);
+
+impl Framed {
+    /// Encodes `message` behind its prefix.
+    pub fn message(message: &impl prost::Message) -> Self {
+        let len = message.encoded_len();
+        let mut out = Vec::with_capacity(PREFIX_LEN + len);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        // Cannot fail: the buffer grows as needed.
+        let _ = message.encode(&mut out);
+        Framed(out)
+    }
+
+    /// Frames bytes already encoded (a copy; for peers that are not protobuf, as in tests).
+    pub fn raw(message: &[u8]) -> Self {
+        Framed(encode(message))
+    }
+
+    /// The frame as it goes on the wire, prefix first.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The message without its prefix.
+    pub fn payload(&self) -> &[u8] {
+        &self.0[PREFIX_LEN..]
+    }
+}
+
 /// Why a stream stopped yielding frames.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -68,6 +101,17 @@ mod tests {
         buf.extend_from_slice(&framed[3..]);
         assert_eq!(&c.decode(&mut buf).unwrap().unwrap()[..], b"hello");
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_message_is_framed_in_place_as_encode_frames_it() {
+        let msg = crate::wire::protocol::status(3, crate::wire::protocol::pb::Status::Ok, "hi");
+        let framed = Framed::message(&msg);
+        assert_eq!(
+            framed.as_bytes(),
+            &encode(&prost::Message::encode_to_vec(&msg))[..]
+        );
+        assert_eq!(framed, Framed::raw(framed.payload()));
     }
 
     #[test]
