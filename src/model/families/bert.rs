@@ -24,11 +24,7 @@ pub const FAMILY: super::Family = super::Family {
         "BertForSequenceClassification",
         "BertForTokenClassification",
     ],
-    build: |spec, vb| {
-        let cfg: EncoderConfig = super::parse(spec)?;
-        super::checked(cfg.check())?;
-        Ok(Box::new(Bert::load(cfg, spec.num_labels, spec.task, vb)?))
-    },
+    build: |spec, vb| super::build_checked(spec, vb, EncoderConfig::check, Bert::load),
 };
 
 fn default_act() -> Activation {

@@ -23,16 +23,7 @@ pub const FAMILY: super::Family = super::Family {
         "DistilBertForSequenceClassification",
         "DistilBertForTokenClassification",
     ],
-    build: |spec, vb| {
-        let cfg: DistilBertConfig = super::parse(spec)?;
-        super::checked(cfg.check())?;
-        Ok(Box::new(DistilBert::load(
-            cfg,
-            spec.num_labels,
-            spec.task,
-            vb,
-        )?))
-    },
+    build: |spec, vb| super::build_checked(spec, vb, DistilBertConfig::check, DistilBert::load),
 };
 
 // DistilBERT's LayerNorms are built with a fixed eps.

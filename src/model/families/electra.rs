@@ -18,16 +18,7 @@ pub const FAMILY: super::Family = super::Family {
         "ElectraForSequenceClassification",
         "ElectraForTokenClassification",
     ],
-    build: |spec, vb| {
-        let cfg: EncoderConfig = super::parse(spec)?;
-        super::checked(cfg.check())?;
-        Ok(Box::new(Electra::load(
-            cfg,
-            spec.num_labels,
-            spec.task,
-            vb,
-        )?))
-    },
+    build: |spec, vb| super::build_checked(spec, vb, EncoderConfig::check, Electra::load),
 };
 
 pub struct Electra {

@@ -105,6 +105,22 @@ pub fn parse<T: DeserializeOwned>(spec: &Spec<'_>) -> Result<T, BuildError> {
     T::deserialize(spec.config).map_err(|e| BuildError::Config(e.to_string()))
 }
 
+/// The usual builder: config.json parsed as `C`, checked by `check`, then `load`ed.
+pub fn build_checked<C, M>(
+    spec: &Spec<'_>,
+    vb: VarBuilder<'_>,
+    check: fn(&C) -> Result<(), String>,
+    load: for<'v> fn(C, usize, Task, VarBuilder<'v>) -> candle_core::Result<M>,
+) -> Built
+where
+    C: DeserializeOwned,
+    M: SequenceClassifier + 'static,
+{
+    let cfg: C = parse(spec)?;
+    checked(check(&cfg))?;
+    Ok(Box::new(load(cfg, spec.num_labels, spec.task, vb)?))
+}
+
 /// A family's own consistency check, as a config error.
 pub fn checked(r: Result<(), String>) -> Result<(), BuildError> {
     r.map_err(BuildError::Config)

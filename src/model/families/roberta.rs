@@ -20,16 +20,7 @@ pub const FAMILY: super::Family = super::Family {
         "RobertaForTokenClassification",
         "XLMRobertaForTokenClassification",
     ],
-    build: |spec, vb| {
-        let cfg: EncoderConfig = super::parse(spec)?;
-        super::checked(cfg.check())?;
-        Ok(Box::new(Roberta::load(
-            cfg,
-            spec.num_labels,
-            spec.task,
-            vb,
-        )?))
-    },
+    build: |spec, vb| super::build_checked(spec, vb, EncoderConfig::check, Roberta::load),
 };
 
 pub struct Roberta {

@@ -50,14 +50,7 @@ pub const FAMILY: crate::model::families::Family = crate::model::families::Famil
         "DebertaV2ForTokenClassification",
     ],
     build: |spec, vb| {
-        let cfg: Config = crate::model::families::parse(spec)?;
-        crate::model::families::checked(cfg.check())?;
-        Ok(Box::new(DebertaV2::load(
-            cfg,
-            spec.num_labels,
-            spec.task,
-            vb,
-        )?))
+        crate::model::families::build_checked(spec, vb, Config::check, DebertaV2::load)
     },
 };
 

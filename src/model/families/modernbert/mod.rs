@@ -26,16 +26,7 @@ pub const FAMILY: super::Family = super::Family {
         "ModernBertForSequenceClassification",
         "ModernBertForTokenClassification",
     ],
-    build: |spec, vb| {
-        let cfg: Config = super::parse(spec)?;
-        super::checked(cfg.check())?;
-        Ok(Box::new(ModernBert::load(
-            cfg,
-            spec.num_labels,
-            spec.task,
-            vb,
-        )?))
-    },
+    build: |spec, vb| super::build_checked(spec, vb, Config::check, ModernBert::load),
 };
 
 struct Layer {
