@@ -114,6 +114,7 @@ fn connection_limits(s: &Settings) -> ConnectionLimits {
         // ever be read.
         max_receive_bytes: s.max_receive_bytes.max(s.max_frame_bytes),
         idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+        handshake_timeout: Duration::from_secs(s.handshake_timeout_secs),
         frame_timeout: Duration::from_secs(s.frame_timeout_secs),
     }
 }
@@ -239,6 +240,9 @@ mod tests {
         assert_eq!(flagged.frame_timeout, Duration::from_secs(7));
         // Unrelated to the idle timeout, which keeps its default.
         assert_eq!(flagged.idle_timeout, Duration::from_secs(60));
+        assert_eq!(flagged.handshake_timeout, Duration::from_secs(10));
+        let handshake = limits(&["--handshake-timeout-secs", "3"]).handshake_timeout;
+        assert_eq!(handshake, Duration::from_secs(3));
     }
 
     #[test]

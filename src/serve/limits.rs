@@ -18,6 +18,10 @@ pub struct ConnectionLimits {
     pub max_receive_bytes: usize,
     /// A connection with nothing in flight and nothing received for this long is closed.
     pub idle_timeout: Duration,
+    /// QUIC only: a handshake must complete within this long of its (address-validated)
+    /// Initial, or it is dropped. Until then it holds a place among the pending handshakes,
+    /// not a connection slot.
+    pub handshake_timeout: Duration,
     /// A frame must arrive whole within this long of its first byte, and a response must be
     /// taken by the peer within this long; otherwise the connection (UDS) or the stream (QUIC)
     /// is closed. Receiving bytes does not extend it, so a peer dripping a frame cannot hold a

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,7 +26,7 @@ use crate::serve::limits::ConnectionLimits;
 use crate::service::metrics::Transport;
 use crate::wire::frame::PREFIX_LEN;
 use crate::wire::quic::{
-    read_exact, read_prefix, FrameReadError, QuicLimits, CLOSE_IDLE, CLOSE_SHUTDOWN,
+    read_exact, read_prefix, FrameReadError, QuicLimits, CLOSE_BUSY, CLOSE_IDLE, CLOSE_SHUTDOWN,
     STREAM_FRAME_TIMEOUT, STREAM_FRAME_TOO_LARGE, STREAM_OVERLOADED, STREAM_TRUNCATED,
 };
 use crate::wire::tls::TlsError;
@@ -45,6 +45,9 @@ impl From<ConnectionLimits> for QuicLimits {
     fn from(l: ConnectionLimits) -> Self {
         Self {
             max_connections: l.max_connections,
+            // As many handshakes as connections: enough to fill every slot at once.
+            max_handshakes: l.max_connections,
+            handshake_timeout: l.handshake_timeout,
             max_streams_per_connection: u32::try_from(l.max_in_flight.max(1)).unwrap_or(u32::MAX),
             max_frame_bytes: l.max_frame_bytes,
             max_receive_bytes: l.max_receive_bytes,
@@ -88,6 +91,13 @@ pub fn listen(opts: &QuicOptions, limits: &ConnectionLimits) -> Result<Endpoint,
 /// Serves QUIC connections on `endpoint` until `shutdown` is cancelled, then drains: no new
 /// connections or streams are accepted, streams already accepted are answered, every
 /// connection is closed with [`CLOSE_SHUTDOWN`], and this returns once the endpoint is idle.
+///
+/// An incoming connection is decided on before the handshake. A client whose address is not
+/// yet validated gets a Retry, which costs the server no state and no crypto: only a peer that
+/// receives at the address it sends from can come back with the token. A validated one is
+/// refused while every connection slot is taken or `max_handshakes` handshakes are under way;
+/// otherwise its handshake runs, for at most `handshake_timeout`, holding a place among the
+/// handshakes, and it takes a connection slot only once the handshake has completed.
 pub async fn serve<H: Handler>(
     endpoint: Endpoint,
     handler: Arc<H>,
@@ -95,9 +105,10 @@ pub async fn serve<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
     let budget = ReceiveBudget::new(limits.max_receive_bytes);
     let mut connections = JoinSet::new();
-    let mut refusals = RefusalLog::default();
+    let logs = Arc::new(Logs::default());
     loop {
         tokio::select! {
             biased;
@@ -105,11 +116,32 @@ pub async fn serve<H: Handler>(
             Some(done) = connections.join_next(), if !connections.is_empty() => log_join(done),
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let remote = incoming.remote_address();
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    refusals.refused(remote, limits.max_connections);
-                    incoming.refuse();
+                if !incoming.remote_address_validated() {
+                    // Never fails here: a client that is not validated may always be retried.
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().ignore();
+                    }
                     continue;
+                }
+                let remote = incoming.remote_address();
+                let full = if slots.available_permits() == 0 {
+                    Some(format!("{} connections open", limits.max_connections))
+                } else {
+                    None
+                };
+                let handshake = match full {
+                    Some(why) => Err(why),
+                    None => handshakes.clone().try_acquire_owned().map_err(|_| {
+                        format!("{} handshakes under way", limits.max_handshakes)
+                    }),
+                };
+                let handshake = match handshake {
+                    Ok(permit) => permit,
+                    Err(why) => {
+                        logs.refused(remote, &why);
+                        incoming.refuse();
+                        continue;
+                    }
                 };
                 let span = info_span!("quic", remote = %remote);
                 connections.spawn(
@@ -119,7 +151,11 @@ pub async fn serve<H: Handler>(
                         limits,
                         budget.clone(),
                         shutdown.clone(),
-                        permit,
+                        Places {
+                            slots: slots.clone(),
+                            handshake,
+                            logs: logs.clone(),
+                        },
                     )
                     .instrument(span),
                 );
@@ -149,29 +185,105 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// Warns about refused connections at most once every ten seconds, with a count.
-#[derive(Default)]
-struct RefusalLog {
-    last: Option<Instant>,
-    since_last: u64,
+/// How long a window of [`Throttle`] lasts.
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Lets the first `burst` warnings of each ten-second window through and counts the rest, so a
+/// flood of refused peers or failed handshakes writes a few lines per window, not one per
+/// attempt; the next line let through says how many were held back.
+struct Throttle {
+    burst: u32,
+    state: Mutex<ThrottleState>,
 }
 
-impl RefusalLog {
-    fn refused(&mut self, remote: SocketAddr, max: usize) {
-        self.since_last += 1;
-        if self
-            .last
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
-            warn!(
-                "refusing quic connection from {remote}: {max} connections open \
-                 ({} refused since the previous warning, this one included)",
-                self.since_last
-            );
-            self.last = Some(Instant::now());
-            self.since_last = 0;
+struct ThrottleState {
+    window: Option<Instant>,
+    in_window: u32,
+    held: u64,
+}
+
+impl Throttle {
+    const fn new(burst: u32) -> Self {
+        Self {
+            burst,
+            state: Mutex::new(ThrottleState {
+                window: None,
+                in_window: 0,
+                held: 0,
+            }),
         }
     }
+
+    /// `Some(held back since the previous line)` when this warning may be written.
+    fn admit(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if s.window.is_none_or(|t| now.duration_since(t) >= LOG_WINDOW) {
+            s.window = Some(now);
+            s.in_window = 0;
+        }
+        if s.in_window < self.burst {
+            s.in_window += 1;
+            Some(std::mem::take(&mut s.held))
+        } else {
+            s.held += 1;
+            None
+        }
+    }
+}
+
+/// ", and N more not logged" for a line that stands for `held` warnings held back before it.
+fn held_back(held: u64) -> String {
+    if held == 0 {
+        String::new()
+    } else {
+        format!(" ({held} more since the previous warning, not logged)")
+    }
+}
+
+/// The listener's rate-limited warnings.
+struct Logs {
+    refusals: Throttle,
+    handshakes: Throttle,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Self {
+            refusals: Throttle::new(1),
+            handshakes: Throttle::new(5),
+        }
+    }
+}
+
+impl Logs {
+    fn refused(&self, remote: SocketAddr, why: &str) {
+        if let Some(held) = self.refusals.admit() {
+            warn!(
+                "refusing quic connection from {remote}: {why}{}",
+                held_back(held)
+            );
+        }
+    }
+
+    fn handshake_failed(&self, remote: SocketAddr, why: &dyn std::fmt::Display) {
+        if let Some(held) = self.handshakes.admit() {
+            warn!(
+                "quic handshake from {remote} failed: {why}{}",
+                held_back(held)
+            );
+        } else {
+            debug!("quic handshake from {remote} failed: {why}");
+        }
+    }
+}
+
+/// What a connection holds: a place among the handshakes until its handshake ends, then a
+/// connection slot taken from `slots`.
+struct Places {
+    slots: Arc<Semaphore>,
+    handshake: OwnedSemaphorePermit,
+    logs: Arc<Logs>,
 }
 
 async fn connection<H: Handler>(
@@ -180,26 +292,42 @@ async fn connection<H: Handler>(
     limits: QuicLimits,
     budget: ReceiveBudget,
     shutdown: CancellationToken,
-    _slot: OwnedSemaphorePermit,
+    places: Places,
 ) {
     let remote = incoming.remote_address();
+    let logs = places.logs;
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
-            warn!("quic handshake from {remote} failed: {e}");
+            logs.handshake_failed(remote, &e);
             return;
         }
     };
+    // Dropping the handshake (timed out, or on shutdown) closes the connection.
     let conn = tokio::select! {
-        res = connecting => match res {
-            Ok(conn) => conn,
-            Err(e) => {
-                warn!("quic handshake from {remote} failed: {e}");
+        res = tokio::time::timeout(limits.handshake_timeout, connecting) => match res {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                logs.handshake_failed(remote, &e);
+                return;
+            }
+            Err(_) => {
+                let why = format!("not complete within {:?}", limits.handshake_timeout);
+                logs.handshake_failed(remote, &why);
                 return;
             }
         },
-        // Dropping the handshake closes the connection.
         _ = shutdown.cancelled() => return,
+    };
+    drop(places.handshake);
+    // Free when the handshake began, but other handshakes may have completed meanwhile.
+    let Ok(_slot) = places.slots.try_acquire_owned() else {
+        logs.refused(
+            remote,
+            &format!("{} connections open", limits.max_connections),
+        );
+        conn.close(CLOSE_BUSY, b"too many connections");
+        return;
     };
     debug!("quic connection established");
     let _open = handler.connection_opened(Transport::Quic);
@@ -505,6 +633,20 @@ mod tests {
     async fn connect_and_call(cfg: &QuicClientConfig) -> Result<Bytes, QuicClientError> {
         let client = QuicClient::connect(cfg).await?;
         client.call(b"hi").await
+    }
+
+    #[test]
+    fn warnings_past_the_burst_are_counted_not_written() {
+        let t = Throttle::new(2);
+        assert_eq!(
+            (t.admit(), t.admit(), t.admit(), t.admit()),
+            (Some(0), Some(0), None, None)
+        );
+        // The next window's first line carries the count of those held back.
+        t.state.lock().unwrap().window = Some(Instant::now() - LOG_WINDOW);
+        assert_eq!((t.admit(), t.admit()), (Some(2), Some(0)));
+        assert_eq!(held_back(0), "");
+        assert!(held_back(3).contains("3 more"));
     }
 
     #[tokio::test]

@@ -299,6 +299,9 @@ settings! {
     max_receive_bytes: usize = "134217728", "BYTES";
     /// Seconds before an idle connection is closed.
     idle_timeout_secs: u64 = "60", "SECS", 1..;
+    /// Seconds a QUIC handshake may take once the client's address is validated; past it the
+    /// handshake is dropped and its place among the pending handshakes freed.
+    handshake_timeout_secs: u64 = "10", "SECS", 1..;
     /// Seconds a request frame may take to arrive once its first byte has, and a response to be
     /// taken by the peer; past it the connection (Unix socket) or stream (QUIC) is closed.
     frame_timeout_secs: u64 = "10", "SECS", 1..;

@@ -14,6 +14,9 @@ pub const CLOSE_DONE: VarInt = VarInt::from_u32(0);
 pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(1);
 /// Application close code: no request for the idle timeout.
 pub const CLOSE_IDLE: VarInt = VarInt::from_u32(2);
+/// Application close code: the connection completed its handshake while the server already had
+/// `max_connections` open (more handshakes were under way than free slots).
+pub const CLOSE_BUSY: VarInt = VarInt::from_u32(3);
 /// Stream error code: the request frame is longer than the server's `max_frame_bytes`, or the
 /// response longer than the client's limit.
 pub const STREAM_FRAME_TOO_LARGE: VarInt = VarInt::from_u32(1);
@@ -29,8 +32,14 @@ pub const STREAM_OVERLOADED: VarInt = VarInt::from_u32(4);
 /// Limits of the QUIC listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuicLimits {
-    /// Connections (handshaking or established); further ones are refused before the handshake.
+    /// Established connections. While all are taken, new ones are refused before the
+    /// handshake; a handshake takes a slot only once it completes.
     pub max_connections: usize,
+    /// Handshakes under way at once (from address-validated clients); past it new ones are
+    /// refused before any crypto work.
+    pub max_handshakes: usize,
+    /// A handshake must complete within this long, or it is dropped.
+    pub handshake_timeout: Duration,
     /// Concurrent bidirectional streams, i.e. requests in flight, per connection. A client
     /// opening more waits for a slot (QUIC flow control), it is not refused.
     pub max_streams_per_connection: u32,

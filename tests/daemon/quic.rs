@@ -496,3 +496,184 @@ fn a_slow_drip_quic_stream_is_reset_and_its_connection_still_served() {
         daemon.stderr()
     );
 }
+
+/// Captures `n` distinct client Initial datagrams: a quinn client connects `n` times to a
+/// socket that only listens, and the first datagram of each connection (told apart by its
+/// destination connection id) is kept. Nothing ever answers them.
+async fn captured_initials(pki: &TestPki, n: usize) -> Vec<Vec<u8>> {
+    let trap = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = trap.local_addr().unwrap();
+    let config = classifyd::wire::tls::client_config(&pki.path("ca.pem"), None, None).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let _connecting: Vec<_> = (0..n)
+        .map(|_| {
+            endpoint
+                .connect_with(config.clone(), to, "localhost")
+                .unwrap()
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut initials = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while initials.len() < n {
+        let len = tokio::time::timeout(Duration::from_secs(10), trap.recv(&mut buf))
+            .await
+            .expect("hang guard")
+            .unwrap();
+        let d = &buf[..len];
+        // A long header: flags, version (4 bytes), the destination id's length, the id.
+        assert_eq!(d[0] & 0xf0, 0xc0, "not an Initial: {:02x}", d[0]);
+        let dcid = d[6..6 + usize::from(d[5])].to_vec();
+        if seen.insert(dcid) {
+            initials.push(d.to_vec());
+        }
+    }
+    endpoint.close(0u32.into(), b"");
+    initials
+}
+
+/// Issue #30: spoofable Initials never followed up must not lock out clients with a
+/// certificate. Before the fix each took a connection slot until QUIC's idle timeout; now an
+/// address not yet validated gets a Retry, which costs the server nothing, and the client
+/// with a certificate is served at once.
+#[test]
+fn a_flood_of_unanswered_initials_locks_no_client_out() {
+    let pki = TestPki::new();
+    let addr = free_udp_port();
+    let mut daemon = pki.daemon(
+        addr,
+        &["--max-connections", "4", "--handshake-timeout-secs", "2"],
+    );
+    let rt = runtime();
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        let initials = captured_initials(&pki, 300).await;
+        // Each from its own source port, as 300 spoofed peers would send them.
+        let mut sockets = Vec::new();
+        for d in &initials {
+            let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            s.send_to(d, addr).await.unwrap();
+            sockets.push(s);
+        }
+        // Every one is answered with a Retry (long header, type 3) and nothing else is done.
+        let mut buf = vec![0u8; 65536];
+        for s in &sockets {
+            let len = tokio::time::timeout(Duration::from_secs(10), s.recv(&mut buf))
+                .await
+                .expect("no answer to an Initial")
+                .unwrap();
+            assert_eq!(
+                buf[0] & 0xf0,
+                0xf0,
+                "not a Retry: {:02x} ({len} bytes)",
+                buf[0]
+            );
+        }
+        let served = tokio::time::timeout(
+            Duration::from_secs(5),
+            classify_once(&pki.client(addr, "client")),
+        )
+        .await
+        .expect("the client with a certificate waited");
+        assert_eq!(served, Ok(pb::Status::Ok), "{}", daemon.stderr());
+        // Four at once: every connection slot is still there to take.
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(
+                QuicClient::connect(&pki.client(addr, "client"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        for c in &clients {
+            let r = Client::Quic(c.clone())
+                .classify(vec![text("x")], logits_opts())
+                .await
+                .unwrap();
+            assert_eq!(status(&r), pb::Status::Ok);
+        }
+        for c in clients {
+            c.close().await;
+        }
+        // Still healthy over the Unix socket too.
+        assert!(info_body(daemon.client().await.info().await.unwrap()).ready);
+    });
+    eprintln!("flood test took {:?}", started.elapsed());
+    assert!(daemon.try_wait().is_none(), "{}", daemon.stderr());
+    assert!(!daemon.stderr().contains("panicked"), "{}", daemon.stderr());
+}
+
+/// A client whose handshake never completes although its address is validated: it talks to the
+/// daemon through a relay that passes its first two datagrams (the Initial, and the Initial
+/// again with the Retry's token) and only the daemon's first answer (the Retry) back.
+async fn half_open(
+    daemon: SocketAddr,
+    config: quinn::ClientConfig,
+) -> (quinn::Endpoint, quinn::Connecting) {
+    let near = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let far = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    far.connect(daemon).await.unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let relay = near.local_addr().unwrap();
+    let connecting = endpoint.connect_with(config, relay, "localhost").unwrap();
+    let client = endpoint.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut up, mut down) = (0, 0);
+        let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+        loop {
+            tokio::select! {
+                Ok((n, _)) = near.recv_from(&mut a) => if up < 2 {
+                    up += 1;
+                    let _ = far.send(&a[..n]).await;
+                },
+                Ok(n) = far.recv(&mut b) => if down < 1 {
+                    down += 1;
+                    let _ = near.send_to(&b[..n], client).await;
+                },
+            }
+        }
+    });
+    (endpoint, connecting)
+}
+
+/// Handshakes from validated addresses are capped apart from connections and end at
+/// `--handshake-timeout-secs`: eight that never complete, against four places, have four
+/// refused and four dropped after 2 s, and then a client with a certificate is served.
+#[test]
+fn stalled_handshakes_are_capped_and_time_out() {
+    let pki = TestPki::new();
+    let addr = free_udp_port();
+    let daemon = pki.daemon(
+        addr,
+        &["--max-connections", "4", "--handshake-timeout-secs", "2"],
+    );
+    let rt = runtime();
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        let config = classifyd::wire::tls::client_config(
+            &pki.path("ca.pem"),
+            Some(&pki.path("client.pem")),
+            Some(&pki.path("client-key.pem")),
+        )
+        .unwrap();
+        let mut stalled = Vec::new();
+        for _ in 0..8 {
+            stalled.push(half_open(addr, config.clone()).await);
+        }
+        logged(&daemon, "4 handshakes under way");
+        logged(&daemon, "not complete within 2s");
+        let served = tokio::time::timeout(
+            Duration::from_secs(5),
+            classify_once(&pki.client(addr, "client")),
+        )
+        .await
+        .expect("the client with a certificate waited");
+        assert_eq!(served, Ok(pb::Status::Ok), "{}", daemon.stderr());
+        drop(stalled);
+    });
+    eprintln!("stalled handshakes test took {:?}", started.elapsed());
+    // One refusal line for the window, and at most five handshake lines.
+    let log = daemon.stderr();
+    assert_eq!(log.matches("refusing quic connection").count(), 1, "{log}");
+    assert!(log.matches("quic handshake from").count() <= 5, "{log}");
+}

@@ -37,7 +37,7 @@ _STREAM_CODES: dict[int, tuple[type[_errors.ClassifydError], str]] = {
     3: (_errors.DeadlineExceeded, "the request was not received, or its answer not taken, within the server's frame_timeout_secs"),
 }
 # Application codes the server closes a connection with.
-_CLOSE_CODES = {0: "closed", 1: "the server is shutting down", 2: "closed by the server after its idle timeout"}
+_CLOSE_CODES = {0: "closed", 1: "the server is shutting down", 2: "closed by the server after its idle timeout", 3: "the server has max_connections open"}
 
 T = TypeVar("T")
 
