@@ -31,8 +31,11 @@ use crate::settings::FileValues;
 use crate::wire::frame::{self, FrameError};
 use crate::wire::protocol::{self, pb, RequestLimits};
 
+/// A target's body: one input, a panic where a promise is broken.
+pub type Target = fn(&[u8]);
+
 /// Every target by the name its cargo-fuzz binary and its seed folder have.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frame", frame),
     ("request", request),
     ("config_json", config_json),
