@@ -11,8 +11,9 @@
 #
 # Needs `cargo install cargo-fuzz`. cargo-fuzz passes nightly-only flags (-Zsanitizer); the
 # project's toolchain is stable, so RUSTC_BOOTSTRAP=1 lets the stable compiler take them (its
-# rust-std ships the sanitizer runtimes). Fuzzing is not part of CI: the instrumented build of
-# candle and tokenizers alone takes 20 minutes of CPU (45 on a busy two-core machine). Runs
+# rust-std ships the sanitizer runtimes). Fuzzing is not part of CI (CI type-checks fuzz/, and
+# `cargo test` replays the seeds through classifyd::fuzzing): the instrumented build of candle
+# and tokenizers alone takes 20 minutes of CPU (45 on a busy two-core machine). Runs
 # under `nice` so that a long run does not starve other work on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."

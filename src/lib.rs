@@ -41,11 +41,15 @@
 //!   protobuf messages, QUIC's stream and close codes, TLS and the development PKI.
 //! - [`client`] and [`mod@bench`]: the same protocol from the other side (over [`wire`] alone),
 //!   and the load generator.
+//! - `fuzzing` (feature `fuzzing`): the fuzz targets' bodies, which `fuzz/` wraps and the tests
+//!   replay every committed seed through.
 
 pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod model;
 pub mod sched;
 pub mod serve;

@@ -3,7 +3,7 @@
 
 mod bench;
 mod classify;
-mod serve;
+pub(crate) mod serve;
 
 use std::path::PathBuf;
 
