@@ -296,7 +296,7 @@ pub fn safetensors(data: &[u8]) {
         config_path: root.join("config.json"),
         config: serde_json::Value::Null,
         head: HeadConfig {
-            architecture: "BertForSequenceClassification".into(),
+            architecture: crate::model::families::bert::FAMILY.architectures[0].into(),
             labels: vec!["LABEL_0".into(), "LABEL_1".into()],
             problem_type: ProblemType::SingleLabel,
             pad_token_id: None,

@@ -263,7 +263,8 @@ settings! {
     uds_group: Option<String> = "", "GROUP";
     /// Only peers with this uid may connect (repeatable; with --allow-gid, either matches).
     allow_uid: Vec<u32> = "", "UID";
-    /// Only peers with this gid may connect (repeatable).
+    /// Only peers whose own gid is this may connect (repeatable; SO_PEERCRED's effective gid:
+    /// supplementary groups are not seen, see SECURITY.md).
     allow_gid: Vec<u32> = "", "GID";
     /// QUIC address to listen on, e.g. 127.0.0.1:4433 (needs --tls-cert and --tls-key).
     quic: Option<SocketAddr> = "", "HOST:PORT";
