@@ -549,9 +549,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn redaction_replaces_spans_and_merges_overlaps() {
-        let e = |label: &str, s: usize, t: usize| Entity {
+    /// An entity of `label` over bytes `s..t`, for the redaction tests.
+    fn e(label: &str, s: usize, t: usize) -> Entity {
+        Entity {
             label: label.into(),
             score: 1.0,
             word: String::new(),
@@ -560,7 +560,11 @@ mod tests {
             start_byte: s,
             end_byte: t,
             index: None,
-        };
+        }
+    }
+
+    #[test]
+    fn redaction_replaces_spans_and_merges_overlaps() {
         let text = "Mail ana@x.io from Köln";
         // "ö" is two bytes: "Köln" is bytes 19..24.
         let got = redact(
@@ -575,16 +579,6 @@ mod tests {
     /// out of the entity; spaces and punctuation around it are kept.
     #[test]
     fn redaction_widens_to_whole_words() {
-        let e = |label: &str, s: usize, t: usize| Entity {
-            label: label.into(),
-            score: 1.0,
-            word: String::new(),
-            start: 0,
-            end: 0,
-            start_byte: s,
-            end_byte: t,
-            index: None,
-        };
         let text = "John Smith wired 5000 dollars to Acme Bank, Köln.";
         // "Jo" of John, "mit" inside Smith, "Kö" of Köln (ö is two bytes).
         let got = redact(text, &[e("PER", 0, 2), e("PER", 6, 9), e("LOC", 44, 47)]);
