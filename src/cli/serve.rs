@@ -18,6 +18,9 @@ fn resolve(a: &ServeArgs) -> anyhow::Result<(Settings, ServeConfig)> {
 
 pub(crate) fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     let (s, cfg) = resolve(&a)?;
+    // Before any thread of the daemon's allocates: reloads then reuse two heaps instead of
+    // leaving an arena behind with every generation of engine threads.
+    crate::engine::heap::few_arenas();
     if let Some(cpus) = &s.cpus {
         // Every thread started from here on inherits this mask; the engine threads then pin
         // themselves to --cpus.

@@ -396,3 +396,83 @@ fn a_billion_positions_fails_the_reload_and_the_start_cleanly() {
         );
     }
 }
+
+/// `(mappings, Private_Dirty KiB, Rss KiB)` of a process, from /proc.
+fn memory(pid: i32) -> (usize, u64, u64) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let kib = |key: &str| -> u64 {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {rollup}"))
+    };
+    (maps.lines().count(), kib("Private_Dirty:"), kib("Rss:"))
+}
+
+/// Twenty reloads of the default model keep nothing: after each, the old model's maps, engine
+/// threads and heap go, so the number of mappings and the private memory come back to their
+/// level after the first reload. Slack: 16 mappings, and 10 MiB of private memory (malloc keeps
+/// up to 8 MiB of freed heap before trimming, `engine::heap`).
+#[test]
+fn twenty_reloads_return_mappings_and_private_memory_to_their_level() {
+    let cache = tempfile::tempdir().unwrap();
+    let metrics = metrics_addr();
+    let mut daemon = Daemon::start(
+        &default_model(),
+        &[
+            "--metrics-addr",
+            &metrics.to_string(),
+            "--cache-dir",
+            &cache.path().display().to_string(),
+        ],
+    );
+    let pid = daemon.pid();
+    let reloads = |n: f64| {
+        daemon.signal(1);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metric(metrics, "classifyd_reloads_total{result=\"ok\"}") < n {
+            assert!(Instant::now() < deadline, "reload {n}: {}", daemon.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let exercise = || {
+        runtime().block_on(async {
+            let client = daemon.client().await;
+            for t in mixed_texts().iter().take(20) {
+                let r = client
+                    .classify(vec![text(t.as_str())], logits_opts())
+                    .await
+                    .unwrap();
+                assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
+            }
+        })
+    };
+    reloads(1.0);
+    exercise();
+    let first = memory(pid);
+    let mut seen = vec![first];
+    for n in 2..=20 {
+        reloads(n as f64);
+        exercise();
+        seen.push(memory(pid));
+    }
+    let last = *seen.last().unwrap();
+    assert!(
+        last.0 <= first.0 + 16,
+        "mappings grew from {} to {}: {seen:?}",
+        first.0,
+        last.0
+    );
+    assert!(
+        last.1 <= first.1 + 10 * 1024,
+        "Private_Dirty grew from {} to {} KiB: {seen:?}",
+        first.1,
+        last.1
+    );
+    eprintln!("(mappings, Private_Dirty KiB, Rss KiB) after each reload: {seen:?}");
+    daemon.signal(15);
+    assert!(daemon.wait().success(), "{}", daemon.stderr());
+}
