@@ -127,8 +127,12 @@ def test_token_model_entities_and_redaction(tok_bert: Daemon) -> None:
 def test_sequence_model_info_task(bert: Daemon) -> None:
     with Client(bert.socket) as c:
         assert c.info().task == "sequence"
-        r = c.classify(["great movie"], aggregation="max", redact=True)[0]
-    assert r.label and r.entities == [] and r.redacted is None
+        r = c.classify(["great movie"])[0]
+        assert r.label and r.entities == [] and r.redacted is None
+        # Token-only options are refused by a sequence model, never answered without them: an
+        # answer with no `redacted` text must not pass for a clean one.
+        with pytest.raises(InvalidArgument, match="redact, aggregation are only for token"):
+            c.classify(["great movie"], aggregation="max", redact=True)
 
 
 def test_token_options_are_checked() -> None:

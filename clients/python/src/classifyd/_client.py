@@ -113,8 +113,8 @@ class Client(_Base):
         ``deadline_ms``: the server drops the request, answering DeadlineExceeded, if it is
         still queued after this long. ``priority``: "normal" or "high" (batched first).
 
-        Token-classification models only (``info().task == "token"``; sequence models ignore
-        these): ``aggregation``, how token labels become ``Result.entities``, as transformers'
+        Token-classification models only (``info().task == "token"``; a sequence model
+        refuses a request that sets any of them with InvalidArgument): ``aggregation``, how token labels become ``Result.entities``, as transformers'
         pipeline does it: "simple" (runs of agreeing BIO tags), "first", "average" or "max"
         (words take one label, then group), or "none" (one entity per labelled token, with
         its index). ``redact``: also return each text with every entity replaced by
