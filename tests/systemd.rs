@@ -280,6 +280,70 @@ fn sysusers_creates_the_service_account() {
     assert!(user[6].ends_with("nologin"), "login shell {}", user[6]);
 }
 
+/// The package's tmpfiles entry (classifyd.tmpfile) makes the state directory as the unit's
+/// StateDirectory= does, and links the model the shipped config serves to the packaged
+/// default model, without replacing a model an operator put there.
+#[test]
+fn tmpfiles_link_the_default_model_and_keep_the_operators() {
+    let root = tempfile::tempdir().expect("temporary directory");
+    std::fs::create_dir(root.path().join("etc")).unwrap();
+    // The account must exist in the root for the directory's owner.
+    std::fs::write(
+        root.path().join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\nclassifyd:x:990:990::/var/lib/classifyd:/usr/sbin/nologin\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.path().join("etc/group"),
+        "root:x:0:\nclassifyd:x:990:\n",
+    )
+    .unwrap();
+    let conf = units().join("classifyd.tmpfile");
+    let run = || {
+        Command::new("systemd-tmpfiles")
+            .arg(format!("--root={}", root.path().display()))
+            .arg("--create")
+            .arg(&conf)
+            .output()
+    };
+    let out = match run() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("skipped: systemd-tmpfiles is not installed");
+            return;
+        }
+        Err(e) => panic!("running systemd-tmpfiles: {e}"),
+    };
+    assert!(out.status.success(), "systemd-tmpfiles: {}", text(&out));
+    let state = root.path().join("var/lib/classifyd");
+    let meta = std::fs::metadata(&state).expect("/var/lib/classifyd");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (990, 990, 0o750),
+        "owner and mode of /var/lib/classifyd"
+    );
+    let model = state.join("model");
+    assert_eq!(
+        std::fs::read_link(&model).expect("/var/lib/classifyd/model is a link"),
+        Path::new("/usr/share/classifyd/models/sentiment-minilm")
+    );
+    let service_config = read_unit("classifyd.toml");
+    assert!(
+        service_config.contains("model = \"/var/lib/classifyd/model\""),
+        "the shipped config serves another path than the link"
+    );
+    // An operator's own model directory in its place survives the next run (boot, upgrade).
+    std::fs::remove_file(&model).unwrap();
+    std::fs::create_dir(&model).unwrap();
+    let out = run().expect("systemd-tmpfiles");
+    assert!(out.status.success(), "systemd-tmpfiles: {}", text(&out));
+    assert!(
+        std::fs::symlink_metadata(&model).unwrap().is_dir(),
+        "the operator's model directory was replaced"
+    );
+}
+
 /// The service and socket agree on where the socket is and who owns it, whatever systemd says.
 #[test]
 fn service_and_socket_agree() {

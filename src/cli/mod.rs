@@ -3,6 +3,7 @@
 
 mod bench;
 mod classify;
+mod man;
 pub(crate) mod serve;
 
 use std::path::PathBuf;
@@ -56,6 +57,16 @@ pub enum Command {
     /// Load a running daemon (closed or open loop) and report throughput and latency
     /// percentiles; with --model, the same texts through the engine in this process.
     Bench(Box<BenchArgs>),
+    /// Write the man pages (classifyd.1 and one per subcommand) into a directory; for packaging.
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// Directory to write the pages into (created when missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +170,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(a) => bench::bench(*a),
         Command::CheckConfig(a) => {
             print!("{}", serve::check_config(&a)?);
+            Ok(0)
+        }
+        Command::Manpages(a) => {
+            for page in man::write_pages(&a.out)? {
+                println!("{}", page.display());
+            }
             Ok(0)
         }
         Command::Cert(a) => {
