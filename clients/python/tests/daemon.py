@@ -53,7 +53,7 @@ def http_get(addr: str, path: str, timeout: float = 5.0) -> tuple[int, str]:
 
 
 class Daemon:
-    """A `classifyd serve` child on a fresh socket in a temp dir; `with` stops it."""
+    """A `classifyd serve` child on a fresh socket in a temp dir (or on `uds`); `with` stops it."""
 
     def __init__(
         self,
@@ -61,10 +61,12 @@ class Daemon:
         *args: str,
         metrics: bool = False,
         quic_pki: Optional[Path] = None,
+        uds: Optional[str] = None,
+        quic_addr: Optional[str] = None,
     ) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="classifyd-py-")
         d = Path(self.dir.name)
-        self.socket = str(d / "classifyd.sock")
+        self.socket = uds or str(d / "classifyd.sock")
         self.stderr_path = d / "stderr.log"
         cmd = [str(binary()), "serve", "--model", str(model), "--uds", self.socket]
         self.metrics_addr: Optional[str] = None
@@ -73,7 +75,7 @@ class Daemon:
             cmd += ["--metrics-addr", self.metrics_addr]
         self.quic_addr: Optional[str] = None
         if quic_pki is not None:
-            self.quic_addr = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+            self.quic_addr = quic_addr or f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
             cmd += [
                 "--quic", self.quic_addr,
                 "--tls-cert", str(quic_pki / "server.pem"),

@@ -182,6 +182,19 @@ def test_invalid_argument_and_the_connection_goes_on(bert: Daemon, call: Any, ne
         assert c._t._sock is sock, "the same connection served the next call"  # type: ignore[attr-defined]
 
 
+def test_an_empty_text_is_classified(bert: Daemon) -> None:
+    # docs/PROTOCOL.md: a text may be empty; a BERT tokenizer still gives it [CLS] [SEP], so it
+    # is classified, not refused (unlike an empty list of texts or of ids, above).
+    with Client(bert.socket) as c:
+        labels = c.info().labels
+        r = c.classify([""])[0]
+        assert r.error is None, r.error
+        assert r.label in labels and set(r.scores) == set(labels), r
+        assert r.tokens == 2
+        rs = c.classify(["", "what a wonderful film"])
+        assert [x.error for x in rs] == [None, None] and all(x.label in labels for x in rs), rs
+
+
 def test_a_frame_over_the_limit_closes_the_connection_and_the_client_reconnects() -> None:
     with Daemon(FIXTURES / "bert", "--max-frame-bytes", "1024") as d, Client(d.socket) as c:
         with pytest.raises(InvalidArgument) as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import itertools
 import os
@@ -13,7 +14,14 @@ from typing import Optional, Union
 from . import _codec
 from ._codec import Pair
 from ._pb import classifyd_pb2 as pb
-from ._transport import DEFAULT_SOCKET, AsyncTransport, AsyncUnixTransport, SyncTransport, UnixTransport
+from ._transport import (
+    DEFAULT_SOCKET,
+    AsyncTransport,
+    AsyncUnixTransport,
+    SyncTransport,
+    UnixTransport,
+    check_wait,
+)
 from ._types import Info, Results
 
 
@@ -52,7 +60,15 @@ class Client(_Base):
     method takes ``timeout`` (seconds, None for none), the longest the call waits for its
     answer; the default is the client's.
 
-        with Client("/run/classifyd/classifyd.sock") as c:
+    ``wait`` (seconds; default None: do not wait) is for a daemon that may not be up yet, as
+    ``classifyd classify --wait SECS`` is: the constructor connects at once and, while the
+    socket is missing or refuses (a stale file) or is not yet accessible, tries again (after
+    50 ms, doubling to 500 ms) for up to ``wait`` seconds, then raises Unavailable saying how
+    long it waited. Any other error (a path under a regular file, one too long for a socket)
+    raises at once. The wait is for the first connection only; reconnections later are as
+    without it.
+
+        with Client("/tmp/classifyd.sock", wait=10) as c:
             print(c.classify(["what a wonderful film"])[0].label)
     """
 
@@ -61,10 +77,25 @@ class Client(_Base):
         path: Union[str, os.PathLike[str], None] = None,
         *,
         timeout: Optional[float] = 30.0,
+        wait: Optional[float] = None,
         _transport: Optional[SyncTransport] = None,
     ) -> None:
-        super().__init__(timeout)
+        try:
+            check_wait(wait)
+            super().__init__(timeout)
+        except BaseException:
+            # Client.quic made its transport, which runs a thread, before these checks.
+            if _transport is not None:
+                _transport.close()
+            raise
         self._t: SyncTransport = _transport or UnixTransport(_path(path))
+        if wait is not None:
+            try:
+                self._t.wait_connected(wait)
+            except BaseException:
+                # No client is returned to close it (a QUIC transport's thread would linger).
+                self._t.close()
+                raise
 
     @classmethod
     def quic(
@@ -76,11 +107,17 @@ class Client(_Base):
         key: Union[str, os.PathLike[str], None] = None,
         server_name: Optional[str] = None,
         timeout: Optional[float] = 30.0,
+        wait: Optional[float] = None,
     ) -> Client:
         """A client of the daemon's QUIC listener at ``address`` ("host:port"), trusting the
         server certificates that chain to ``ca`` and presenting ``cert``/``key`` (PEM) for
         mTLS. ``server_name`` is the name the server certificate must carry (default: the
-        host). Needs the ``[quic]`` extra (aioquic)."""
+        host). Needs the ``[quic]`` extra (aioquic).
+
+        ``wait``: as for Client(), the handshake is made at once and begun again while it gets
+        no answer (nothing listening on a UDP port does not refuse; each try waits up to 1 s,
+        doubling to 4 s), for up to ``wait`` seconds; a server that answers and refuses (TLS)
+        raises Unavailable at once."""
         from ._quic import SyncQuicTransport
 
         t = SyncQuicTransport(
@@ -90,7 +127,7 @@ class Client(_Base):
             key=None if key is None else os.fspath(key),
             server_name=server_name,
         )
-        return cls(timeout=timeout, _transport=t)
+        return cls(timeout=timeout, wait=wait, _transport=t)
 
     def classify(
         self,
@@ -121,9 +158,11 @@ class Client(_Base):
         ``[LABEL]`` in ``Result.redacted``. ``min_score``: leave out (and do not redact)
         entities scoring below it.
 
-        A text the server refuses (no tokens, too long with ``no_truncate``) gets a Result
-        with ``error`` set while the others are classified; InvalidArgument is raised only
-        when every text is refused.
+        An empty text is classified like any other (the model sees only its special tokens,
+        [CLS] [SEP] for BERT). A text the server refuses (one that tokenizes to no tokens,
+        which only tokenizers that add no special tokens give, too long with ``no_truncate``)
+        gets a Result with ``error`` set while the others are classified; InvalidArgument is
+        raised only when every text is refused, or for an empty list of texts.
         """
         return self._classify(
             _codec.text_inputs(texts), top_k, logits, no_truncate, deadline_ms, priority, timeout,
@@ -156,7 +195,7 @@ class Client(_Base):
         timeout: Timeout = DEFAULT,
     ) -> Results:
         """Classifies pre-tokenized inputs: ids from the model's own tokenizer, special tokens
-        included."""
+        included. An empty row of ids is refused, as a text with no tokens is."""
         return self._classify(_codec.id_inputs(ids), top_k, logits, no_truncate, deadline_ms, priority, timeout)
 
     def _classify(
@@ -210,6 +249,11 @@ class AsyncClient(_Base):
     on one connection (the server reads up to its ``max_in_flight`` at once); answers are
     matched to calls by id.
 
+    ``wait`` means what it means for Client, but a constructor cannot await: the waiting is
+    done by ``async with`` (which then raises Unavailable), or else by the first call (and the
+    calls made while it waits, which all wait for the same connection), whose ``timeout``
+    counts from when the daemon answered.
+
         async with AsyncClient("/run/classifyd/classifyd.sock") as c:
             rs = await asyncio.gather(*(c.classify([t]) for t in texts))
     """
@@ -219,10 +263,30 @@ class AsyncClient(_Base):
         path: Union[str, os.PathLike[str], None] = None,
         *,
         timeout: Optional[float] = 30.0,
+        wait: Optional[float] = None,
         _transport: Optional[AsyncTransport] = None,
     ) -> None:
         super().__init__(timeout)
+        self._wait = check_wait(wait)
+        self._waiting: Optional[asyncio.Future[None]] = None
         self._t: AsyncTransport = _transport or AsyncUnixTransport(_path(path))
+
+    async def _ready(self) -> None:
+        """The wait for the first connection, shared by every call made during it."""
+        w = self._waiting
+        if w is None:
+            assert self._wait is not None
+            w = self._waiting = asyncio.ensure_future(self._t.wait_connected(self._wait))
+            w.add_done_callback(self._waited)
+        # Shielded: a caller that gives up (cancelled) must not end the wait of the others.
+        await asyncio.shield(w)
+
+    def _waited(self, w: asyncio.Future[None]) -> None:
+        # Once settled, connected or not, calls go on as without `wait`; retrieving the
+        # exception keeps asyncio from logging it when every caller had given up.
+        self._wait = None
+        if not w.cancelled():
+            w.exception()
 
     @classmethod
     def quic(
@@ -234,8 +298,9 @@ class AsyncClient(_Base):
         key: Union[str, os.PathLike[str], None] = None,
         server_name: Optional[str] = None,
         timeout: Optional[float] = 30.0,
+        wait: Optional[float] = None,
     ) -> AsyncClient:
-        """As Client.quic; each call is a QUIC stream of its own."""
+        """As Client.quic (``wait`` as for AsyncClient()); each call is a QUIC stream of its own."""
         from ._quic import AsyncQuicTransport
 
         t = AsyncQuicTransport(
@@ -245,7 +310,7 @@ class AsyncClient(_Base):
             key=None if key is None else os.fspath(key),
             server_name=server_name,
         )
-        return cls(timeout=timeout, _transport=t)
+        return cls(timeout=timeout, wait=wait, _transport=t)
 
     async def classify(
         self,
@@ -313,6 +378,8 @@ class AsyncClient(_Base):
         redact: bool = False,
         min_score: float = 0.0,
     ) -> Results:
+        if self._wait is not None:
+            await self._ready()
         req_id = next(self._ids)
         data = _codec.classify_request(
             req_id,
@@ -330,6 +397,8 @@ class AsyncClient(_Base):
 
     async def info(self, *, timeout: Timeout = DEFAULT) -> Info:
         """As Client.info."""
+        if self._wait is not None:
+            await self._ready()
         req_id = next(self._ids)
         return _codec.info(await self._t.request(req_id, _codec.info_request(req_id), self._deadline(timeout)))
 
@@ -337,6 +406,13 @@ class AsyncClient(_Base):
         await self._t.close()
 
     async def __aenter__(self) -> AsyncClient:
+        if self._wait is not None:
+            try:
+                await self._ready()
+            except BaseException:
+                # __aexit__ is not called when __aenter__ raises.
+                await self.aclose()
+                raise
         return self
 
     async def __aexit__(

@@ -24,9 +24,12 @@ class ClassifydError(Exception):
 
 
 class InvalidArgument(ClassifydError):
-    """The request is malformed or names something the model cannot take: no inputs, too
-    many, an empty input, an over-long input with ``no_truncate``, an id outside the
-    vocabulary, a frame over the size limit. Do not retry; fix the request."""
+    """The request is malformed or names something the model cannot take: no inputs (an
+    empty list), too many, a text over the server's byte limit, a frame over the size limit;
+    or every input refused: one with no tokens (an empty list of ids, or a text that
+    tokenizes to none), an over-long input with ``no_truncate``, an id outside the
+    vocabulary. An empty text is not refused: it is classified. Do not retry; fix the
+    request."""
 
     status = "INVALID_ARGUMENT"
 

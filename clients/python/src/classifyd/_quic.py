@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, Optional, TypeVar
 
 from . import _errors
 from ._codec import FrameBuffer, decode
 from ._pb import classifyd_pb2 as pb
-from ._transport import Lost, remaining, unavailable, wait
+from ._transport import Lost, attempt_limit, pauses, remaining, unavailable, wait, waited
 
 try:
     from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -40,6 +41,14 @@ _STREAM_CODES: dict[int, tuple[type[_errors.ClassifydError], str]] = {
 _CLOSE_CODES = {0: "closed", 1: "the server is shutting down", 2: "closed by the server after its idle timeout", 3: "the server has max_connections open"}
 
 T = TypeVar("T")
+
+# While waiting for a daemon (wait=), how long one handshake may take before it is begun again
+# on a new connection: a server that was not listening when the first Initial packet went out
+# is only reached by aioquic's retransmissions, 0.2 s apart and doubling (1.6 s apart after
+# three), so a fresh attempt finds a server that has just started sooner. Doubling up to a
+# limit, so that a slow but present server still completes one.
+FIRST_HANDSHAKE = 1.0
+MAX_HANDSHAKE = 4.0
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -169,17 +178,18 @@ class AsyncQuicTransport:
             p = await self._connect(deadline, req_id)
             return p, True
 
-    async def _connect(self, deadline: Optional[float], req_id: int) -> _QuicProtocol:
-        loop = asyncio.get_running_loop()
-        what = f"cannot connect to {self.address} over QUIC"
-        try:
-            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
-            family, _, _, _, addr = infos[0]
-            cfg = self._configuration()
-        except OSError as e:
-            raise unavailable(what, e, req_id) from None
+    async def _resolve(self) -> tuple[int, Any]:
+        infos = await asyncio.get_running_loop().getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+        family, _, _, _, addr = infos[0]
+        return family, addr
+
+    async def _handshake(
+        self, family: int, addr: Any, cfg: QuicConfiguration, timeout: Optional[float]
+    ) -> _QuicProtocol:
+        """One connection: asyncio.TimeoutError if the handshake does not complete within
+        `timeout`, Lost (saying why) if it fails; either way nothing is left open."""
         conn = QuicConnection(configuration=cfg)
-        transport, proto = await loop.create_datagram_endpoint(
+        transport, proto = await asyncio.get_running_loop().create_datagram_endpoint(
             lambda: _QuicProtocol(conn),
             local_addr=("::" if family == socket.AF_INET6 else "0.0.0.0", 0),
             family=family,
@@ -187,15 +197,60 @@ class AsyncQuicTransport:
         self._transport, self._proto = transport, proto
         try:
             proto.connect(addr)
-            await asyncio.wait_for(proto.wait_connected(), remaining(deadline, req_id))
+            await asyncio.wait_for(proto.wait_connected(), timeout)
         except asyncio.TimeoutError:
             self._drop()
-            raise _errors.Timeout(f"QUIC handshake with {self.address} timed out", request_id=req_id) from None
+            raise
         except ConnectionError:
             why = proto.lost or "handshake failed"
             self._drop()
-            raise _errors.Unavailable(f"{what}: {why}", request_id=req_id) from None
+            raise Lost(str(why)) from None
         return proto
+
+    async def _connect(self, deadline: Optional[float], req_id: int) -> _QuicProtocol:
+        what = f"cannot connect to {self.address} over QUIC"
+        try:
+            family, addr = await self._resolve()
+            cfg = self._configuration()
+        except OSError as e:
+            raise unavailable(what, e, req_id) from None
+        try:
+            return await self._handshake(family, addr, cfg, remaining(deadline, req_id))
+        except asyncio.TimeoutError:
+            raise _errors.Timeout(f"QUIC handshake with {self.address} timed out", request_id=req_id) from None
+        except Lost as e:
+            raise _errors.Unavailable(f"{what}: {e}", request_id=req_id) from None
+
+    async def wait_connected(self, wait: float) -> None:
+        """Connects, beginning the handshake again while it gets no answer (nothing listens
+        yet: UDP does not refuse) for up to `wait` seconds; then Unavailable. A server that
+        answers and refuses (TLS, or closing) raises at once: another try would not mend it."""
+        deadline = time.monotonic() + wait
+        what = f"cannot connect to {self.address} over QUIC"
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            p = self._proto
+            if p is not None and p.lost is None:
+                return
+            try:
+                family, addr = await self._resolve()
+                cfg = self._configuration()
+            except OSError as e:
+                raise unavailable(what, e, None) from None
+            limit = FIRST_HANDSHAKE
+            for pause in pauses(deadline):
+                await asyncio.sleep(pause)
+                self._drop()
+                try:
+                    await self._handshake(family, addr, cfg, min(attempt_limit(deadline), limit))
+                    return
+                except asyncio.TimeoutError:
+                    pass
+                except Lost as e:
+                    raise _errors.Unavailable(f"{what}: {e}") from None
+                limit = min(2 * limit, MAX_HANDSHAKE)
+        raise waited(what, wait, "no answer to the handshake")
 
     def _drop(self) -> None:
         p, t = self._proto, self._transport
@@ -253,6 +308,11 @@ class SyncQuicTransport:
         if self._closed:
             raise _errors.Unavailable("the client was closed", request_id=req_id)
         return self._run(self._async.request(req_id, data, deadline))
+
+    def wait_connected(self, wait: float) -> None:
+        if self._closed:
+            raise _errors.Unavailable("the client was closed")
+        self._run(self._async.wait_connected(wait))
 
     def close(self) -> None:
         if self._closed:

@@ -7,13 +7,28 @@ import socket
 import struct
 import threading
 import time
-from typing import Optional, Protocol
+from collections.abc import Iterator
+from typing import Optional, Protocol, Union
 
 from . import _errors
 from ._codec import FrameBuffer, decode
 from ._pb import classifyd_pb2 as pb
 
 DEFAULT_SOCKET = "/run/classifyd/classifyd.sock"
+
+# Pauses between connection attempts while waiting for a daemon (wait=): short at first, so a
+# daemon that comes up is found soon after, then no more often than a daemon that takes long to
+# start (a large model, a GPU) needs.
+FIRST_PAUSE = 0.05
+MAX_PAUSE = 0.5
+# An attempt made at (or past) the deadline still gets this long to connect, so that the last
+# attempt is a real one.
+LAST_ATTEMPT = 0.05
+
+# What a Unix socket gives while its daemon is not serving yet: no file (not started, or the
+# directory not made yet), a stale file (refused), or a file just bound and not yet given its
+# mode and group (the daemon binds, then chmods and chowns).
+NOT_YET = (FileNotFoundError, ConnectionRefusedError, PermissionError)
 
 
 class Lost(Exception):
@@ -23,11 +38,15 @@ class Lost(Exception):
 class SyncTransport(Protocol):
     def request(self, req_id: int, data: bytes, deadline: Optional[float]) -> pb.Response: ...
 
+    def wait_connected(self, wait: float) -> None: ...
+
     def close(self) -> None: ...
 
 
 class AsyncTransport(Protocol):
     async def request(self, req_id: int, data: bytes, deadline: Optional[float]) -> pb.Response: ...
+
+    async def wait_connected(self, wait: float) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -42,9 +61,41 @@ def remaining(deadline: Optional[float], req_id: int) -> Optional[float]:
     return left
 
 
-def unavailable(what: str, e: BaseException, req_id: int) -> _errors.Unavailable:
+def unavailable(what: str, e: BaseException, req_id: Optional[int]) -> _errors.Unavailable:
     reason = str(e) or type(e).__name__
     return _errors.Unavailable(f"{what}: {reason}", request_id=req_id)
+
+
+def check_wait(wait: Optional[float]) -> Optional[float]:
+    if wait is not None and not wait >= 0:
+        raise ValueError(f"wait must be >= 0 seconds (or None not to wait), not {wait!r}")
+    return wait
+
+
+def pauses(deadline: float) -> Iterator[float]:
+    """How long to sleep before each connection attempt: 0 before the first, then
+    FIRST_PAUSE doubling to MAX_PAUSE, the last cut to end at `deadline`. Ends only once
+    `deadline` (time.monotonic()) has passed, so a wait never gives up early."""
+    yield 0.0
+    pause = FIRST_PAUSE
+    while (left := deadline - time.monotonic()) > 0:
+        yield min(pause, left)
+        pause = min(2 * pause, MAX_PAUSE)
+
+
+def attempt_limit(deadline: float) -> float:
+    return max(deadline - time.monotonic(), LAST_ATTEMPT)
+
+
+def waited(what: str, wait: float, last: Union[BaseException, str]) -> _errors.Unavailable:
+    """The Unavailable of a wait that ran out, with the last attempt's reason."""
+    if isinstance(last, str):
+        reason = last
+    elif isinstance(last, (TimeoutError, asyncio.TimeoutError)):
+        reason = str(last) or "no answer"
+    else:
+        reason = str(last) or type(last).__name__
+    return _errors.Unavailable(f"{what} (waited {wait:g} s): {reason}")
 
 
 class UnixTransport:
@@ -101,10 +152,43 @@ class UnixTransport:
         except OSError as e:
             s.close()
             raise unavailable(f"cannot connect to {self.path}", e, req_id) from None
+        return self._adopt(s)
+
+    def _adopt(self, s: socket.socket) -> socket.socket:
         self._sock = s
         self._frames = FrameBuffer()
         self._limit_s = -1.0
         return s
+
+    def wait_connected(self, wait: float) -> None:
+        """Connects, trying again while the daemon is not serving yet (NOT_YET, or a connect
+        that does not complete) for up to `wait` seconds; then Unavailable."""
+        deadline = time.monotonic() + wait
+        what = f"cannot connect to {self.path}"
+        last: BaseException = TimeoutError()
+        with self.lock:
+            if self._sock is not None:
+                return
+            for pause in pauses(deadline):
+                time.sleep(pause)
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.settimeout(attempt_limit(deadline))
+                    s.connect(self.path)
+                    s.settimeout(None)
+                except (socket.timeout, BlockingIOError, *NOT_YET) as e:
+                    # BlockingIOError: the daemon is there but its listen backlog is full.
+                    s.close()
+                    last = e
+                    continue
+                except OSError as e:
+                    # Not a daemon still starting (a path under a file, one too long for a
+                    # socket): waiting would not help.
+                    s.close()
+                    raise unavailable(what, e, None) from None
+                self._adopt(s)
+                return
+        raise waited(what, wait, last)
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -283,6 +367,33 @@ class AsyncUnixTransport:
                 raise unavailable(f"cannot connect to {self.path}", e, req_id) from None
             self._proto = new
             return new, True
+
+    async def wait_connected(self, wait: float) -> None:
+        """As UnixTransport.wait_connected."""
+        deadline = time.monotonic() + wait
+        what = f"cannot connect to {self.path}"
+        last: BaseException = TimeoutError()
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            p = self._proto
+            if p is not None and p.lost is None:
+                return
+            loop = asyncio.get_running_loop()
+            for pause in pauses(deadline):
+                await asyncio.sleep(pause)
+                try:
+                    _, new = await asyncio.wait_for(
+                        loop.create_unix_connection(_UnixProtocol, self.path), attempt_limit(deadline)
+                    )
+                except (asyncio.TimeoutError, *NOT_YET) as e:
+                    last = e
+                    continue
+                except OSError as e:
+                    raise unavailable(what, e, None) from None
+                self._proto = new
+                return
+        raise waited(what, wait, last)
 
     async def request(self, req_id: int, data: bytes, deadline: Optional[float]) -> pb.Response:
         for attempt in (0, 1):

@@ -45,9 +45,10 @@ class Result:
     with ``redact=True`` the text with each entity replaced by ``[LABEL]`` in ``redacted``
     (else None); ``label`` is empty and ``scores`` too.
 
-    ``error`` is None when the input was classified. An input the server refused in a
-    request whose other inputs it classified (no tokens, too long with ``no_truncate``, a
-    pair sent to a token model) has the server's reason here ("input 1: ..."), an empty
+    ``error`` is None when the input was classified (an empty text is: the model sees its
+    special tokens alone). An input the server refused in a request whose other inputs it
+    classified (no tokens, too long with ``no_truncate``, a pair sent to a token model) has
+    the server's reason here ("input 1: ..."), an empty
     ``label``, no scores and no entities; a request whose inputs are all refused raises
     InvalidArgument instead.
     """
