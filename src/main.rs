@@ -4,8 +4,8 @@
 use clap::{Parser, ValueEnum};
 use classifyd::cli::{Cli, LogFormat};
 
-/// Logs to stderr: compact text on a terminal; without timestamps and colours when stderr is
-/// the journal (`JOURNAL_STREAM`, systemd stamps lines itself); JSON lines with `json`.
+/// Logs to stderr: compact text, coloured on a terminal only; without timestamps and colours
+/// when stderr is the journal (`JOURNAL_STREAM`, systemd stamps lines itself); JSON lines with `json`.
 /// The filter is `CLASSIFYD_LOG`, `warn,classifyd=info` by default.
 fn init_logging(format: Option<LogFormat>) {
     let format = format
@@ -25,8 +25,15 @@ fn init_logging(format: Option<LogFormat>) {
         LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => {
             builder.compact().without_time().with_ansi(false).init()
         }
-        LogFormat::Text => builder.compact().init(),
+        LogFormat::Text => builder.compact().with_ansi(colour()).init(),
     }
+}
+
+/// Colour only for a person at a terminal: not into a file or a pipe, and never with
+/// `NO_COLOR` set to anything (no-color.org).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Fixes the CPU thread count for candle and rayon before any thread exists. Without it candle
@@ -47,7 +54,7 @@ fn main() {
     match classifyd::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("classifyd: error: {e:#}");
+            eprintln!("{}", classifyd::cli::error_line(&e));
             std::process::exit(1);
         }
     }

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Exp};
 
 use crate::client::quic::{QuicClient, QuicClientConfig};
-use crate::client::{classify_request, text, Client, ClientError, UnixClient};
+use crate::client::{classify_request, patiently, text, Client, ClientError, Patience, UnixClient};
 use crate::engine::tokenize::Input;
 use crate::engine::Engine;
 use crate::sched::hot::{EngineThreads, ThreadsConfig};
@@ -32,14 +32,32 @@ pub enum Remote {
 }
 
 impl Remote {
+    /// One connection, tried once (a QUIC attempt given 5 s).
     pub async fn connect(&self) -> Result<Client, ClientError> {
+        self.connect_with(Patience::default()).await
+    }
+
+    /// One connection, retried while the daemon may still come up (`--wait`).
+    pub async fn connect_with(&self, patience: Patience) -> Result<Client, ClientError> {
+        patiently(patience, |attempt| self.connect_once(attempt)).await
+    }
+
+    async fn connect_once(&self, attempt: Duration) -> Result<Client, ClientError> {
         Ok(match self {
             Remote::Uds(p) => Client::Unix(UnixClient::connect(p).await?),
-            Remote::Quic(cfg) => Client::Quic(
-                QuicClient::connect(cfg)
-                    .await
-                    .map_err(|e| ClientError::Quic(e.to_string()))?,
-            ),
+            Remote::Quic(cfg) => {
+                match tokio::time::timeout(attempt, QuicClient::connect(cfg)).await {
+                    Ok(client) => {
+                        Client::Quic(client.map_err(|e| ClientError::Quic(e.to_string()))?)
+                    }
+                    Err(_) => {
+                        return Err(ClientError::Timeout {
+                            target: cfg.addr.to_string(),
+                            after: attempt,
+                        })
+                    }
+                }
+            }
         })
     }
 }
@@ -153,16 +171,25 @@ async fn connect_all(remote: &Remote, n: usize) -> Result<Vec<Arc<Client>>, Benc
     Ok(clients)
 }
 
-/// Spawns the task that prints progress until `stop` is dropped.
-fn spawn_progress(
-    load: Load,
-    shared: SharedRec,
-    start: Instant,
-    plan: &Plan,
-) -> tokio::sync::oneshot::Sender<()> {
+/// The progress task of one load level; [`ProgressTask::stop`] waits until its line is cleared,
+/// so that the report printed next starts on a clean line.
+struct ProgressTask {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProgressTask {
+    async fn stop(self) {
+        drop(self.stop);
+        let _ = self.task.await;
+    }
+}
+
+/// Spawns the task that prints progress until it is stopped.
+fn spawn_progress(load: Load, shared: SharedRec, start: Instant, plan: &Plan) -> ProgressTask {
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let plan = plan.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut progress = Progress::new(plan.progress);
         loop {
             tokio::select! {
@@ -174,7 +201,7 @@ fn spawn_progress(
         }
         progress.finish();
     });
-    stop
+    ProgressTask { stop, task }
 }
 
 async fn closed(
@@ -224,7 +251,7 @@ async fn closed(
         });
     }
     while tasks.join_next().await.is_some() {}
-    drop(stop);
+    stop.stop().await;
     let mut s = lock(&shared);
     s.closed = true;
     Ok(std::mem::take(&mut s.rec))
@@ -338,7 +365,7 @@ async fn open(
     while outstanding.load(Ordering::Relaxed) > 0 && Instant::now() < grace_end {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    drop(stop);
+    stop.stop().await;
     let mut s = lock(&shared);
     s.closed = true;
     for _ in 0..outstanding_measured.load(Ordering::Relaxed) {

@@ -12,7 +12,8 @@ use crate::engine::Engine;
 use crate::wire::protocol::pb;
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["model", "uds", "quic"])))]
+// At most one target; none at all falls back to $CLASSIFYD_SOCKET (RemoteArgs::remote).
+#[command(group(clap::ArgGroup::new("target").args(["model", "uds", "quic"])))]
 pub struct BenchArgs {
     #[command(flatten)]
     pub local: LocalArgs,
@@ -105,7 +106,11 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<i32> {
         progress: !a.quiet,
     };
     bench::validate(&plan)?;
-    let (target, runs) = match (&a.local.model, a.remote.remote()?) {
+    let remote = match &a.local.model {
+        Some(_) => None,
+        None => a.remote.remote()?,
+    };
+    let (target, runs) = match (&a.local.model, remote) {
         (Some(dir), _) => {
             let engine = Engine::load_with(
                 dir,
@@ -130,7 +135,7 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<i32> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
-                let probe = remote.connect().await?;
+                let probe = remote.connect_with(a.remote.patience()).await?;
                 let info = match probe.info().await?.body {
                     Some(pb::response::Body::Info(i)) => i,
                     _ => bail!("the daemon did not answer the info request"),
@@ -149,7 +154,9 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<i32> {
                 anyhow::Ok((target, bench::run_remote(&remote, &plan).await?))
             })?
         }
-        (None, None) => bail!("give --model, --uds or --quic"),
+        (None, None) => {
+            bail!("give --model DIR, --uds PATH or --quic HOST:PORT (or set CLASSIFYD_SOCKET)")
+        }
     };
     if a.json {
         let doc = json!({

@@ -15,7 +15,8 @@ use crate::engine::{Answer, Engine, Prediction, TokenOptions, TokenPrediction};
 use crate::wire::protocol::pb;
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["model", "uds", "quic"])))]
+// At most one target; none at all falls back to $CLASSIFYD_SOCKET (RemoteArgs::remote).
+#[command(group(clap::ArgGroup::new("target").args(["model", "uds", "quic"])))]
 pub struct ClassifyArgs {
     #[command(flatten)]
     pub local: LocalArgs,
@@ -182,11 +183,10 @@ impl Backend {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let remote = a
-            .remote
-            .remote()?
-            .context("give --model, --uds or --quic")?;
-        let client = runtime.block_on(remote.connect())?;
+        let remote = a.remote.remote()?.context(
+            "give --model DIR, --uds PATH or --quic HOST:PORT (or set CLASSIFYD_SOCKET)",
+        )?;
+        let client = runtime.block_on(remote.connect_with(a.remote.patience()))?;
         let info = runtime.block_on(client.info())?;
         let (labels, tokens) = match info.body {
             Some(pb::response::Body::Info(i)) => (i.labels, i.task == "token"),
@@ -202,6 +202,14 @@ impl Backend {
             labels,
             tokens,
         })))
+    }
+
+    /// The model's labels.
+    fn labels(&self) -> &[String] {
+        match self {
+            Backend::Local(engine) => &engine.info().labels,
+            Backend::Remote(remote) => &remote.labels,
+        }
     }
 
     /// One JSON line per input, in input order; an error object where an input failed.
@@ -304,7 +312,7 @@ fn remote_json(resp: pb::Response, labels: &[String], tokens: bool) -> Value {
         _ => None,
     };
     let Some(r) = result else {
-        return json!({ "error": format!("{}: {}", status.as_str_name(), resp.message) });
+        return json!({ "status": status.as_str_name(), "error": resp.message });
     };
     if r.status != pb::Status::Ok as i32 {
         return json!({ "error": r.message });
@@ -330,6 +338,25 @@ fn remote_json(resp: pb::Response, labels: &[String], tokens: bool) -> Value {
     })
 }
 
+/// An error line names the input by its place in the whole run: a daemon numbers the inputs
+/// of its own request (one input each here, so always 0), the engine in process not at all.
+fn numbered(mut line: Value, position: usize) -> Value {
+    let Some(msg) = line.get("error").and_then(Value::as_str) else {
+        return line;
+    };
+    let why = msg
+        .strip_prefix("input ")
+        .and_then(|rest| rest.split_once(": "))
+        .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(msg, |(_, why)| why);
+    let error = format!("input {position}: {why}");
+    if let Some(fields) = line.as_object_mut() {
+        fields.insert("input".into(), json!(position));
+        fields.insert("error".into(), json!(error));
+    }
+    line
+}
+
 pub(crate) fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
     if a.pair && !a.texts.is_empty() {
         bail!("--pair reads its pairs from stdin; give no TEXT arguments with it");
@@ -342,8 +369,13 @@ pub(crate) fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
         redact: a.redact,
         min_score: MinScore::parse(&a.min_score).map_err(anyhow::Error::msg)?,
     };
+    opts.min_score
+        .check_labels(backend.labels())
+        .map_err(|e| anyhow::anyhow!("--min-score: {e}"))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failures = 0usize;
+    // Each input's place in the whole run (arguments, or stdin's lines), which an error names.
+    let mut position = 0usize;
     let mut emit = |chunk: Vec<Result<Input, String>>, out: &mut dyn Write| -> anyhow::Result<()> {
         let inputs: Vec<Input> = chunk
             .iter()
@@ -357,10 +389,12 @@ pub(crate) fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
                     .next()
                     .unwrap_or_else(|| json!({ "error": "no result" })),
             };
+            let line = numbered(line, position);
             if line.get("error").is_some() {
                 failures += 1;
             }
             writeln!(out, "{line}")?;
+            position += 1;
         }
         Ok(())
     };

@@ -4,6 +4,7 @@
 mod bench;
 mod classify;
 mod man;
+mod report;
 pub(crate) mod serve;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use crate::settings::{CacheArgs, EngineArgs, ServeArgs};
 
 pub use bench::BenchArgs;
 pub use classify::{prediction_json, ClassifyArgs};
+pub use report::error_line;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -125,12 +127,13 @@ impl LocalArgs {
 /// How to reach a running daemon; shared by `classify` and `bench`.
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
-    /// Ask a running daemon on this Unix socket.
+    /// Ask a running daemon on this Unix socket; without --model, --uds or --quic,
+    /// $CLASSIFYD_SOCKET names it (as for the Python client).
     #[arg(long, value_name = "PATH")]
     pub uds: Option<PathBuf>,
-    /// Ask a running daemon over QUIC at this address.
+    /// Ask a running daemon over QUIC at this address; HOST may be a name or an IP address.
     #[arg(long, value_name = "HOST:PORT", requires = "ca")]
-    pub quic: Option<std::net::SocketAddr>,
+    pub quic: Option<String>,
     /// CA (PEM) that the QUIC server's certificate must chain to.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
@@ -140,26 +143,87 @@ pub struct RemoteArgs {
     /// Client private key (PEM) for mTLS.
     #[arg(long, value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
-    /// Name the server certificate must carry.
-    #[arg(long, default_value = "localhost")]
-    pub server_name: String,
+    /// Name the server certificate must carry [default: the host of --quic when it is a name,
+    /// else localhost].
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// Wait up to SECS for the daemon to answer (its socket to appear, a restart to end)
+    /// instead of failing at once.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub wait: Option<std::time::Duration>,
+    /// Give up on a QUIC connection attempt that gets no answer within SECS.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
+    pub connect_timeout: std::time::Duration,
 }
 
+/// Seconds as a duration: a finite number, 0 or more.
+fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|v| std::time::Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("{s:?} is not a number of seconds (0 or more)"))
+}
+
+/// The environment variable that names the daemon's socket, for the CLI and the Python client.
+const SOCKET_ENV: &str = "CLASSIFYD_SOCKET";
+
 impl RemoteArgs {
-    /// The daemon these flags name, or None when neither --uds nor --quic was given.
+    /// The daemon these flags name: --uds, else --quic, else the socket $CLASSIFYD_SOCKET names;
+    /// None when none of them is given.
     pub fn remote(&self) -> anyhow::Result<Option<Remote>> {
-        Ok(match (&self.uds, &self.quic) {
-            (Some(path), _) => Some(Remote::Uds(path.clone())),
-            (None, Some(addr)) => Some(Remote::Quic(QuicClientConfig {
-                addr: *addr,
-                server_name: self.server_name.clone(),
+        if let Some(path) = &self.uds {
+            return Ok(Some(Remote::Uds(path.clone())));
+        }
+        if let Some(quic) = &self.quic {
+            let (host, addr) = resolve(quic)?;
+            let server_name = self.server_name.clone().unwrap_or_else(|| {
+                if host.parse::<std::net::IpAddr>().is_ok() {
+                    "localhost".to_string()
+                } else {
+                    host
+                }
+            });
+            return Ok(Some(Remote::Quic(QuicClientConfig {
+                addr,
+                server_name,
                 ca: self.ca.clone().context("--quic needs --ca")?,
                 cert: self.cert.clone(),
                 key: self.key.clone(),
-            })),
-            (None, None) => None,
-        })
+            })));
+        }
+        Ok(std::env::var_os(SOCKET_ENV)
+            .filter(|v| !v.is_empty())
+            .map(|v| Remote::Uds(PathBuf::from(v))))
     }
+
+    /// How the first connection waits for the daemon.
+    pub fn patience(&self) -> crate::client::Patience {
+        crate::client::Patience {
+            wait: self.wait,
+            attempt: self.connect_timeout,
+        }
+    }
+}
+
+/// `HOST:PORT` (HOST a name, an IPv4 address or a bracketed IPv6 one) → the host as written
+/// and its first address.
+fn resolve(quic: &str) -> anyhow::Result<(String, std::net::SocketAddr)> {
+    use std::net::ToSocketAddrs;
+    let (host, port) = quic
+        .rsplit_once(':')
+        .filter(|(h, p)| !h.is_empty() && !p.is_empty())
+        .with_context(|| format!("--quic {quic:?}: expected HOST:PORT, e.g. localhost:4433"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("--quic {quic:?}: {port:?} is not a port number"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = (bare, port)
+        .to_socket_addrs()
+        .with_context(|| format!("--quic {quic:?}: cannot resolve {bare:?}"))?
+        .next()
+        .with_context(|| format!("--quic {quic:?}: {bare:?} has no address"))?;
+    Ok((bare.to_string(), addr))
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {

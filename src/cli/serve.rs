@@ -49,8 +49,8 @@ pub(crate) fn serve(a: ServeArgs) -> anyhow::Result<i32> {
 pub(crate) fn check_config(a: &ServeArgs) -> anyhow::Result<String> {
     let (s, cfg) = resolve(a)?;
     let prefix = |e: anyhow::Error| match &s.config {
-        Some(p) => anyhow!("{}: {}", p.display(), one_line(&e)),
-        None => anyhow!("{}", one_line(&e)),
+        Some(p) => anyhow!("{}: {}", p.display(), super::report::causes(&e)),
+        None => anyhow!("{}", super::report::causes(&e)),
     };
     let summary = validate(&s, &cfg).map_err(prefix)?;
     let source = match &s.config {
@@ -58,23 +58,6 @@ pub(crate) fn check_config(a: &ServeArgs) -> anyhow::Result<String> {
         None => String::new(),
     };
     Ok(format!("ok: {source}{summary}\n{}", s.report()))
-}
-
-/// The error and its causes joined by `: `, leaving out a cause the text already holds (the
-/// TLS and load errors print their source themselves).
-fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 fn validate(s: &Settings, cfg: &ServeConfig) -> anyhow::Result<String> {
@@ -89,14 +72,7 @@ fn validate(s: &Settings, cfg: &ServeConfig) -> anyhow::Result<String> {
     let info = engine.info();
     let mut listeners = Vec::new();
     if let Some(u) = &cfg.unix {
-        match u.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => bail!(
-                "uds: {}: directory {} does not exist",
-                u.path.display(),
-                dir.display()
-            ),
-            _ => {}
-        }
+        crate::serve::unix::check_dir(&u.path)?;
         listeners.push(format!("uds {}", u.path.display()));
     }
     if let Some(q) = &cfg.quic {
@@ -111,6 +87,8 @@ fn validate(s: &Settings, cfg: &ServeConfig) -> anyhow::Result<String> {
         listeners.push(format!("quic {}", q.listen));
     }
     if let Some(m) = cfg.metrics_addr {
+        // The rule `serve` applies, so that "ok" here means `serve` accepts it too.
+        crate::serve::http::check_addr(m).map_err(anyhow::Error::msg)?;
         listeners.push(format!("metrics {m}"));
     }
     let _ = s;

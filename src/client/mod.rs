@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use prost::Message;
@@ -36,6 +37,83 @@ pub enum ClientError {
     Malformed(String),
     #[error("quic: {0}")]
     Quic(String),
+    #[error("no answer from {target} within {} s", after.as_secs_f64())]
+    Timeout { target: String, after: Duration },
+    #[error("no daemon answered within {} s (--wait)", waited.as_secs_f64())]
+    GaveUp {
+        waited: Duration,
+        #[source]
+        source: Box<ClientError>,
+    },
+}
+
+impl ClientError {
+    /// Whether the daemon may yet answer: nothing listens at the path (not started, or
+    /// restarting: its socket is gone or left behind), or a QUIC attempt got no answer.
+    /// A refusal, a TLS failure or a broken answer is not worth another try.
+    fn may_come_up(&self) -> bool {
+        match self {
+            ClientError::Connect { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ),
+            ClientError::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// How a first connection waits for the daemon (`--wait`, `--connect-timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    /// Keep trying this long while nothing answers; `None` tries once.
+    pub wait: Option<Duration>,
+    /// How long one QUIC attempt may go unanswered.
+    pub attempt: Duration,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Patience {
+            wait: None,
+            attempt: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Runs `attempt` (given the time one attempt may take) until it succeeds, fails in a way
+/// another try cannot mend, or `patience.wait` has passed (the last try at the deadline);
+/// between tries it backs off from 50 ms to 500 ms, so a daemon that comes up is found within
+/// half a second.
+pub async fn patiently<T, F, Fut>(patience: Patience, mut attempt: F) -> Result<T, ClientError>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = patience.wait.map(|w| tokio::time::Instant::now() + w);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let err = match attempt(patience.attempt).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let (Some(deadline), Some(waited)) = (deadline, patience.wait) else {
+            return Err(err);
+        };
+        if !err.may_come_up() {
+            return Err(err);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(ClientError::GaveUp {
+                waited,
+                source: Box::new(err),
+            });
+        }
+        // The last try falls at the deadline, not a back-off short of it.
+        tokio::time::sleep(backoff.min(deadline - now)).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
 }
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<pb::Response>>>>;

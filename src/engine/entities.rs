@@ -131,6 +131,34 @@ impl MinScore {
             .unwrap_or(self.all)
     }
 
+    /// A threshold set for a label the model does not have would silently never apply (a typo
+    /// keeps every entity of the label meant): the model's labels and their groups are the
+    /// names a threshold may use.
+    pub fn check_labels(&self, labels: &[String]) -> Result<(), String> {
+        let mut unknown: Vec<&str> = self
+            .by_label
+            .keys()
+            .filter(|k| {
+                !labels
+                    .iter()
+                    .any(|l| l == *k || group_name(l) == k.as_str())
+            })
+            .map(String::as_str)
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        unknown.sort_unstable();
+        let mut known: Vec<&str> = labels.iter().map(|l| group_name(l)).collect();
+        known.sort_unstable();
+        known.dedup();
+        Err(format!(
+            "min score for {}: this model has no such label (its labels: {})",
+            unknown.join(", "),
+            known.join(", ")
+        ))
+    }
+
     pub fn keeps(&self, e: &Entity) -> bool {
         e.score >= self.of(&e.label)
     }

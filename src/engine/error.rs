@@ -8,6 +8,10 @@ use std::path::PathBuf;
 pub enum LoadError {
     #[error("{path}: missing ({what})")]
     Missing { path: PathBuf, what: &'static str },
+    #[error("{path}: not a directory: a model is the directory that holds config.json, model.safetensors and tokenizer.json")]
+    NotADirectory { path: PathBuf },
+    #[error("{path}: only PyTorch pickle weights ({found}); classifyd reads safetensors: save the model with transformers' `save_pretrained(dir)` (safetensors by default), or convert it with `safetensors.torch.save_file`")]
+    PickleOnly { path: PathBuf, found: &'static str },
     #[error("{path}: cannot read: {source}")]
     Io {
         path: PathBuf,
@@ -41,7 +45,7 @@ pub enum LoadError {
 /// Why one input could not be classified. The input is at fault, not the model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
-    #[error("input is {tokens} tokens long but the model accepts at most {max}, and truncation was refused")]
+    #[error("input is {tokens} tokens long but the model accepts at most {max}, and truncation is off (no_truncate, or redact: a redacted text is never cut, since its tail would go unredacted)")]
     TooLong { tokens: usize, max: usize },
     #[error("tokenizer failed: {0}")]
     Tokenize(String),

@@ -209,6 +209,15 @@ fn weight_files(root: &Path) -> Result<Vec<PathBuf>, LoadError> {
     }
     let index_path = root.join("model.safetensors.index.json");
     if !index_path.is_file() {
+        // The format people most often have instead: say how to get safetensors from it.
+        for found in ["pytorch_model.bin", "pytorch_model.bin.index.json"] {
+            if root.join(found).is_file() {
+                return Err(LoadError::PickleOnly {
+                    path: root.to_path_buf(),
+                    found,
+                });
+            }
+        }
         return Err(LoadError::Missing {
             path: single,
             what: "weights: neither model.safetensors nor model.safetensors.index.json",
@@ -288,6 +297,11 @@ pub fn parse_tokenizer_config(path: &Path, bytes: &[u8]) -> Result<Option<usize>
 
 impl ModelDir {
     pub fn open(root: &Path) -> Result<Self, LoadError> {
+        if root.exists() && !root.is_dir() {
+            return Err(LoadError::NotADirectory {
+                path: root.to_path_buf(),
+            });
+        }
         if !root.is_dir() {
             return Err(LoadError::Missing {
                 path: root.to_path_buf(),

@@ -201,6 +201,7 @@ impl Default for ThreadsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sched::queue::{GPU_DEFAULT_ROWS, GPU_DEFAULT_TOKENS};
     use crate::settings::ServeArgs;
     use clap::{Args, Command, FromArgMatches};
 
@@ -226,6 +227,55 @@ mod tests {
         assert_eq!(gpu.bulk_tokens, 65_536 / 4);
         let set = sched(&["--max-batch-size", "8"]).for_device(true);
         assert_eq!((set.max_batch_size, set.max_batch_tokens), (8, 65_536));
+    }
+
+    /// The TOML inside the shipped ConfigMap (its `classifyd.toml: |` block, unindented).
+    fn configmap_toml() -> String {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/kubernetes/configmap.yaml"
+        );
+        let yaml = std::fs::read_to_string(path).unwrap();
+        let block = &yaml[yaml.find("classifyd.toml: |").unwrap()..];
+        block
+            .lines()
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| l.get(4..).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The shipped configs leave pass sizes to the device: the GPU DaemonSet, which runs the
+    /// same ConfigMap with `--device cuda`, gets the GPU's batches, not the CPU's.
+    #[test]
+    fn shipped_configs_give_a_gpu_its_own_batch_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let configmap = dir.path().join("classifyd.toml");
+        std::fs::write(&configmap, configmap_toml()).unwrap();
+        let systemd = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/classifyd.toml");
+        for file in [configmap.to_str().unwrap(), systemd] {
+            // As daemonset-gpu.yaml runs it (the model path need not exist to resolve).
+            let gpu =
+                ServeConfig::from_settings(&settings(&["--config", file, "--device", "cuda"]))
+                    .unwrap()
+                    .scheduler
+                    .for_device(true);
+            assert_eq!(
+                (gpu.max_batch_size, gpu.max_batch_tokens),
+                (GPU_DEFAULT_ROWS, GPU_DEFAULT_TOKENS),
+                "{file}"
+            );
+            let cpu = ServeConfig::from_settings(&settings(&["--config", file]))
+                .unwrap()
+                .scheduler
+                .for_device(false);
+            assert_eq!(
+                (cpu.max_batch_size, cpu.max_batch_tokens),
+                (32, 8192),
+                "{file}"
+            );
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ impl Connection {
                 codec: frame::codec(max_frame),
                 max_frame,
                 buf: BytesMut::with_capacity(READ_CHUNK),
+                framed: false,
             },
             writer: Writer {
                 write,
@@ -49,6 +50,8 @@ pub(crate) struct Reader {
     codec: LengthDelimitedCodec,
     max_frame: usize,
     buf: BytesMut,
+    /// Whether a frame has been read: only a connection's first bytes can be an HTTP request.
+    framed: bool,
 }
 
 /// Why no further frame can be read from a connection.
@@ -58,13 +61,22 @@ pub(crate) enum Unframed {
     TooLong { max: usize },
     /// Anything else the codec reports (it fails on nothing but the limit today).
     Broken(FrameError),
+    /// The connection opened with an HTTP request instead of a frame.
+    Http,
 }
 
 impl Reader {
     /// The next whole frame already read, if there is one; "not yet" is `Ok(None)`.
     pub fn frame(&mut self) -> Result<Option<Bytes>, Unframed> {
+        if !self.framed && frame::looks_like_http(&self.buf) {
+            return Err(Unframed::Http);
+        }
         match self.codec.decode(&mut self.buf) {
-            Ok(frame) => Ok(frame.map(BytesMut::freeze)),
+            Ok(Some(frame)) => {
+                self.framed = true;
+                Ok(Some(frame.freeze()))
+            }
+            Ok(None) => Ok(None),
             Err(e) => Err(match frame::classify_io_error(e, self.max_frame, None) {
                 FrameError::TooLong { max, .. } => Unframed::TooLong { max },
                 e => Unframed::Broken(e),

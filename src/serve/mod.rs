@@ -13,7 +13,7 @@ pub mod unix;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -222,13 +222,17 @@ async fn reload(
             });
             let status = status_line(&new, serving_on);
             let revision = new.identity.revision.clone();
-            // The old model's scheduler closes once the requests still holding it finish.
-            drop(service.swap_model(new));
+            // The old model's scheduler closes once the requests still holding it finish;
+            // then what it held goes back to the kernel.
+            let old_revision = old.identity.revision.clone();
+            let retired = service.swap_model(new);
+            drop(old);
+            tokio::spawn(retire(retired));
             if let Some(m) = service.metrics() {
                 m.record_reload(true);
             }
             info!(
-                old_revision = %old.identity.revision,
+                old_revision = %old_revision,
                 revision = %revision,
                 warm_up_batches = warm_runs,
                 reload_ms = started.elapsed().as_millis() as u64,
@@ -249,6 +253,31 @@ async fn reload(
     }
 }
 
+/// How long a retired model waits for the requests still holding it before it is let go
+/// without the trim (they then free it whenever they finish).
+const RETIRE_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until the requests that still hold the replaced model have finished, then frees it
+/// and trims the heap. The trim after the load ran while the old model was alive, so what the
+/// old one freed (its scratch buffers, its queue, its threads' allocations) would otherwise
+/// stay in malloc's free lists and in RSS until some later reload: the soak's RSS wandered by
+/// a few MiB from one reload to the next.
+async fn retire(model: Arc<Model>) {
+    let started = Instant::now();
+    while Arc::strong_count(&model) > 1 && started.elapsed() < RETIRE_WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = Arc::strong_count(&model) == 1;
+    // Dropping the last reference joins the old engine threads: not on an I/O thread.
+    let _ = tokio::task::spawn_blocking(move || {
+        drop(model);
+        if last {
+            crate::engine::heap::trim();
+        }
+    })
+    .await;
+}
+
 /// Serves until `shutdown` resolves, then drains. Returns once every accepted request has been
 /// answered and every listener is closed.
 pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
@@ -260,8 +289,17 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
     if let Some(addr) = cfg.metrics_addr {
         http::check_addr(addr).map_err(ServerError::Config)?;
     }
-    let started = start(&cfg).await?;
+    // Listeners first: a socket in use, a missing directory, a TLS file that does not load or
+    // a busy metrics port fail in a moment, not after a large model has loaded. Bound and
+    // held, they queue what connects while the model loads (as systemd's socket does).
     let bound = bind(&cfg).await?;
+    let started = match start(&cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            bound.abandon();
+            return Err(e);
+        }
+    };
     let serving = serve(&cfg, started, bound);
     shutdown.await;
     drain(serving, cfg.drain_timeout).await;
@@ -346,6 +384,16 @@ struct Bound {
     quic: Option<quinn::Endpoint>,
     /// Where the daemon serves, as `systemctl status` shows it.
     serving_on: String,
+}
+
+impl Bound {
+    /// Closes what was bound when the daemon will not serve, removing a socket file it made
+    /// (one from systemd stays, as ever).
+    fn abandon(self) {
+        if let Some(l) = self.unix.filter(|l| l.owns_path) {
+            let _ = std::fs::remove_file(&l.opts.path);
+        }
+    }
 }
 
 /// Binds the metrics endpoint, the Unix socket (or takes the one systemd passed) and the QUIC

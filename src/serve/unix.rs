@@ -28,7 +28,7 @@ use crate::serve::connection::{Connection, Unframed};
 use crate::serve::handler::Handler;
 use crate::serve::limits::ConnectionLimits;
 use crate::service::metrics::Transport;
-use crate::wire::frame::Framed;
+use crate::wire::frame::{self, Framed};
 use crate::wire::protocol::{self, pb};
 
 /// Who may connect, and how the socket file is published.
@@ -49,6 +49,8 @@ pub enum BindError {
     InUse { path: PathBuf },
     #[error("{path}: exists and is not a socket")]
     NotASocket { path: PathBuf },
+    #[error("{path}: directory {dir} does not exist (create it, or give another --uds)")]
+    NoDirectory { path: PathBuf, dir: PathBuf },
     #[error("{path}: {what}: {source}")]
     Io {
         path: PathBuf,
@@ -58,9 +60,21 @@ pub enum BindError {
     },
 }
 
+/// The socket's directory exists (`check-config` asks too, without binding).
+pub fn check_dir(path: &std::path::Path) -> Result<(), BindError> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(BindError::NoDirectory {
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Binds the socket, replacing a stale socket file but never a live daemon's.
 pub fn bind(opts: &UnixOptions) -> Result<UnixListener, BindError> {
     let path = &opts.path;
+    check_dir(path)?;
     let io = |what| {
         move |source| BindError::Io {
             path: path.clone(),
@@ -332,6 +346,12 @@ async fn read_loop<H: Handler>(
                 Err(Unframed::Broken(e)) => {
                     debug!("unix connection: {e}");
                     return Stop::Cancel;
+                }
+                Err(Unframed::Http) => {
+                    info!("unix connection: an HTTP request, answered with what the socket speaks");
+                    conn.writer
+                        .queue(Framed::unframed(frame::HTTP_REFUSAL.as_bytes()));
+                    return Stop::Answer;
                 }
             }
         }

@@ -84,7 +84,13 @@ impl Service {
         drop(std::mem::take(&mut req.inputs));
         let options = req.options.unwrap_or_default();
         let token_options = match model.engine.task() {
-            Task::Token => Some(convert::token_options(&options).map_err(ServiceError::Invalid)?),
+            Task::Token => {
+                let t = convert::token_options(&options).map_err(ServiceError::Invalid)?;
+                t.min_score
+                    .check_labels(&model.engine.info().labels)
+                    .map_err(ServiceError::Invalid)?;
+                Some(t)
+            }
             Task::Sequence => {
                 convert::no_token_options(&options).map_err(ServiceError::Invalid)?;
                 None

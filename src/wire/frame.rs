@@ -46,6 +46,12 @@ impl Framed {
         Framed(encode(message))
     }
 
+    /// Bytes written as they are, with no prefix: for a peer that does not speak the protocol
+    /// at all (an HTTP client on the socket), told so once before the connection closes.
+    pub fn unframed(bytes: &[u8]) -> Self {
+        Framed(bytes.to_vec())
+    }
+
     /// The frame as it goes on the wire, prefix first.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -67,6 +73,31 @@ pub enum FrameError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// Whether the first bytes of a stream are an HTTP/1 request line or HTTP/2's preface rather
+/// than a length prefix: read as a length, each would be a frame of over a gigabyte.
+pub fn looks_like_http(start: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
+        b"PRI * HTTP/2",
+    ];
+    METHODS
+        .iter()
+        .any(|m| start.len() >= m.len().min(4) && start.starts_with(&m[..m.len().min(start.len())]))
+}
+
+/// What an HTTP client on the socket is told, as an HTTP answer so that curl shows it.
+pub const HTTP_REFUSAL: &str = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
+    Connection: close\r\n\r\nclassifyd: this socket speaks the length-prefixed protobuf protocol \
+    (docs/PROTOCOL.md), not HTTP; /metrics, /healthz and /readyz are served over HTTP on \
+    --metrics-addr\n";
 
 /// Classifies an error from [`codec`] so callers can answer before closing.
 pub fn classify_io_error(e: std::io::Error, max: usize, declared: Option<usize>) -> FrameError {
@@ -112,6 +143,17 @@ mod tests {
             &encode(&prost::Message::encode_to_vec(&msg))[..]
         );
         assert_eq!(framed, Framed::raw(framed.payload()));
+    }
+
+    #[test]
+    fn http_request_lines_are_told_apart_from_length_prefixes() {
+        assert!(looks_like_http(b"GET /metrics HTTP/1.1\r\n"));
+        assert!(looks_like_http(b"POST"));
+        assert!(looks_like_http(b"PRI * HTTP/2.0\r\n"));
+        // Too little to tell yet, and frames of any length a client would send.
+        assert!(!looks_like_http(b"GE"));
+        assert!(!looks_like_http(&encode(b"x")));
+        assert!(!looks_like_http(&1_000_000u32.to_be_bytes()));
     }
 
     #[test]

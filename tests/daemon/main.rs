@@ -2,6 +2,7 @@
 //! QUIC on loopback, real signals.
 
 mod bench;
+mod cli;
 #[path = "../common/mod.rs"]
 mod common;
 mod faults;

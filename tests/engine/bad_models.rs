@@ -372,3 +372,43 @@ fn deberta_relative_positions_are_capped_at_what_is_built() {
         classifyd::model::families::deberta::MAX_RELATIVE_POSITIONS
     );
 }
+
+/// The two model-directory mistakes people make first, each with what to do.
+#[test]
+fn a_file_for_a_directory_and_pickle_weights_say_what_to_do() {
+    let pickle = scratch_copy("bert");
+    std::fs::rename(
+        pickle.path().join("model.safetensors"),
+        pickle.path().join("pytorch_model.bin"),
+    )
+    .unwrap();
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    for (dir, expect) in [
+        (
+            readme.as_path(),
+            format!(
+                "classifyd: error: {}: not a directory: a model is the directory that holds \
+                 config.json, model.safetensors and tokenizer.json",
+                readme.display()
+            ),
+        ),
+        (
+            pickle.path(),
+            format!(
+                "classifyd: error: {}: only PyTorch pickle weights (pytorch_model.bin); classifyd \
+                 reads safetensors: save the model with transformers' `save_pretrained(dir)` \
+                 (safetensors by default), or convert it with `safetensors.torch.save_file`",
+                pickle.path().display()
+            ),
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_classifyd"))
+            .args(["classify", "--model"])
+            .arg(dir)
+            .arg("hello")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), expect);
+    }
+}

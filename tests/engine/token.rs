@@ -355,3 +355,46 @@ fn non_finite_scores_are_refused_never_redacted_as_clean() {
         .unwrap();
     assert!(matches!(r[0], Err(InputError::NotFinite(_))), "{:?}", r[0]);
 }
+
+/// A threshold for a label the model lacks would never apply, so it is refused, naming the
+/// labels there are; a group (`PER`) or a full label (`B-PER`) is accepted.
+#[test]
+fn min_score_for_a_label_the_model_lacks_is_refused() {
+    let dir = fixture("tok-bert");
+    let engine = load(&dir, DType::F32);
+    let labels = engine.info().labels.clone();
+    let group = labels
+        .iter()
+        .find_map(|l| l.strip_prefix("B-"))
+        .expect("a B- label")
+        .to_string();
+    let run = |min_score: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_classifyd"))
+            .args(["classify", "--min-score", min_score, "--model"])
+            .arg(&dir)
+            .arg("John lives in Paris")
+            .output()
+            .unwrap()
+    };
+    for ok in [
+        format!("{group}=0.5"),
+        format!("B-{group}=0.5"),
+        "0.5".to_string(),
+    ] {
+        let out = run(&ok);
+        assert!(
+            out.status.success(),
+            "{ok}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run("NOSUCH=0.5");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(
+            "classifyd: error: --min-score: min score for NOSUCH: this model has no such label (its labels: "
+        ) && stderr.contains(&group),
+        "{stderr}"
+    );
+}
