@@ -414,8 +414,11 @@ fn memory(pid: i32) -> (usize, u64, u64) {
 
 /// Twenty reloads of the default model keep nothing: after each, the old model's maps, engine
 /// threads and heap go, so the number of mappings and the private memory come back to their
-/// level after the first reload. Slack: 16 mappings, and 10 MiB of private memory (malloc keeps
-/// up to 8 MiB of freed heap before trimming, `engine::heap`).
+/// level after the first reload. Slack: 16 mappings, and 16 MiB of private memory. Private
+/// memory (all of it anonymous) sits in one of two states a little over 10 MiB apart, about 18
+/// or about 28-30 MiB, and moves between them in both directions from one reload to another
+/// (measured 2026-12-05, 20 runs): a snapshot of the allocator, not growth. A leak of 1 MiB a
+/// reload would still pass 16 MiB over the nineteen reloads measured.
 #[test]
 fn twenty_reloads_return_mappings_and_private_memory_to_their_level() {
     let cache = tempfile::tempdir().unwrap();
@@ -435,6 +438,16 @@ fn twenty_reloads_return_mappings_and_private_memory_to_their_level() {
         let deadline = Instant::now() + Duration::from_secs(60);
         while metric(metrics, "classifyd_reloads_total{result=\"ok\"}") < n {
             assert!(Instant::now() < deadline, "reload {n}: {}", daemon.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Measured once the replaced model is gone and the heap trimmed, not while it may
+        // still be held: otherwise the figures depend on when they are taken.
+        while daemon.stderr().matches("freed the replaced model").count() < n as usize {
+            assert!(
+                Instant::now() < deadline,
+                "reload {n} never freed: {}",
+                daemon.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
@@ -467,7 +480,7 @@ fn twenty_reloads_return_mappings_and_private_memory_to_their_level() {
         last.0
     );
     assert!(
-        last.1 <= first.1 + 10 * 1024,
+        last.1 <= first.1 + 16 * 1024,
         "Private_Dirty grew from {} to {} KiB: {seen:?}",
         first.1,
         last.1
