@@ -40,13 +40,10 @@ lintian --fail-on error,warning --info --display-level '>=warning' "$deb" || fai
 
 # ---- 2. the file list ------------------------------------------------------------------------
 say "file list"
-dpkg-deb --contents "$deb" | awk '{print $6}' | sed -e 's|^\./|/|' -e 's|/$||' | grep -v '^$' |
-    grep -v '^/$' | sort >"${TMPDIR:-/tmp}/classifyd-deb-files.$$"
-if ! diff -u debian/files.txt "${TMPDIR:-/tmp}/classifyd-deb-files.$$"; then
-    rm -f "${TMPDIR:-/tmp}/classifyd-deb-files.$$"
+if ! dpkg-deb --contents "$deb" | awk '{print $6}' | sed -e 's|^\./|/|' -e 's|/$||' |
+    grep -v -e '^$' -e '^/$' | sort | diff -u debian/files.txt -; then
     fail "the package's files differ from debian/files.txt (- expected, + built)"
 fi
-rm -f "${TMPDIR:-/tmp}/classifyd-deb-files.$$"
 
 # ---- 3. install into a throwaway root --------------------------------------------------------
 codename=$(. /etc/os-release && echo "$VERSION_CODENAME")

@@ -90,16 +90,17 @@ where
     F: FnMut(Duration) -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
-    let deadline = patience.wait.map(|w| tokio::time::Instant::now() + w);
+    let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(50);
     loop {
         let err = match attempt(patience.attempt).await {
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
-        let (Some(deadline), Some(waited)) = (deadline, patience.wait) else {
+        let Some(waited) = patience.wait else {
             return Err(err);
         };
+        let deadline = started + waited;
         if !err.may_come_up() {
             return Err(err);
         }

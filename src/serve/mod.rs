@@ -240,12 +240,7 @@ async fn start(cfg: &ServeConfig) -> Result<Started, ServerError> {
     let mut service = Service::new(engine, scheduler, cfg.requests, identity, tokenizer);
     if cfg.metrics_addr.is_some() {
         let m = Arc::new(Metrics::new(service.model().labels()));
-        let observer = m.clone();
-        service
-            .scheduler()
-            .observe_batches(Box::new(move |rows, tokens| {
-                observer.record_batch(rows, tokens)
-            }));
+        count_batches(&service.scheduler(), &m);
         service = service.with_metrics(m);
     }
     Ok(Started {
@@ -255,6 +250,15 @@ async fn start(cfg: &ServeConfig) -> Result<Started, ServerError> {
         warm_runs,
         at,
     })
+}
+
+/// Feeds every batch `scheduler` runs into the batch metrics (at start, and for each reloaded
+/// model's scheduler).
+fn count_batches(scheduler: &Scheduler, metrics: &Arc<Metrics>) {
+    let observer = metrics.clone();
+    scheduler.observe_batches(Box::new(move |rows, tokens| {
+        observer.record_batch(rows, tokens)
+    }));
 }
 
 /// The sockets [`bind`] opened, not yet served.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::{load_warm, status_line, systemd, ServeConfig};
+use super::{count_batches, load_warm, status_line, systemd, ServeConfig};
 use crate::sched::queue::SchedulerConfig;
 use crate::sched::Scheduler;
 use crate::service::{Model, ModelIdentity, Service};
@@ -38,17 +38,7 @@ pub(super) async fn reload(
     let old = service.model();
     let path = match reload_model_path(cfg) {
         Ok(p) => p,
-        Err(e) => {
-            error!(
-                "reload failed, still serving revision {}: {e}",
-                old.identity.revision
-            );
-            if let Some(m) = service.metrics() {
-                m.record_reload(false);
-            }
-            systemd::ready(&status_line(&old, serving_on));
-            return;
-        }
+        Err(e) => return failed(service, &old, serving_on, e),
     };
     info!(revision = %old.identity.revision, "SIGHUP: reloading {}", path.display());
     match load_warm(
@@ -65,10 +55,7 @@ pub(super) async fn reload(
             let identity = ModelIdentity::of(&path);
             let scheduler = Scheduler::start(engine.clone(), sched_cfg.clone());
             if let Some(m) = service.metrics() {
-                let observer = m.clone();
-                scheduler.observe_batches(Box::new(move |rows, tokens| {
-                    observer.record_batch(rows, tokens)
-                }));
+                count_batches(&scheduler, m);
             }
             let new = Arc::new(Model {
                 engine,
@@ -95,17 +82,21 @@ pub(super) async fn reload(
             );
             systemd::ready(&status);
         }
-        Err(e) => {
-            error!(
-                "reload failed, still serving revision {}: {e}",
-                old.identity.revision
-            );
-            if let Some(m) = service.metrics() {
-                m.record_reload(false);
-            }
-            systemd::ready(&status_line(&old, serving_on));
-        }
+        Err(e) => failed(service, &old, serving_on, e),
     }
+}
+
+/// A reload that failed: said in the log and the metrics, and systemd hears `READY=1` again
+/// with the old model, which keeps serving.
+fn failed(service: &Service, old: &Model, serving_on: &str, e: impl std::fmt::Display) {
+    error!(
+        "reload failed, still serving revision {}: {e}",
+        old.identity.revision
+    );
+    if let Some(m) = service.metrics() {
+        m.record_reload(false);
+    }
+    systemd::ready(&status_line(old, serving_on));
 }
 
 /// How long a retired model waits for the requests still holding it before it is let go

@@ -88,9 +88,12 @@ pub fn looks_like_http(start: &[u8]) -> bool {
         b"CONNECT ",
         b"PRI * HTTP/2",
     ];
-    METHODS
-        .iter()
-        .any(|m| start.len() >= m.len().min(4) && start.starts_with(&m[..m.len().min(start.len())]))
+    // Four bytes are a whole length prefix; each method is longer, so its first four decide.
+    start.len() >= 4
+        && METHODS.iter().any(|m| {
+            let n = m.len().min(start.len());
+            start[..n] == m[..n]
+        })
 }
 
 /// What an HTTP client on the socket is told, as an HTTP answer so that curl shows it.
