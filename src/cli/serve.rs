@@ -44,7 +44,8 @@ pub(crate) fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `classifyd check-config`: everything `serve` would check before it binds, without serving.
+/// `classifyd check-config`: what `serve` checks before it serves (the listeners bound and
+/// closed again, the model loaded on the CPU), without serving.
 /// Prints `ok: ...` and the effective settings, each with where it came from.
 pub(crate) fn check_config(a: &ServeArgs) -> anyhow::Result<String> {
     let (s, cfg) = resolve(a)?;
@@ -52,7 +53,7 @@ pub(crate) fn check_config(a: &ServeArgs) -> anyhow::Result<String> {
         Some(p) => anyhow!("{}: {}", p.display(), super::report::causes(&e)),
         None => anyhow!("{}", super::report::causes(&e)),
     };
-    let summary = validate(&s, &cfg).map_err(prefix)?;
+    let summary = validate(&cfg).map_err(prefix)?;
     let source = match &s.config {
         Some(p) => format!("{}: ", p.display()),
         None => String::new(),
@@ -60,43 +61,37 @@ pub(crate) fn check_config(a: &ServeArgs) -> anyhow::Result<String> {
     Ok(format!("ok: {source}{summary}\n{}", s.report()))
 }
 
-fn validate(s: &Settings, cfg: &ServeConfig) -> anyhow::Result<String> {
-    if cfg.unix.is_none() && cfg.quic.is_none() {
-        bail!("no listener: give uds and/or quic");
-    }
+fn validate(cfg: &ServeConfig) -> anyhow::Result<String> {
+    // The listeners as `serve` binds them before it loads anything, bound and closed again:
+    // "ok" then means the socket is free, its directory there, the TLS files load and the
+    // metrics port is free, as `serve` will find them (at this moment).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Quiet: the "listening on" lines are for a daemon that goes on to serve.
+    let listeners = tracing::dispatcher::with_default(&tracing::Dispatch::none(), || {
+        runtime.block_on(serve::check_listeners(cfg))
+    })?;
+    drop(runtime);
     if !cfg.model.is_dir() {
         bail!("model: {}: not a directory", cfg.model.display());
     }
     // Loaded on the CPU, so the check runs where the daemon's GPU is absent or busy.
     let engine = Engine::load(&cfg.model, DeviceChoice::Cpu, DTypeChoice::Auto)?;
     let info = engine.info();
-    let mut listeners = Vec::new();
-    if let Some(u) = &cfg.unix {
-        crate::serve::unix::check_dir(&u.path)?;
-        listeners.push(format!("uds {}", u.path.display()));
-    }
-    if let Some(q) = &cfg.quic {
-        crate::wire::tls::server_config(
-            &q.cert,
-            &q.key,
-            q.client_ca.as_deref(),
-            q.allow_anonymous_loopback,
-            q.listen,
-            &crate::wire::quic::QuicLimits::from(cfg.connections),
-        )?;
-        listeners.push(format!("quic {}", q.listen));
-    }
-    if let Some(m) = cfg.metrics_addr {
-        // The rule `serve` applies, so that "ok" here means `serve` accepts it too.
-        crate::serve::http::check_addr(m).map_err(anyhow::Error::msg)?;
-        listeners.push(format!("metrics {m}"));
-    }
-    let _ = s;
+    let metrics = cfg
+        .metrics_addr
+        .map(|m| format!(", metrics {m}"))
+        .unwrap_or_default();
+    let live = listeners
+        .live
+        .map(|note| format!("\nnote: {note}"))
+        .unwrap_or_default();
     Ok(format!(
-        "model {} ({}, {} labels), {}",
+        "model {} ({}, {} labels), serving on {}{metrics}{live}",
         cfg.model.display(),
         info.architecture,
         info.labels.len(),
-        listeners.join(", ")
+        listeners.serving_on,
     ))
 }

@@ -161,14 +161,6 @@ fn status_line(model: &Model, serving_on: &str) -> String {
 /// Serves until `shutdown` resolves, then drains. Returns once every accepted request has been
 /// answered and every listener is closed.
 pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    if cfg.unix.is_none() && cfg.quic.is_none() {
-        return Err(ServerError::Config(
-            "no listener: give --uds PATH and/or --quic ADDR".into(),
-        ));
-    }
-    if let Some(addr) = cfg.metrics_addr {
-        http::check_addr(addr).map_err(ServerError::Config)?;
-    }
     // Listeners first: a socket in use, a missing directory, a TLS file that does not load or
     // a busy metrics port fail in a moment, not after a large model has loaded. Bound and
     // held, they queue what connects while the model loads (as systemd's socket does).
@@ -280,9 +272,75 @@ impl Bound {
     }
 }
 
+/// What `check-config` found of the listeners.
+pub struct ListenerCheck {
+    /// Where the daemon would serve, as `systemctl status` shows it.
+    pub serving_on: String,
+    /// Set when a daemon serves the socket now, so nothing was bound.
+    pub live: Option<String>,
+}
+
+/// What `check-config` asks of the listeners: exactly what [`run`] does before it loads the
+/// model (the same binds, so the same errors in the same words), then closes them again.
+///
+/// When a daemon already answers on the socket (check-config before a restart, or systemd's
+/// socket unit holding it), its ports are busy because they are its own: then only what binds
+/// nothing is checked (the socket's directory, the TLS files, the addresses), and the answer
+/// says so.
+pub async fn check_listeners(cfg: &ServeConfig) -> Result<ListenerCheck, ServerError> {
+    let live = cfg.unix.as_ref().filter(|u| unix::answers(&u.path));
+    let Some(live) = live else {
+        let bound = bind(cfg).await?;
+        let serving_on = bound.serving_on.clone();
+        bound.abandon();
+        return Ok(ListenerCheck {
+            serving_on,
+            live: None,
+        });
+    };
+    precheck(cfg)?;
+    if let Some(q) = &cfg.quic {
+        crate::wire::tls::server_config(
+            &q.cert,
+            &q.key,
+            q.client_ca.as_deref(),
+            q.allow_anonymous_loopback,
+            q.listen,
+            &crate::wire::quic::QuicLimits::from(cfg.connections),
+        )
+        .map_err(|e| ServerError::Quic(e.to_string()))?;
+    }
+    let mut serving_on = vec![live.path.display().to_string()];
+    serving_on.extend(cfg.quic.as_ref().map(|q| format!("quic {}", q.listen)));
+    Ok(ListenerCheck {
+        serving_on: serving_on.join(" and "),
+        live: Some(format!(
+            "a daemon serves {} now, so its ports were not bound; `serve` starts once it stops",
+            live.path.display()
+        )),
+    })
+}
+
+/// The checks before any bind: a listener at all, and a loopback metrics address.
+fn precheck(cfg: &ServeConfig) -> Result<(), ServerError> {
+    if cfg.unix.is_none() && cfg.quic.is_none() {
+        return Err(ServerError::Config(
+            "no listener: give --uds PATH and/or --quic ADDR".into(),
+        ));
+    }
+    if let Some(addr) = cfg.metrics_addr {
+        http::check_addr(addr).map_err(ServerError::Config)?;
+    }
+    if let Some(u) = &cfg.unix {
+        unix::check_dir(&u.path)?;
+    }
+    Ok(())
+}
+
 /// Binds the metrics endpoint, the Unix socket (or takes the one systemd passed) and the QUIC
-/// endpoint, in that order.
+/// endpoint, in that order, after the checks that need no socket.
 async fn bind(cfg: &ServeConfig) -> Result<Bound, ServerError> {
+    precheck(cfg)?;
     let metrics = match cfg.metrics_addr {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -299,22 +357,26 @@ async fn bind(cfg: &ServeConfig) -> Result<Bound, ServerError> {
         }
         None => None,
     };
-    let quic = match &cfg.quic {
-        Some(q) => {
-            let endpoint =
-                quic::listen(q, &cfg.connections).map_err(|e| ServerError::Quic(e.to_string()))?;
-            info!("listening on quic {}", q.listen);
-            serving_on.push(format!("quic {}", q.listen));
-            Some(endpoint)
-        }
-        None => None,
-    };
-    Ok(Bound {
+    let mut bound = Bound {
         metrics,
         unix,
-        quic,
-        serving_on: serving_on.join(" and "),
-    })
+        quic: None,
+        serving_on: String::new(),
+    };
+    if let Some(q) = &cfg.quic {
+        match quic::listen(q, &cfg.connections) {
+            Ok(endpoint) => bound.quic = Some(endpoint),
+            Err(e) => {
+                // Not left behind as a stale socket file.
+                bound.abandon();
+                return Err(ServerError::Quic(e.to_string()));
+            }
+        }
+        info!("listening on quic {}", q.listen);
+        serving_on.push(format!("quic {}", q.listen));
+    }
+    bound.serving_on = serving_on.join(" and ");
+    Ok(bound)
 }
 
 /// The Unix socket systemd passed, or one bound at `--uds`.

@@ -71,6 +71,11 @@ pub fn check_dir(path: &std::path::Path) -> Result<(), BindError> {
     }
 }
 
+/// Whether something accepts connections on the socket at `path` now.
+pub fn answers(path: &std::path::Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
 /// Binds the socket, replacing a stale socket file but never a live daemon's.
 pub fn bind(opts: &UnixOptions) -> Result<UnixListener, BindError> {
     let path = &opts.path;
@@ -88,7 +93,7 @@ pub fn bind(opts: &UnixOptions) -> Result<UnixListener, BindError> {
             return Err(BindError::NotASocket { path: path.clone() });
         }
         // Someone answering means a live daemon; a refused connect means a stale file.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if answers(path) {
             return Err(BindError::InUse { path: path.clone() });
         }
         std::fs::remove_file(path).map_err(io("removing stale socket"))?;

@@ -372,6 +372,11 @@ fn check_config_and_serve_agree_on_listener_mistakes() {
         .to_string();
     let quic = free_udp_port().to_string();
     let quic_any = format!("0.0.0.0:{}", free_udp_port().port());
+    // Ports another program holds for the whole test.
+    let busy_tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_metrics = busy_tcp.local_addr().unwrap().to_string();
+    let busy_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let busy_quic = busy_udp.local_addr().unwrap().to_string();
     let cases: Vec<(&str, Vec<String>, String)> = vec![
         (
             "socket directory missing",
@@ -401,6 +406,20 @@ fn check_config_and_serve_agree_on_listener_mistakes() {
             ],
             format!("anonymous QUIC clients are allowed only on a loopback listen address, and {quic_any} is not loopback"),
         ),
+        (
+            "metrics port busy",
+            vec!["--uds".into(), sock.clone(), "--metrics-addr".into(), busy_metrics.clone()],
+            format!("--metrics-addr {busy_metrics}: Address already in use (os error 98)"),
+        ),
+        (
+            "QUIC port busy",
+            vec![
+                "--uds".into(), sock.clone(), "--quic".into(), busy_quic.clone(),
+                "--tls-cert".into(), p("server.pem"), "--tls-key".into(), p("server-key.pem"),
+                "--client-ca".into(), p("ca.pem"),
+            ],
+            format!("{busy_quic}: Address already in use (os error 98)"),
+        ),
     ];
     let model = default_model();
     for (what, flags, says) in cases {
@@ -429,6 +448,46 @@ fn check_config_and_serve_agree_on_listener_mistakes() {
             "{what}: serve loaded the model before refusing: {serve}"
         );
     }
+}
+
+/// `check-config` before a restart, with the daemon still serving its socket and metrics port:
+/// ok, saying that it bound nothing because a daemon serves there; and it leaves that daemon's
+/// socket in place.
+#[test]
+fn check_config_beside_a_running_daemon_is_ok_and_says_so() {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = metrics.local_addr().unwrap().to_string();
+    drop(metrics);
+    let daemon = Daemon::start(&default_model(), &["--metrics-addr", &addr]);
+    let out = classifyd()
+        .arg("check-config")
+        .arg("--model")
+        .arg(default_model())
+        .arg("--uds")
+        .arg(&daemon.socket)
+        .args(["--metrics-addr", &addr])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let note = format!(
+        "note: a daemon serves {} now, so its ports were not bound; `serve` starts once it stops",
+        daemon.socket.display()
+    );
+    assert!(stdout.contains(&note), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with(&format!("metrics {addr}")),
+        "{stdout}"
+    );
+    let ok = classifyd()
+        .args(["classify", "--uds", daemon.socket.to_str().unwrap(), "fine"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", stderr_line(&ok));
 }
 
 /// A socket another daemon serves is refused at once, before the model loads, and the other
