@@ -26,9 +26,11 @@ pub const SAMPLE_TEXTS: &str = include_str!("sample.txt");
 /// How the open loop spaces its requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Arrival {
-    /// Exactly 1/rate apart.
+    // Plain comments: a documented variant would switch `bench --help` to clap's long layout,
+    // unlike every other command's; `--arrival`'s own help says what each does.
+    // Exactly 1/rate apart.
     Constant,
-    /// Exponential gaps with mean 1/rate, as independent users produce.
+    // Exponential gaps with mean 1/rate, as independent users produce.
     Poisson,
 }
 

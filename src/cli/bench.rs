@@ -31,26 +31,27 @@ pub struct BenchArgs {
     /// Latency counts from the scheduled send time.
     #[arg(long, value_delimiter = ',', value_name = "R,..")]
     pub rate: Vec<f64>,
-    /// Open loop: how sends are spaced.
-    #[arg(long, value_enum, default_value = "poisson")]
+    /// Open loop: how sends are spaced: constant (exactly 1/rate apart) or poisson
+    /// (exponential gaps with mean 1/rate, as independent users produce).
+    #[arg(long, value_enum, default_value = "poisson", value_name = "KIND")]
     pub arrival: Arrival,
     /// Open loop: connections the requests are spread over.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_name = "N")]
     pub connections: usize,
     /// Open loop: requests in flight past which sends are counted as CLIENT_BACKLOG instead.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub max_outstanding: usize,
     /// Measured seconds per load level.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub duration_secs: f64,
     /// Unrecorded seconds before each load level's measurement.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
     pub warmup_secs: f64,
     /// Texts to send, one per line [default: a built-in sample of 40 reviews].
     #[arg(long, value_name = "FILE")]
     pub texts: Option<PathBuf>,
     /// Inputs each request carries.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub inputs_per_request: usize,
     /// Closed loop: pause this many milliseconds before each request (the next request after
     /// a quiet spell); 0 sends back to back.

@@ -106,6 +106,7 @@ pub struct InspectArgs {
 /// The model to run in this process instead of asking a daemon; shared by `classify` and
 /// `bench` (for `bench`, the baseline the transport's cost is measured against).
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Model")]
 pub struct LocalArgs {
     /// Run in this process with the model in DIR.
     #[arg(long, value_name = "DIR")]
@@ -126,6 +127,7 @@ impl LocalArgs {
 
 /// How to reach a running daemon; shared by `classify` and `bench`.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Daemon")]
 pub struct RemoteArgs {
     /// Ask a running daemon on this Unix socket; without --model, --uds or --quic,
     /// $CLASSIFYD_SOCKET names it (as for the Python client).

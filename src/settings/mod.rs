@@ -59,6 +59,8 @@ pub struct Spec {
     range: Option<fn() -> String>,
     pub value_name: &'static str,
     pub shape: Shape,
+    /// The values allowed when they are a short list, shown in `--help`.
+    choices: &'static [&'static str],
     /// Checks one flag value, range included (clap calls it while parsing).
     check: fn(&str) -> Result<(), String>,
 }
@@ -89,7 +91,11 @@ impl Spec {
         // Each doc line keeps the space after its `///`.
         let mut help = self.doc.trim_start().to_string();
         let default = self.default();
-        if !default.is_empty() {
+        if !self.choices.is_empty() {
+            help.push_str(&format!(" [possible values: {}]", self.choices.join(", ")));
+        }
+        // A switch is off unless given: `[default: false]` says nothing.
+        if !default.is_empty() && self.shape != Shape::Switch {
             help.push_str(&format!(" [default: {default}"));
             if let Some(gpu) = self.gpu_default {
                 help.push_str(&format!("; {} on a GPU", gpu()));
@@ -100,7 +106,16 @@ impl Spec {
             help.push_str(&format!(" [{}]", range()));
         }
         let check = self.check;
-        let arg = Arg::new(self.key).long(self.flag()).help(help);
+        let arg = Arg::new(self.key)
+            .long(self.flag())
+            .help(help)
+            .help_heading(heading(self.key));
+        // Said for the socket more often than `--uds`; without it clap suggests `--tls-cert`.
+        let arg = if self.key == "uds" {
+            arg.visible_alias("socket")
+        } else {
+            arg
+        };
         match self.shape {
             Shape::Switch => arg.action(ArgAction::SetTrue),
             shape => arg
@@ -112,6 +127,28 @@ impl Spec {
                 })
                 .value_parser(move |s: &str| check(s).map(|()| s.to_string())),
         }
+    }
+}
+
+/// The `--help` section a setting is listed under, so that `serve`'s flags read in groups.
+fn heading(key: &str) -> &'static str {
+    match key {
+        "model" | "device" | "dtype" | "cache_dir" | "no_weights_cache" => "Model",
+        "uds" | "uds_mode" | "uds_group" | "allow_uid" | "allow_gid" | "quic" | "metrics_addr" => {
+            "Listeners"
+        }
+        "tls_cert" | "tls_key" | "client_ca" | "allow_anonymous_loopback" => "QUIC TLS",
+        "queue_capacity" | "max_batch_tokens" | "max_batch_size" | "max_attention_mib" => {
+            "Queue and batches"
+        }
+        "max_frame_bytes" | "max_inputs" | "max_text_bytes" | "max_in_flight"
+        | "max_connections" | "max_receive_bytes" => "Request limits",
+        "idle_timeout_secs"
+        | "handshake_timeout_secs"
+        | "frame_timeout_secs"
+        | "drain_timeout_secs" => "Timeouts",
+        "threads" | "spin_us" | "busy_poll" | "cpus" => "Engine threads",
+        _ => "Other",
     }
 }
 
@@ -184,6 +221,7 @@ macro_rules! settings {
                 range: text_fn!($(value::describe(&$range))?),
                 value_name: $value_name,
                 shape: <$ty as Value>::SHAPE,
+                choices: <$ty as Value>::CHOICES,
                 check: |s| {
                     #[allow(unused_variables)]
                     let v = <$ty as Value>::parse(&[s.to_string()])?;
@@ -244,10 +282,11 @@ settings! {
     /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json); required
     /// unless the config file names it.
     model: Option<PathBuf> = "", "DIR";
-    /// auto (CUDA when built with it and present), cpu, cuda or cuda:N.
+    /// Where the model runs: auto is CUDA when built with it and a GPU is present, else the
+    /// CPU; cuda:N picks a GPU.
     device: DeviceChoice = "auto", "DEVICE";
-    /// auto (F32 on CPU, F16 on CUDA), f32, f16, bf16, or int8 (CPU: the transformer layers'
-    /// matmuls in int8).
+    /// Compute precision: auto is F32 on the CPU and F16 on CUDA; int8 (CPU) runs the
+    /// transformer layers' matmuls in int8.
     dtype: DTypeChoice = "auto", "DTYPE";
     /// Directory of the weights cache (CPU F32): the packed weights written once, then mapped
     /// read-only and shared. Unset: $CACHE_DIRECTORY (systemd's CacheDirectory=), else
@@ -266,7 +305,8 @@ settings! {
     /// Only peers whose own gid is this may connect (repeatable; SO_PEERCRED's effective gid:
     /// supplementary groups are not seen, see SECURITY.md).
     allow_gid: Vec<u32> = "", "GID";
-    /// QUIC address to listen on, e.g. 127.0.0.1:4433 (needs --tls-cert and --tls-key).
+    /// QUIC address to listen on, e.g. 127.0.0.1:4433 or localhost:4433 (a name resolves to
+    /// its first address at start; needs --tls-cert and --tls-key).
     quic: Option<SocketAddr> = "", "HOST:PORT";
     /// PEM certificate chain for QUIC.
     tls_cert: Option<PathBuf> = "", "FILE";
@@ -499,6 +539,28 @@ mod tests {
         let help = spec("max_batch_size").arg().get_help().unwrap().to_string();
         assert!(
             help.ends_with(" [default: 32; 128 on a GPU] [at least 1]"),
+            "{help}"
+        );
+    }
+
+    /// Every setting is listed under a heading of its own group in `--help`; switches show no
+    /// `[default: false]`; the enumerations show their values.
+    #[test]
+    fn help_groups_every_flag_and_shows_values_not_false() {
+        for spec in SPECS {
+            assert_ne!(
+                heading(spec.key),
+                "Other",
+                "{} has no --help heading",
+                spec.key
+            );
+            let help = spec.arg().get_help().unwrap().to_string();
+            assert!(!help.contains("[default: false]"), "{}: {help}", spec.key);
+        }
+        let dtype = SPECS.iter().find(|s| s.key == "dtype").unwrap();
+        let help = dtype.arg().get_help().unwrap().to_string();
+        assert!(
+            help.contains("[possible values: auto, f32, f16, bf16, int8]"),
             "{help}"
         );
     }

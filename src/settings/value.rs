@@ -30,6 +30,8 @@ pub trait Value: Sized + Clone {
     fn to_toml(&self) -> Option<toml::Value>;
     /// Makes a path from the file relative to the file's directory.
     fn rebase(&mut self, _base: &Path) {}
+    /// The values allowed, for `--help`, when they are a short list.
+    const CHOICES: &'static [&'static str] = &[];
 }
 
 /// The value types one flag value parses into.
@@ -38,6 +40,8 @@ pub trait Scalar: Sized + Clone {
     fn from_toml(v: toml::Value) -> Result<Self, String>;
     fn to_toml(&self) -> toml::Value;
     fn rebase(&mut self, _base: &Path) {}
+    /// As [`Value::CHOICES`].
+    const CHOICES: &'static [&'static str] = &[];
 }
 
 fn want(what: &str, v: &toml::Value) -> String {
@@ -52,6 +56,7 @@ macro_rules! scalar_value {
     ($($t:ty),*) => {$(
         impl Value for $t {
             const SHAPE: Shape = Shape::One;
+            const CHOICES: &'static [&'static str] = <$t as Scalar>::CHOICES;
             fn parse(text: &[String]) -> Result<Self, String> {
                 <$t as Scalar>::parse_one(last(text))
             }
@@ -92,8 +97,9 @@ integer_scalar!(usize, u64, u32);
 
 /// A string-typed scalar parsed with `FromStr` and printed with `Display`.
 macro_rules! string_scalar {
-    ($($t:ty => $parse:expr),* $(,)?) => {$(
+    ($($t:ty => $parse:expr $(, one of $choices:expr)?;)*) => {$(
         impl Scalar for $t {
+            $(const CHOICES: &'static [&'static str] = $choices;)?
             fn parse_one(s: &str) -> Result<Self, String> {
                 ($parse)(s)
             }
@@ -111,13 +117,33 @@ macro_rules! string_scalar {
 }
 
 string_scalar!(
-    String => |s: &str| Ok::<_, String>(s.to_string()),
-    DeviceChoice => |s: &str| s.parse::<DeviceChoice>(),
-    DTypeChoice => |s: &str| s.parse::<DTypeChoice>(),
-    SocketAddr => |s: &str| s
-        .parse::<SocketAddr>()
-        .map_err(|e| format!("{s:?}: {e} (expected HOST:PORT)")),
+    String => |s: &str| Ok::<_, String>(s.to_string());
+    DeviceChoice => |s: &str| s.parse::<DeviceChoice>(), one of &["auto", "cpu", "cuda", "cuda:N"];
+    DTypeChoice => |s: &str| s.parse::<DTypeChoice>(), one of &["auto", "f32", "f16", "bf16", "int8"];
+    SocketAddr => socket_addr;
 );
+
+/// `HOST:PORT` with HOST an IP address (`[::1]` for IPv6) or a name, which resolves to its
+/// first address here, once, as the client resolves it.
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad = |why: String| format!("{s:?}: {why} (expected HOST:PORT, e.g. 127.0.0.1:4433)");
+    let (host, port) = s
+        .rsplit_once(':')
+        .filter(|(h, p)| !h.is_empty() && !p.is_empty())
+        .ok_or_else(|| bad("no port".into()))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad(format!("{port:?} is not a port number")))?;
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| bad(format!("cannot resolve {host:?}: {e}")))?
+        .next()
+        .ok_or_else(|| bad(format!("{host:?} has no address")))
+}
 
 impl Scalar for PathBuf {
     fn parse_one(s: &str) -> Result<Self, String> {
@@ -351,6 +377,21 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--quic localhost:4433` as the help's HOST:PORT promises: a name resolves (to loopback
+    /// here); what is not HOST:PORT says why.
+    #[test]
+    fn listen_addresses_take_names_and_say_what_is_wrong() {
+        assert!(socket_addr("localhost:4433").unwrap().ip().is_loopback());
+        assert_eq!(socket_addr("[::1]:9").unwrap(), "[::1]:9".parse().unwrap());
+        assert_eq!(
+            socket_addr("localhost").unwrap_err(),
+            "\"localhost\": no port (expected HOST:PORT, e.g. 127.0.0.1:4433)"
+        );
+        assert!(socket_addr("localhost:http")
+            .unwrap_err()
+            .contains("\"http\" is not a port number"));
+    }
 
     #[test]
     fn ranges_name_the_key_the_bound_and_the_value() {
