@@ -41,9 +41,26 @@ pub struct ClassifyArgs {
     /// for every label (`0.8`) or one (`PER=0.9`); repeat for several.
     #[arg(long, value_name = "[LABEL=]SCORE")]
     pub min_score: Vec<String>,
+    /// Print only these keys of each line (an error line keeps its `input` and `error`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "KEY,..",
+        value_parser = clap::builder::PossibleValuesParser::new(FIELDS)
+    )]
+    pub fields: Vec<String>,
+    /// Token-classification models: print entities with the keys transformers' pipeline
+    /// uses (`entity_group`, or `entity` with --aggregation none) instead of `label`, the
+    /// protocol's and the Python client's name.
+    #[arg(long)]
+    pub pipeline_keys: bool,
     /// Texts classified in one forward pass when reading stdin.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub batch_size: u16,
+    /// No progress bar on stderr (shown only when stderr is a terminal and texts come from
+    /// stdin).
+    #[arg(long)]
+    pub quiet: bool,
     /// Texts to classify; everything after `--` is taken literally.
     #[arg(value_name = "TEXT")]
     pub texts: Vec<String>,
@@ -103,18 +120,25 @@ pub fn prediction_json(p: &Prediction) -> Value {
     })
 }
 
-/// The JSON of one entity, with the pipeline's keys: `entity_group`, or `entity` and `index`
-/// with aggregation none.
+/// The keys a result line can have, which `--fields` chooses from.
+const FIELDS: [&str; 8] = [
+    "label",
+    "score",
+    "scores",
+    "logits",
+    "tokens",
+    "entities",
+    "token_logits",
+    "redacted",
+];
+
+/// The JSON of one entity, with the protocol's keys: `label`, and `index` with aggregation
+/// none ([`pipeline_keys`] renames them).
 fn entity_json(e: &Entity) -> Value {
     let mut m = Map::new();
-    match e.index {
-        Some(i) => {
-            m.insert("entity".into(), json!(e.label));
-            m.insert("index".into(), json!(i));
-        }
-        None => {
-            m.insert("entity_group".into(), json!(e.label));
-        }
+    m.insert("label".into(), json!(e.label));
+    if let Some(i) = e.index {
+        m.insert("index".into(), json!(i));
     }
     for (k, v) in [
         ("score", json!(e.score)),
@@ -338,6 +362,120 @@ fn remote_json(resp: pb::Response, labels: &[String], tokens: bool) -> Value {
     })
 }
 
+/// Feedback while `classify` works through stdin, for a person at a terminal: texts done, their
+/// rate and, when stdin is a file whose size is known, the share read and an ETA. Nothing is
+/// drawn when stderr is not a terminal (or with `--quiet`), so pipes and logs stay clean.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    texts: std::cell::Cell<u64>,
+}
+
+impl Progress {
+    fn start(quiet: bool) -> Progress {
+        use std::io::IsTerminal;
+        let on_terminal = !quiet && std::io::stderr().is_terminal();
+        let bar = on_terminal.then(|| {
+            // stdin redirected from a file: its size, to show the share read and an ETA.
+            let size = std::fs::metadata("/proc/self/fd/0")
+                .ok()
+                .filter(|m| m.is_file() && m.len() > 0)
+                .map(|m| m.len());
+            let (bar, template) = match size {
+                Some(len) => (
+                    indicatif::ProgressBar::new(len),
+                    "{spinner} {msg} [{bar:30}] {percent:>3}% ETA {eta}",
+                ),
+                None => (
+                    indicatif::ProgressBar::new_spinner(),
+                    "{spinner} {msg}, {elapsed} elapsed",
+                ),
+            };
+            let style = indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+                .progress_chars("=> ");
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_style(style);
+            bar.set_message("0 texts");
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
+        });
+        Progress {
+            bar,
+            texts: std::cell::Cell::new(0),
+        }
+    }
+
+    /// `bytes` more of stdin read.
+    fn read(&self, bytes: usize) {
+        if let Some(bar) = &self.bar {
+            if bar.length().is_some() {
+                bar.inc(bytes as u64);
+            }
+        }
+    }
+
+    /// `n` more texts answered.
+    fn done(&self, n: usize) {
+        self.texts.set(self.texts.get() + n as u64);
+        if let Some(bar) = &self.bar {
+            let texts = self.texts.get();
+            let rate = texts as f64 / bar.elapsed().as_secs_f64().max(1e-3);
+            bar.set_message(format!("{texts} texts, {rate:.0}/s"));
+        }
+    }
+
+    /// Leaves one summary line on the terminal.
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            let secs = bar.elapsed().as_secs_f64();
+            let texts = self.texts.get();
+            bar.finish_and_clear();
+            eprintln!(
+                "{texts} texts in {secs:.1} s ({:.0}/s)",
+                texts as f64 / secs.max(1e-9)
+            );
+        }
+    }
+}
+
+/// `--pipeline-keys`: each entity's `label` under the pipeline's name for it, `entity` for a
+/// token (with its `index`), else `entity_group`.
+fn pipeline_keys(line: &mut Value) {
+    let Some(entities) = line.get_mut("entities").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for e in entities.iter_mut().filter_map(Value::as_object_mut) {
+        if let Some(label) = e.remove("label") {
+            let key = if e.contains_key("index") {
+                "entity"
+            } else {
+                "entity_group"
+            };
+            // The pipeline's key first, as it prints it.
+            let rest = std::mem::take(e);
+            e.insert(key.into(), label);
+            e.extend(rest);
+        }
+    }
+}
+
+/// `--fields`: only the keys asked for, and on an error line its place and reason.
+fn only_fields(line: Value, fields: &[String]) -> Value {
+    if fields.is_empty() {
+        return line;
+    }
+    match line {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(k, _)| {
+                    fields.contains(k) || matches!(k.as_str(), "input" | "error" | "status")
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// An error line names the input by its place in the whole run: a daemon numbers the inputs
 /// of its own request (one input each here, so always 0), the engine in process not at all.
 fn numbered(mut line: Value, position: usize) -> Value {
@@ -389,10 +527,14 @@ pub(crate) fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
                     .next()
                     .unwrap_or_else(|| json!({ "error": "no result" })),
             };
-            let line = numbered(line, position);
+            let mut line = numbered(line, position);
             if line.get("error").is_some() {
                 failures += 1;
             }
+            if a.pipeline_keys {
+                pipeline_keys(&mut line);
+            }
+            let line = only_fields(line, &a.fields);
             writeln!(out, "{line}")?;
             position += 1;
         }
@@ -402,10 +544,12 @@ pub(crate) fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
         let chunk = a.texts.iter().map(|t| Ok(Input::Text(t.clone()))).collect();
         emit(chunk, &mut out)?;
     } else {
+        let progress = Progress::start(a.quiet);
         let stdin = std::io::stdin().lock();
         let mut chunk = Vec::new();
         for (n, line) in stdin.split(b'\n').enumerate() {
             let line = line.context("reading stdin")?;
+            progress.read(line.len() + 1);
             let line = line.strip_suffix(b"\r").unwrap_or(&line);
             let item = match std::str::from_utf8(line) {
                 Err(e) => Err(format!("line {}: not UTF-8 ({e})", n + 1)),
@@ -414,13 +558,18 @@ pub(crate) fn classify(a: ClassifyArgs) -> anyhow::Result<i32> {
             };
             chunk.push(item);
             if chunk.len() == a.batch_size as usize {
+                let n = chunk.len();
                 emit(std::mem::take(&mut chunk), &mut out)?;
                 out.flush()?;
+                progress.done(n);
             }
         }
         if !chunk.is_empty() {
+            let n = chunk.len();
             emit(chunk, &mut out)?;
+            progress.done(n);
         }
+        progress.finish();
     }
     out.flush()?;
     Ok(if failures > 0 { 2 } else { 0 })

@@ -14,4 +14,5 @@ mod reload;
 mod security;
 mod serving;
 mod systemd;
+mod terminal;
 mod uds;

@@ -506,7 +506,7 @@ fn a_token_classifier_serves_entities_redaction_and_per_input_refusals() {
         .zip(local["entities"].as_array().unwrap())
     {
         for k in [
-            "entity",
+            "label",
             "index",
             "word",
             "start",

@@ -167,7 +167,13 @@ fn classify_prints_entities_and_redacts_for_a_token_model() {
         let out = classifyd()
             .args(["classify", "--model"])
             .arg(fixture("tok-bert"))
-            .args(["--aggregation", strategy, "--redact", text])
+            .args([
+                "--aggregation",
+                strategy,
+                "--redact",
+                "--pipeline-keys",
+                text,
+            ])
             .output()
             .unwrap();
         assert!(
@@ -198,7 +204,39 @@ fn classify_prints_entities_and_redacts_for_a_token_model() {
         );
         let redacted = line["redacted"].as_str().unwrap();
         assert!(redacted.contains('['), "{redacted}");
+        // Without --pipeline-keys: the protocol's `label` (and `index` for tokens), as the
+        // Python client names it; with --fields, only the keys asked for.
+        let out = classifyd()
+            .args(["classify", "--model"])
+            .arg(fixture("tok-bert"))
+            .args(["--aggregation", strategy, "--redact"])
+            .args(["--fields", "entities,redacted", text])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let plain = json_lines(&out.stdout).remove(0);
+        let keys: Vec<&String> = plain.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["entities", "redacted"], "{plain}");
+        assert_eq!(plain["redacted"], line["redacted"]);
+        for (p, g) in plain["entities"].as_array().unwrap().iter().zip(got) {
+            assert_eq!(p["label"], g[key], "{strategy}: {p}");
+            assert!(
+                p.get("entity").is_none() && p.get("entity_group").is_none(),
+                "{p}"
+            );
+            assert_eq!(p["index"], g["index"]);
+        }
     }
+    let out = classifyd()
+        .args(["classify", "--model"])
+        .arg(fixture("tok-bert"))
+        .args(["--fields", "label,entitys", text])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("invalid value 'entitys' for '--fields"), "{e}");
+    assert!(e.contains("tip: a similar value exists: 'entities'"), "{e}");
     // Bad flags are refused before any work.
     let out = classifyd()
         .args(["classify", "--model"])
