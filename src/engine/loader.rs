@@ -344,6 +344,7 @@ impl ModelDir {
     /// that; a file replaced by rename cannot, as the map holds the old inode.
     pub fn map_weights(&self) -> Result<MmapedSafetensors, LoadError> {
         for path in &self.weight_files {
+            check_complete(path)?;
             // Opened one by one first so the error names the broken file.
             // SAFETY: the map is read-only and dropped before serving starts (see above); the
             // header checks refuse a file whose data does not fit it.
@@ -358,6 +359,56 @@ impl ModelDir {
             message: crate::engine::error::one_line(&e),
         })
     }
+}
+
+/// A safetensors file is as long as its header says: 8 bytes of header length, the JSON
+/// header, then the tensors' data up to the largest `data_offsets` end. A shorter file is the
+/// common case of an interrupted download or copy, which the safetensors crate reports only as
+/// "incomplete metadata, file not fully covered"; this says which and by how much. Anything
+/// else wrong with the header is left to the safetensors crate's own checks.
+fn check_complete(path: &Path) -> Result<(), LoadError> {
+    use std::io::Read;
+    let io = |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let truncated = |want: u64, have: u64| LoadError::Weights {
+        path: path.to_path_buf(),
+        message: format!(
+            "truncated: its header describes {want} bytes but the file has {have} (an \
+             interrupted download or copy? fetch or copy it again)"
+        ),
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let have = file.metadata().map_err(io)?.len();
+    let mut len = [0u8; 8];
+    if have < 8 {
+        return Err(truncated(8, have));
+    }
+    file.read_exact(&mut len).map_err(io)?;
+    let header_len = u64::from_le_bytes(len);
+    // The safetensors crate's own bound on a header; past it the crate's error says why.
+    if header_len > 100_000_000 {
+        return Ok(());
+    }
+    if 8 + header_len > have {
+        return Err(truncated(8 + header_len, have));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let Ok(serde_json::Value::Object(tensors)) = serde_json::from_slice(&header) else {
+        return Ok(());
+    };
+    let data_end = tensors
+        .values()
+        .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let want = 8 + header_len + data_end;
+    if want > have {
+        return Err(truncated(want, have));
+    }
+    Ok(())
 }
 
 /// Summary of the stored tensors: total parameters and the dtype(s) they are stored in.
