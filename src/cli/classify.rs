@@ -88,7 +88,11 @@ pub(crate) fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
         writeln!(out, "parameters     {}", info.parameters)?;
         writeln!(out, "max length     {} tokens", info.max_length)?;
         writeln!(out, "weight dtype   {}", info.weight_dtype)?;
-        writeln!(out, "compute dtype  {}", info.compute_dtype)?;
+        writeln!(
+            out,
+            "compute dtype  {} ({})",
+            info.compute_dtype, info.dtype_reason
+        )?;
         writeln!(out, "kernels        {}", info.kernels)?;
         writeln!(out, "device         {}", info.device)?;
         writeln!(out, "task           {}", info.task)?;

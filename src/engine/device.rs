@@ -146,15 +146,59 @@ impl std::fmt::Display for DTypeChoice {
 }
 
 impl DTypeChoice {
-    /// F32 on CPU (no f16 arithmetic in AVX2), F16 on CUDA. Int8 computes everything but the
+    /// The compute dtype, and in words why, for `inspect`. Int8 computes everything but the
     /// quantized matmuls in F32.
-    pub fn resolve(self, device: &Device) -> DType {
+    ///
+    /// Auto is F32 on the CPU (no f16 arithmetic in AVX2 or AVX-512F). On a GPU it follows the
+    /// checkpoint's `torch_dtype` when that is a half type, as it was trained and saved:
+    /// a BF16 model's activations can leave F16's range, and in a decoder's residual stream
+    /// they do (Gemma 2/3, some Qwen), the next RMSNorm turning the infinity into NaN. Without a
+    /// half `torch_dtype` (F32 or none), decoders take BF16 for that reason and encoders F16,
+    /// whose extra mantissa bits keep them closer to F32.
+    pub fn resolve(
+        self,
+        device: &Device,
+        checkpoint: Option<DType>,
+        decoder: bool,
+    ) -> (DType, &'static str) {
         match self {
-            DTypeChoice::Fixed(d) => d,
-            DTypeChoice::Int8 => DType::F32,
-            DTypeChoice::Auto if device.is_cuda() => DType::F16,
-            DTypeChoice::Auto => DType::F32,
+            DTypeChoice::Fixed(d) => (d, "--dtype"),
+            DTypeChoice::Int8 => (DType::F32, "--dtype int8"),
+            DTypeChoice::Auto if !device.is_cuda() => (DType::F32, "auto: F32 on the CPU"),
+            DTypeChoice::Auto => auto_on_gpu(checkpoint, decoder),
         }
+    }
+}
+
+/// `--dtype auto` on a GPU (see [`DTypeChoice::resolve`]); apart so that a test without a GPU
+/// checks it.
+pub fn auto_on_gpu(checkpoint: Option<DType>, decoder: bool) -> (DType, &'static str) {
+    match checkpoint {
+        Some(DType::BF16) => (DType::BF16, "auto: the checkpoint's torch_dtype"),
+        Some(DType::F16) => (DType::F16, "auto: the checkpoint's torch_dtype"),
+        _ if decoder => (
+            DType::BF16,
+            "auto: BF16 for a decoder whose checkpoint names no half dtype",
+        ),
+        _ => (
+            DType::F16,
+            "auto: F16 for an encoder whose checkpoint names no half dtype",
+        ),
+    }
+}
+
+/// The dtype the checkpoint says it was saved in: config.json's `torch_dtype` (transformers 4)
+/// or `dtype` (transformers 5), when it is one candle has.
+pub fn checkpoint_dtype(config: &serde_json::Value) -> Option<DType> {
+    let name = config
+        .get("torch_dtype")
+        .or_else(|| config.get("dtype"))
+        .and_then(serde_json::Value::as_str)?;
+    match name.trim_start_matches("torch.") {
+        "float32" => Some(DType::F32),
+        "float16" => Some(DType::F16),
+        "bfloat16" => Some(DType::BF16),
+        _ => None,
     }
 }
 
@@ -190,6 +234,51 @@ mod tests {
             "bf16".parse::<DTypeChoice>(),
             Ok(DTypeChoice::Fixed(DType::BF16))
         );
-        assert_eq!(DTypeChoice::Auto.resolve(&Device::Cpu), DType::F32);
+        assert_eq!(
+            DTypeChoice::Auto
+                .resolve(&Device::Cpu, Some(DType::BF16), true)
+                .0,
+            DType::F32
+        );
+    }
+
+    /// A GPU device cannot be made here, so the CUDA arm is checked through the function it
+    /// calls: what `--dtype auto` resolves to for each checkpoint dtype and family kind.
+    #[test]
+    fn auto_follows_the_checkpoint_on_a_gpu() {
+        let json = |v: serde_json::Value| checkpoint_dtype(&v);
+        assert_eq!(
+            json(serde_json::json!({"torch_dtype": "bfloat16"})),
+            Some(DType::BF16)
+        );
+        assert_eq!(
+            json(serde_json::json!({"dtype": "float16"})),
+            Some(DType::F16)
+        );
+        assert_eq!(
+            json(serde_json::json!({"torch_dtype": "float32"})),
+            Some(DType::F32)
+        );
+        assert_eq!(json(serde_json::json!({"torch_dtype": "int4"})), None);
+        assert_eq!(json(serde_json::json!({})), None);
+        let cases = [
+            (Some(DType::BF16), false, DType::BF16),
+            (Some(DType::BF16), true, DType::BF16),
+            (Some(DType::F16), true, DType::F16),
+            (Some(DType::F16), false, DType::F16),
+            (Some(DType::F32), true, DType::BF16),
+            (None, true, DType::BF16),
+            (Some(DType::F32), false, DType::F16),
+            (None, false, DType::F16),
+        ];
+        for (checkpoint, decoder, want) in cases {
+            let (got, why) = auto_on_gpu(checkpoint, decoder);
+            assert_eq!(got, want, "{checkpoint:?} decoder={decoder}: {why}");
+        }
+        // An explicit dtype wins everywhere.
+        assert_eq!(
+            DTypeChoice::Fixed(DType::F16).resolve(&Device::Cpu, Some(DType::BF16), true),
+            (DType::F16, "--dtype")
+        );
     }
 }

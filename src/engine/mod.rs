@@ -46,6 +46,8 @@ pub struct ModelInfo {
     pub max_length: usize,
     pub weight_dtype: String,
     pub compute_dtype: String,
+    /// Why that dtype: `--dtype`, or which rule of `--dtype auto` chose it.
+    pub dtype_reason: &'static str,
     /// The matmul kernels that run: `f32 avx512|avx2|portable` (packed panels), `int8
     /// avx512-vnni|avx2|portable`, or `candle` (GPU, F16/BF16).
     pub kernels: String,
@@ -129,7 +131,11 @@ impl Engine {
                 message: "--dtype int8 runs on the CPU only; use f16 or bf16 on a GPU".into(),
             });
         }
-        let dtype = dtype.resolve(&device);
+        let (dtype, dtype_reason) = dtype.resolve(
+            &device,
+            crate::engine::device::checkpoint_dtype(&dir.config),
+            families::is_decoder(family),
+        );
         // The cache's key is taken before the weights are mapped and again after the build
         // (see `build_cached`), so a file replaced in between is never cached under the key
         // of what was not read.
@@ -209,6 +215,7 @@ impl Engine {
             } else {
                 format!("{dtype:?}").to_lowercase()
             },
+            dtype_reason,
             kernels: match (int8, device.is_cpu() && dtype == DType::F32) {
                 (true, _) => format!("int8 {}", qgemm::kernel_set()),
                 (false, true) => format!("f32 {}", gemm::kernel_set()),

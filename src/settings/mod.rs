@@ -285,7 +285,8 @@ settings! {
     /// Where the model runs: auto is CUDA when built with it and a GPU is present, else the
     /// CPU; cuda:N picks a GPU.
     device: DeviceChoice = "auto", "DEVICE";
-    /// Compute precision: auto is F32 on the CPU and F16 on CUDA; int8 (CPU) runs the
+    /// Compute precision: auto is F32 on the CPU; on CUDA the checkpoint's torch_dtype when
+    /// it is F16 or BF16, else BF16 for decoders and F16 for encoders; int8 (CPU) runs the
     /// transformer layers' matmuls in int8.
     dtype: DTypeChoice = "auto", "DTYPE";
     /// Directory of the weights cache (CPU F32): the packed weights written once, then mapped

@@ -166,3 +166,45 @@ fn f16_and_bf16_are_no_worse_than_pytorch_at_the_same_dtype() {
     );
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
+
+/// `--dtype auto` on a GPU, for every fixture (every family, sequence and token heads): the
+/// checkpoint's half `torch_dtype` when it names one, else BF16 for a decoder and F16 for an
+/// encoder. The fixtures were saved in F32, F16 and BF16, so each rule is met.
+#[test]
+fn dtype_auto_on_a_gpu_follows_each_fixture_s_checkpoint() {
+    use classifyd::engine::device::{auto_on_gpu, checkpoint_dtype};
+    use classifyd::model::families;
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(crate::common::repo().join("tests/fixtures")).unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else {
+            continue;
+        };
+        let config: Value = serde_json::from_str(&text).unwrap();
+        let arch = config["architectures"][0].as_str().unwrap();
+        let family = families::find(arch).unwrap_or_else(|| panic!("{arch}"));
+        let decoder = families::is_decoder(family);
+        let saved = config["dtype"].as_str().or(config["torch_dtype"].as_str());
+        let want = match (saved, decoder) {
+            (Some("bfloat16"), _) => DType::BF16,
+            (Some("float16"), _) => DType::F16,
+            (_, true) => DType::BF16,
+            (_, false) => DType::F16,
+        };
+        let (got, why) = auto_on_gpu(checkpoint_dtype(&config), decoder);
+        assert_eq!(got, want, "{}: {why}", dir.display());
+        seen.insert((saved.unwrap_or("none").to_string(), decoder));
+    }
+    // Every rule met: a half checkpoint of each kind, and an F32 one of each kind.
+    for case in [
+        ("bfloat16", true),
+        ("float16", false),
+        ("float32", true),
+        ("float32", false),
+    ] {
+        assert!(
+            seen.contains(&(case.0.to_string(), case.1)),
+            "{case:?}: {seen:?}"
+        );
+    }
+}
