@@ -18,14 +18,15 @@
 #
 # Environment:
 #   CLASSIFYD_CUDA_HOME  cache directory (default ${XDG_CACHE_HOME:-$HOME/.cache}/classifyd/cuda-13.0)
-#   CUDA_COMPUTE_CAP     GPU architecture to compile the kernels for (default 90: H100/H200, sm_90a;
-#                        89 for an RTX 4090)
+#   CUDA_COMPUTE_CAP     GPU architecture to compile the kernels for (default 80: compute 80 PTX,
+#                        which the driver compiles for the A100, RTX 4090, H100 and H200 at first
+#                        use; 90 gives sm_90a, for the H100/H200 alone)
 #   PIP                  pip command (default: /work/venv/bin/pip if present, else python3 -m pip)
 # Progress goes to stderr; only `export` lines go to stdout.
 set -euo pipefail
 
 CACHE="${CLASSIFYD_CUDA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/classifyd/cuda-13.0}"
-CAP="${CUDA_COMPUTE_CAP:-90}"
+CAP="${CUDA_COMPUTE_CAP:-80}"
 
 # name==version, all from PyPI; the layout they share is nvidia/cu13/{bin,include,lib,nvvm}.
 WHEELS=(

@@ -108,6 +108,16 @@ if [[ -f $BUNDLE/manifest.json ]]; then part bundle "$(cat "$BUNDLE/manifest.jso
 BUILT_CAP=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("compute_cap",""))' \
     "$BUNDLE/manifest.json" 2>/dev/null || true)
 
+# Whether kernels built for capability $1 (`80`, `89`, `90a`) load on a GPU of capability $2.
+cap_runs() {
+    local built=$1 gpu=$2
+    if [[ $built == *a ]]; then
+        [[ ${built%a} == "$gpu" ]]
+    else
+        ((built <= gpu))
+    fi
+}
+
 # ---- 1. the GPU, the libraries, a probe ------------------------------------------------------
 say "bundle $BUNDLE, device $DEVICE, output $OUT"
 if [[ $DEVICE == cuda* ]]; then
@@ -150,8 +160,16 @@ EOF
         fail 2 "CUDA runtime libraries not found: ${missing% } (looked in ${CLASSIFYD_CUDA_LIB:-the system path}; set CLASSIFYD_CUDA_LIB)"
     fi
     gpu_cap=$(echo "$gpu_line" | awk -F', ' 'NF == 4 {gsub(/\./, "", $4); print $4}')
-    if [[ -n $BUILT_CAP && -n $gpu_cap && ${BUILT_CAP%a} != "$gpu_cap" ]]; then
-        fail 2 "the binary's kernels are for compute capability $BUILT_CAP, this GPU is $gpu_cap: rebuild with CUDA_COMPUTE_CAP=$gpu_cap (docs/GPU.md)"
+    # The binary is CUDA 13.0 (cudarc, nvcc): drivers before 580 refuse its PTX. The daemon
+    # says the same at start (engine::device); here it is the first line, before any probe.
+    driver=$(echo "$gpu_line" | awk -F', ' 'NF == 4 {print $2}')
+    if [[ $driver =~ ^([0-9]+)\. ]] && ((BASH_REMATCH[1] < 580)); then
+        fail 2 "NVIDIA driver $driver is older than 580, the first with CUDA 13.0, which this binary needs: install driver 580 or later"
+    fi
+    # PTX for compute N runs on any GPU of capability N or later (the driver compiles it);
+    # an arch-specific build (sm_90a) runs on that capability alone.
+    if [[ -n $BUILT_CAP && -n $gpu_cap ]] && ! cap_runs "$BUILT_CAP" "$gpu_cap"; then
+        fail 2 "the binary's kernels are for compute capability $BUILT_CAP, this GPU is $gpu_cap: rebuild with CUDA_COMPUTE_CAP=80 (any GPU from the A100 on) or $gpu_cap (docs/GPU.md)"
     fi
 fi
 if ! probe=$(timeout 60 "$BIN" inspect --json --model "$MODEL" --device "$DEVICE" 2>&1); then

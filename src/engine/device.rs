@@ -49,6 +49,10 @@ impl DeviceChoice {
                 if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
                     // Falling back is the point of `auto`, but never silently: an operator who
                     // expected the GPU must see why it is not used.
+                    if let Err(why) = driver_supports_this_build() {
+                        tracing::warn!("--device auto: {why}; using the CPU");
+                        return Ok(Device::Cpu);
+                    }
                     Ok(Device::new_cuda(0).unwrap_or_else(|e| {
                         tracing::warn!(
                             "--device auto: CUDA failed to initialise ({}); using the CPU",
@@ -67,6 +71,10 @@ impl DeviceChoice {
                         message: "this binary was built without the `cuda` feature".into(),
                     });
                 }
+                driver_supports_this_build().map_err(|message| LoadError::Device {
+                    device: format!("cuda:{n}"),
+                    message,
+                })?;
                 Device::new_cuda(n).map_err(|e| LoadError::Device {
                     device: format!("cuda:{n}"),
                     message: cuda_open_error(crate::engine::error::one_line(&e)),
@@ -74,6 +82,46 @@ impl DeviceChoice {
             }
         }
     }
+}
+
+/// The CUDA version this build's kernels and libraries need (cudarc is built for 13.0, and the
+/// PTX comes from nvcc 13.0, which an older driver refuses), as `cuDriverGetVersion` encodes it.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const CUDA_NEEDED: i32 = 13_000;
+
+/// Whether the installed driver runs this build, asked before any context is made: an old
+/// driver otherwise shows only as a raw error code from the first module load. Fine when the
+/// version cannot be read (no driver library, the link stub): opening the device then says why.
+fn driver_supports_this_build() -> Result<(), String> {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        let mut version = 0;
+        // SAFETY: cuDriverGetVersion writes one int through the pointer it is given and needs
+        // no initialised driver or context.
+        let rc = unsafe { sys::cuDriverGetVersion(&mut version) };
+        if rc == sys::cudaError_enum::CUDA_SUCCESS {
+            return driver_check(version);
+        }
+    }
+    Ok(())
+}
+
+/// `version` as `cuDriverGetVersion` gives it (1000 × major + 10 × minor) against
+/// [`CUDA_NEEDED`], with what to install when it falls short.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn driver_check(version: i32) -> Result<(), String> {
+    if version >= CUDA_NEEDED {
+        return Ok(());
+    }
+    Err(format!(
+        "the NVIDIA driver supports CUDA {}.{} at most, and this binary needs CUDA {}.{}: \
+         install NVIDIA driver 580 or later (or run with --device cpu)",
+        version / 1000,
+        version % 1000 / 10,
+        CUDA_NEEDED / 1000,
+        CUDA_NEEDED % 1000 / 10,
+    ))
 }
 
 /// What the driver errors seen when opening a device mean to an operator; the code is kept.
@@ -202,6 +250,76 @@ pub fn checkpoint_dtype(config: &serde_json::Value) -> Option<DType> {
     }
 }
 
+/// What kind of device passes run on, as far as running two passes at once goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Gpu,
+}
+
+impl DeviceKind {
+    pub fn of(device: &Device) -> Self {
+        if device.is_cpu() {
+            DeviceKind::Cpu
+        } else {
+            DeviceKind::Gpu
+        }
+    }
+}
+
+/// Where the engine's passes go one at a time. On a GPU both engine lanes share one device,
+/// whose cuBLAS handle and workspace candle keeps per device: two passes at once would use them
+/// from two threads, which NVIDIA advises against. The lanes' reason to overlap, CPU priority for
+/// bulk work, has no GPU counterpart. On the CPU the lanes run side by side as designed (each
+/// pass's buffers are its own).
+#[derive(Debug)]
+pub struct PassGate {
+    lock: Option<std::sync::Mutex<()>>,
+    /// Passes that took the lock, and the most ever inside at once: what a test without a
+    /// GPU asserts.
+    taken: std::sync::atomic::AtomicU64,
+    inside: std::sync::atomic::AtomicUsize,
+    most_inside: std::sync::atomic::AtomicUsize,
+}
+
+impl PassGate {
+    pub fn for_kind(kind: DeviceKind) -> Self {
+        PassGate {
+            lock: (kind == DeviceKind::Gpu).then(|| std::sync::Mutex::new(())),
+            taken: Default::default(),
+            inside: Default::default(),
+            most_inside: Default::default(),
+        }
+    }
+
+    /// Runs one pass, alone when this gate serialises.
+    pub fn pass<R>(&self, f: impl FnOnce() -> R) -> R {
+        use std::sync::atomic::Ordering::SeqCst;
+        let Some(lock) = &self.lock else {
+            return f();
+        };
+        // A pass that panicked released the lock with it; the next one may go on.
+        let _alone = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.taken.fetch_add(1, SeqCst);
+        let now = self.inside.fetch_add(1, SeqCst) + 1;
+        self.most_inside.fetch_max(now, SeqCst);
+        struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, SeqCst);
+            }
+        }
+        let _leave = Leave(&self.inside);
+        f()
+    }
+
+    /// (passes that went through the lock, the most inside at once).
+    pub fn counts(&self) -> (u64, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.taken.load(SeqCst), self.most_inside.load(SeqCst))
+    }
+}
+
 pub(crate) fn device_name(device: &Device) -> String {
     match device {
         Device::Cpu => "cpu".into(),
@@ -224,6 +342,21 @@ mod tests {
              (CUDA_ERROR_STUB_LIBRARY)"
         );
         assert_eq!(cuda_open_error("other".into()), "other");
+    }
+
+    #[test]
+    fn an_old_driver_is_named_with_what_to_install() {
+        assert_eq!(driver_check(13_000), Ok(()));
+        assert_eq!(driver_check(13_020), Ok(()));
+        assert_eq!(
+            driver_check(12_040).unwrap_err(),
+            "the NVIDIA driver supports CUDA 12.4 at most, and this binary needs CUDA 13.0: \
+             install NVIDIA driver 580 or later (or run with --device cpu)"
+        );
+        // Without the cuda feature nothing is asked.
+        if !cfg!(feature = "cuda") {
+            assert_eq!(driver_supports_this_build(), Ok(()));
+        }
     }
 
     #[test]
