@@ -23,7 +23,7 @@ use candle_nn::VarBuilder;
 pub use crate::engine::build::supported;
 use crate::engine::build::{build_cached, build_model};
 use crate::engine::cache::{CacheFile, CacheStatus};
-use crate::engine::device::device_name;
+use crate::engine::device::{device_name, DeviceKind, PassGate};
 pub use crate::engine::device::{DTypeChoice, DeviceChoice};
 use crate::engine::entities::Spans;
 use crate::engine::error::{EngineError, InputError, LoadError};
@@ -90,6 +90,8 @@ pub struct Engine {
     head: HeadConfig,
     info: ModelInfo,
     device: Device,
+    /// One pass at a time on a GPU (see [`PassGate`]).
+    passes: PassGate,
     /// Last, so that it drops after the weights (fields drop in declaration order).
     _release: ReleaseOnDrop,
 }
@@ -237,6 +239,7 @@ impl Engine {
             tokenizer,
             head: dir.head,
             info,
+            passes: PassGate::for_kind(DeviceKind::of(&device)),
             device,
             _release: ReleaseOnDrop,
         })
@@ -340,6 +343,18 @@ impl Engine {
         Ok(out)
     }
 
+    /// The pass gate, as if this engine ran on `kind`: a test without a GPU checks that a GPU's
+    /// passes go one at a time.
+    #[doc(hidden)]
+    pub fn gate_passes_as_on(&mut self, kind: DeviceKind) {
+        self.passes = PassGate::for_kind(kind);
+    }
+
+    /// (passes that went through the gate, the most inside it at once); see [`PassGate`].
+    pub fn pass_gate_counts(&self) -> (u64, usize) {
+        self.passes.counts()
+    }
+
     /// Whether rows of different lengths share padded passes: on a GPU, not on the CPU.
     pub fn pads_batches(&self) -> bool {
         !self.device.is_cpu()
@@ -358,6 +373,13 @@ impl Engine {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
+        // Upload, pass and download together: all of it uses the device's one stream and
+        // cuBLAS handle.
+        self.passes.pass(|| self.logits_alone(inputs))
+    }
+
+    /// [`Engine::logits_padded`] inside the pass gate.
+    fn logits_alone(&self, inputs: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError> {
         let batch = self.make_batch(inputs)?;
         let logits = self.model.forward(&batch)?.to_dtype(DType::F32)?;
         match self.task {

@@ -5,6 +5,7 @@ mod cli;
 #[path = "../common/mod.rs"]
 mod common;
 mod default_model;
+mod gpu_path;
 mod half;
 mod helpers;
 mod int8;
