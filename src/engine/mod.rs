@@ -133,6 +133,14 @@ impl Engine {
                 message: "--dtype int8 runs on the CPU only; use f16 or bf16 on a GPU".into(),
             });
         }
+        if int8 && crate::model::kernels::candle_ops() {
+            return Err(LoadError::Device {
+                device: device_name(&device),
+                message: "--dtype int8 needs classifyd's own kernels, and \
+                          CLASSIFYD_F32_KERNELS=candle turns them off"
+                    .into(),
+            });
+        }
         let (dtype, dtype_reason) = dtype.resolve(
             &device,
             crate::engine::device::checkpoint_dtype(&dir.config),
@@ -149,7 +157,7 @@ impl Engine {
                 "int8",
                 format!("{}+{}", gemm::kernel_set(), qgemm::kernel_set()),
             )),
-            (Some(cache_dir), false) if device.is_cpu() && dtype == DType::F32 => {
+            (Some(cache_dir), false) if crate::model::kernels::own_f32(&device, dtype) => {
                 Some((cache_dir, "f32", gemm::kernel_set().to_string()))
             }
             _ => None,
@@ -218,7 +226,7 @@ impl Engine {
                 format!("{dtype:?}").to_lowercase()
             },
             dtype_reason,
-            kernels: match (int8, device.is_cpu() && dtype == DType::F32) {
+            kernels: match (int8, crate::model::kernels::own_f32(&device, dtype)) {
                 (true, _) => format!("int8 {}", qgemm::kernel_set()),
                 (false, true) => format!("f32 {}", gemm::kernel_set()),
                 (false, false) => "candle".into(),

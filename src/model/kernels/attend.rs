@@ -455,7 +455,7 @@ pub fn attend(
     heads: usize,
     mask: &Tensor,
 ) -> Result<Option<Tensor>> {
-    let cpu_f32 = |x: &Tensor| x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
+    let cpu_f32 = |x: &Tensor| super::own_f32(x.device(), x.dtype());
     if !(cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && cpu_f32(mask)) {
         return Ok(None);
     }

@@ -118,7 +118,7 @@ unsafe fn gelu_in_place_avx2(xs: &mut [f32]) {
 /// Exact GELU: the vectorised kernel for contiguous f32 on the CPU, candle's op elsewhere
 /// (CUDA has its own kernel; F16/BF16 on the CPU are not the fast path anyway).
 pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
-    if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
+    if super::own_f32(xs.device(), xs.dtype()) {
         xs.contiguous()?.apply_op1_no_bwd(&GeluErfF32)
     } else {
         xs.gelu_erf()

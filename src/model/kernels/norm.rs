@@ -115,7 +115,7 @@ impl CustomOp1 for Norm<'_> {
 /// LayerNorm over the last dimension of a contiguous f32 CPU tensor, or `None` when `x`,
 /// `weight` or `bias` is not of that kind (the caller then uses candle's).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Option<Tensor>> {
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    let cpu_f32 = |t: &Tensor| super::own_f32(t.device(), t.dtype());
     if !(cpu_f32(x) && cpu_f32(weight) && cpu_f32(bias)) || weight.rank() != 1 {
         return Ok(None);
     }

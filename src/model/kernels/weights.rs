@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use memmap2::Mmap;
 
@@ -305,7 +305,7 @@ pub fn replaying<R>(cached: Arc<Cached>, build: impl FnOnce() -> R) -> R {
 
 /// Whether this build takes part: CPU F32 only.
 fn eligible(vb: &VarBuilder) -> bool {
-    vb.dtype() == DType::F32 && vb.device().is_cpu()
+    super::own_f32(vb.device(), vb.dtype())
 }
 
 /// A weight's name in the cache: its checkpoint path.

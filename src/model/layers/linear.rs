@@ -72,7 +72,7 @@ impl Linear {
         bias: Option<Tensor>,
         name: Option<String>,
     ) -> Result<Self> {
-        if weight.device().is_cpu() && weight.dtype() == DType::F32 {
+        if crate::model::kernels::own_f32(weight.device(), weight.dtype()) {
             // Packed straight from the loaded rows: no transposed copy on the way (see
             // `gemm::Packed::pack` for why a load avoids temporaries).
             let weight = weight.contiguous()?;
@@ -154,7 +154,7 @@ impl Linear {
     }
 
     fn from_transposed(weight_t: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        if weight_t.device().is_cpu() && weight_t.dtype() == DType::F32 {
+        if crate::model::kernels::own_f32(weight_t.device(), weight_t.dtype()) {
             let (k, n) = weight_t.dims2()?;
             let w: Vec<f32> = weight_t.flatten_all()?.to_vec1()?;
             let b: Option<Vec<f32>> = bias.as_ref().map(|b| b.to_vec1()).transpose()?;

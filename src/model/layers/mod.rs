@@ -31,7 +31,7 @@ use candle_nn::VarBuilder;
 /// Whether a build at `vb` runs the hand-written CPU kernels (f32 on the CPU: packed matmuls,
 /// one-pass attention) rather than candle's ops (every GPU build, and F16/BF16 on the CPU).
 pub fn kernel_path(vb: &VarBuilder) -> bool {
-    vb.device().is_cpu() && vb.dtype() == DType::F32
+    crate::model::kernels::own_f32(vb.device(), vb.dtype())
 }
 
 /// Whether `dtype` is a reduced precision whose attention, norms and head we keep in f32.
