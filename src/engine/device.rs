@@ -53,7 +53,7 @@ impl DeviceChoice {
                         tracing::warn!("--device auto: {why}; using the CPU");
                         return Ok(Device::Cpu);
                     }
-                    Ok(Device::new_cuda(0).unwrap_or_else(|e| {
+                    Ok(Device::new_cuda(0).map(one_stream).unwrap_or_else(|e| {
                         tracing::warn!(
                             "--device auto: CUDA failed to initialise ({}); using the CPU",
                             cuda_open_error(crate::engine::error::one_line(&e))
@@ -75,13 +75,31 @@ impl DeviceChoice {
                     device: format!("cuda:{n}"),
                     message,
                 })?;
-                Device::new_cuda(n).map_err(|e| LoadError::Device {
-                    device: format!("cuda:{n}"),
-                    message: cuda_open_error(crate::engine::error::one_line(&e)),
-                })
+                Device::new_cuda(n)
+                    .map(one_stream)
+                    .map_err(|e| LoadError::Device {
+                        device: format!("cuda:{n}"),
+                        message: cuda_open_error(crate::engine::error::one_line(&e)),
+                    })
             }
         }
     }
+}
+
+/// A new CUDA device, told that all its work is on one stream: cudarc then records no
+/// events. It records two per buffer (a read and a write) whenever a context has made a stream
+/// of its own, which candle always does, and a pass allocates hundreds of buffers.
+fn one_stream(device: Device) -> Device {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = &device {
+        // SAFETY: the events only order a buffer's uses across streams. Every op of this
+        // device runs on the one stream candle made for it (`CudaDevice::cuda_stream`), where
+        // stream order already orders them. The engine makes no other stream, and the pass
+        // gate keeps its passes one at a time. Nothing has been allocated on the device yet, so
+        // no buffer is left half tracked.
+        unsafe { cuda.disable_event_tracking() };
+    }
+    device
 }
 
 /// The CUDA version this build's kernels and libraries need (cudarc is built for 13.0, and the
