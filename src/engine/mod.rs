@@ -3,6 +3,7 @@
 //! The engine is synchronous and owns its device. The daemon runs it on a dedicated thread;
 //! the CLI calls it directly.
 
+pub mod budget;
 pub mod build;
 pub mod cache;
 pub mod device;
