@@ -172,11 +172,16 @@ EOF
         fail 2 "the binary's kernels are for compute capability $BUILT_CAP, this GPU is $gpu_cap: rebuild with CUDA_COMPUTE_CAP=80 (any GPU from the A100 on) or $gpu_cap (docs/GPU.md)"
     fi
 fi
-if ! probe=$(timeout 60 "$BIN" inspect --json --model "$MODEL" --device "$DEVICE" 2>&1); then
+# The probe loads the model onto the device. With compute 80 PTX the driver compiles each kernel
+# module for this GPU as it is first loaded (the casts, here) unless ~/.nv/ComputeCache has it:
+# seconds per module on a cold cache, so the probe gets as long as the first pass below.
+t=$SECONDS
+if ! probe=$(timeout "$(lim 120)" "$BIN" inspect --json --model "$MODEL" --device "$DEVICE" 2>&1); then
     fail 2 "no usable GPU: $(echo "$probe" | tail -n 1 | sed 's/^classifyd: error: //')${gpu_line:+ (nvidia-smi: $gpu_line)}"
 fi
 part probe "$probe"
-say "device opened: $probe"
+part probe_time "{\"seconds\": $((SECONDS - t))}"
+say "device opened in $((SECONDS - t)) s: $probe"
 # One forward pass alone first: the driver compiles the kernels' PTX for this GPU when a module
 # is first loaded and caches the result, so the parallel parity runs below find it compiled.
 export CUDA_CACHE_MAXSIZE=${CUDA_CACHE_MAXSIZE:-4294967296}
