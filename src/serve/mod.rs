@@ -300,15 +300,7 @@ pub async fn check_listeners(cfg: &ServeConfig) -> Result<ListenerCheck, ServerE
     };
     precheck(cfg)?;
     if let Some(q) = &cfg.quic {
-        crate::wire::tls::server_config(
-            &q.cert,
-            &q.key,
-            q.client_ca.as_deref(),
-            q.allow_anonymous_loopback,
-            q.listen,
-            &crate::wire::quic::QuicLimits::from(cfg.connections),
-        )
-        .map_err(|e| ServerError::Quic(e.to_string()))?;
+        quic::server_config(q, &cfg.connections).map_err(|e| ServerError::Quic(e.to_string()))?;
     }
     let mut serving_on = vec![live.path.display().to_string()];
     serving_on.extend(cfg.quic.as_ref().map(|q| format!("quic {}", q.listen)));

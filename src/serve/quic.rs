@@ -75,17 +75,25 @@ pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> Result<Endpoint, Q
     Endpoint::server(config, addr).map_err(|source| QuicError::Bind { addr, source })
 }
 
-/// Builds the TLS configuration from the daemon's options and binds: what `serve` needs.
-pub fn listen(opts: &QuicOptions, limits: &ConnectionLimits) -> Result<Endpoint, QuicError> {
-    let config = crate::wire::tls::server_config(
+/// The QUIC server configuration `serve` would listen with: its TLS files read and checked
+/// against the options. check-config builds it too, so both judge the files the same way.
+pub fn server_config(
+    opts: &QuicOptions,
+    limits: &ConnectionLimits,
+) -> Result<quinn::ServerConfig, TlsError> {
+    crate::wire::tls::server_config(
         &opts.cert,
         &opts.key,
         opts.client_ca.as_deref(),
         opts.allow_anonymous_loopback,
         opts.listen,
         &QuicLimits::from(*limits),
-    )?;
-    bind(opts.listen, config)
+    )
+}
+
+/// Builds the TLS configuration from the daemon's options and binds: what `serve` needs.
+pub fn listen(opts: &QuicOptions, limits: &ConnectionLimits) -> Result<Endpoint, QuicError> {
+    bind(opts.listen, server_config(opts, limits)?)
 }
 
 /// Serves QUIC connections on `endpoint` until `shutdown` is cancelled, then drains: no new
