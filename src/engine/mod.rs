@@ -145,7 +145,7 @@ impl Engine {
         let (dtype, dtype_reason) = dtype.resolve(
             &device,
             crate::engine::device::checkpoint_dtype(&dir.config),
-            families::is_decoder(family),
+            family.decoder,
         );
         // The cache's key is taken before the weights are mapped and again after the build
         // (see `build_cached`), so a file replaced in between is never cached under the key

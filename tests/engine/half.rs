@@ -183,7 +183,7 @@ fn dtype_auto_on_a_gpu_follows_each_fixture_s_checkpoint() {
         let config: Value = serde_json::from_str(&text).unwrap();
         let arch = config["architectures"][0].as_str().unwrap();
         let family = families::find(arch).unwrap_or_else(|| panic!("{arch}"));
-        let decoder = families::is_decoder(family);
+        let decoder = family.decoder;
         let saved = config["dtype"].as_str().or(config["torch_dtype"].as_str());
         let want = match (saved, decoder) {
             (Some("bfloat16"), _) => DType::BF16,

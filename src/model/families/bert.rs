@@ -20,6 +20,7 @@ use crate::model::{Batch, SequenceClassifier, Task};
 /// BERT in the registry ([`super::FAMILIES`]).
 pub const FAMILY: super::Family = super::Family {
     name: "BERT",
+    decoder: false,
     architectures: &[
         "BertForSequenceClassification",
         "BertForTokenClassification",

@@ -19,6 +19,7 @@ use crate::model::{Batch, SequenceClassifier, Task};
 /// DistilBERT in the registry ([`super::FAMILIES`]).
 pub const FAMILY: super::Family = super::Family {
     name: "DistilBERT",
+    decoder: false,
     architectures: &[
         "DistilBertForSequenceClassification",
         "DistilBertForTokenClassification",

@@ -14,6 +14,7 @@ use crate::model::{Batch, SequenceClassifier, Task};
 /// ELECTRA in the registry ([`super::FAMILIES`]).
 pub const FAMILY: super::Family = super::Family {
     name: "ELECTRA",
+    decoder: false,
     architectures: &[
         "ElectraForSequenceClassification",
         "ElectraForTokenClassification",

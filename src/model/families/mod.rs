@@ -62,22 +62,9 @@ pub struct Family {
     pub name: &'static str,
     /// Every `architectures[0]` this family loads, sequence and token heads alike.
     pub architectures: &'static [&'static str],
+    /// A decoder LLM: its `--dtype auto` on a GPU is BF16 (see `engine::device`).
+    pub decoder: bool,
     pub build: fn(&Spec<'_>, VarBuilder<'_>) -> Built,
-}
-
-/// Whether `family` is a decoder LLM (its `--dtype auto` on a GPU is BF16, see
-/// `engine::device`).
-pub fn is_decoder(family: &Family) -> bool {
-    [
-        &decoder::llama::FAMILY,
-        &decoder::mistral::FAMILY,
-        &decoder::qwen2::FAMILY,
-        &decoder::qwen3::FAMILY,
-        &decoder::gemma2::FAMILY,
-        &decoder::gemma3::FAMILY,
-    ]
-    .iter()
-    .any(|d| d.name == family.name)
 }
 
 /// Every family this build serves, in the order the unknown-architecture error lists them.

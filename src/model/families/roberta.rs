@@ -14,6 +14,7 @@ use crate::model::{Batch, PositionScheme, SequenceClassifier, Task};
 /// RoBERTa / XLM-RoBERTa in the registry ([`super::FAMILIES`]).
 pub const FAMILY: super::Family = super::Family {
     name: "RoBERTa / XLM-RoBERTa",
+    decoder: false,
     architectures: &[
         "RobertaForSequenceClassification",
         "XLMRobertaForSequenceClassification",

@@ -45,6 +45,7 @@ use crate::model::{Batch, SequenceClassifier, Task};
 /// DeBERTa-v2/v3 in the registry ([`crate::model::families::FAMILIES`]).
 pub const FAMILY: crate::model::families::Family = crate::model::families::Family {
     name: "DeBERTa-v2/v3",
+    decoder: false,
     architectures: &[
         "DebertaV2ForSequenceClassification",
         "DebertaV2ForTokenClassification",

@@ -10,6 +10,7 @@ use super::{Config, RawConfig};
 /// Gemma2 in the registry ([`crate::model::families::FAMILIES`]).
 pub const FAMILY: crate::model::families::Family = crate::model::families::Family {
     name: "Gemma2",
+    decoder: true,
     architectures: &[
         "Gemma2ForSequenceClassification",
         "Gemma2ForTokenClassification",

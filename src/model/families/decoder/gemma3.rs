@@ -11,6 +11,7 @@ use super::{Config, RawConfig, RopeScaling};
 /// multimodal wrapper read as text only.
 pub const FAMILY: crate::model::families::Family = crate::model::families::Family {
     name: "Gemma3",
+    decoder: true,
     architectures: &[
         "Gemma3TextForSequenceClassification",
         "Gemma3ForSequenceClassification",

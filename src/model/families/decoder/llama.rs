@@ -7,6 +7,7 @@ use super::{Config, RawConfig};
 /// Llama in the registry ([`crate::model::families::FAMILIES`]).
 pub const FAMILY: crate::model::families::Family = crate::model::families::Family {
     name: "Llama",
+    decoder: true,
     architectures: &[
         "LlamaForSequenceClassification",
         "LlamaForTokenClassification",

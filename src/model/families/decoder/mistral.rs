@@ -6,6 +6,7 @@ use super::{Config, RawConfig};
 /// Mistral in the registry ([`crate::model::families::FAMILIES`]).
 pub const FAMILY: crate::model::families::Family = crate::model::families::Family {
     name: "Mistral",
+    decoder: true,
     architectures: &[
         "MistralForSequenceClassification",
         "MistralForTokenClassification",

@@ -7,6 +7,7 @@ use super::{Config, RawConfig};
 /// Qwen2 in the registry ([`crate::model::families::FAMILIES`]).
 pub const FAMILY: crate::model::families::Family = crate::model::families::Family {
     name: "Qwen2",
+    decoder: true,
     architectures: &[
         "Qwen2ForSequenceClassification",
         "Qwen2ForTokenClassification",

@@ -7,6 +7,7 @@ use super::{Config, RawConfig};
 /// Qwen3 in the registry ([`crate::model::families::FAMILIES`]).
 pub const FAMILY: crate::model::families::Family = crate::model::families::Family {
     name: "Qwen3",
+    decoder: true,
     architectures: &[
         "Qwen3ForSequenceClassification",
         "Qwen3ForTokenClassification",

@@ -22,6 +22,7 @@ use crate::model::{Batch, SequenceClassifier, Task};
 /// ModernBERT in the registry ([`super::FAMILIES`]).
 pub const FAMILY: super::Family = super::Family {
     name: "ModernBERT",
+    decoder: false,
     architectures: &[
         "ModernBertForSequenceClassification",
         "ModernBertForTokenClassification",
