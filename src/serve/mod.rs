@@ -112,8 +112,17 @@ async fn load_warm(
     dtype: DTypeChoice,
     load: LoadOptions,
     sched: SchedulerConfig,
+    beside: Option<Arc<Engine>>,
 ) -> Result<(Engine, usize), ServerError> {
     tokio::task::spawn_blocking(move || -> Result<(Engine, usize), ServerError> {
+        // A reload on a GPU: the old model, the new one and the new one's warm-up share the
+        // card for a while, so a model that would not fit is refused before anything loads
+        // (engine::budget). Reading its weights' sizes is file I/O, hence here.
+        if let Some(old) = beside {
+            let rows = sched.for_device(old.pads_batches()).max_batch_size;
+            old.room_for_reload(&model, rows)
+                .map_err(ServerError::Config)?;
+        }
         let warming = crate::engine::heap::Phase::warm_up();
         let t0 = Instant::now();
         let engine = Engine::load_with(&model, device, dtype, &load)?;
@@ -200,6 +209,7 @@ async fn start(cfg: &ServeConfig) -> Result<Started, ServerError> {
         dtype,
         cfg.load.clone(),
         cfg.scheduler.clone(),
+        None,
     )
     .await?;
     let engine = Arc::new(engine);

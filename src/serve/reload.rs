@@ -41,20 +41,13 @@ pub(super) async fn reload(
         Err(e) => return failed(service, &old, serving_on, e),
     };
     info!(revision = %old.identity.revision, "SIGHUP: reloading {}", path.display());
-    // On a GPU both models and the new one's warm-up share the card for a while: a model that
-    // would not fit is refused before anything loads (engine::budget).
-    let rows = sched_cfg
-        .for_device(old.engine.pads_batches())
-        .max_batch_size;
-    if let Err(e) = old.engine.room_for_reload(&path, rows) {
-        return failed(service, &old, serving_on, e);
-    }
     match load_warm(
         path.clone(),
         cfg.device,
         cfg.dtype,
         cfg.load.clone(),
         sched_cfg.clone(),
+        Some(old.engine.clone()),
     )
     .await
     {
