@@ -348,11 +348,7 @@ fn http_on_the_socket_gets_one_line_saying_what_it_speaks() {
         "classifyd: this socket speaks the length-prefixed protobuf protocol (docs/PROTOCOL.md), \
          not HTTP; /metrics, /healthz and /readyz are served over HTTP on --metrics-addr\n"
     );
-    let out = classifyd()
-        .args(["classify", "--uds", daemon.socket.to_str().unwrap(), "fine"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr_line(&out));
+    still_serves(&daemon);
 }
 
 /// `check-config` and `serve` refuse the same listener and TLS mistakes with the same words,
@@ -483,11 +479,7 @@ fn check_config_beside_a_running_daemon_is_ok_and_says_so() {
             .ends_with(&format!("metrics {addr}")),
         "{stdout}"
     );
-    let ok = classifyd()
-        .args(["classify", "--uds", daemon.socket.to_str().unwrap(), "fine"])
-        .output()
-        .unwrap();
-    assert!(ok.status.success(), "{}", stderr_line(&ok));
+    still_serves(&daemon);
 }
 
 /// A socket another daemon serves is refused at once, before the model loads, and the other
@@ -514,9 +506,14 @@ fn serve_refuses_a_socket_in_use_before_loading() {
         !stderr.contains("loaded"),
         "loaded before refusing: {stderr}"
     );
-    let ok = classifyd()
+    still_serves(&daemon);
+}
+
+/// The daemon answers a classify over its socket: it kept serving whatever the test did.
+fn still_serves(daemon: &Daemon) {
+    let out = classifyd()
         .args(["classify", "--uds", daemon.socket.to_str().unwrap(), "fine"])
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", stderr_line(&ok));
+    assert!(out.status.success(), "{}", stderr_line(&out));
 }

@@ -87,16 +87,13 @@ fn classify_cli_over_uds_and_quic_prints_the_in_process_json() {
     let addr = free_udp_port();
     let daemon = quic_daemon(pki.path(), addr);
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_classifyd"))
-            .arg("classify")
-            .args(args)
-            .args(["--", "a fine film", ""])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = succeeded(
+            std::process::Command::new(env!("CARGO_BIN_EXE_classifyd"))
+                .arg("classify")
+                .args(args)
+                .args(["--", "a fine film", ""])
+                .output()
+                .unwrap(),
         );
         String::from_utf8(out.stdout).unwrap()
     };

@@ -477,17 +477,14 @@ fn a_token_classifier_serves_entities_redaction_and_per_input_refusals() {
     );
     // The CLI prints the same line through the daemon as in process.
     let cli = |target: &[&std::ffi::OsStr]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_classifyd"))
-            .arg("classify")
-            .args(target)
-            .args(["--aggregation", "none", "--redact", "--min-score", "0.5"])
-            .arg(texts[0])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = succeeded(
+            std::process::Command::new(env!("CARGO_BIN_EXE_classifyd"))
+                .arg("classify")
+                .args(target)
+                .args(["--aggregation", "none", "--redact", "--min-score", "0.5"])
+                .arg(texts[0])
+                .output()
+                .unwrap(),
         );
         let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         line

@@ -21,16 +21,13 @@ fn json_lines(stdout: &[u8]) -> Vec<Value> {
 
 #[test]
 fn classify_arguments_prints_one_json_object_each() {
-    let out = classifyd()
-        .args(["classify", "--model"])
-        .arg(default_model())
-        .args(["what a wonderful film", "--", "--not-a-flag", ""])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeded(
+        classifyd()
+            .args(["classify", "--model"])
+            .arg(default_model())
+            .args(["what a wonderful film", "--", "--not-a-flag", ""])
+            .output()
+            .unwrap(),
     );
     let lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 3);
@@ -118,19 +115,16 @@ fn inspect_describes_the_model() {
 /// Tensors one pass creates, from `inspect --ops` in a process of its own (candle's counter is
 /// process-wide, and this test binary runs tests in parallel).
 fn tensors_per_forward(model: &std::path::Path, dtype: &str) -> u64 {
-    let out = classifyd()
-        .args([
-            "inspect", "--json", "--device", "cpu", "--ops", "16", "--dtype", dtype,
-        ])
-        .arg("--model")
-        .arg(model)
-        .env("CLASSIFYD_NO_WEIGHTS_CACHE", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeded(
+        classifyd()
+            .args([
+                "inspect", "--json", "--device", "cpu", "--ops", "16", "--dtype", dtype,
+            ])
+            .arg("--model")
+            .arg(model)
+            .env("CLASSIFYD_NO_WEIGHTS_CACHE", "1")
+            .output()
+            .unwrap(),
     );
     json_lines(&out.stdout)[0]["tensors_per_forward"]
         .as_u64()
@@ -164,22 +158,19 @@ fn classify_prints_entities_and_redacts_for_a_token_model() {
         .unwrap()
         .clone();
     for strategy in ["simple", "none", "max"] {
-        let out = classifyd()
-            .args(["classify", "--model"])
-            .arg(fixture("tok-bert"))
-            .args([
-                "--aggregation",
-                strategy,
-                "--redact",
-                "--pipeline-keys",
-                text,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = succeeded(
+            classifyd()
+                .args(["classify", "--model"])
+                .arg(fixture("tok-bert"))
+                .args([
+                    "--aggregation",
+                    strategy,
+                    "--redact",
+                    "--pipeline-keys",
+                    text,
+                ])
+                .output()
+                .unwrap(),
         );
         let line = json_lines(&out.stdout).remove(0);
         let want = case["entities"][strategy].as_array().unwrap();
