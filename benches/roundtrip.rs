@@ -41,6 +41,7 @@ fn bench_model(c: &mut Criterion, name: &str, model: PathBuf) {
         dtype: DTypeChoice::Auto,
         load: classifyd::engine::LoadOptions {
             cache_dir: Some(dir.path().join("cache")),
+            ..Default::default()
         },
         unix: Some(UnixOptions {
             path: socket.clone(),

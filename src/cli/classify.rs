@@ -70,14 +70,15 @@ pub(crate) fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
     let engine = load(&a.model)?;
     let info = engine.info();
     let ops = match a.ops {
-        Some(len) => engine.tensors_per_forward(1, len)?,
+        Some(len) => Some(engine.ops_per_forward(1, len)?),
         None => None,
     };
     let mut out = std::io::stdout().lock();
     if a.json {
         let mut v = serde_json::to_value(info)?;
-        if let (Some(n), Some(o)) = (ops, v.as_object_mut()) {
-            o.insert("tensors_per_forward".into(), json!(n));
+        if let (Some(ops), Some(o)) = (ops, v.as_object_mut()) {
+            o.insert("tensors_per_forward".into(), json!(ops.tensors));
+            o.insert("uploads_per_forward".into(), json!(ops.uploads));
         }
         writeln!(out, "{v}")?;
     } else {
@@ -98,10 +99,18 @@ pub(crate) fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
         writeln!(out, "task           {}", info.task)?;
         writeln!(out, "pooling        {}", info.pooling)?;
         writeln!(out, "attention      {}", info.attention)?;
-        if let (Some(n), Some(len)) = (ops, a.ops) {
+        writeln!(
+            out,
+            "attn chunk     {} MiB of scores at most",
+            info.attention_chunk_mib
+        )?;
+        if let (Some(ops), Some(len)) = (ops, a.ops) {
+            let tensors = ops.tensors.map_or("?".to_string(), |n| n.to_string());
             writeln!(
                 out,
-                "tensor ops     {n} per forward pass of 1 × {len} tokens"
+                "tensor ops     {tensors} per forward pass of 1 × {len} tokens, {} of them \
+                 made from host data (uploads on a GPU)",
+                ops.uploads
             )?;
         }
     }

@@ -98,7 +98,8 @@ pub struct InspectArgs {
     #[arg(long)]
     pub json: bool,
     /// Also run one forward pass of one row of N tokens and count the tensors it creates
-    /// (kernel launches and views on a GPU; see docs/GPU.md).
+    /// (kernel launches and views on a GPU) and those it makes from host data (uploads on a
+    /// GPU); see docs/GPU.md.
     #[arg(long, value_name = "N")]
     pub ops: Option<usize>,
 }

@@ -1,4 +1,5 @@
-//! Whether a reload fits on the GPU beside the model that serves.
+//! What a GPU's memory allows: whether a reload fits beside the model that serves, and how
+//! large an attention chunk may be.
 //!
 //! A SIGHUP loads the new model, on a context of its own, while the old one keeps serving, and
 //! warms it up to the GPU's batch sizes: for a while both models and the new one's warm-up
@@ -13,6 +14,7 @@ use std::path::Path;
 
 use super::loader::{weight_summary, ModelDir};
 use super::Engine;
+use crate::model::layers::ATTENTION_CHUNK_BYTES;
 
 /// A CUDA context, candle's kernels loaded in it, and cuBLAS's handle and workspace: an
 /// allowance, not a measurement. The first GPU run is to measure it (docs/GPU.md).
@@ -84,6 +86,34 @@ impl Engine {
     }
 }
 
+/// What a sixteenth of the memory free beside the weights buys: three chunk tensors and the
+/// pass's other activations stay under a fifth of it, which leaves a reload room beside.
+const CHUNK_SHARE_OF_FREE: u64 = 16;
+
+/// Bytes of scores per attention query chunk for a model of `weights` bytes on `device`.
+///
+/// On the CPU, [`ATTENTION_CHUNK_BYTES`]: chunks sized for the caches, and the host's memory.
+/// On a GPU a chunk is a handful of kernel launches, each 5–20 µs of host time, so it is
+/// sized from the memory free once the weights are in ([`gpu_chunk_bytes`]): BERT-base at
+/// 128 rows × 512 tokens was ~52 chunks a layer at 32 MiB. When the free memory cannot be
+/// read, the CPU's figure.
+pub fn chunk_bytes(device: &candle_core::Device, weights: u64, max_attention: usize) -> usize {
+    match free_device_memory(device) {
+        Some(free) => gpu_chunk_bytes(free, weights, max_attention),
+        None => ATTENTION_CHUNK_BYTES,
+    }
+}
+
+/// [`chunk_bytes`] on a GPU with `free` bytes free before a model of `weights` bytes loads: a
+/// sixteenth of what remains, at least [`ATTENTION_CHUNK_BYTES`], and at most a third of the
+/// scheduler's `max_attention` (a pass's three chunk tensors under `--max-attention-mib`, or
+/// the scheduler would cut into passes what chunks were meant to hold).
+pub fn gpu_chunk_bytes(free: u64, weights: u64, max_attention: usize) -> usize {
+    let share = free.saturating_sub(weights) / CHUNK_SHARE_OF_FREE;
+    let share = usize::try_from(share).unwrap_or(usize::MAX);
+    share.min(max_attention / 3).max(ATTENTION_CHUNK_BYTES)
+}
+
 /// The device's free memory in bytes, where it can be read: a CUDA device (`cuMemGetInfo` in
 /// its context); `None` on the CPU or when the driver does not answer.
 fn free_device_memory(device: &candle_core::Device) -> Option<u64> {
@@ -103,6 +133,47 @@ fn free_device_memory(device: &candle_core::Device) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The GPU's chunk budget with made-up figures: an H100 with room, a 24 GB card with a
+    /// large model, a nearly full card, and a raised `--max-attention-mib`.
+    #[test]
+    fn a_gpu_s_attention_chunks_grow_with_its_free_memory_within_the_scheduler_s_cap() {
+        let mib = |m: u64| m << 20;
+        let cap = crate::engine::passes::DEFAULT_MAX_ATTENTION_BYTES;
+        // 78 GiB free, BERT-base in F16: a third of the 512 MiB cap.
+        assert_eq!(gpu_chunk_bytes(mib(78 << 10), mib(210), cap), cap / 3);
+        // 2 GiB left beside the weights: a sixteenth of it.
+        assert_eq!(
+            gpu_chunk_bytes(mib(18 << 10), mib(16 << 10), cap),
+            128 << 20
+        );
+        // Nearly full, or weights larger than what is free: never under the CPU's budget.
+        assert_eq!(
+            gpu_chunk_bytes(mib(300), mib(100), cap),
+            ATTENTION_CHUNK_BYTES
+        );
+        assert_eq!(
+            gpu_chunk_bytes(mib(100), mib(300), cap),
+            ATTENTION_CHUNK_BYTES
+        );
+        // --max-attention-mib 6144 on an H100: 2 GiB chunks.
+        assert_eq!(gpu_chunk_bytes(mib(78 << 10), mib(210), 6 << 30), 2 << 30);
+        // BERT-base at 128 × 512 (12 heads, f32 scores, 3 MiB a query row): 52 chunks a layer
+        // at the CPU's budget, 10 at the default cap's.
+        let chunks = |budget| {
+            let rows = crate::model::layers::attention_chunk(budget, 128, 12, 512, 512);
+            512usize.div_ceil(rows)
+        };
+        assert_eq!(chunks(ATTENTION_CHUNK_BYTES), 52);
+        assert_eq!(chunks(cap / 3), 10);
+    }
+
+    /// The CPU keeps its cache-sized chunks: it has no free-memory figure.
+    #[test]
+    fn the_cpu_s_attention_chunks_are_the_fixed_budget() {
+        let cpu = candle_core::Device::Cpu;
+        assert_eq!(chunk_bytes(&cpu, 0, usize::MAX), ATTENTION_CHUNK_BYTES);
+    }
 
     /// The arithmetic with made-up free figures: a BERT-base-sized model in F16 beside another
     /// on a nearly full card is refused with every figure; with room it passes.

@@ -18,7 +18,7 @@ pub mod tokenize;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 pub use crate::engine::build::supported;
@@ -59,12 +59,18 @@ pub struct ModelInfo {
     pub pooling: String,
     /// Bidirectional or causal, heads, windows.
     pub attention: String,
+    /// The most attention scores one query chunk holds, in MiB: 32 on the CPU, sized from the
+    /// free memory on a GPU (see `budget::chunk_bytes`).
+    pub attention_chunk_mib: usize,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Where cache files live; `None` keeps every weight in private memory.
     pub cache_dir: Option<PathBuf>,
+    /// The scheduler's `--max-attention-mib` in bytes, which a GPU's attention chunks stay
+    /// well under (see `budget::chunk_bytes`); `None`: its default.
+    pub max_attention_bytes: Option<usize>,
 }
 
 impl LoadOptions {
@@ -77,6 +83,7 @@ impl LoadOptions {
             } else {
                 cache_dir.map(Path::to_path_buf).or_else(cache::default_dir)
             },
+            max_attention_bytes: None,
         }
     }
 }
@@ -93,8 +100,19 @@ pub struct Engine {
     device: Device,
     /// One pass at a time on a GPU (see [`PassGate`]).
     passes: PassGate,
+    /// Bytes of scores per attention query chunk, which every batch carries.
+    chunk_bytes: usize,
     /// Last, so that it drops after the weights (fields drop in declaration order).
     _release: ReleaseOnDrop,
+}
+
+/// [`Engine::ops_per_forward`]'s counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassOps {
+    /// Tensors created; `None` if candle's counter is unreadable.
+    pub tensors: Option<usize>,
+    /// Tensors made from host data.
+    pub uploads: usize,
 }
 
 /// Hands the freed weights' memory back to the kernel when an engine is dropped (after a reload
@@ -168,6 +186,12 @@ impl Engine {
             .map(|(d, dt, k)| (CacheFile::for_model(d, &dir, dt, k), *d, *dt, k.as_str()));
         let st = dir.map_weights()?;
         let (parameters, weight_dtype) = weight_summary(&st);
+        let chunk_bytes = budget::chunk_bytes(
+            &device,
+            (parameters as u64).saturating_mul(dtype.size_in_bytes() as u64),
+            opts.max_attention_bytes
+                .unwrap_or(crate::engine::passes::DEFAULT_MAX_ATTENTION_BYTES),
+        );
         let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone());
         let build = |vb| match cache_file {
             Some((file, cache_dir, dt, kernels)) => {
@@ -239,6 +263,7 @@ impl Engine {
                 Task::Sequence => model.pooling(),
             },
             attention: model.attention_pattern(),
+            attention_chunk_mib: chunk_bytes >> 20,
         };
         Ok(Self {
             model,
@@ -249,6 +274,7 @@ impl Engine {
             head: dir.head,
             info,
             passes: PassGate::for_kind(DeviceKind::of(&device)),
+            chunk_bytes,
             device,
             _release: ReleaseOnDrop,
         })
@@ -313,13 +339,14 @@ impl Engine {
                 positions[at] = scheme.position(j, real);
             }
         }
-        let all = Tensor::from_vec(planes, (4, rows, cols), &self.device)?;
+        let all = crate::model::upload::from_vec(planes, (4, rows, cols), &self.device)?;
         let plane = |i: usize| all.get(i);
         Ok(Batch {
             input_ids: plane(0)?,
             attention_mask: plane(1)?,
             token_type_ids: plane(2)?,
             position_ids: plane(3)?,
+            chunk_bytes: self.chunk_bytes,
         })
     }
 
@@ -373,7 +400,7 @@ impl Engine {
     /// `len` tokens, as the model computes attention (see
     /// [`crate::model::SequenceClassifier::attention_bytes`]).
     pub fn attention_bytes(&self, rows: usize, len: usize) -> usize {
-        self.model.attention_bytes(rows, len)
+        self.model.attention_bytes(rows, len, self.chunk_bytes)
     }
 
     /// Logits for each input from one padded batch, whatever the device (the GPU path, and
@@ -418,18 +445,18 @@ impl Engine {
         )
     }
 
-    /// Tensors one forward pass of `rows` rows of `len` tokens creates, the upload included
-    /// (see [`opcount`]): a proxy for kernel launches. `None` if candle's counter is unreadable.
-    pub fn tensors_per_forward(
-        &self,
-        rows: usize,
-        len: usize,
-    ) -> Result<Option<usize>, EngineError> {
+    /// What one forward pass of `rows` rows of `len` tokens costs in ops: the tensors it
+    /// creates, the upload included (see [`opcount`]), a proxy for kernel launches; and the
+    /// tensors it makes from host data ([`crate::model::upload`]), each a host-to-device copy
+    /// on a GPU.
+    pub fn ops_per_forward(&self, rows: usize, len: usize) -> Result<PassOps, EngineError> {
         let row = self.synthetic_input(len);
         let inputs: Vec<&Encoded> = (0..rows.max(1)).map(|_| &row).collect();
-        let (logits, n) = opcount::tensors_created(|| self.logits_padded(&inputs));
+        let uploads = crate::model::upload::count();
+        let (logits, tensors) = opcount::tensors_created(|| self.logits_padded(&inputs));
+        let uploads = crate::model::upload::count().saturating_sub(uploads);
         logits?;
-        Ok(n)
+        Ok(PassOps { tensors, uploads })
     }
 
     fn answerer(&self) -> Answerer<'_> {

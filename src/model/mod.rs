@@ -8,12 +8,15 @@
 //! - [`families`]: one file or folder per architecture, and the registry
 //!   ([`families::FAMILIES`]) that is the one list of the `architectures` names served.
 //!
+//! Beside them, [`upload`]: every tensor a pass makes from host data, counted.
+//!
 //! Every family implements [`SequenceClassifier`]: a padded batch in, one row of logits per text
 //! (or per token) out.
 
 pub mod families;
 pub mod kernels;
 pub mod layers;
+pub mod upload;
 
 use candle_core::{Result, Tensor};
 
@@ -28,6 +31,9 @@ pub struct Batch {
     pub token_type_ids: Tensor,
     /// `[batch, seq]` u32 absolute position ids, already offset as the model expects.
     pub position_ids: Tensor,
+    /// Bytes of attention scores one query chunk may take: [`layers::ATTENTION_CHUNK_BYTES`]
+    /// on the CPU, sized from the free memory on a GPU (`engine::budget`).
+    pub chunk_bytes: usize,
 }
 
 /// How a family numbers positions. RoBERTa-style models start at `pad_token_id + 1` and give
@@ -118,7 +124,8 @@ pub trait SequenceClassifier: Send + Sync {
     /// forward pass of `rows` rows padded to `len` tokens takes at its peak. The scheduler
     /// cuts batches into passes under `--max-attention-mib` with it, and admission refuses a
     /// single input over that.
-    fn attention_bytes(&self, rows: usize, len: usize) -> usize;
+    /// Attention is query-chunked to `chunk_bytes` of scores, as [`Batch::chunk_bytes`].
+    fn attention_bytes(&self, rows: usize, len: usize, chunk_bytes: usize) -> usize;
 }
 
 /// What the model families' and kernels' unit tests share: a committed fixture's config and
@@ -163,6 +170,7 @@ pub(crate) mod testing {
             attention_mask: Tensor::from_vec(keep, (2, t), &dev).unwrap(),
             token_type_ids: Tensor::zeros((2, t), DType::U32, &dev).unwrap(),
             position_ids: Tensor::from_vec(positions, (2, t), &dev).unwrap(),
+            chunk_bytes: crate::model::layers::ATTENTION_CHUNK_BYTES,
         }
     }
 

@@ -91,7 +91,10 @@ impl ServeConfig {
             model_from_file: s.model_from_file(),
             device: s.device,
             dtype: s.dtype,
-            load: LoadOptions::from_settings(s.cache_dir.as_deref(), s.no_weights_cache),
+            load: LoadOptions {
+                max_attention_bytes: Some(s.max_attention_mib.saturating_mul(1 << 20)),
+                ..LoadOptions::from_settings(s.cache_dir.as_deref(), s.no_weights_cache)
+            },
             unix,
             quic,
             connections: connection_limits(s),

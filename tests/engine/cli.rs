@@ -112,9 +112,10 @@ fn inspect_describes_the_model() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device"));
 }
 
-/// Tensors one pass creates, from `inspect --ops` in a process of its own (candle's counter is
-/// process-wide, and this test binary runs tests in parallel).
-fn tensors_per_forward(model: &std::path::Path, dtype: &str) -> u64 {
+/// `(tensors created, tensors made from host data)` by one pass, from `inspect --ops` in a
+/// process of its own (the counters are process-wide, and this test binary runs tests in
+/// parallel).
+fn ops_per_forward(model: &std::path::Path, dtype: &str) -> (u64, u64) {
     let out = succeeded(
         classifyd()
             .args([
@@ -126,9 +127,13 @@ fn tensors_per_forward(model: &std::path::Path, dtype: &str) -> u64 {
             .output()
             .unwrap(),
     );
-    json_lines(&out.stdout)[0]["tensors_per_forward"]
-        .as_u64()
-        .expect("tensors_per_forward")
+    let info = json_lines(&out.stdout).remove(0);
+    let count = |key: &str| {
+        info[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key}: {info}"))
+    };
+    (count("tensors_per_forward"), count("uploads_per_forward"))
 }
 
 #[test]
@@ -136,14 +141,31 @@ fn a_bert_layer_on_candles_path_creates_at_most_39_tensors() {
     // The default model has 6 layers, the bert fixture 2, and the same ops around them, so the
     // difference is 4 layers' worth. F16 takes candle's ops, as every GPU build does; each
     // tensor made from data is a kernel launch there (docs/GPU.md, BENCHMARKS.md).
-    let six = tensors_per_forward(&default_model(), "f16");
-    let two = tensors_per_forward(&fixture("bert"), "f16");
+    let (six, _) = ops_per_forward(&default_model(), "f16");
+    let (two, _) = ops_per_forward(&fixture("bert"), "f16");
     let per_layer = (six - two) / 4;
     assert_eq!((six - two) % 4, 0, "{six} vs {two}");
     assert!(
         per_layer <= 39,
         "{per_layer} tensors per layer (46 before #17)"
     );
+}
+
+/// Host-to-device copies per pass on the GPU path: an encoder's inputs are one upload (four
+/// planes of one tensor); ModernBERT adds its local layers' band mask per query chunk; a
+/// decoder adds its causal masks (global and sliding) and the head's row offsets.
+#[test]
+fn a_pass_uploads_its_inputs_once_and_the_masks_it_builds_on_the_host() {
+    for (model, uploads) in [
+        ("bert", 1),
+        ("deberta-v2", 1),
+        ("modernbert", 2),
+        ("qwen3", 4),
+        ("llama", 3),
+    ] {
+        let (_, n) = ops_per_forward(&fixture(model), "f16");
+        assert_eq!(n, uploads, "{model}");
+    }
 }
 
 #[test]

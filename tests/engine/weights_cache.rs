@@ -19,6 +19,7 @@ fn load_cached(model: &Path, cache: &Path) -> Engine {
 fn load_cached_as(model: &Path, cache: &Path, dtype: DTypeChoice) -> Engine {
     let opts = LoadOptions {
         cache_dir: Some(cache.to_path_buf()),
+        ..Default::default()
     };
     Engine::load_with(model, DeviceChoice::Cpu, dtype, &opts)
         .unwrap_or_else(|e| panic!("loading {}: {e}", model.display()))
@@ -289,6 +290,7 @@ fn other_dtypes_do_not_use_the_cache() {
     let cache = tempfile::tempdir().expect("tempdir");
     let opts = LoadOptions {
         cache_dir: Some(cache.path().to_path_buf()),
+        ..Default::default()
     };
     let engine = Engine::load_with(
         &model,

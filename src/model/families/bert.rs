@@ -158,13 +158,20 @@ impl Layer {
     }
 
     /// The layer for the first `q_len` positions of `x` (all of them are keys and values).
-    pub(super) fn forward(&self, x: &Tensor, mask: &Tensor, q_len: usize) -> Result<Tensor> {
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        q_len: usize,
+        chunk_bytes: usize,
+    ) -> Result<Tensor> {
         let ctx = self_attention(
             &self.qkv.forward(x)?,
             self.heads,
             mask,
             self.prescaled,
             q_len,
+            chunk_bytes,
         )?;
         let x = first_positions(x, q_len)?;
         let x = self
@@ -206,7 +213,7 @@ impl Encoder {
         let mut x = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let q_len = if i == last && first_only { t.min(1) } else { t };
-            x = layer.forward(&x, &mask, q_len)?;
+            x = layer.forward(&x, &mask, q_len, batch.chunk_bytes)?;
         }
         Ok(x)
     }
@@ -274,8 +281,13 @@ impl SequenceClassifier for Bert {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
-    fn attention_bytes(&self, rows: usize, len: usize) -> usize {
-        crate::model::layers::chunked_attention_bytes(rows, self.cfg.num_attention_heads, len)
+    fn attention_bytes(&self, rows: usize, len: usize, chunk_bytes: usize) -> usize {
+        crate::model::layers::chunked_attention_bytes(
+            chunk_bytes,
+            rows,
+            self.cfg.num_attention_heads,
+            len,
+        )
     }
 }
 
@@ -327,6 +339,7 @@ mod tests {
             attention_mask: keep,
             token_type_ids: zeros.clone(),
             position_ids: zeros,
+            chunk_bytes: crate::model::layers::ATTENTION_CHUNK_BYTES,
         };
         let x = Tensor::randn(0f32, 1.0, (2, 7, 16), &dev).unwrap();
         let whole = encoder.forward(&x, &batch, false).unwrap();

@@ -164,7 +164,7 @@ impl SequenceClassifier for DistilBert {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
-    fn attention_bytes(&self, rows: usize, len: usize) -> usize {
-        crate::model::layers::chunked_attention_bytes(rows, self.cfg.n_heads, len)
+    fn attention_bytes(&self, rows: usize, len: usize, chunk_bytes: usize) -> usize {
+        crate::model::layers::chunked_attention_bytes(chunk_bytes, rows, self.cfg.n_heads, len)
     }
 }

@@ -72,7 +72,12 @@ impl SequenceClassifier for Roberta {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
-    fn attention_bytes(&self, rows: usize, len: usize) -> usize {
-        crate::model::layers::chunked_attention_bytes(rows, self.cfg.num_attention_heads, len)
+    fn attention_bytes(&self, rows: usize, len: usize, chunk_bytes: usize) -> usize {
+        crate::model::layers::chunked_attention_bytes(
+            chunk_bytes,
+            rows,
+            self.cfg.num_attention_heads,
+            len,
+        )
     }
 }

@@ -6,9 +6,12 @@ use candle_core::{DType, Result, Tensor};
 use super::{attention_dtype, contiguous_as};
 use crate::model::kernels::attend;
 
-/// Bytes the scores of one query chunk may take in [`attention`] and ModernBERT's attention:
-/// queries are processed in chunks so that no `[batch, heads, T, T]` tensor exists, and the
-/// working set stays this size (times the three tensors a chunk lives as) whatever `T` is.
+/// Bytes the scores of one query chunk may take on the CPU in [`self_attention`], ModernBERT's
+/// and the decoders' attention: queries are processed in chunks so that no `[batch, heads, T,
+/// T]` tensor exists, and the working set stays this size (times the three tensors a chunk
+/// lives as) whatever `T` is. A GPU has the memory for larger chunks and pays per kernel
+/// launch, so there the budget is sized from its free memory (`engine::budget`); each
+/// [`crate::model::Batch`] carries the budget its pass runs with.
 pub const ATTENTION_CHUNK_BYTES: usize = 32 << 20;
 
 /// Query rows per attention chunk of at most `budget` bytes of scores, for `rows × heads`
@@ -22,9 +25,10 @@ pub fn attention_chunk(budget: usize, rows: usize, heads: usize, keys: usize, le
 }
 
 /// [`SequenceClassifier::attention_bytes`] for query-chunked attention: three tensors
-/// (scores, the masked scores, probabilities) of one chunk of `[rows, heads, chunk, len]` f32.
-pub fn chunked_attention_bytes(rows: usize, heads: usize, len: usize) -> usize {
-    let chunk = attention_chunk(ATTENTION_CHUNK_BYTES, rows, heads, len, len);
+/// (scores, the masked scores, probabilities) of one chunk of `[rows, heads, chunk, len]` f32,
+/// chunks of `chunk_bytes` of scores.
+pub fn chunked_attention_bytes(chunk_bytes: usize, rows: usize, heads: usize, len: usize) -> usize {
+    let chunk = attention_chunk(chunk_bytes, rows, heads, len, len);
     3usize
         .saturating_mul(rows)
         .saturating_mul(heads)
@@ -38,7 +42,8 @@ pub fn chunked_attention_bytes(rows: usize, heads: usize, len: usize) -> usize {
 /// [`attention_dtype`]. `prescaled`: the query projection already carries 1/√d
 /// ([`Linear::load_scaled`]), as it does everywhere but on the [`kernel_path`]. Only the first
 /// `q_len` positions query (all `seq` keys are read): `[batch, q_len, hidden]` comes back, so
-/// a last layer read only at `[CLS]` attends for it alone.
+/// a last layer read only at `[CLS]` attends for it alone. Scores are computed `chunk_bytes`
+/// at a time ([`crate::model::Batch::chunk_bytes`]).
 ///
 /// On the CPU in f32 this is the one-pass kernel ([`attend`]). Otherwise, candle ops: one
 /// reshape and permute into `[3, batch, heads, seq, head_dim]` and one copy that also casts
@@ -50,6 +55,7 @@ pub fn self_attention(
     mask: &Tensor,
     prescaled: bool,
     q_len: usize,
+    chunk_bytes: usize,
 ) -> Result<Tensor> {
     let (b, t, three) = qkv.dims3()?;
     let hidden = three / 3;
@@ -75,7 +81,7 @@ pub fn self_attention(
             return Ok(ctx);
         }
     }
-    let chunk = attention_chunk(ATTENTION_CHUNK_BYTES, b, heads, t, q_len);
+    let chunk = attention_chunk(chunk_bytes, b, heads, t, q_len);
     attention_ops(qkv, heads, mask, scale, chunk, q_len)
 }
 
@@ -107,7 +113,7 @@ fn attention_ops(
 }
 
 /// Attention over heads already split, `[B, H, T, D]` each, `chunk` query rows at a time, so
-/// that the scores never take more than [`ATTENTION_CHUNK_BYTES`] (about) whatever the length;
+/// that the scores never take more than the chunk budget (about) whatever the length;
 /// short sequences are one chunk. Returns each chunk's `[B, H, c, D]` context.
 fn attention_heads(
     q: &Tensor,
@@ -189,7 +195,7 @@ mod tests {
         // The second row is padded after 4 tokens.
         let keep = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], &dev).unwrap();
         let mask = additive_key_mask(&keep, DType::F32).unwrap();
-        let fast = self_attention(&qkv, heads, &mask, false, t).unwrap();
+        let fast = self_attention(&qkv, heads, &mask, false, t, ATTENTION_CHUNK_BYTES).unwrap();
         let scale = 1.0 / (hd as f64).sqrt();
         let slow = attention_ops(&qkv, heads, &mask, scale, t, t).unwrap();
         let diff = max_abs_diff(&fast, &slow);
@@ -204,11 +210,21 @@ mod tests {
             2,
         )
         .unwrap();
-        let diff = max_abs_diff(&self_attention(&pre, heads, &mask, true, t).unwrap(), &slow);
+        let diff = max_abs_diff(
+            &self_attention(&pre, heads, &mask, true, t, ATTENTION_CHUNK_BYTES).unwrap(),
+            &slow,
+        );
         assert!(diff < 1e-5, "prescaled: max |Δ| {diff}");
         // F16 takes candle's path, scores in f32, and comes back in F16.
-        let half =
-            self_attention(&pre.to_dtype(DType::F16).unwrap(), heads, &mask, true, t).unwrap();
+        let half = self_attention(
+            &pre.to_dtype(DType::F16).unwrap(),
+            heads,
+            &mask,
+            true,
+            t,
+            ATTENTION_CHUNK_BYTES,
+        )
+        .unwrap();
         assert_eq!(half.dtype(), DType::F16);
         let diff = max_abs_diff(&half, &slow);
         assert!(diff < 1e-2, "f16: max |Δ| {diff}");
@@ -221,11 +237,12 @@ mod tests {
         let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * heads * hd), &dev).unwrap();
         let keep = Tensor::new(&[[1u32; 9], [1, 1, 1, 1, 1, 0, 0, 0, 0]], &dev).unwrap();
         let mask = additive_key_mask(&keep, DType::F32).unwrap();
-        let whole = self_attention(&qkv, heads, &mask, false, t).unwrap();
+        let whole = self_attention(&qkv, heads, &mask, false, t, ATTENTION_CHUNK_BYTES).unwrap();
         for q_len in [1, 4] {
             let want = whole.narrow(1, 0, q_len).unwrap();
             // The one-pass kernel computes each row alone: the same bits.
-            let fast = self_attention(&qkv, heads, &mask, false, q_len).unwrap();
+            let fast =
+                self_attention(&qkv, heads, &mask, false, q_len, ATTENTION_CHUNK_BYTES).unwrap();
             assert_eq!(fast.dims(), [b, q_len, heads * hd]);
             assert_eq!(max_abs_diff(&fast, &want), 0.0, "q_len {q_len}");
             // candle's ops (every other device and dtype), chunked or not.
@@ -237,7 +254,7 @@ mod tests {
                 assert!(diff < 1e-5, "q_len {q_len}, chunk {chunk}: max |Δ| {diff}");
             }
         }
-        assert!(self_attention(&qkv, heads, &mask, false, t + 1).is_err());
+        assert!(self_attention(&qkv, heads, &mask, false, t + 1, ATTENTION_CHUNK_BYTES).is_err());
     }
 
     #[test]
@@ -251,7 +268,7 @@ mod tests {
             .unwrap();
         let keep = Tensor::ones((b, t), DType::U32, &dev).unwrap();
         let mask = additive_key_mask(&keep, DType::F32).unwrap();
-        let ctx = self_attention(&qkv, heads, &mask, false, t).unwrap();
+        let ctx = self_attention(&qkv, heads, &mask, false, t, ATTENTION_CHUNK_BYTES).unwrap();
         let v: Vec<f32> = ctx
             .to_dtype(DType::F32)
             .unwrap()
@@ -283,10 +300,10 @@ mod tests {
             assert!(diff < 1e-6, "chunk {chunk}: max |Δ| {diff}");
         }
         // The working set stops growing with T² once chunks are needed.
-        let small = chunked_attention_bytes(1, 12, 512);
+        let small = chunked_attention_bytes(ATTENTION_CHUNK_BYTES, 1, 12, 512);
         assert_eq!(small, 3 * 12 * 512 * 512 * 4);
         for t in [4096, 8192, 1 << 16] {
-            let bytes = chunked_attention_bytes(1, 12, t);
+            let bytes = chunked_attention_bytes(ATTENTION_CHUNK_BYTES, 1, 12, t);
             assert!(bytes <= 3 * ATTENTION_CHUNK_BYTES, "{t}: {bytes}");
         }
         assert_eq!(attention_chunk(100, 1, 1, 1000, 7), 1);

@@ -495,8 +495,8 @@ impl SequenceClassifier for DebertaV2 {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
-    fn attention_bytes(&self, rows: usize, len: usize) -> usize {
-        // Scores, c2p and p2c gathers, their sum, the masked sum and probabilities: six
+    fn attention_bytes(&self, rows: usize, len: usize, _chunk_bytes: usize) -> usize {
+        // Not chunked. Scores, c2p and p2c gathers, their sum, the masked sum and probabilities: six
         // [heads, rows, T, T] tensors at the peak, plus the two u32 gather tables of T × T.
         let t2 = len.saturating_mul(len);
         6usize

@@ -206,7 +206,7 @@ fn causal_rows(
             })
         })
         .collect();
-    Tensor::from_vec(v, (1, 1, 1, c, t), dev)?.to_dtype(dtype)
+    crate::model::upload::from_vec(v, (1, 1, 1, c, t), dev)?.to_dtype(dtype)
 }
 
 /// A Llama-shaped decoder with a `score` head, for every family in this module.
@@ -222,8 +222,6 @@ pub struct Decoder {
     /// they differ.
     rope: Rope,
     local: Option<Rope>,
-    /// [`crate::model::layers::ATTENTION_CHUNK_BYTES`]; smaller in tests, to force chunks.
-    chunk_bytes: usize,
     cfg: Config,
 }
 
@@ -289,7 +287,6 @@ impl Decoder {
             task,
             rope: global,
             local,
-            chunk_bytes: crate::model::layers::ATTENTION_CHUNK_BYTES,
             cfg,
         })
     }
@@ -299,7 +296,7 @@ impl Decoder {
         let dev = batch.input_ids.device();
         let fill = mask_fill_value(adt) as f32;
         let chunk = crate::model::layers::attention_chunk(
-            self.chunk_bytes,
+            batch.chunk_bytes,
             b,
             self.cfg.num_attention_heads,
             t,
@@ -400,15 +397,14 @@ impl Decoder {
     /// `[B]` index of the token each row is read at, as transformers picks it: the rightmost
     /// token whose id is not the pad id (among the row's real tokens), else 0.
     fn last_tokens(&self, batch: &Batch) -> Result<Tensor> {
-        let (_, t) = batch.input_ids.dims2()?;
-        let dev = batch.input_ids.device();
         let not_pad = batch
             .input_ids
             .ne(self.cfg.pad_token_id)?
             .to_dtype(DType::U32)?
             .mul(&batch.attention_mask)?;
-        let index = Tensor::arange(0u32, t as u32, dev)?.unsqueeze(0)?;
-        not_pad.broadcast_mul(&index)?.argmax(D::Minus1)
+        // A decoder's positions count from zero in every row (its position scheme), so they
+        // are the column index, already on the device.
+        not_pad.mul(&batch.position_ids)?.argmax(D::Minus1)
     }
 }
 
@@ -443,7 +439,8 @@ impl SequenceClassifier for Decoder {
         let (b, t, h) = x.dims3()?;
         // Only the rows read by the head are normed and scored.
         let last = self.last_tokens(batch)?;
-        let rows = Tensor::arange_step(0u32, (b * t) as u32, t as u32, x.device())?.add(&last)?;
+        let rows = crate::model::upload::arange_step(0u32, (b * t) as u32, t as u32, x.device())?
+            .add(&last)?;
         let picked = x.reshape((b * t, h))?.index_select(&rows, 0)?;
         let picked = self.norm.forward(&picked)?;
         self.score.forward(&to_head(&picked)?)
@@ -479,25 +476,20 @@ impl SequenceClassifier for Decoder {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
-    fn attention_bytes(&self, rows: usize, len: usize) -> usize {
+    fn attention_bytes(&self, rows: usize, len: usize, chunk_bytes: usize) -> usize {
         // Query-chunked as the encoders' (scores, masked scores, probabilities of one chunk),
         // plus the masks: whole `T × T` tables (one per window size) when one chunk holds the
         // input, else one chunk's rows at a time.
         let heads = self.cfg.num_attention_heads;
-        let chunk = crate::model::layers::attention_chunk(
-            crate::model::layers::ATTENTION_CHUNK_BYTES,
-            rows,
-            heads,
-            len,
-            len,
-        );
+        let chunk = crate::model::layers::attention_chunk(chunk_bytes, rows, heads, len, len);
         let masks = if chunk >= len {
             let windows = 1 + self.cfg.windows.iter().flatten().count().min(1);
             len.saturating_mul(len).saturating_mul(4 * windows)
         } else {
             chunk.saturating_mul(len).saturating_mul(4)
         };
-        crate::model::layers::chunked_attention_bytes(rows, heads, len).saturating_add(masks)
+        crate::model::layers::chunked_attention_bytes(chunk_bytes, rows, heads, len)
+            .saturating_add(masks)
     }
 }
 
@@ -533,17 +525,17 @@ mod tests {
         // 40 tokens against windows of 5 (qwen3) and 5 with softcapping (gemma2); the second
         // row is padded after 25.
         let t = 40usize;
-        let batch = crate::model::testing::two_rows(t, 300, 25);
         for name in ["qwen3", "gemma2", "llama"] {
-            let mut m = fixture(name);
-            let logits = |m: &Decoder| -> Vec<Vec<f32>> {
-                m.forward(&batch).unwrap().to_vec2::<f32>().unwrap()
+            let mut batch = crate::model::testing::two_rows(t, 300, 25);
+            let m = fixture(name);
+            let logits = |batch: &Batch| -> Vec<Vec<f32>> {
+                m.forward(batch).unwrap().to_vec2::<f32>().unwrap()
             };
-            let whole = logits(&m);
+            let whole = logits(&batch);
             // One query row a chunk, then seven (a boundary inside a window).
             for bytes in [1, 2 * m.cfg.num_attention_heads * t * 4 * 7] {
-                m.chunk_bytes = bytes;
-                let parts = logits(&m);
+                batch.chunk_bytes = bytes;
+                let parts = logits(&batch);
                 for (a, b) in whole.iter().flatten().zip(parts.iter().flatten()) {
                     assert!(
                         (a - b).abs() <= 1e-5,
@@ -552,11 +544,9 @@ mod tests {
                 }
             }
             // The attention memory estimate stops growing with T² once chunks are needed.
-            let long = m.attention_bytes(1, 1 << 15);
-            assert!(
-                long <= 4 * crate::model::layers::ATTENTION_CHUNK_BYTES,
-                "{name}: {long}"
-            );
+            let chunk = crate::model::layers::ATTENTION_CHUNK_BYTES;
+            let long = m.attention_bytes(1, 1 << 15, chunk);
+            assert!(long <= 4 * chunk, "{name}: {long}");
         }
     }
 }

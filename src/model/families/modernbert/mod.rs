@@ -196,8 +196,6 @@ pub struct ModernBert {
     local_rope: Rope,
     /// Half window: key j is visible from query i on local layers when `|i - j| <= half_window`.
     half_window: usize,
-    /// Bytes of scores per attention chunk ([`crate::model::layers::ATTENTION_CHUNK_BYTES`]; tests lower it).
-    chunk_bytes: usize,
     cfg: Config,
 }
 
@@ -268,7 +266,6 @@ impl ModernBert {
             global_rope: rope(global_theta)?,
             local_rope: rope(local_theta)?,
             half_window: cfg.local_window() / 2,
-            chunk_bytes: crate::model::layers::ATTENTION_CHUNK_BYTES,
             task,
             cfg,
         })
@@ -277,13 +274,13 @@ impl ModernBert {
     /// Additive masks in `dtype`, chunked by query rows. Padding and band are combined as 0/1
     /// "keep" factors first, so a masked score gets the fill value once, never twice (two F16
     /// fills plus a score could overflow to -inf).
-    fn masks(&self, attention_mask: &Tensor, dtype: DType) -> Result<Masks> {
+    fn masks(&self, attention_mask: &Tensor, dtype: DType, chunk_bytes: usize) -> Result<Masks> {
         let (b, t) = attention_mask.dims2()?;
         let fill = -mask_fill_value(dtype);
         let keep = attention_mask.to_dtype(DType::F32)?.reshape((b, 1, 1, t))?;
         let key_mask = ((&keep - 1.0)? * fill)?.to_dtype(dtype)?;
         let chunk = crate::model::layers::attention_chunk(
-            self.chunk_bytes,
+            chunk_bytes,
             b,
             self.cfg.num_attention_heads,
             t,
@@ -316,7 +313,11 @@ impl ModernBert {
                 let band: Vec<f32> = (i0..i0 + c)
                     .flat_map(|i| (k0..k1).map(move |j| f32::from(u8::from(i.abs_diff(j) <= w))))
                     .collect();
-                let band = Tensor::from_vec(band, (1, 1, c, k1 - k0), attention_mask.device())?;
+                let band = crate::model::upload::from_vec(
+                    band,
+                    (1, 1, c, k1 - k0),
+                    attention_mask.device(),
+                )?;
                 let keep = keep.narrow(3, k0, k1 - k0)?;
                 let mask = ((keep.broadcast_mul(&band)? - 1.0)? * fill)?.to_dtype(dtype)?;
                 Ok(Chunk {
@@ -359,6 +360,7 @@ impl SequenceClassifier for ModernBert {
         let masks = self.masks(
             &batch.attention_mask,
             crate::model::layers::attention_dtype(dtype),
+            batch.chunk_bytes,
         )?;
         let global_rope = self.global_rope.first(t)?;
         let local_rope = self.local_rope.first(t)?;
@@ -401,7 +403,7 @@ impl SequenceClassifier for ModernBert {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
-    fn attention_bytes(&self, rows: usize, len: usize) -> usize {
+    fn attention_bytes(&self, rows: usize, len: usize, chunk_bytes: usize) -> usize {
         // Global layers see every key; local ones fewer. Plus the local layers' band masks,
         // one [rows, chunk, keys] f32 table per chunk, kept for the pass.
         let heads = self.cfg.num_attention_heads;
@@ -412,7 +414,8 @@ impl SequenceClassifier for ModernBert {
         } else {
             0
         };
-        crate::model::layers::chunked_attention_bytes(rows, heads, len).saturating_add(band)
+        crate::model::layers::chunked_attention_bytes(chunk_bytes, rows, heads, len)
+            .saturating_add(band)
     }
 }
 
@@ -491,18 +494,18 @@ mod tests {
     #[test]
     fn chunked_attention_and_windowed_keys_give_the_logits_of_one_chunk() {
         let (cfg, vb) = crate::model::testing::fixture::<Config>("modernbert");
-        let mut m = ModernBert::load(cfg, 2, Task::Sequence, vb).unwrap();
+        let m = ModernBert::load(cfg, 2, Task::Sequence, vb).unwrap();
         // 40 tokens against a window of ±4; the second row is padded after 25.
         let t = 40usize;
-        let batch = crate::model::testing::two_rows(t, 400, 25);
-        let logits = |m: &ModernBert| -> Vec<Vec<f32>> {
-            m.forward(&batch).unwrap().to_vec2::<f32>().unwrap()
+        let mut batch = crate::model::testing::two_rows(t, 400, 25);
+        let logits = |batch: &Batch| -> Vec<Vec<f32>> {
+            m.forward(batch).unwrap().to_vec2::<f32>().unwrap()
         };
-        let whole = logits(&m);
+        let whole = logits(&batch);
         // One query row a chunk, then seven (a chunk boundary inside the window).
         for bytes in [1, 2 * 4 * t * 4 * 7] {
-            m.chunk_bytes = bytes;
-            let parts = logits(&m);
+            batch.chunk_bytes = bytes;
+            let parts = logits(&batch);
             for (a, b) in whole.iter().flatten().zip(parts.iter().flatten()) {
                 assert!((a - b).abs() <= 1e-5, "chunk bytes {bytes}: {a} vs {b}");
             }
