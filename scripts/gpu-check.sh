@@ -8,7 +8,8 @@
 #   1. the GPU (nvidia-smi), the library path (PyTorch's site-packages nvidia/cu13/lib), and a
 #      probe that opens the device; without a usable GPU it stops here, exit 2, one clear line;
 #      then one forward pass alone (the driver compiles and caches the kernels' PTX);
-#   2. parity on every fixture, F32 / F16 / BF16, against the golden logits of transformers:
+#   2. parity on every fixture, F32 / F16 / BF16, against the golden logits of transformers, in
+#      one `classifyd parity` process per dtype (a fixture that overruns is named as such):
 #      F32 within 1e-3, F16/BF16 within 5e-2 and the same argmax;
 #   3. `classifyd serve` on CUDA (default dtype, F16) over a Unix socket and `classifyd bench`:
 #      batch-1 latency at one client, then a closed-loop concurrency sweep;
@@ -211,7 +212,7 @@ os.makedirs(work, exist_ok=True)
 TOL = {"f32": float(os.environ.get("F32_TOL", "1e-3")),
        "f16": float(os.environ.get("F16_TOL", "5e-2")),
        "bf16": float(os.environ.get("BF16_TOL", "5e-2"))}
-TIMEOUT = 100
+TIMEOUT = 110      # one dtype's process, all fixtures
 # PARITY_LIMIT=N keeps N cases per fixture: only for trying the script on a CPU.
 LIMIT = int(os.environ.get("PARITY_LIMIT", "0"))
 
@@ -245,7 +246,7 @@ for name in sorted(os.listdir(fixtures)):
     # Cases a model must refuse (a text of no tokens) are not classified here; the CPU tests
     # check the refusal.
     cases = [c for c in golden["cases"] if not c.get("refused")]
-    # Sorted by length so the CLI's batches of 64 are padded little (the held-out split).
+    # Sorted by length so the batches of 64 are padded little (the held-out split).
     cases = sorted(cases[:LIMIT] if LIMIT else cases, key=lambda c: len(c["input_ids"]))
     for dtype in TOL:
         for kind in ("text", "pair"):
@@ -253,63 +254,91 @@ for name in sorted(os.listdir(fixtures)):
             if sel:
                 jobs.append((name, dtype, kind, model, sel))
 
-def run(job):
-    name, dtype, kind, model, cases = job
-    stem = os.path.join(work, f"{name}.{dtype}.{kind}")
-    with open(stem + ".in", "w", encoding="utf-8") as f:
-        for c in cases:
-            line = c["text"] if kind == "text" else c["text"] + "\t" + c["text_pair"]
-            f.write(line + "\n")
-    cmd = [binary, "classify", "--model", model, "--device", device, "--dtype", dtype,
-           "--batch-size", "64"] + (["--pair"] if kind == "pair" else [])
+# One fixture's load and inputs (classifyd parity --job-timeout-secs); PARITY_JOB_TIMEOUT=0
+# tries the timeout report.
+JOB_TIMEOUT = int(os.environ.get("PARITY_JOB_TIMEOUT", "60"))
+
+def run_dtype(dtype):
+    """One `classifyd parity` process for every job at `dtype`: {job key: (lines, error)}.
+    A job with no answer line (the process stopped, or an earlier job timed out) gets the
+    reason as its error, so a timeout is reported by fixture."""
+    mine = [j for j in jobs if j[1] == dtype]
+    key = lambda j: f"{j[0]}.{j[2]}"
+    feed = "".join(json.dumps({"id": key(j), "model": j[3],
+                               "inputs": [[c["text"]] + ([c["text_pair"]] if j[2] == "pair" else [])
+                                          for c in j[4]]}) + "\n" for j in mine)
+    cmd = [binary, "parity", "--device", device, "--dtype", dtype,
+           "--job-timeout-secs", str(JOB_TIMEOUT)]
     try:
-        with open(stem + ".in", "rb") as stdin:
-            p = subprocess.run(cmd, stdin=stdin, capture_output=True, timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return job, None, [f"timed out after {TIMEOUT} s"]
-    if p.returncode not in (0, 2):
-        return job, None, p.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["exit %d" % p.returncode]
-    lines = [json.loads(l) for l in p.stdout.decode().splitlines() if l.strip()]
-    return job, lines, None
+        p = subprocess.run(cmd, input=feed.encode(), capture_output=True, timeout=TIMEOUT)
+        stdout, stderr = p.stdout, p.stderr
+        why = "after an earlier fixture's timeout" if p.returncode == 3 else f"exit {p.returncode}"
+    except subprocess.TimeoutExpired as e:
+        stdout, stderr, why = e.stdout or b"", e.stderr or b"", f"killed after {TIMEOUT} s"
+    with open(os.path.join(work, f"{dtype}.stderr"), "wb") as f:
+        f.write(stderr)
+    answered = {}
+    for l in stdout.decode(errors="replace").splitlines():
+        try:
+            line = json.loads(l)
+        except ValueError:
+            continue
+        answered[line.get("id")] = line
+    last = stderr.decode(errors="replace").strip().splitlines()[-1:]
+    why = ": ".join([why] + last)
+    out = {}
+    for j in mine:
+        line = answered.get(key(j))
+        if line is None:
+            out[key(j)] = (j, None, [f"not run: the {dtype} process stopped ({why})"])
+        elif "error" in line:
+            out[key(j)] = (j, None, [line["error"]])
+        else:
+            out[key(j)] = (j, line["answers"], None)
+    return out
+
+def outcomes():
+    with cf.ThreadPoolExecutor(max_workers=len(TOL)) as pool:
+        for per_dtype in pool.map(run_dtype, TOL):
+            yield from per_dtype.values()
 
 results = {}
 ok_all = True
-with cf.ThreadPoolExecutor(max_workers=4) as pool:
-    for job, lines, err in pool.map(run, jobs):
-        name, dtype, kind, model, cases = job
-        r = results.setdefault(name, {}).setdefault(dtype, {"cases": 0, "max_abs": 0.0,
-                                                             "argmax_mismatch": 0, "errors": []})
-        if err is not None:
-            r["errors"].append(f"{kind}: {err[0]}")
+for job, lines, err in outcomes():
+    name, dtype, kind, model, cases = job
+    r = results.setdefault(name, {}).setdefault(dtype, {"cases": 0, "max_abs": 0.0,
+                                                         "argmax_mismatch": 0, "errors": []})
+    if err is not None:
+        r["errors"].append(f"{kind}: {err[0]}")
+        continue
+    if len(lines) != len(cases):
+        r["errors"].append(f"{kind}: {len(lines)} answers for {len(cases)} inputs")
+        continue
+    for c, got in zip(cases, lines):
+        r["cases"] += 1
+        if "error" in got:
+            r["errors"].append(f"{c['text'][:40]!r}: {got['error']}")
             continue
-        if len(lines) != len(cases):
-            r["errors"].append(f"{kind}: {len(lines)} answers for {len(cases)} inputs")
-            continue
-        for c, got in zip(cases, lines):
-            r["cases"] += 1
-            if "error" in got:
-                r["errors"].append(f"{c['text'][:40]!r}: {got['error']}")
+        # A token-classification fixture: one row of logits per token, each its own label.
+        if "token_logits" in c:
+            pairs = list(zip(got.get("token_logits", []), c["token_logits"]))
+            if len(pairs) != len(c["token_logits"]):
+                r["errors"].append(f"{c['text'][:40]!r}: {len(pairs)} token rows")
                 continue
-            # A token-classification fixture: one row of logits per token, each its own label.
-            if "token_logits" in c:
-                pairs = list(zip(got.get("token_logits", []), c["token_logits"]))
-                if len(pairs) != len(c["token_logits"]):
-                    r["errors"].append(f"{c['text'][:40]!r}: {len(pairs)} token rows")
-                    continue
-            else:
-                pairs = [(got["logits"], c["logits"])]
-            for have, want in pairs:
-                d = max(abs(a - b) for a, b in zip(have, want))
-                if d != d:  # NaN
-                    d = float("inf")
-                r["max_abs"] = max(r["max_abs"], d)
-                # A label whose top two F32 logits are under 0.05 apart (or 4x PyTorch's own
-                # mean error at the dtype) is a toss at F16/BF16 (tests/engine skips the same).
-                top = sorted(want, reverse=True)
-                toss = max(0.05, 4 * TORCH[name].get(dtype, (0.0, 0.0))[0])
-                clear = len(top) < 2 or top[0] - top[1] >= toss
-                if dtype != "f32" and clear and argmax(have) != argmax(want):
-                    r["argmax_mismatch"] += 1
+        else:
+            pairs = [(got["logits"], c["logits"])]
+        for have, want in pairs:
+            d = max(abs(a - b) for a, b in zip(have, want))
+            if d != d:  # NaN
+                d = float("inf")
+            r["max_abs"] = max(r["max_abs"], d)
+            # A label whose top two F32 logits are under 0.05 apart (or 4x PyTorch's own
+            # mean error at the dtype) is a toss at F16/BF16 (tests/engine skips the same).
+            top = sorted(want, reverse=True)
+            toss = max(0.05, 4 * TORCH[name].get(dtype, (0.0, 0.0))[0])
+            clear = len(top) < 2 or top[0] - top[1] >= toss
+            if dtype != "f32" and clear and argmax(have) != argmax(want):
+                r["argmax_mismatch"] += 1
 for name, per in results.items():
     for dtype, r in per.items():
         # At F16/BF16, the fixed tolerance or twice PyTorch's own max error at that dtype,

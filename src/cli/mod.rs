@@ -4,6 +4,7 @@
 mod bench;
 mod classify;
 mod man;
+mod parity;
 mod report;
 pub(crate) mod serve;
 
@@ -62,6 +63,10 @@ pub enum Command {
     /// Write the man pages (classifyd.1 and one per subcommand) into a directory; for packaging.
     #[command(hide = true)]
     Manpages(ManpagesArgs),
+    /// Classify the inputs of many model directories in one process, from JSON lines on stdin;
+    /// for scripts/gpu-check.sh's parity step (see src/cli/parity.rs).
+    #[command(hide = true)]
+    Parity(parity::ParityArgs),
 }
 
 #[derive(Debug, Args)]
@@ -235,6 +240,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Classify(a) => classify::classify(*a),
         Command::Serve(a) => serve::serve(*a),
         Command::Bench(a) => bench::bench(*a),
+        Command::Parity(a) => parity::parity(a),
         Command::CheckConfig(a) => {
             print!("{}", serve::check_config(&a)?);
             Ok(0)

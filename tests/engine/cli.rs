@@ -260,3 +260,113 @@ fn classify_prints_entities_and_redacts_for_a_token_model() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("PER=7"));
 }
+
+/// `classifyd parity` (gpu-check's parity step): several model directories in one process,
+/// one answer line per job, each fixture's golden logits within F32 tolerance; a job whose
+/// model cannot load is an error line and the next job still runs.
+#[test]
+fn parity_answers_many_models_in_one_process() {
+    let job = |id: &str, model: &std::path::Path, cases: &[Value]| {
+        let inputs: Vec<Value> = cases
+            .iter()
+            .map(|c| match c["text_pair"].as_str() {
+                Some(pair) => serde_json::json!([c["text"], pair]),
+                None => serde_json::json!([c["text"]]),
+            })
+            .collect();
+        serde_json::json!({ "id": id, "model": model, "inputs": inputs }).to_string() + "\n"
+    };
+    let (bert, roberta) = (fixture("bert"), fixture("roberta"));
+    let golden_cases = |dir: &std::path::Path| -> Vec<Value> {
+        golden(dir)["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["refused"].as_bool() != Some(true))
+            .cloned()
+            .collect()
+    };
+    let (b, r) = (golden_cases(&bert), golden_cases(&roberta));
+    let missing = fixture("no-such-fixture");
+    let feed =
+        job("bert", &bert, &b) + &job("gone", &missing, &b[..1]) + &job("roberta", &roberta, &r);
+    let mut child = classifyd()
+        .args(["parity", "--device", "cpu", "--dtype", "f32"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(feed.as_bytes())
+        .unwrap();
+    let out = succeeded(child.wait_with_output().unwrap());
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[1]["id"], "gone");
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-fixture"),
+        "{}",
+        lines[1]
+    );
+    for (line, id, cases) in [(&lines[0], "bert", &b), (&lines[2], "roberta", &r)] {
+        assert_eq!(line["id"], id);
+        let answers = line["answers"].as_array().unwrap();
+        assert_eq!(answers.len(), cases.len(), "{id}");
+        for (got, want) in answers.iter().zip(cases.iter()) {
+            let got: Vec<f32> = serde_json::from_value(got["logits"].clone()).unwrap();
+            let want: Vec<f32> = serde_json::from_value(want["logits"].clone()).unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(d <= 1e-4, "{id} {:?}: {d}", want);
+        }
+    }
+}
+
+/// A job that overruns `--job-timeout-secs` is named in a timed-out line and the process ends
+/// with status 3 at once, without the jobs after it. The job is 4,000 texts of ~100 tokens in
+/// F16 on the CPU (candle's scalar path; 200 of them took 10 s here), against a 1 s limit.
+#[test]
+fn parity_reports_a_job_that_overruns_and_stops() {
+    let text = "the long film ".repeat(33);
+    let inputs: Vec<Value> = (0..4000).map(|_| serde_json::json!([text])).collect();
+    let model = default_model();
+    let feed = [
+        serde_json::json!({ "id": "slow", "model": model, "inputs": inputs }),
+        serde_json::json!({ "id": "after", "model": model, "inputs": [["fine"]] }),
+    ]
+    .map(|j| j.to_string() + "\n")
+    .concat();
+    let mut child = classifyd()
+        .args(["parity", "--device", "cpu", "--dtype", "f16"])
+        .args(["--job-timeout-secs", "1"])
+        .env("CLASSIFYD_NO_WEIGHTS_CACHE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(feed.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    assert_eq!(
+        lines,
+        vec![serde_json::json!({ "id": "slow", "error": "timed out after 1 s" })]
+    );
+}
