@@ -193,11 +193,12 @@ if ! first=$(timeout "$(lim 120)" "$BIN" classify --model "$MODEL" --device "$DE
 fi
 part first_forward "{\"seconds\": $((SECONDS - t))}"
 say "first forward pass (kernel JIT) in $((SECONDS - t)) s"
-# Tensors one pass creates on the device (kernel launches and views; docs/GPU.md): the CPU's
-# F16 count is the same code path, this checks it on CUDA.
+# Tensors one pass creates on the device (kernel launches and views; docs/GPU.md) and those it
+# uploads from the host, and the attention chunk sized from the free memory: the CPU's F16
+# counts are the same code path, this checks them on CUDA.
 if ops=$(timeout 60 "$BIN" inspect --json --ops 16 --model "$MODEL" --device "$DEVICE" 2>/dev/null); then
     part ops "$ops"
-    say "ops per pass: $(echo "$ops" | grep -o '"tensors_per_forward":[0-9]*')"
+    say "ops per pass: $(echo "$ops" | grep -o -E '"(tensors|uploads)_per_forward":[0-9]*|"attention_chunk_mib":[0-9]*' | tr '\n' ' ')"
 fi
 
 # ---- 2. parity ------------------------------------------------------------------------------
