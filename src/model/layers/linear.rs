@@ -134,23 +134,70 @@ impl Linear {
         vb: VarBuilder,
     ) -> Result<Self> {
         let name = weights::name(&vb, "weight");
-        let dims = (in_dim, out_dim);
-        let bias_values = || bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose();
-        if weights::quantize(&name, in_dim) {
-            if let Some(bytes) = weights::view_int8(&vb, &name, dims) {
-                let b = bias_values()?;
-                if let Some(q) = qgemm::QPacked::from_panels(in_dim, out_dim, bytes, b.as_deref()) {
-                    return Ok(Self::quantized(q.named(name), bias));
-                }
-            }
-        } else if let Some(values) = weights::view(&vb, &name, weights::Kind::Panels, dims) {
-            let b = bias_values()?;
-            if let Some(p) = gemm::Packed::from_panels(in_dim, out_dim, values, b.as_deref()) {
-                return Ok(Self::packed(p.named(name), bias));
+        match Self::cached(in_dim, out_dim, bias, &vb, &name)? {
+            Ok(cached) => Ok(cached),
+            Err(bias) => {
+                let weight = vb.get((out_dim, in_dim), "weight")?;
+                Self::from_weights_named(weight, bias, Some(name))
             }
         }
-        let weight = vb.get((out_dim, in_dim), "weight")?;
-        Self::from_weights_named(weight, bias, Some(name))
+    }
+
+    /// The weight `name` viewed in the weights cache, when the build replays one that has it
+    /// in the form this build needs (int8 or f32 panels); else `bias` back, for a load from
+    /// the checkpoint.
+    fn cached(
+        in_dim: usize,
+        out_dim: usize,
+        bias: Option<Tensor>,
+        vb: &VarBuilder,
+        name: &str,
+    ) -> Result<std::result::Result<Self, Option<Tensor>>> {
+        let dims = (in_dim, out_dim);
+        let bias_values = || bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose();
+        if weights::quantize(name, in_dim) {
+            if let Some(bytes) = weights::view_int8(vb, name, dims) {
+                let b = bias_values()?;
+                if let Some(q) = qgemm::QPacked::from_panels(in_dim, out_dim, bytes, b.as_deref()) {
+                    return Ok(Ok(Self::quantized(q.named(name.to_string()), bias)));
+                }
+            }
+        } else if let Some(values) = weights::view(vb, name, weights::Kind::Panels, dims) {
+            let b = bias_values()?;
+            if let Some(p) = gemm::Packed::from_panels(in_dim, out_dim, values, b.as_deref()) {
+                return Ok(Ok(Self::packed(p.named(name.to_string()), bias)));
+            }
+        }
+        Ok(Err(bias))
+    }
+
+    /// A weight the model changes at load (a scale folded into a query projection): `f` maps
+    /// the checkpoint's `[out_dim, in_dim]` weight and its bias (when `bias`), read in f32, to
+    /// the ones served, before the one rounding to the compute dtype. Named after `vb`'s path
+    /// like every loaded weight, so `--dtype int8` quantizes it and the weights cache keeps it,
+    /// transformed: a replay views it as it is. (Unnamed, ModernBERT's fused Q/K/V stayed f32
+    /// in the int8 path, ~40 % of its time.)
+    pub fn load_transformed(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        vb: VarBuilder,
+        f: impl Fn(Tensor) -> Result<Tensor>,
+    ) -> Result<Self> {
+        let dtype = vb.dtype();
+        let f32s = vb.clone().set_dtype(DType::F32);
+        let bias = match bias {
+            true => Some(f(f32s.get(out_dim, "bias")?)?.to_dtype(dtype)?),
+            false => None,
+        };
+        let name = weights::name(&vb, "weight");
+        match Self::cached(in_dim, out_dim, bias, &vb, &name)? {
+            Ok(cached) => Ok(cached),
+            Err(bias) => {
+                let weight = f(f32s.get((out_dim, in_dim), "weight")?)?.to_dtype(dtype)?;
+                Self::from_weights_named(weight, bias, Some(name))
+            }
+        }
     }
 
     fn from_transposed(weight_t: Tensor, bias: Option<Tensor>) -> Result<Self> {

@@ -192,10 +192,6 @@ impl Layer {
         let sa = att.pp("self");
         let inv_scale = 1.0 / ((cfg.head_dim() as f32) * cfg.scale_factor() as f32).sqrt() as f64;
 
-        // Read in f32 so that the folded scale costs no extra rounding at F16/BF16.
-        let q_vb = sa.pp("query_proj").set_dtype(DType::F32);
-        let q_w32 = q_vb.get((h, h), "weight")?;
-        let q_b32 = q_vb.get(h, "bias")?;
         let key = Linear::load(h, h, sa.pp("key_proj"))?;
         let value = Linear::load(h, h, sa.pp("value_proj"))?;
 
@@ -211,11 +207,12 @@ impl Layer {
             }
             if cfg.p2c() {
                 let pq = if cfg.share_att_key {
-                    // The unscaled query projection (the scale is applied below).
-                    Linear::from_weights(
-                        q_w32.to_dtype(vb.dtype())?,
-                        Some(q_b32.to_dtype(vb.dtype())?),
-                    )?
+                    // The unscaled query projection (the scale is applied below), used at
+                    // load only to project the relative positions: unnamed, so it stays f32
+                    // and out of the weights cache, where the served (scaled) query has
+                    // this name.
+                    let q = sa.pp("query_proj");
+                    Linear::from_weights(q.get((h, h), "weight")?, Some(q.get(h, "bias")?))?
                 } else {
                     Linear::load(h, h, sa.pp("pos_query_proj"))?
                 };
@@ -224,10 +221,9 @@ impl Layer {
         }
 
         Ok(Self {
-            query: Linear::from_weights(
-                q_w32.affine(inv_scale, 0.0)?.to_dtype(vb.dtype())?,
-                Some(q_b32.affine(inv_scale, 0.0)?.to_dtype(vb.dtype())?),
-            )?,
+            query: Linear::load_transformed(h, h, true, sa.pp("query_proj"), |t| {
+                t.affine(inv_scale, 0.0)
+            })?,
             kv: Linear::fused(&[key, value])?,
             pos_key_t,
             pos_query_t,

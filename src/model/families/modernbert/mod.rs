@@ -52,25 +52,12 @@ impl Layer {
         let h = cfg.hidden_size;
         let head_dim = cfg.head_dim();
         let attn = vb.pp("attn");
-        let wqkv = {
-            let qkv = attn.pp("Wqkv");
-            let w = qkv.get((3 * h, h), "weight")?;
-            let b = if cfg.attention_bias {
-                Some(qkv.get(3 * h, "bias")?)
-            } else {
-                None
-            };
-            let scale = 1.0 / (head_dim as f64).sqrt();
-            let scale_q = |t: &Tensor| -> Result<Tensor> {
-                let dtype = t.dtype();
-                let t = t.to_dtype(DType::F32)?;
-                let q = (t.narrow(0, 0, h)? * scale)?;
-                let rest = t.narrow(0, h, 2 * h)?;
-                Tensor::cat(&[&q, &rest], 0)?.to_dtype(dtype)
-            };
-            let b = b.as_ref().map(scale_q).transpose()?;
-            Linear::from_weights(scale_q(&w)?, b)?
-        };
+        // The attention's 1/√d folded into the query rows of the fused projection.
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let wqkv = Linear::load_transformed(h, 3 * h, cfg.attention_bias, attn.pp("Wqkv"), |t| {
+            let q = (t.narrow(0, 0, h)? * scale)?;
+            Tensor::cat(&[&q, &t.narrow(0, h, 2 * h)?], 0)
+        })?;
         let mlp = vb.pp("mlp");
         Ok(Self {
             attn_norm: if index == 0 {
