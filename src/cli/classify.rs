@@ -1,5 +1,4 @@
-//! `classify` and `inspect`: texts through a model in this process or a running daemon, one JSON
-//! line each.
+//! `classify`: texts through a model in this process or a running daemon, one JSON line each.
 
 use std::io::{BufRead, Write};
 
@@ -7,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Map, Value};
 
-use super::{load, InspectArgs, LocalArgs, RemoteArgs};
+use super::{LocalArgs, RemoteArgs};
 use crate::client::Client;
 use crate::engine::entities::{Aggregation, Entity, MinScore};
 use crate::engine::tokenize::Input;
@@ -64,57 +63,6 @@ pub struct ClassifyArgs {
     /// Texts to classify; everything after `--` is taken literally.
     #[arg(value_name = "TEXT")]
     pub texts: Vec<String>,
-}
-
-pub(crate) fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
-    let engine = load(&a.model)?;
-    let info = engine.info();
-    let ops = match a.ops {
-        Some(len) => Some(engine.ops_per_forward(1, len)?),
-        None => None,
-    };
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        let mut v = serde_json::to_value(info)?;
-        if let (Some(ops), Some(o)) = (ops, v.as_object_mut()) {
-            o.insert("tensors_per_forward".into(), json!(ops.tensors));
-            o.insert("uploads_per_forward".into(), json!(ops.uploads));
-        }
-        writeln!(out, "{v}")?;
-    } else {
-        writeln!(out, "architecture   {}", info.architecture)?;
-        writeln!(out, "family         {}", info.family)?;
-        writeln!(out, "labels         {}", info.labels.join(", "))?;
-        writeln!(out, "problem type   {}", info.problem_type)?;
-        writeln!(out, "parameters     {}", info.parameters)?;
-        writeln!(out, "max length     {} tokens", info.max_length)?;
-        writeln!(out, "weight dtype   {}", info.weight_dtype)?;
-        writeln!(
-            out,
-            "compute dtype  {} ({})",
-            info.compute_dtype, info.dtype_reason
-        )?;
-        writeln!(out, "kernels        {}", info.kernels)?;
-        writeln!(out, "device         {}", info.device)?;
-        writeln!(out, "task           {}", info.task)?;
-        writeln!(out, "pooling        {}", info.pooling)?;
-        writeln!(out, "attention      {}", info.attention)?;
-        writeln!(
-            out,
-            "attn chunk     {} MiB of scores at most",
-            info.attention_chunk_mib
-        )?;
-        if let (Some(ops), Some(len)) = (ops, a.ops) {
-            let tensors = ops.tensors.map_or("?".to_string(), |n| n.to_string());
-            writeln!(
-                out,
-                "tensor ops     {tensors} per forward pass of 1 × {len} tokens, {} of them \
-                 made from host data (uploads on a GPU)",
-                ops.uploads
-            )?;
-        }
-    }
-    Ok(0)
 }
 
 /// The JSON line printed for one prediction.

@@ -3,6 +3,7 @@
 
 mod bench;
 mod classify;
+mod inspect;
 mod man;
 mod parity;
 mod report;
@@ -107,6 +108,10 @@ pub struct InspectArgs {
     /// GPU); see docs/GPU.md.
     #[arg(long, value_name = "N")]
     pub ops: Option<usize>,
+    /// Also list every matmul weight the CPU kernels run and in which: int8 or f32, its
+    /// shape, and its checkpoint names (fused projections list each part).
+    #[arg(long)]
+    pub weights: bool,
 }
 
 /// The model to run in this process instead of asking a daemon; shared by `classify` and
@@ -236,7 +241,7 @@ fn resolve(quic: &str) -> anyhow::Result<(String, std::net::SocketAddr)> {
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Inspect(a) => classify::inspect(a),
+        Command::Inspect(a) => inspect::inspect(a),
         Command::Classify(a) => classify::classify(*a),
         Command::Serve(a) => serve::serve(*a),
         Command::Bench(a) => bench::bench(*a),

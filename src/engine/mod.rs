@@ -102,6 +102,8 @@ pub struct Engine {
     passes: PassGate,
     /// Bytes of scores per attention query chunk, which every batch carries.
     chunk_bytes: usize,
+    /// The packed matmul weights and the kernels they run in (empty on candle's path).
+    matmuls: Vec<weights::WeightUse>,
     /// Last, so that it drops after the weights (fields drop in declaration order).
     _release: ReleaseOnDrop,
 }
@@ -211,11 +213,11 @@ impl Engine {
                 Ok((build_model(&dir, vb)?, status, (0, 0)))
             }
         };
-        let (model, cache, cache_views) = if int8 {
-            weights::quantizing(|| build(vb))?
-        } else {
-            build(vb)?
-        };
+        let (built, matmuls) = weights::inventoried(|| match int8 {
+            true => weights::quantizing(|| build(vb)),
+            false => build(vb),
+        });
+        let (model, cache, cache_views) = built?;
         let max_len = match dir.model_max_length {
             Some(m) => m.min(model.max_positions()),
             None => model.max_positions(),
@@ -275,6 +277,7 @@ impl Engine {
             info,
             passes: PassGate::for_kind(DeviceKind::of(&device)),
             chunk_bytes,
+            matmuls,
             device,
             _release: ReleaseOnDrop,
         })
@@ -293,6 +296,12 @@ impl Engine {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// Each packed matmul weight of the model and the kernel it runs in, for `inspect
+    /// --weights`; empty where every matmul is candle's (a GPU, F16/BF16).
+    pub fn matmuls(&self) -> &[weights::WeightUse] {
+        &self.matmuls
     }
 
     pub fn task(&self) -> Task {

@@ -247,6 +247,71 @@ enum Mode {
 thread_local! {
     static MODE: RefCell<Option<Mode>> = const { RefCell::new(None) };
     static QUANTIZE: Cell<bool> = const { Cell::new(false) };
+    static INVENTORY: RefCell<Option<Inventory>> = const { RefCell::new(None) };
+}
+
+/// The matmul weights a build packed, in any mode (see [`inventoried`]).
+#[derive(Default)]
+struct Inventory {
+    packed: Vec<Weak<Packed>>,
+    quantized: Vec<Weak<QPacked>>,
+}
+
+/// One matmul weight of a built model and the kernel it runs in, for `inspect --weights`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WeightUse {
+    /// The checkpoint names side by side in it (Q, K and V of a fused projection); empty for
+    /// a weight built at load without one, which the weights cache cannot keep.
+    pub names: Vec<String>,
+    /// `int8` ([`super::qgemm`]) or `f32` ([`super::gemm`]; its panels may be stored as f16).
+    pub kernel: &'static str,
+    /// Inputs and outputs.
+    pub k: usize,
+    pub n: usize,
+}
+
+/// Runs `build` and lists the packed matmul weights the finished model keeps (a part fused
+/// into a larger weight is listed with it, not alone). Empty where the model runs candle's
+/// matmuls (a GPU, F16/BF16).
+pub fn inventoried<R>(build: impl FnOnce() -> R) -> (R, Vec<WeightUse>) {
+    struct Off;
+    impl Drop for Off {
+        fn drop(&mut self) {
+            INVENTORY.with(|i| i.borrow_mut().take());
+        }
+    }
+    INVENTORY.with(|i| *i.borrow_mut() = Some(Inventory::default()));
+    let off = Off;
+    let out = build();
+    let inv = INVENTORY
+        .with(|i| i.borrow_mut().take())
+        .unwrap_or_default();
+    drop(off);
+    let names = |parts: &[(String, usize)]| parts.iter().map(|(n, _)| n.clone()).collect();
+    let mut uses: Vec<WeightUse> = inv
+        .quantized
+        .iter()
+        .filter_map(Weak::upgrade)
+        .map(|q| WeightUse {
+            names: names(q.names()),
+            kernel: "int8",
+            k: q.k(),
+            n: q.n(),
+        })
+        .chain(
+            inv.packed
+                .iter()
+                .filter_map(Weak::upgrade)
+                .map(|p| WeightUse {
+                    names: names(p.names()),
+                    kernel: "f32",
+                    k: p.k(),
+                    n: p.n(),
+                }),
+        )
+        .collect();
+    uses.sort_by(|a, b| a.names.cmp(&b.names));
+    (out, uses)
 }
 
 /// Runs `build` with the transformer layers' matmul weights quantized to int8
@@ -346,6 +411,11 @@ fn replayed<V>(vb: &VarBuilder, view: impl FnOnce(&Cached) -> Option<V>) -> Opti
 
 /// Notes a quantized weight a layer keeps, when recording.
 pub(crate) fn note_quantized(q: &Arc<QPacked>) {
+    INVENTORY.with(|i| {
+        if let Some(inv) = &mut *i.borrow_mut() {
+            inv.quantized.push(Arc::downgrade(q));
+        }
+    });
     MODE.with(|m| {
         if let Some(Mode::Record(r)) = &mut *m.borrow_mut() {
             r.quantized.push(Arc::downgrade(q));
@@ -355,6 +425,11 @@ pub(crate) fn note_quantized(q: &Arc<QPacked>) {
 
 /// Notes a packed weight a layer keeps, when recording.
 pub(crate) fn note_packed(p: &Arc<Packed>) {
+    INVENTORY.with(|i| {
+        if let Some(inv) = &mut *i.borrow_mut() {
+            inv.packed.push(Arc::downgrade(p));
+        }
+    });
     MODE.with(|m| {
         if let Some(Mode::Record(r)) = &mut *m.borrow_mut() {
             r.packed.push(Arc::downgrade(p));

@@ -198,6 +198,11 @@ impl Packed {
         self
     }
 
+    /// The checkpoint names side by side in it, each with its width; empty when unnamed.
+    pub fn names(&self) -> &[(String, usize)] {
+        &self.names
+    }
+
     /// Each named part, when every part has a name.
     pub fn named_parts(&self) -> Option<Vec<NamedPart>> {
         let elem = if self.is_f16() { 2 } else { 4 };

@@ -257,6 +257,11 @@ impl QPacked {
         self
     }
 
+    /// The checkpoint names side by side in it, each with its width; empty when unnamed.
+    pub fn names(&self) -> &[(String, usize)] {
+        &self.names
+    }
+
     /// Each named part, when every part has a name.
     pub fn named_parts(&self) -> Option<Vec<NamedPart>> {
         let k = self.k;
