@@ -188,7 +188,8 @@ fn every_layer_matmul_is_int8() {
 }
 
 /// On a real model every packed weight carries its checkpoint names, so the weights cache
-/// keeps all of them: the default model has 6 layers of 4 matmuls (Q/K/V fused) and a head.
+/// keeps all of them: the default model has 6 layers of 4 matmuls (Q/K/V fused), a pooler and
+/// a classifier.
 #[test]
 fn every_packed_weight_of_the_default_model_is_named() {
     for dtype in [DTypeChoice::Int8, DTypeChoice::Fixed(DType::F32)] {
