@@ -263,8 +263,8 @@ fn an_8192_token_modernbert_input_stays_within_the_documented_attention_memory()
 
 #[test]
 fn an_input_whose_attention_is_over_the_budget_is_refused_and_the_rest_answered() {
-    // DeBERTa-v2 holds whole T × T tables: 6 × heads × T² f32 plus 8 T² bytes. With a 1 MiB
-    // budget and 4 heads, 64 tokens (0.4 MiB) fit and 512 (27 MiB) do not.
+    // DeBERTa-v2 holds whole T × T tables: 6 × heads × T² f32, the position products and 8 T²
+    // bytes. With a 1 MiB budget and 4 heads, 64 tokens (0.5 MiB) fit and 512 (28 MB) do not.
     let model = tempfile::tempdir().unwrap();
     long_fixture("deberta-v2", model.path(), 512);
     let daemon = Daemon::start(model.path(), &["--max-attention-mib", "1"]);

@@ -152,13 +152,14 @@ fn a_bert_layer_on_candles_path_creates_at_most_39_tensors() {
 }
 
 /// Host-to-device copies per pass on the GPU path: an encoder's inputs are one upload (four
-/// planes of one tensor); ModernBERT adds its local layers' band mask per query chunk; a
-/// decoder adds its causal masks (global and sliding) and the head's row offsets.
+/// planes of one tensor); DeBERTa adds its pass's two relative-position gather tables;
+/// ModernBERT its local layers' band mask per query chunk; a decoder its causal masks (global
+/// and sliding) and the head's row offsets.
 #[test]
 fn a_pass_uploads_its_inputs_once_and_the_masks_it_builds_on_the_host() {
     for (model, uploads) in [
         ("bert", 1),
-        ("deberta-v2", 1),
+        ("deberta-v2", 3),
         ("modernbert", 2),
         ("qwen3", 4),
         ("llama", 3),

@@ -34,7 +34,7 @@ mod relpos;
 pub use config::{Config, MAX_RELATIVE_POSITIONS};
 #[cfg(test)]
 use relpos::log_bucket;
-use relpos::relative_indices;
+use relpos::{check_sizes, pass_indices};
 
 use crate::model::layers::{
     additive_key_mask, attention_dtype, embedding, first_positions, first_token, Activation,
@@ -55,28 +55,37 @@ pub const FAMILY: crate::model::families::Family = crate::model::families::Famil
     },
 };
 
-/// Gather tables, on the model's device: `[T, T]` for the longest sequence the model takes,
-/// built once at load (an entry depends on i - j only, so the tables of a shorter length are
-/// their top-left corner), or the flattened `[q·t]` slices of one pass.
-struct RelIndex {
-    c2p: Tensor,
-    p2c: Tensor,
+/// Relative attention's parameters from config.json, when it is on.
+struct Relative {
+    span: i64,
+    buckets: i64,
+    max_rel: i64,
 }
 
-impl RelIndex {
-    /// The flattened tables of `q_len` query rows over `t` keys.
-    fn slice(&self, q_len: usize, t: usize) -> Result<RelIndex> {
-        let cut = |x: &Tensor| -> Result<Tensor> {
-            x.narrow(0, 0, q_len)?
-                .narrow(1, 0, t)?
-                .contiguous()?
-                .flatten_all()
-        };
-        Ok(RelIndex {
-            c2p: cut(&self.c2p)?,
-            p2c: cut(&self.p2c)?,
+impl Relative {
+    /// The gather indices of a pass of `q_len` query rows over `t` keys, on `device`: built on
+    /// the host per pass (`q_len × t` entries each, small beside the pass's scores) for only
+    /// the relative-embedding columns the pass reads (see [`relpos::PassIndices`]).
+    fn pass(&self, q_len: usize, t: usize, device: &Device) -> Result<PassRel> {
+        let p = pass_indices(q_len, t, self.span, self.buckets, self.max_rel)
+            .map_err(candle_core::Error::msg)?;
+        Ok(PassRel {
+            c2p: crate::model::upload::from_vec(p.c2p, q_len * t, device)?,
+            c2p_cols: p.c2p_cols,
+            p2c: crate::model::upload::from_vec(p.p2c, q_len * t, device)?,
+            p2c_cols: p.p2c_cols,
         })
     }
+}
+
+/// One pass's flattened gather indices and the `(first, width)` columns each reads. Row-major
+/// by query, so a layer that computes only the first `q` query rows reads the first `q·t`
+/// entries of each.
+struct PassRel {
+    c2p: Tensor,
+    c2p_cols: (usize, usize),
+    p2c: Tensor,
+    p2c_cols: (usize, usize),
 }
 
 struct Embeddings {
@@ -245,7 +254,7 @@ impl Layer {
         x: &Tensor,
         q_len: usize,
         mask: &Tensor,
-        rel: Option<&RelIndex>,
+        rel: Option<&PassRel>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (heads, h) = (self.heads, self.hidden);
@@ -262,23 +271,26 @@ impl Layer {
 
         let mut scores = q.matmul(&k.t()?)?; // [heads, B, q, T]
         if let Some(rel) = rel {
-            let rel = rel.slice(q_len, t)?;
+            // Only the relative-embedding columns this pass reads (`PassRel`).
+            let cols = |t: &Tensor, (first, width): (usize, usize)| {
+                t.narrow(2, first, width)?.contiguous()
+            };
             if let Some(pk) = &self.pos_key_t {
-                // [heads, B*q, d] x [heads, d, 2span] → gather along the flattened (i, r) axis.
-                let span2 = pk.dim(2)?;
-                let att = q.reshape((heads, b * q_len, d))?.matmul(pk)?;
-                let att = att.reshape((heads, b, q_len * span2))?;
+                // [heads, B*q, d] x [heads, d, w] → gather along the flattened (i, r) axis.
+                let pk = cols(pk, rel.c2p_cols)?;
+                let att = q.reshape((heads, b * q_len, d))?.matmul(&pk)?;
+                let att = att.reshape((heads, b, q_len * rel.c2p_cols.1))?;
                 let c2p = att
-                    .index_select(&rel.c2p, 2)?
+                    .index_select(&rel.c2p.narrow(0, 0, q_len * t)?, 2)?
                     .reshape((heads, b, q_len, t))?;
                 scores = (scores + c2p)?;
             }
             if let Some(pq) = &self.pos_query_t {
-                let span2 = pq.dim(2)?;
-                let att = k.reshape((heads, b * t, d))?.matmul(pq)?;
-                let att = att.reshape((heads, b, t * span2))?;
+                let pq = cols(pq, rel.p2c_cols)?;
+                let att = k.reshape((heads, b * t, d))?.matmul(&pq)?;
+                let att = att.reshape((heads, b, t * rel.p2c_cols.1))?;
                 let p2c = att
-                    .index_select(&rel.p2c, 2)?
+                    .index_select(&rel.p2c.narrow(0, 0, q_len * t)?, 2)?
                     .reshape((heads, b, q_len, t))?;
                 scores = (scores + p2c)?;
             }
@@ -348,8 +360,8 @@ pub struct DebertaV2 {
     layers: Vec<Layer>,
     conv: Option<Conv>,
     head: Head,
-    /// The gather tables for the longest input, when relative attention is on.
-    rel_index: Option<RelIndex>,
+    /// Relative attention's parameters, when it is on.
+    relative: Option<Relative>,
     dtype: DType,
     cfg: Config,
 }
@@ -414,8 +426,14 @@ impl DebertaV2 {
                 },
                 Task::Token => Head::Tokens(TokenHead::load(h, num_labels, vb.clone())?),
             },
-            rel_index: if relative {
-                Some(rel_index(&cfg, cfg.positions(), vb.device())?)
+            relative: if relative {
+                // The longest input's indices must fit: refused here, not at a pass.
+                check_sizes(cfg.positions(), cfg.att_span()).map_err(candle_core::Error::msg)?;
+                Some(Relative {
+                    span: cfg.att_span(),
+                    buckets: cfg.position_buckets,
+                    max_rel: cfg.max_relative(),
+                })
             } else {
                 None
             },
@@ -423,16 +441,6 @@ impl DebertaV2 {
             cfg,
         })
     }
-}
-
-/// The `[T, T]` gather tables of [`RelIndex`] for `t` positions.
-fn rel_index(cfg: &Config, t: usize, device: &Device) -> Result<RelIndex> {
-    let (c2p, p2c) = relative_indices(t, cfg.att_span(), cfg.position_buckets, cfg.max_relative())
-        .map_err(candle_core::Error::msg)?;
-    Ok(RelIndex {
-        c2p: Tensor::from_vec(c2p, (t, t), device)?,
-        p2c: Tensor::from_vec(p2c, (t, t), device)?,
-    })
 }
 
 impl SequenceClassifier for DebertaV2 {
@@ -445,16 +453,21 @@ impl SequenceClassifier for DebertaV2 {
             .reshape((b, t, 1))?;
         let key_mask = additive_key_mask(&batch.attention_mask, attention_dtype(self.dtype))?
             .reshape((1, b, 1, t))?;
-        let rel = self.rel_index.as_ref();
+        let pooled = matches!(self.head, Head::Pooled { .. });
+        let device = batch.input_ids.device();
+        let rel = self
+            .relative
+            .as_ref()
+            .map(|r| r.pass(t, t, device))
+            .transpose()?;
 
         let embedded = self.embeddings.forward(batch, &keep)?;
         let mut x = embedded.clone();
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
             // Only [CLS] of the last layer is read by the pooler; a token head reads them all.
-            let pooled = matches!(self.head, Head::Pooled { .. });
             let q_len = if i == last && pooled { 1 } else { t };
-            x = layer.forward(&x, q_len, &key_mask, rel)?;
+            x = layer.forward(&x, q_len, &key_mask, rel.as_ref())?;
             if i == 0 {
                 if let Some(conv) = &self.conv {
                     x = conv.forward(&embedded, &x, &keep)?;
@@ -479,7 +492,7 @@ impl SequenceClassifier for DebertaV2 {
         self.cfg.type_vocab_size
     }
     fn attention_pattern(&self) -> String {
-        if self.rel_index.is_some() {
+        if self.relative.is_some() {
             "bidirectional, disentangled (content and relative position)".into()
         } else {
             "bidirectional".into()
@@ -492,13 +505,23 @@ impl SequenceClassifier for DebertaV2 {
         self.cfg.vocab_size
     }
     fn attention_bytes(&self, rows: usize, len: usize, _chunk_bytes: usize) -> usize {
-        // Not chunked. Scores, c2p and p2c gathers, their sum, the masked sum and probabilities: six
-        // [heads, rows, T, T] tensors at the peak, plus the two u32 gather tables of T × T.
+        // Not chunked. Scores, c2p and p2c gathers, their sum, the masked sum and probabilities:
+        // six [heads, rows, T, T] tensors at the peak; the two position products before their
+        // gathers, [heads, rows, T, w] with w at most 2T - 1 and 2span columns; and the two u32
+        // gather tables of T × T.
+        let heads_rows = self.cfg.num_attention_heads.saturating_mul(rows);
         let t2 = len.saturating_mul(len);
+        let w = (2 * len)
+            .saturating_sub(1)
+            .min(2 * self.cfg.att_span().max(0) as usize);
+        let products = match &self.relative {
+            Some(_) => 2 * heads_rows.saturating_mul(len).saturating_mul(w),
+            None => 0,
+        };
         6usize
-            .saturating_mul(self.cfg.num_attention_heads)
-            .saturating_mul(rows)
+            .saturating_mul(heads_rows)
             .saturating_mul(t2)
+            .saturating_add(products)
             .saturating_mul(4)
             .saturating_add(t2.saturating_mul(8))
     }
@@ -561,23 +584,60 @@ mod tests {
         assert_eq!(c.scale_factor(), 1);
     }
 
-    /// c2p and p2c gather indices for a short sequence without bucketing.
+    /// c2p and p2c gather indices for a short sequence without bucketing, whose pass reads
+    /// every column.
     #[test]
     fn relative_indices_follow_torch_gather() {
-        let (c2p, p2c) = relative_indices(3, 2, -1, 2).unwrap();
+        let p = pass_indices(3, 3, 2, -1, 2).unwrap();
         // rel(i, j) = i - j; c2p[i][j] = i*4 + clamp(i - j + 2, 0, 3)
-        assert_eq!(c2p, [2, 1, 0, 7, 6, 5, 11, 11, 10]);
+        assert_eq!(p.c2p, [2, 1, 0, 7, 6, 5, 11, 11, 10]);
         // p2c[i][j] = j*4 + clamp(2 - (j - i), 0, 3)
-        assert_eq!(p2c, [2, 5, 8, 3, 6, 9, 3, 7, 10]);
+        assert_eq!(p.p2c, [2, 5, 8, 3, 6, 9, 3, 7, 10]);
+        assert_eq!((p.c2p_cols, p.p2c_cols), ((0, 4), (0, 4)));
     }
 
-    /// Sizes from config.json cannot wrap the indices or size a table past memory: refused as
-    /// errors before anything is allocated.
+    /// A short text against DeBERTa-v3's 512 relative embeddings reads a narrow range of
+    /// columns, and each narrowed index names the same column as transformers' full gather.
+    #[test]
+    fn a_short_pass_reads_only_its_columns_and_the_same_ones() {
+        let (span, buckets, max_rel) = (256i64, 256, 512);
+        for (q_len, t) in [(12, 12), (1, 12), (7, 300), (300, 300)] {
+            let p = pass_indices(q_len, t, span, buckets, max_rel).unwrap();
+            assert!(p.c2p_cols.1 < 2 * t && p.p2c_cols.1 < 2 * t);
+            let full = |d: i64| log_bucket(d, buckets, max_rel);
+            let clamp = |x: i64| x.clamp(0, 2 * span - 1) as usize;
+            for i in 0..q_len {
+                for j in 0..t {
+                    let at = i * t + j;
+                    let (first, w) = p.c2p_cols;
+                    let c2p = p.c2p[at] as usize;
+                    assert_eq!(c2p / w, i);
+                    assert_eq!(first + c2p % w, clamp(full(i as i64 - j as i64) + span));
+                    let (first, w) = p.p2c_cols;
+                    let p2c = p.p2c[at] as usize;
+                    assert_eq!(p2c / w, j);
+                    assert_eq!(first + p2c % w, clamp(span - full(j as i64 - i as i64)));
+                }
+            }
+        }
+        // 12 tokens: 23 of 512 columns.
+        assert_eq!(
+            pass_indices(12, 12, span, buckets, max_rel)
+                .unwrap()
+                .c2p_cols,
+            (245, 23)
+        );
+    }
+
+    /// Sizes from config.json cannot wrap the indices: refused as errors at load, before
+    /// anything is allocated.
     #[test]
     fn relative_indices_refuse_sizes_that_overflow() {
-        assert!(relative_indices(4, i64::MAX / 2, 256, 512).is_err());
-        assert!(relative_indices(4, 0, 256, 512).is_err());
-        let e = relative_indices(70_000, 40_000, 256, 512).unwrap_err();
+        assert!(check_sizes(4, i64::MAX / 2).is_err());
+        assert!(check_sizes(4, 0).is_err());
+        let e = check_sizes(70_000, 40_000).unwrap_err();
         assert!(e.contains("overflow"), "{e}");
+        assert!(check_sizes(512, 256).is_ok());
+        assert!(pass_indices(5, 4, 256, 256, 512).is_err());
     }
 }

@@ -18,32 +18,54 @@ pub(super) fn log_bucket(rel: i64, bucket_size: i64, max_position: i64) -> i64 {
     (log_pos * rel.signum() as f32) as i64
 }
 
-/// Flattened gather indices for c2p and p2c at sequence length `t`, ordered query-major so the
-/// first `q*t` entries serve a layer that only computes the first `q` query rows.
+/// One pass's gather indices for c2p and p2c, `q_len` query rows over `t` keys, row-major,
+/// over only the relative-embedding columns the pass uses.
 ///
-/// * c2p: `score[i, j] = c2p_att[i, clamp(rel(i, j) + span)]`, flat `i * 2span + ...`.
-/// * p2c: `score[i, j] = p2c_att[j, clamp(span - rel(j, i))]`, flat `j * 2span + ...`.
-pub(super) fn relative_indices(
+/// * c2p: `score[i, j] = c2p_att[i, clamp(rel(i, j) + span)]`;
+/// * p2c: `score[i, j] = p2c_att[j, clamp(span - rel(j, i))]`.
+///
+/// `rel` depends on `i - j` alone and is monotone in it, so the columns a pass reads are one
+/// range of at most `2t - 1` of the `2span`: `c2p_cols` and `p2c_cols` are `(first, width)`,
+/// and the attention products are computed for that range alone (23 of 512 columns for a
+/// 12-token text on DeBERTa-v3, where the full products were most of the layer's attention).
+/// An index is `row * width + column - first`.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct PassIndices {
+    pub c2p: Vec<u32>,
+    pub c2p_cols: (usize, usize),
+    pub p2c: Vec<u32>,
+    pub p2c_cols: (usize, usize),
+}
+
+/// Refuses a span or a length whose indices would not fit in u32: checked at load for the
+/// longest input, so that sizes from config.json are an error there, not a wrapped index.
+pub(super) fn check_sizes(t: usize, span: i64) -> Result<(), String> {
+    let width = span
+        .checked_mul(2)
+        .and_then(|w| u64::try_from(w).ok())
+        .filter(|&w| w > 0 && w <= u64::from(u32::MAX))
+        .ok_or_else(|| format!("relative attention span {span} is out of range"))?;
+    // A pass reads at most 2t - 1 columns of each table.
+    let cols = width.min((2 * t as u64).saturating_sub(1)).max(1);
+    if (t as u64).saturating_mul(cols) > u64::from(u32::MAX) {
+        return Err(format!(
+            "relative positions: {t} positions × {cols} relative embeddings overflow the indices"
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn pass_indices(
+    q_len: usize,
     t: usize,
     span: i64,
     buckets: i64,
     max_rel: i64,
-) -> Result<(Vec<u32>, Vec<u32>), String> {
-    // Every index is below `t × 2span`; both tables hold `t²`. Checked, so that a span from
-    // config.json cannot wrap the u32 indices or size a table past memory.
-    let width = span
-        .checked_mul(2)
-        .and_then(|w| u32::try_from(w).ok())
-        .filter(|&w| w > 0)
-        .ok_or_else(|| format!("relative attention span {span} is out of range"))?;
-    let entries = t
-        .checked_mul(t)
-        .filter(|_| (t as u64) * u64::from(width) <= u64::from(u32::MAX));
-    let entries = entries.ok_or_else(|| {
-        format!(
-            "relative positions: {t} positions × {width} relative embeddings overflow the indices"
-        )
-    })?;
+) -> Result<PassIndices, String> {
+    check_sizes(t, span)?;
+    if q_len > t || t == 0 {
+        return Err(format!("relative positions: {q_len} queries over {t} keys"));
+    }
     let t_i = t as i64;
     // rel(i, j) depends on i - j only: one value per distance in -(t-1)..=(t-1).
     let rel: Vec<i64> = (-(t_i - 1)..t_i)
@@ -56,14 +78,25 @@ pub(super) fn relative_indices(
         })
         .collect();
     let rel_of = |i: usize, j: usize| rel[(i as i64 - j as i64 + t_i - 1) as usize];
-    let clamp = |x: i64| x.clamp(0, 2 * span - 1) as u32;
-    let mut c2p = Vec::with_capacity(entries);
-    let mut p2c = Vec::with_capacity(entries);
-    for i in 0..t {
+    let clamp = |x: i64| x.clamp(0, 2 * span - 1) as usize;
+    let c2p_col = |i: usize, j: usize| clamp(rel_of(i, j) + span);
+    let p2c_col = |i: usize, j: usize| clamp(span - rel_of(j, i));
+    // Monotone in i - j: the extremes are at the corners.
+    let range = |a: usize, b: usize| (a.min(b), a.max(b) - a.min(b) + 1);
+    let c2p_cols = range(c2p_col(0, t - 1), c2p_col(q_len - 1, 0));
+    let p2c_cols = range(p2c_col(0, t - 1), p2c_col(q_len - 1, 0));
+    let mut c2p = Vec::with_capacity(q_len * t);
+    let mut p2c = Vec::with_capacity(q_len * t);
+    for i in 0..q_len {
         for j in 0..t {
-            c2p.push(i as u32 * width + clamp(rel_of(i, j) + span));
-            p2c.push(j as u32 * width + clamp(span - rel_of(j, i)));
+            c2p.push((i * c2p_cols.1 + c2p_col(i, j) - c2p_cols.0) as u32);
+            p2c.push((j * p2c_cols.1 + p2c_col(i, j) - p2c_cols.0) as u32);
         }
     }
-    Ok((c2p, p2c))
+    Ok(PassIndices {
+        c2p,
+        c2p_cols,
+        p2c,
+        p2c_cols,
+    })
 }
