@@ -262,6 +262,23 @@ fn classify_prints_entities_and_redacts_for_a_token_model() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("PER=7"));
 }
 
+/// `classifyd parity --device cpu ARGS` with `feed` on stdin (the weights cache off).
+fn parity(args: &[&str], feed: &str) -> std::process::Output {
+    let mut child = classifyd()
+        .args(["parity", "--device", "cpu"])
+        .args(args)
+        .env("CLASSIFYD_NO_WEIGHTS_CACHE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(feed.as_bytes()).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
 /// `classifyd parity` (gpu-check's parity step): several model directories in one process,
 /// one answer line per job, each fixture's golden logits within F32 tolerance; a job whose
 /// model cannot load is an error line and the next job still runs.
@@ -291,20 +308,7 @@ fn parity_answers_many_models_in_one_process() {
     let missing = fixture("no-such-fixture");
     let feed =
         job("bert", &bert, &b) + &job("gone", &missing, &b[..1]) + &job("roberta", &roberta, &r);
-    let mut child = classifyd()
-        .args(["parity", "--device", "cpu", "--dtype", "f32"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(feed.as_bytes())
-        .unwrap();
-    let out = succeeded(child.wait_with_output().unwrap());
+    let out = succeeded(parity(&["--dtype", "f32"], &feed));
     let lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(lines[1]["id"], "gone");
@@ -343,22 +347,7 @@ fn parity_reports_a_job_that_overruns_and_stops() {
     ]
     .map(|j| j.to_string() + "\n")
     .concat();
-    let mut child = classifyd()
-        .args(["parity", "--device", "cpu", "--dtype", "f16"])
-        .args(["--job-timeout-secs", "1"])
-        .env("CLASSIFYD_NO_WEIGHTS_CACHE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(feed.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = parity(&["--dtype", "f16", "--job-timeout-secs", "1"], &feed);
     assert_eq!(
         out.status.code(),
         Some(3),

@@ -68,6 +68,17 @@ pub struct EncoderConfig {
 }
 
 impl EncoderConfig {
+    /// [`SequenceClassifier::attention_bytes`] of the encoders built on this config (BERT,
+    /// RoBERTa, ELECTRA): query-chunked attention.
+    pub fn attention_bytes(&self, rows: usize, len: usize, chunk_bytes: usize) -> usize {
+        crate::model::layers::chunked_attention_bytes(
+            chunk_bytes,
+            rows,
+            self.num_attention_heads,
+            len,
+        )
+    }
+
     pub fn embedding_width(&self) -> usize {
         self.embedding_size.unwrap_or(self.hidden_size)
     }
@@ -282,12 +293,7 @@ impl SequenceClassifier for Bert {
         self.cfg.vocab_size
     }
     fn attention_bytes(&self, rows: usize, len: usize, chunk_bytes: usize) -> usize {
-        crate::model::layers::chunked_attention_bytes(
-            chunk_bytes,
-            rows,
-            self.cfg.num_attention_heads,
-            len,
-        )
+        self.cfg.attention_bytes(rows, len, chunk_bytes)
     }
 }
 

@@ -73,11 +73,6 @@ impl SequenceClassifier for Electra {
         self.cfg.vocab_size
     }
     fn attention_bytes(&self, rows: usize, len: usize, chunk_bytes: usize) -> usize {
-        crate::model::layers::chunked_attention_bytes(
-            chunk_bytes,
-            rows,
-            self.cfg.num_attention_heads,
-            len,
-        )
+        self.cfg.attention_bytes(rows, len, chunk_bytes)
     }
 }
