@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The base shapes people fine-tune, side by side (issue 31): random-weight bert-base,
-# distilbert-base, deberta-v3-base and modernbert-base (benches/peers/make_shape.py, never
-# committed), each timed in process (`classifyd bench --model`, tokenization included, one
+# distilbert-base, deberta-v3-base, modernbert-base and a Qwen3-0.6B-shaped decoder classifier
+# (benches/peers/make_shape.py, never committed; the decoder's is 1.8 GB), each timed in process (`classifyd bench --model`, tokenization included, one
 # request at a time with a GAP_MS pause before each) in f32 and int8. Rounds interleave every
 # shape and dtype, so a noisy neighbour hurts all alike; the table has each figure's median
 # over rounds, the weight multiply-adds per text (every layer matmul at the texts' mean token
@@ -11,7 +11,7 @@
 #
 # Usage: benches/arch.sh [ROUNDS]     (default 3)
 # Environment: BIN (target/release/classifyd, built if missing), TEXTS
-# (benches/texts/tweets.txt), GAP_MS (50), DURATION_S (8), SHAPES (all four), DTYPES
+# (benches/texts/tweets.txt), GAP_MS (50), DURATION_S (8), SHAPES (all five), DTYPES
 # ("f32 int8"), PY (a python with numpy and safetensors; default: a venv made in
 # target/bench-venv), MODELS (where the shapes are made; target/shapes).
 set -euo pipefail
@@ -21,7 +21,7 @@ bin=${BIN:-target/release/classifyd}
 texts=${TEXTS:-benches/texts/tweets.txt}
 gap=${GAP_MS:-50}
 duration=${DURATION_S:-8}
-shapes=${SHAPES:-bert-base distilbert-base deberta-v3-base modernbert-base}
+shapes=${SHAPES:-bert-base distilbert-base deberta-v3-base modernbert-base qwen3-0.6b}
 dtypes=${DTYPES:-f32 int8}
 models=${MODELS:-target/shapes}
 say() { echo "arch: $*" >&2; }

@@ -2,7 +2,7 @@
 
     python benches/peers/make_shape.py SHAPE OUT_DIR
 
-SHAPE is bert-base, distilbert-base, deberta-v3-base or modernbert-base. The weight names and
+SHAPE is bert-base, distilbert-base, deberta-v3-base, modernbert-base or qwen3-0.6b. The weight names and
 config come from the committed tiny fixture of the same family (tests/fixtures/), with every
 dimension mapped to the base shape's and the layers repeated; the tokenizer is the default
 model's (vocab 30,522). Weights are seeded normal(0, 0.02) in F32, norms 1: the speed of a real
@@ -41,6 +41,13 @@ SHAPES = {
         "num_hidden_layers": 22, "global_attn_every_n_layers": 3, "local_attention": 128,
         "max_position_embeddings": 8192, "vocab_size": VOCAB, "pad_token_id": 0,
         "cls_token_id": 101, "sep_token_id": 102, "layer_types": None,
+    }, {}),
+    # A decoder classifier (Qwen3ForSequenceClassification): 28 layers, GQA 16/8 heads of 128.
+    "qwen3-0.6b": ("qwen3", 28, {48: 1024, 80: 3072, 16: 128, 32: 1024, 64: 2048, 400: VOCAB}, {
+        "hidden_size": 1024, "intermediate_size": 3072, "num_attention_heads": 16,
+        "num_key_value_heads": 8, "head_dim": 128, "num_hidden_layers": 28, "vocab_size": VOCAB,
+        "max_position_embeddings": 40960, "use_sliding_window": False, "sliding_window": None,
+        "max_window_layers": 28, "layer_types": None,
     }, {}),
 }
 
