@@ -49,16 +49,20 @@ def ort_classify(tok, sess):
 
     import numpy as np
 
+    # A graph exported without segments (DistilBERT, DeBERTa-v3, ModernBERT) takes no
+    # token_type_ids.
+    wanted = {i.name for i in sess.get_inputs()}
+
     def classify(text):
         t0 = time.perf_counter()
-        feed = ort_feed(tok.encode(text))
+        feed = {k: v for k, v in ort_feed(tok.encode(text)).items() if k in wanted}
         t1 = time.perf_counter()
         logits = sess.run(["logits"], feed)[0][0]
         t2 = time.perf_counter()
         p = np.exp(logits - logits.max())
         p /= p.sum()
         i = int(p.argmax())
-        return LABELS[i], float(p[i]), t1 - t0, t2 - t1
+        return LABELS[i] if i < len(LABELS) else str(i), float(p[i]), t1 - t0, t2 - t1
     return classify
 
 
