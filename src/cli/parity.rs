@@ -62,7 +62,7 @@ pub(crate) fn parity(a: ParityArgs) -> anyhow::Result<i32> {
         })
         .collect::<anyhow::Result<_>>()?;
     let (device, dtype) = (a.engine.device, a.engine.dtype);
-    let (tx, rx) = mpsc::channel::<(String, Value)>();
+    let (tx, rx) = mpsc::channel::<Value>();
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     // The jobs run on a thread of their own so that this one can give up on a stuck one.
     std::thread::spawn(move || {
@@ -76,7 +76,7 @@ pub(crate) fn parity(a: ParityArgs) -> anyhow::Result<i32> {
                 }),
                 Err(e) => json!({ "id": job.id, "error": format!("{e:#}") }),
             };
-            if tx.send((job.id, line)).is_err() {
+            if tx.send(line).is_err() {
                 return;
             }
         }
@@ -85,7 +85,7 @@ pub(crate) fn parity(a: ParityArgs) -> anyhow::Result<i32> {
     let mut out = std::io::stdout().lock();
     for id in ids {
         match rx.recv_timeout(limit) {
-            Ok((_, line)) => writeln!(out, "{line}")?,
+            Ok(line) => writeln!(out, "{line}")?,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let error = format!("timed out after {} s", a.job_timeout_secs);
                 writeln!(out, "{}", json!({ "id": id, "error": error }))?;
@@ -121,9 +121,9 @@ fn run(
             ),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let opts = crate::engine::TokenOptions::default();
     let mut answers = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(CHUNK) {
-        let opts = crate::engine::TokenOptions::default();
         answers.extend(
             engine
                 .classify_with(chunk, true, &opts)?

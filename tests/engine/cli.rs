@@ -284,7 +284,7 @@ fn parity(args: &[&str], feed: &str) -> std::process::Output {
 /// model cannot load is an error line and the next job still runs.
 #[test]
 fn parity_answers_many_models_in_one_process() {
-    let job = |id: &str, model: &std::path::Path, cases: &[Value]| {
+    let job = |id: &str, model: &std::path::Path, cases: &[&Value]| {
         let inputs: Vec<Value> = cases
             .iter()
             .map(|c| match c["text_pair"].as_str() {
@@ -295,16 +295,11 @@ fn parity_answers_many_models_in_one_process() {
         serde_json::json!({ "id": id, "model": model, "inputs": inputs }).to_string() + "\n"
     };
     let (bert, roberta) = (fixture("bert"), fixture("roberta"));
-    let golden_cases = |dir: &std::path::Path| -> Vec<Value> {
-        golden(dir)["cases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["refused"].as_bool() != Some(true))
-            .cloned()
-            .collect()
-    };
-    let (b, r) = (golden_cases(&bert), golden_cases(&roberta));
+    let (bert_golden, roberta_golden) = (golden(&bert), golden(&roberta));
+    let (b, r) = (
+        classified_cases(&bert_golden),
+        classified_cases(&roberta_golden),
+    );
     let missing = fixture("no-such-fixture");
     let feed =
         job("bert", &bert, &b) + &job("gone", &missing, &b[..1]) + &job("roberta", &roberta, &r);

@@ -6,6 +6,7 @@
 use candle_core::DType;
 use classifyd::engine::tokenize::{Encoded, Input};
 use classifyd::engine::{DTypeChoice, DeviceChoice, Engine};
+use classifyd::model::kernels::weights;
 
 use crate::helpers::*;
 
@@ -174,9 +175,7 @@ fn every_layer_matmul_is_int8() {
             let matmuls = engine.matmuls();
             assert!(!matmuls.is_empty(), "{}", dir.display());
             for m in matmuls {
-                let in_layer = m.names.iter().all(|n| {
-                    n.contains(".layer.") || n.contains(".layers.") || n.starts_with("layers.")
-                });
+                let in_layer = m.names.iter().all(|n| weights::in_layer(n));
                 if in_layer || want == "f32" {
                     assert_eq!(m.kernel, want, "{}: {m:?}", dir.display());
                 }

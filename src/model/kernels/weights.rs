@@ -335,9 +335,13 @@ pub fn quantizing<R>(build: impl FnOnce() -> R) -> R {
 /// label. A weight taking more than [`super::qgemm::MAX_K`] inputs stays in f32: its integer
 /// dot products could pass i32.
 pub fn quantize(name: &str, k: usize) -> bool {
-    QUANTIZE.with(Cell::get)
-        && k <= super::qgemm::MAX_K
-        && (name.contains(".layer.") || name.contains(".layers.") || name.starts_with("layers."))
+    QUANTIZE.with(Cell::get) && k <= super::qgemm::MAX_K && in_layer(name)
+}
+
+/// Whether the checkpoint name `name` is a transformer layer's (`….layer.N.…`,
+/// `….layers.N.…`): the weights `--dtype int8` quantizes.
+pub fn in_layer(name: &str) -> bool {
+    name.contains(".layer.") || name.contains(".layers.") || name.starts_with("layers.")
 }
 
 /// Restores "no mode" when a build ends, by return or by unwinding.

@@ -511,9 +511,7 @@ impl SequenceClassifier for DebertaV2 {
         // gather tables of T × T.
         let heads_rows = self.cfg.num_attention_heads.saturating_mul(rows);
         let t2 = len.saturating_mul(len);
-        let w = (2 * len)
-            .saturating_sub(1)
-            .min(2 * self.cfg.att_span().max(0) as usize);
+        let w = relpos::max_cols(len, self.cfg.att_span());
         let products = match &self.relative {
             Some(_) => 2 * heads_rows.saturating_mul(len).saturating_mul(w),
             None => 0,

@@ -40,19 +40,26 @@ pub(super) struct PassIndices {
 /// Refuses a span or a length whose indices would not fit in u32: checked at load for the
 /// longest input, so that sizes from config.json are an error there, not a wrapped index.
 pub(super) fn check_sizes(t: usize, span: i64) -> Result<(), String> {
-    let width = span
-        .checked_mul(2)
+    span.checked_mul(2)
         .and_then(|w| u64::try_from(w).ok())
         .filter(|&w| w > 0 && w <= u64::from(u32::MAX))
         .ok_or_else(|| format!("relative attention span {span} is out of range"))?;
-    // A pass reads at most 2t - 1 columns of each table.
-    let cols = width.min((2 * t as u64).saturating_sub(1)).max(1);
+    let cols = max_cols(t, span).max(1) as u64;
     if (t as u64).saturating_mul(cols) > u64::from(u32::MAX) {
         return Err(format!(
             "relative positions: {t} positions × {cols} relative embeddings overflow the indices"
         ));
     }
     Ok(())
+}
+
+/// The most relative-embedding columns a pass of `t` keys reads from each table: `2t - 1`
+/// distances, and never more than the `2span` there are.
+pub(super) fn max_cols(t: usize, span: i64) -> usize {
+    let span2 = usize::try_from(span.max(0))
+        .unwrap_or(usize::MAX)
+        .saturating_mul(2);
+    t.saturating_mul(2).saturating_sub(1).min(span2)
 }
 
 pub(super) fn pass_indices(
