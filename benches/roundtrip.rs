@@ -35,7 +35,10 @@ fn bench_model(c: &mut Criterion, name: &str, model: PathBuf) {
         .and_then(|s| s.local_addr())
         .expect("free port");
     let cfg = ServeConfig {
-        model: model.clone(),
+        models: vec![classifyd::serve::config::ServedModel::single(
+            &model,
+            DTypeChoice::Auto,
+        )],
         model_from_file: None,
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::Auto,

@@ -135,6 +135,7 @@ fn request() -> impl Strategy<Value = pb::Request> {
                 ),
                 deadline_us,
                 priority,
+                model: String::new(),
             })
         });
     let body = prop_oneof![
@@ -309,6 +310,7 @@ fn classify(id: u64, inputs: Vec<pb::input::Kind>, options: Option<pb::Options>)
             options,
             deadline_us: 0,
             priority: 0,
+            model: String::new(),
         })),
     }
 }
@@ -360,6 +362,7 @@ fn write_fuzz_seeds() {
                 options: None,
                 deadline_us: 50_000,
                 priority: pb::Priority::High as i32,
+                model: "ner".into(),
             })),
         },
         pb::Request {

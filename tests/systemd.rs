@@ -1,7 +1,8 @@
 //! systemd's own checks on the shipped units in `systemd/`: `systemd-analyze verify` must have
-//! nothing to say about them (with and without the GPU drop-in), `systemd-analyze security`
-//! must rate the CPU unit at an exposure of 2.0 or less, and `systemd-sysusers` must accept the
-//! account definition. Each check that needs a systemd tool skips (prints why, passes) where the
+//! nothing to say about them (with and without the GPU drop-in, and the template unit
+//! `classifyd@.service`, which it instantiates), `systemd-analyze security` must rate the CPU
+//! unit and the template at an exposure of 2.0 or less, the template must carry the service's
+//! hardening line for line, and `systemd-sysusers` must accept the account definition. Each check that needs a systemd tool skips (prints why, passes) where the
 //! tool is absent.
 //!
 //! The units are checked from copies in a temporary directory: `verify` insists that the
@@ -65,8 +66,8 @@ struct Staged {
 }
 
 impl Staged {
-    /// Copies classifyd.service and classifyd.socket, and with `gpu` classifyd-gpu.conf as the
-    /// drop-in `classifyd.service.d/classifyd-gpu.conf`.
+    /// Copies classifyd.service, classifyd.socket and the template classifyd@.service, and with
+    /// `gpu` classifyd-gpu.conf as the drop-in `classifyd.service.d/classifyd-gpu.conf`.
     fn new(gpu: bool) -> Staged {
         let dir = tempfile::Builder::new()
             .prefix("classifyd-units.")
@@ -81,6 +82,8 @@ impl Staged {
             read_unit("classifyd.socket"),
         )
         .unwrap();
+        let template = rewrite_exec_paths(&read_unit("classifyd@.service"), &stand_in);
+        std::fs::write(dir.path().join("classifyd@.service"), template).unwrap();
         if gpu {
             let dropins = dir.path().join("classifyd.service.d");
             std::fs::create_dir(&dropins).unwrap();
@@ -100,6 +103,10 @@ impl Staged {
 
     fn socket(&self) -> String {
         self.path().join("classifyd.socket").display().to_string()
+    }
+
+    fn template(&self) -> String {
+        self.path().join("classifyd@.service").display().to_string()
     }
 }
 
@@ -151,8 +158,8 @@ fn verify(staged: &Staged) {
     if help.contains("--generators") {
         args.push("--generators=no");
     }
-    let (service, socket) = (staged.service(), staged.socket());
-    args.extend([service.as_str(), socket.as_str()]);
+    let (service, socket, template) = (staged.service(), staged.socket(), staged.template());
+    args.extend([service.as_str(), socket.as_str(), template.as_str()]);
     let Some(out) = analyze(&args, staged.path()) else {
         return;
     };
@@ -168,13 +175,17 @@ fn verify(staged: &Staged) {
 /// `systemd-analyze security --offline=true` on the staged service: its table (printed for the
 /// log) and the overall exposure level.
 fn security(staged: &Staged) -> Option<(String, f64)> {
+    security_of(staged, &staged.service())
+}
+
+/// `systemd-analyze security --offline=true` on one staged unit (a template is instantiated).
+fn security_of(staged: &Staged, unit: &str) -> Option<(String, f64)> {
     if !analyze_help()?.contains("--offline") {
         eprintln!("skipped: this systemd-analyze has no --offline (systemd < 250)");
         return None;
     }
-    let service = staged.service();
     let out = analyze(
-        &["--no-pager", "security", "--offline=true", &service],
+        &["--no-pager", "security", "--offline=true", unit],
         staged.path(),
     )?;
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -237,6 +248,67 @@ fn cpu_unit_exposure_is_at_most_two() {
         exposure <= MAX_EXPOSURE,
         "systemd-analyze security rates classifyd.service {exposure}, above {MAX_EXPOSURE}"
     );
+}
+
+#[test]
+fn template_unit_exposure_is_at_most_two() {
+    let staged = Staged::new(false);
+    let Some((_, exposure)) = security_of(&staged, &staged.template()) else {
+        return;
+    };
+    eprintln!("overall exposure of classifyd@.service: {exposure}");
+    assert!(
+        exposure <= MAX_EXPOSURE,
+        "systemd-analyze security rates classifyd@.service {exposure}, above {MAX_EXPOSURE}"
+    );
+}
+
+/// classifyd@.service is classifyd.service for one model: the same hardening and service
+/// settings line for line, its own config file, socket, cache and state directory per instance.
+#[test]
+fn template_unit_is_the_service_per_instance() {
+    let service = read_unit("classifyd.service");
+    let template = read_unit("classifyd@.service");
+    let sandbox = |unit: &str| {
+        unit.split_once("# --- Sandboxing")
+            .expect("a `# --- Sandboxing` section")
+            .1
+            .to_owned()
+    };
+    assert_eq!(
+        sandbox(&template),
+        sandbox(&service),
+        "the sandboxing sections of classifyd@.service and classifyd.service differ"
+    );
+    for key in [
+        "Type",
+        "NotifyAccess",
+        "WatchdogSec",
+        "ExecReload",
+        "Restart",
+        "RestartSec",
+        "TimeoutStartSec",
+        "TimeoutStopSec",
+        "User",
+        "Group",
+        "RuntimeDirectory",
+        "RuntimeDirectoryMode",
+        "RuntimeDirectoryPreserve",
+        "StateDirectoryMode",
+        "CacheDirectoryMode",
+        "ConfigurationDirectory",
+        "UMask",
+    ] {
+        assert_eq!(setting(&template, key), setting(&service, key), "{key}=");
+    }
+    assert_eq!(
+        setting(&template, "ExecStart"),
+        Some(
+            "/usr/bin/classifyd serve --config /etc/classifyd/%i.toml --uds /run/classifyd/%i.sock"
+        )
+    );
+    assert_eq!(setting(&template, "CacheDirectory"), Some("classifyd/%i"));
+    assert_eq!(setting(&template, "StateDirectory"), Some("classifyd/%i"));
 }
 
 #[test]

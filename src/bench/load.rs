@@ -11,7 +11,9 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Exp};
 
 use crate::client::quic::{QuicClient, QuicClientConfig};
-use crate::client::{classify_request, patiently, text, Client, ClientError, Patience, UnixClient};
+use crate::client::{
+    classify_request, for_model, patiently, text, Client, ClientError, Patience, UnixClient,
+};
 use crate::engine::tokenize::Input;
 use crate::engine::Engine;
 use crate::sched::hot::{EngineThreads, ThreadsConfig};
@@ -221,6 +223,7 @@ async fn closed(
         let texts = plan.texts.clone();
         let k = plan.inputs_per_request;
         let gap = plan.gap;
+        let model = plan.model.clone();
         let shared = shared.clone();
         tasks.spawn(async move {
             // Workers start at different texts so that concurrent batches are not all alike.
@@ -229,7 +232,10 @@ async fn closed(
                 if !gap.is_zero() {
                     tokio::time::sleep(gap).await;
                 }
-                let req = classify_request(inputs(&texts, &mut next, k), pb::Options::default());
+                let req = for_model(
+                    classify_request(inputs(&texts, &mut next, k), pb::Options::default()),
+                    &model,
+                );
                 let t0 = Instant::now();
                 let res = client.call(req).await;
                 let latency = t0.elapsed();
@@ -313,6 +319,7 @@ async fn open(
         let texts = plan.texts.clone();
         let k = plan.inputs_per_request;
         let max_outstanding = plan.max_outstanding;
+        let model = plan.model.clone();
         std::thread::spawn(move || {
             let mut schedule = Schedule::new(rate, arrival);
             let mut due = start;
@@ -337,7 +344,10 @@ async fn open(
                         lock(&shared).rec.dispatched(lag);
                     }
                     let client = clients[n % clients.len()].clone();
-                    let req = classify_request(inputs(&texts, &mut n, k), pb::Options::default());
+                    let req = for_model(
+                        classify_request(inputs(&texts, &mut n, k), pb::Options::default()),
+                        &model,
+                    );
                     let shared = shared.clone();
                     let outstanding = outstanding.clone();
                     let outstanding_measured = outstanding_measured.clone();
@@ -387,9 +397,13 @@ pub fn run_local(engine: &Engine, plan: &Plan) -> Result<Vec<RunReport>, BenchEr
             "in-process (--model) runs one request at a time: use --concurrency 1".into(),
         ));
     }
-    let threads =
-        EngineThreads::for_engine("classifyd-bench", &ThreadsConfig::default(), engine, false)
-            .map_err(|e| BenchError::Plan(format!("cannot start the engine threads: {e}")))?;
+    let threads = EngineThreads::for_engines(
+        "classifyd-bench",
+        &ThreadsConfig::default(),
+        &[engine],
+        false,
+    )
+    .map_err(|e| BenchError::Plan(format!("cannot start the engine threads: {e}")))?;
     Ok(threads.run(|| local_loads(engine, plan, &threads)))
 }
 

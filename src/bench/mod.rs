@@ -77,6 +77,8 @@ pub struct Plan {
     /// instead of sent, so a dead server cannot make the generator eat all memory.
     pub max_outstanding: usize,
     pub progress: bool,
+    /// The daemon's model the requests name (`""`: its default).
+    pub model: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +184,7 @@ mod tests {
             connections: 1,
             max_outstanding: 1,
             progress: false,
+            model: String::new(),
         };
         assert!(validate(&base).is_ok());
         for loads in [

@@ -105,6 +105,7 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<i32> {
         connections: a.connections,
         max_outstanding: a.max_outstanding,
         progress: !a.quiet,
+        model: a.remote.name.clone().unwrap_or_default(),
     };
     bench::validate(&plan)?;
     let remote = match &a.local.model {
@@ -141,16 +142,17 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<i32> {
                     Some(pb::response::Body::Info(i)) => i,
                     _ => bail!("the daemon did not answer the info request"),
                 };
+                let m = super::classify::served_model(&info, a.remote.name.as_deref())?;
                 let target = format!(
                     "{} ({} revision {}, {} {})",
                     match &remote {
                         Remote::Uds(p) => format!("uds {}", p.display()),
                         Remote::Quic(c) => format!("quic {}", c.addr),
                     },
-                    info.model,
-                    info.revision,
-                    info.device,
-                    info.dtype
+                    m.name,
+                    m.revision,
+                    m.device,
+                    m.dtype
                 );
                 anyhow::Ok((target, bench::run_remote(&remote, &plan).await?))
             })?

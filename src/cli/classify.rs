@@ -150,9 +150,54 @@ enum Backend {
 struct Remote {
     runtime: tokio::runtime::Runtime,
     client: Client,
+    /// The daemon's model asked (`""`: its default).
+    model: String,
     labels: Vec<String>,
     /// The served model classifies tokens.
     tokens: bool,
+}
+
+/// What `info` says of the model `name` (the default when `None`), or which ones are served.
+/// A daemon from before several models were served lists none: its top-level fields are its
+/// one model.
+pub(crate) fn served_model(
+    info: &pb::InfoResponse,
+    name: Option<&str>,
+) -> anyhow::Result<pb::ModelInfo> {
+    let top = || pb::ModelInfo {
+        name: info.model.clone(),
+        revision: info.revision.clone(),
+        architecture: info.architecture.clone(),
+        labels: info.labels.clone(),
+        max_length: info.max_length,
+        device: info.device.clone(),
+        dtype: info.dtype.clone(),
+        ready: info.ready,
+        problem_type: info.problem_type.clone(),
+        task: info.task.clone(),
+        batches: info.batches,
+        computed: info.computed,
+        default: true,
+    };
+    match name {
+        None => Ok(info.models.first().cloned().unwrap_or_else(top)),
+        Some(n) => {
+            if let Some(m) = info.models.iter().find(|m| m.name == n) {
+                return Ok(m.clone());
+            }
+            if info.models.is_empty() && info.model == n {
+                return Ok(top());
+            }
+            let served: Vec<&str> = match info.models.as_slice() {
+                [] => vec![info.model.as_str()],
+                all => all.iter().map(|m| m.name.as_str()).collect(),
+            };
+            bail!(
+                "--name {n}: the daemon serves no model of that name (it serves {})",
+                served.join(", ")
+            )
+        }
+    }
 }
 
 impl Backend {
@@ -173,8 +218,8 @@ impl Backend {
         )?;
         let client = runtime.block_on(remote.connect_with(a.remote.patience()))?;
         let info = runtime.block_on(client.info())?;
-        let (labels, tokens) = match info.body {
-            Some(pb::response::Body::Info(i)) => (i.labels, i.task == "token"),
+        let m = match info.body {
+            Some(pb::response::Body::Info(i)) => served_model(&i, a.remote.name.as_deref())?,
             _ => bail!(
                 "server answered the info request with {}: {}",
                 info.status,
@@ -184,8 +229,9 @@ impl Backend {
         Ok(Backend::Remote(Box::new(Remote {
             runtime,
             client,
-            labels,
-            tokens,
+            model: a.remote.name.clone().unwrap_or_default(),
+            tokens: m.task == "token",
+            labels: m.labels,
         })))
     }
 
@@ -217,6 +263,7 @@ impl Backend {
                 let Remote {
                     runtime,
                     client,
+                    model,
                     labels,
                     tokens,
                 } = &**remote;
@@ -239,7 +286,7 @@ impl Backend {
                             kind: Some(pb::input::Kind::Ids(pb::TokenIds { ids: ids.clone() })),
                         },
                     };
-                    client.classify(vec![wire], options.clone())
+                    client.classify_model(model, vec![wire], options.clone())
                 });
                 let responses = runtime.block_on(futures::future::join_all(calls));
                 Ok(responses

@@ -167,6 +167,10 @@ pub struct RemoteArgs {
     /// Give up on a QUIC connection attempt that gets no answer within SECS.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
     pub connect_timeout: std::time::Duration,
+    /// Which of the daemon's models answers, by the name it serves it under (`serve --model
+    /// NAME=DIR`) [default: the daemon's default model].
+    #[arg(long, value_name = "NAME", conflicts_with = "model")]
+    pub name: Option<String>,
 }
 
 /// Seconds as a duration: a finite number, 0 or more.

@@ -73,12 +73,32 @@ fn validate(cfg: &ServeConfig) -> anyhow::Result<String> {
         runtime.block_on(serve::check_listeners(cfg))
     })?;
     drop(runtime);
-    if !cfg.model.is_dir() {
-        bail!("model: {}: not a directory", cfg.model.display());
+    let several = cfg.models.len() > 1;
+    let mut models = Vec::new();
+    for m in &cfg.models {
+        // Named as `serve` names the model that fails to start.
+        let field = match several {
+            true => format!("model {} ({})", m.name, m.path.display()),
+            false => "model".to_string(),
+        };
+        if !m.path.is_dir() {
+            bail!("{field}: {}: not a directory", m.path.display());
+        }
+        // Loaded on the CPU, so the check runs where the daemon's GPU is absent or busy.
+        let engine = Engine::load(&m.path, DeviceChoice::Cpu, DTypeChoice::Auto)
+            .map_err(|e| anyhow!("{field}: {e}"))?;
+        let info = engine.info();
+        let name = match several {
+            true => format!("{}: ", m.name),
+            false => String::new(),
+        };
+        models.push(format!(
+            "{name}{} ({}, {} labels)",
+            m.path.display(),
+            info.architecture,
+            info.labels.len()
+        ));
     }
-    // Loaded on the CPU, so the check runs where the daemon's GPU is absent or busy.
-    let engine = Engine::load(&cfg.model, DeviceChoice::Cpu, DTypeChoice::Auto)?;
-    let info = engine.info();
     let metrics = cfg
         .metrics_addr
         .map(|m| format!(", metrics {m}"))
@@ -87,11 +107,10 @@ fn validate(cfg: &ServeConfig) -> anyhow::Result<String> {
         .live
         .map(|note| format!("\nnote: {note}"))
         .unwrap_or_default();
+    let what = if several { "models" } else { "model" };
     Ok(format!(
-        "model {} ({}, {} labels), serving on {}{metrics}{live}",
-        cfg.model.display(),
-        info.architecture,
-        info.labels.len(),
+        "{what} {}, serving on {}{metrics}{live}",
+        models.join(", "),
         listeners.serving_on,
     ))
 }

@@ -225,6 +225,17 @@ impl Client {
         self.call(classify_request(inputs, options)).await
     }
 
+    /// One classify request to the model the daemon serves as `model` (`""`: its default).
+    pub async fn classify_model(
+        &self,
+        model: &str,
+        inputs: Vec<pb::Input>,
+        options: pb::Options,
+    ) -> Result<pb::Response, ClientError> {
+        self.call(for_model(classify_request(inputs, options), model))
+            .await
+    }
+
     pub async fn info(&self) -> Result<pb::Response, ClientError> {
         self.call(pb::Request {
             version: VERSION,
@@ -272,7 +283,7 @@ pub fn token_options(aggregation: pb::Aggregation, redact: bool) -> pb::Options 
     }
 }
 
-/// A classify request for `inputs` with `options` and no deadline.
+/// A classify request for `inputs` with `options` and no deadline, to the default model.
 pub fn classify_request(inputs: Vec<pb::Input>, options: pb::Options) -> pb::Request {
     pb::Request {
         version: VERSION,
@@ -282,8 +293,18 @@ pub fn classify_request(inputs: Vec<pb::Input>, options: pb::Options) -> pb::Req
             options: Some(options),
             deadline_us: 0,
             priority: pb::Priority::Normal as i32,
+            model: String::new(),
         })),
     }
+}
+
+/// `request` addressed to the model the daemon serves as `model` (`""`: its default); an
+/// info request is left as it is.
+pub fn for_model(mut request: pb::Request, model: &str) -> pb::Request {
+    if let Some(pb::request::Body::Classify(c)) = &mut request.body {
+        c.model = model.to_string();
+    }
+    request
 }
 
 pub fn text(t: impl Into<String>) -> pb::Input {

@@ -88,17 +88,21 @@ impl EngineThreads {
         Ok(EngineThreads { pool, team })
     }
 
-    /// The threads for a lane of `engine`: kernels split across the team on the CPU; candle's
-    /// ops need the rayon pool wide unless the engine computes f32 on the CPU (where every hot
-    /// kernel is the team's).
-    pub fn for_engine(
+    /// The threads for a lane serving `engines`: kernels split across the team on the CPU;
+    /// candle's ops need the rayon pool wide unless every engine computes f32 or int8 on the
+    /// CPU (where every hot kernel is the team's). A GPU when any engine is on one (they all
+    /// share the daemon's one device).
+    pub fn for_engines(
         name: &'static str,
         cfg: &ThreadsConfig,
-        engine: &crate::engine::Engine,
+        engines: &[&crate::engine::Engine],
         background: bool,
     ) -> std::io::Result<EngineThreads> {
-        let cpu = !engine.pads_batches();
-        let candle_wide = !cpu || !matches!(engine.info().compute_dtype.as_str(), "f32" | "int8");
+        let cpu = !engines.iter().any(|e| e.pads_batches());
+        let candle_wide = !cpu
+            || engines
+                .iter()
+                .any(|e| !matches!(e.info().compute_dtype.as_str(), "f32" | "int8"));
         EngineThreads::new(name, cfg, cpu, candle_wide, background)
     }
 

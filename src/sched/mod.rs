@@ -1,4 +1,6 @@
-//! Scheduling: admission into a bounded queue, batch selection, and the engine threads.
+//! Scheduling: admission into a bounded queue, batch selection, and the engine threads. One
+//! [`Scheduler`] serves every model of the daemon; each model submits through its own
+//! [`ModelQueue`] (see [`route`]).
 
 pub mod batch;
 #[cfg(test)]
@@ -7,8 +9,10 @@ pub mod hooks;
 pub mod hot;
 pub mod priority;
 pub mod queue;
+pub mod route;
 pub mod worker;
 
+use std::ops::Deref;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -21,6 +25,7 @@ use queue::{
     BatchObserver, Counters, Job, JobError, JobOutput, Lane, SchedulerConfig, Shared, State, Stats,
     SubmitError,
 };
+use route::{ModelCounters, Route, RouteOptions};
 
 /// Closes the queue when the last `Scheduler` clone goes, so the worker finishes what is queued
 /// and exits instead of sleeping forever.
@@ -38,11 +43,13 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Spawns the engine thread. If the OS refuses a thread the scheduler starts closed, so
-    /// every submit answers `ShuttingDown` instead of hanging; [`Scheduler::try_start`] reports it.
-    pub fn start(engine: Arc<Engine>, cfg: SchedulerConfig) -> Scheduler {
+    /// Spawns the engine threads, sized for `engines` (the models it will serve first: a
+    /// reloaded one runs on the same threads). If the OS refuses a thread the scheduler starts
+    /// closed, so every submit answers `ShuttingDown` instead of hanging;
+    /// [`Scheduler::try_start`] reports it.
+    pub fn start(engines: &[&Engine], cfg: SchedulerConfig) -> Scheduler {
         let (s, shared) = Self::unstarted(cfg);
-        if let Err(e) = crate::sched::worker::spawn(engine, shared) {
+        if let Err(e) = crate::sched::worker::spawn(engines, shared) {
             tracing::error!("cannot spawn the engine thread: {e}");
             s.close();
         }
@@ -50,10 +57,16 @@ impl Scheduler {
     }
 
     /// Like [`Scheduler::start`], but fails when the engine thread cannot be spawned.
-    pub fn try_start(engine: Arc<Engine>, cfg: SchedulerConfig) -> std::io::Result<Scheduler> {
+    pub fn try_start(engines: &[&Engine], cfg: SchedulerConfig) -> std::io::Result<Scheduler> {
         let (s, shared) = Self::unstarted(cfg);
-        crate::sched::worker::spawn(engine, shared)?;
+        crate::sched::worker::spawn(engines, shared)?;
         Ok(s)
+    }
+
+    /// A scheduler serving `engine` alone, as the daemon's only model is.
+    pub fn start_one(engine: Arc<Engine>, cfg: SchedulerConfig) -> ModelQueue {
+        let opts = RouteOptions::single("model", cfg.queue_capacity, cfg.max_batch_tokens);
+        Scheduler::start(&[&engine], cfg).add(engine, opts, None)
     }
 
     fn unstarted(cfg: SchedulerConfig) -> (Scheduler, Arc<Shared>) {
@@ -66,10 +79,10 @@ impl Scheduler {
             epoch: Instant::now(),
             heartbeat_ms: Default::default(),
             observer: OnceLock::new(),
-            unhealthy: OnceLock::new(),
             threads: Default::default(),
             pushed: Default::default(),
             sleeping: Default::default(),
+            next_key: Default::default(),
             #[cfg(test)]
             gate: Default::default(),
         });
@@ -81,6 +94,34 @@ impl Scheduler {
 
     fn shared(&self) -> &Shared {
         &self.inner.0
+    }
+
+    /// Serves `engine` as the model `opts` names, from now until the last clone of the
+    /// returned queue goes (its jobs still queued then still run). `counters`: a reloaded
+    /// model's predecessor's, so that its counts go on from there.
+    pub fn add(
+        &self,
+        engine: Arc<Engine>,
+        opts: RouteOptions,
+        counters: Option<Arc<ModelCounters>>,
+    ) -> ModelQueue {
+        let shared = self.shared();
+        let key = shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let route = Arc::new(Route::new(
+            key,
+            engine,
+            opts,
+            shared.cfg.budget(),
+            shared.cfg.bulk_tokens,
+            counters.unwrap_or_default(),
+        ));
+        shared.lock().add(route.clone());
+        ModelQueue {
+            inner: Arc::new(QueueHandle {
+                scheduler: self.clone(),
+                route,
+            }),
+        }
     }
 
     /// A request has arrived and will be submitted once tokenized: wakes the fast lane's engine
@@ -97,14 +138,15 @@ impl Scheduler {
         }
     }
 
-    pub fn submit(
+    fn submit(
         &self,
+        route: &Route,
         job: Job,
     ) -> Result<oneshot::Receiver<Result<JobOutput, JobError>>, SubmitError> {
         let shared = self.shared();
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
-        if let Some(why) = shared.unhealthy.get() {
+        if let Some(why) = route.unhealthy.get() {
             return Err(SubmitError::Unhealthy(why.clone()));
         }
         let mut st = shared.lock();
@@ -121,23 +163,23 @@ impl Scheduler {
             }));
             return Ok(rx);
         }
-        if st.len() >= shared.cfg.queue_capacity {
+        let capacity = route.opts.queue_capacity;
+        let full = || route.counters.queued.load(Ordering::Relaxed) >= capacity;
+        if full() {
             // Dead entries should not turn live requests away.
-            for lane in Lane::ALL {
-                st.expire(lane, now, &shared.counters);
-            }
-            st.sweep_cancelled(&shared.counters);
+            st.make_room(route.key, now);
         }
-        if st.len() >= shared.cfg.queue_capacity {
-            shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-            return Err(SubmitError::Overloaded {
-                capacity: shared.cfg.queue_capacity,
-            });
+        if full() {
+            route.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::Overloaded { capacity });
         }
-        let tokens = job.inputs.iter().map(Encoded::len).sum();
-        let lane = Lane::of(tokens, &shared.cfg);
-        st.push(job, reply, now, lane);
-        shared.counters.queued.store(st.len(), Ordering::Relaxed);
+        let tokens: usize = job.inputs.iter().map(Encoded::len).sum();
+        let lane = if tokens > route.bulk_tokens {
+            Lane::Bulk
+        } else {
+            Lane::Fast
+        };
+        st.push(route.key, job, reply, now, lane);
         shared.pushed[lane as usize].fetch_add(1, Ordering::SeqCst);
         drop(st);
         shared.work[lane as usize].notify_one();
@@ -154,9 +196,9 @@ impl Scheduler {
         &self.shared().cfg
     }
 
-    /// Counts since start; read from atomics, without the queue lock.
-    pub fn stats(&self) -> Stats {
-        self.shared().counters.snapshot()
+    /// Whether an engine thread is computing a batch now.
+    pub fn busy(&self) -> bool {
+        self.shared().counters.any_busy()
     }
 
     /// How long ago the engine thread last showed it was alive. An idle worker beats every
@@ -165,12 +207,6 @@ impl Scheduler {
     /// ([`crate::serve::systemd`]) is fed only while this stays small.
     pub fn heartbeat_age(&self) -> Duration {
         self.shared().heartbeat_age()
-    }
-
-    /// Why the engine is unhealthy, if it is: a failed pass whose probe failed too. Then every
-    /// queued and later job is answered UNAVAILABLE, and the service reports not ready.
-    pub fn unhealthy(&self) -> Option<String> {
-        self.shared().unhealthy.get().cloned()
     }
 
     /// Refuses new jobs; queued ones still run. Idempotent.
@@ -199,11 +235,76 @@ impl Scheduler {
     /// Answers every job still waiting with `ShuttingDown`; the batch being computed finishes.
     /// Does not close the queue by itself.
     pub fn abort_queued(&self) {
-        self.shared().answer_queued(|| JobError::ShuttingDown);
+        self.shared().answer_queued(None, || JobError::ShuttingDown);
     }
 
     #[cfg(test)]
     pub(crate) fn gate(&self) -> &crate::sched::gate::Gate {
         &self.shared().gate
+    }
+}
+
+/// Lets the scheduler know, when the last clone of a [`ModelQueue`] goes, that nothing more
+/// will arrive for its route.
+struct QueueHandle {
+    scheduler: Scheduler,
+    route: Arc<Route>,
+}
+
+impl Drop for QueueHandle {
+    fn drop(&mut self) {
+        let shared = self.scheduler.shared();
+        let gone = shared.lock().retire(self.route.key);
+        // Dropped outside the lock: it may be the engine's last reference.
+        drop(gone);
+        shared.idle.notify_waiters();
+    }
+}
+
+/// One model's way into the shared [`Scheduler`] (which it derefs to, for what is the
+/// scheduler's as a whole: waking the threads, closing, draining).
+#[derive(Clone)]
+pub struct ModelQueue {
+    inner: Arc<QueueHandle>,
+}
+
+impl Deref for ModelQueue {
+    type Target = Scheduler;
+
+    fn deref(&self) -> &Scheduler {
+        &self.inner.scheduler
+    }
+}
+
+impl ModelQueue {
+    pub fn submit(
+        &self,
+        job: Job,
+    ) -> Result<oneshot::Receiver<Result<JobOutput, JobError>>, SubmitError> {
+        self.inner.scheduler.submit(&self.inner.route, job)
+    }
+
+    /// This model's counts since start, across its reloads; read from atomics, without the
+    /// queue lock.
+    pub fn stats(&self) -> Stats {
+        let busy = self.inner.scheduler.busy();
+        self.inner.route.counters.snapshot(busy)
+    }
+
+    /// Why this model's engine is unhealthy, if it is: a failed pass whose probe failed too.
+    /// Then its queued and later jobs are answered UNAVAILABLE (the other models serve on),
+    /// and the service reports it not ready.
+    pub fn unhealthy(&self) -> Option<String> {
+        self.inner.route.unhealthy.get().cloned()
+    }
+
+    /// How this model is scheduled.
+    pub fn options(&self) -> &RouteOptions {
+        &self.inner.route.opts
+    }
+
+    /// The counts a reloaded version of this model goes on from.
+    pub fn counters(&self) -> Arc<ModelCounters> {
+        self.inner.route.counters.clone()
     }
 }

@@ -11,9 +11,9 @@
 //! 64 long texts (seconds of work on a CPU) runs beside the short ones instead of in front of
 //! them.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
@@ -24,6 +24,8 @@ use crate::engine::tokenize::Encoded;
 pub use crate::sched::batch::Priority;
 use crate::sched::batch::{Budget, Candidate, Index};
 use crate::sched::hot::{EngineThreads, ThreadsConfig};
+use crate::sched::route::Route;
+pub use crate::sched::route::Stats;
 
 /// What the scheduler runs with; `serve` fills it from the settings, and its `Default` is what
 /// `serve` runs with when nothing is set (both in [`crate::serve::config`]).
@@ -166,19 +168,6 @@ pub enum SubmitError {
     Unhealthy(String),
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub batches: u64,
-    /// Jobs computed (not rows).
-    pub computed: u64,
-    pub rows: u64,
-    pub expired: u64,
-    pub cancelled: u64,
-    pub overloaded: u64,
-    pub queued: usize,
-    pub busy: bool,
-}
-
 pub(crate) type Reply = oneshot::Sender<Result<JobOutput, JobError>>;
 
 pub(crate) struct Queued {
@@ -194,6 +183,10 @@ impl Queued {
         self.job.inputs.iter().map(Encoded::len).max().unwrap_or(0)
     }
 
+    fn tokens(&self) -> u64 {
+        self.job.inputs.iter().map(|e| e.len() as u64).sum()
+    }
+
     fn candidate(&self) -> Candidate {
         Candidate {
             priority: self.job.priority,
@@ -204,96 +197,209 @@ impl Queued {
     }
 }
 
-/// The waiting jobs. Every operation the handlers and the worker run under the lock is
-/// O(log n) per job it touches; only a submit that finds the queue full scans it, for jobs
-/// whose clients have gone.
-#[derive(Default)]
-pub(crate) struct State {
+/// The fair share's unit: tokens served × this / weight, so weights up to 1000 stay exact
+/// enough in integers.
+const SHARE_SCALE: u64 = 1000;
+
+/// One model version's waiting jobs.
+struct Queue {
+    route: Arc<Route>,
     jobs: HashMap<u64, Queued>,
     /// One per [`Lane`].
     index: [Index; 2],
     /// Per [`Lane`]: (deadline, arrival) of every queued job that has one, soonest first. Per
     /// lane, so each worker judges the deadlines of the jobs it would start, and only those.
     deadlines: [BTreeSet<(Instant, u64)>; 2],
+    /// Per [`Lane`]: the tokens this model was served, scaled by its weight (the fair share's
+    /// virtual time). A model whose lane was idle catches up to the busy ones when work
+    /// arrives, so idleness is not saved up as credit.
+    served: [u64; 2],
+    /// No handle is left: nothing more arrives, and the queue goes once empty.
+    retired: bool,
+}
+
+impl Queue {
+    fn new(route: Arc<Route>) -> Queue {
+        Queue {
+            route,
+            jobs: HashMap::new(),
+            index: Default::default(),
+            deadlines: Default::default(),
+            served: [0; 2],
+            retired: false,
+        }
+    }
+}
+
+/// The waiting jobs of every model. Every operation the handlers and the workers run under the
+/// lock is O(log n) per job it touches (plus one look at each model); only a submit that
+/// finds its model's share full scans that model's jobs, for those whose clients have gone.
+#[derive(Default)]
+pub(crate) struct State {
+    queues: BTreeMap<u64, Queue>,
+    len: usize,
     next_arrival: u64,
     pub closed: bool,
 }
 
 impl State {
-    pub fn len(&self) -> usize {
-        self.jobs.len()
-    }
-
     pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty()
+        self.len == 0
     }
 
-    /// Jobs waiting in `lane`.
-    pub fn lane_len(&self, lane: Lane) -> usize {
-        self.index[lane as usize].len()
+    pub(crate) fn add(&mut self, route: Arc<Route>) {
+        self.queues.insert(route.key, Queue::new(route));
     }
 
-    pub(crate) fn push(&mut self, job: Job, reply: Reply, now: Instant, lane: Lane) {
+    /// Nothing more arrives for `key`: its queue goes once its last job is taken. Returns it
+    /// when that is now, for the caller to drop outside the lock (it may hold the last
+    /// reference to an engine).
+    pub(crate) fn retire(&mut self, key: u64) -> Option<Arc<Route>> {
+        let q = self.queues.get_mut(&key)?;
+        q.retired = true;
+        self.prune(key)
+    }
+
+    fn prune(&mut self, key: u64) -> Option<Arc<Route>> {
+        let q = self.queues.get(&key)?;
+        if q.retired && q.jobs.is_empty() {
+            return self.queues.remove(&key).map(|q| q.route);
+        }
+        None
+    }
+
+    pub(crate) fn push(&mut self, key: u64, job: Job, reply: Reply, now: Instant, lane: Lane) {
+        let l = lane as usize;
+        // The least virtual time among the models already waiting in this lane.
+        let busiest = self
+            .queues
+            .values()
+            .filter(|q| q.route.key != key && !q.index[l].is_empty())
+            .map(|q| q.served[l])
+            .min();
+        let Some(q) = self.queues.get_mut(&key) else {
+            // A model's queue lives as long as a handle to it, so a handle never misses it.
+            let _ = reply.send(Err(JobError::ShuttingDown));
+            return;
+        };
+        if q.index[l].is_empty() {
+            if let Some(v) = busiest {
+                q.served[l] = q.served[l].max(v);
+            }
+        }
         let arrival = self.next_arrival;
         self.next_arrival += 1;
-        let q = Queued {
+        let queued = Queued {
             job,
             reply,
             submitted: now,
             arrival,
             lane,
         };
-        self.index[lane as usize].insert(q.candidate());
-        if let Some(d) = q.job.deadline {
-            self.deadlines[lane as usize].insert((d, arrival));
+        q.index[l].insert(queued.candidate());
+        if let Some(d) = queued.job.deadline {
+            q.deadlines[l].insert((d, arrival));
         }
-        self.jobs.insert(arrival, q);
+        q.jobs.insert(arrival, queued);
+        q.route.counters.queued.fetch_add(1, Ordering::Relaxed);
+        self.len += 1;
     }
 
-    fn take(&mut self, arrival: u64) -> Option<Queued> {
-        let q = self.jobs.remove(&arrival)?;
-        self.index[q.lane as usize].remove(arrival);
-        if let Some(d) = q.job.deadline {
-            self.deadlines[q.lane as usize].remove(&(d, arrival));
+    fn take(&mut self, key: u64, arrival: u64) -> Option<Queued> {
+        let q = self.queues.get_mut(&key)?;
+        let job = q.jobs.remove(&arrival)?;
+        let l = job.lane as usize;
+        q.index[l].remove(arrival);
+        if let Some(d) = job.job.deadline {
+            q.deadlines[l].remove(&(d, arrival));
         }
-        Some(q)
+        q.route.counters.queued.fetch_sub(1, Ordering::Relaxed);
+        self.len -= 1;
+        Some(job)
     }
 
     /// Answers and removes the jobs of `lane` whose deadline has passed: they could no longer
     /// be on time, and must take neither a batch slot nor a queue slot.
-    pub fn expire(&mut self, lane: Lane, now: Instant, counters: &Counters) {
-        while let Some(&(d, arrival)) = self.deadlines[lane as usize].first() {
+    pub fn expire(&mut self, lane: Lane, now: Instant) {
+        let keys: Vec<u64> = self.queues.keys().copied().collect();
+        for key in keys {
+            self.expire_in(key, lane, now);
+        }
+    }
+
+    fn expire_in(&mut self, key: u64, lane: Lane, now: Instant) {
+        loop {
+            let Some(q) = self.queues.get(&key) else {
+                return;
+            };
+            let Some(&(d, arrival)) = q.deadlines[lane as usize].first() else {
+                return;
+            };
             if d > now {
-                break;
+                return;
             }
-            if let Some(q) = self.take(arrival) {
+            let counters = q.route.counters.clone();
+            if let Some(q) = self.take(key, arrival) {
                 counters.expired.fetch_add(1, Ordering::Relaxed);
                 let _ = q.reply.send(Err(JobError::DeadlineExceeded));
             }
         }
     }
 
-    /// Removes jobs nobody waits for any more. O(n): run only when the queue is full, where it
-    /// keeps dead entries from turning live requests away.
-    pub(crate) fn sweep_cancelled(&mut self, counters: &Counters) {
-        let gone: Vec<u64> = self
+    /// Makes room in `key`'s share before it is found full: its expired jobs, and those nobody
+    /// waits for any more. O(n) in that model's jobs: run only when its share is full, where
+    /// it keeps dead entries from turning live requests away.
+    pub(crate) fn make_room(&mut self, key: u64, now: Instant) {
+        for lane in Lane::ALL {
+            self.expire_in(key, lane, now);
+        }
+        let Some(q) = self.queues.get(&key) else {
+            return;
+        };
+        let counters = q.route.counters.clone();
+        let gone: Vec<u64> = q
             .jobs
             .values()
             .filter(|q| q.reply.is_closed())
             .map(|q| q.arrival)
             .collect();
         for a in gone {
-            self.take(a);
+            self.take(key, a);
             counters.cancelled.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Takes the next batch out of the queue (see [`crate::sched::batch`]); jobs it meets whose
-    /// clients have gone are dropped on the way and counted as cancelled.
-    pub fn pick(&mut self, lane: Lane, budget: Budget, counters: &Counters) -> Vec<Queued> {
+    /// The model whose jobs `lane` runs next: the best class, then the soonest deadline, then
+    /// the least served for its weight, then the oldest route.
+    fn next_model(&self, lane: Lane) -> Option<u64> {
+        let l = lane as usize;
+        self.queues
+            .values()
+            .filter(|q| !q.index[l].is_empty())
+            .min_by_key(|q| {
+                let deadline = q.deadlines[l].first().map(|&(d, _)| d);
+                (
+                    q.route.opts.class,
+                    deadline.is_none(),
+                    deadline,
+                    q.served[l],
+                    q.route.key,
+                )
+            })
+            .map(|q| q.route.key)
+    }
+
+    /// Takes the next batch out of the queue, all of one model (see [`crate::sched::batch`]);
+    /// jobs it meets whose clients have gone are dropped on the way and counted as cancelled.
+    /// `None` when the lane has nothing waiting; an empty batch when all it met had gone.
+    pub fn pick(&mut self, lane: Lane) -> Option<(Arc<Route>, Vec<Queued>)> {
+        let l = lane as usize;
+        let key = self.next_model(lane)?;
+        let q = self.queues.get(&key)?;
+        let route = q.route.clone();
         let mut gone = Vec::new();
-        let jobs = &self.jobs;
-        let picked = self.index[lane as usize].select(budget, |a| {
+        let jobs = &q.jobs;
+        let picked = q.index[l].select(route.budget, |a| {
             let live = jobs.get(&a).is_some_and(|q| !q.reply.is_closed());
             if !live {
                 gone.push(a);
@@ -302,66 +408,65 @@ impl State {
         });
         // A job can be met twice (as a candidate anchor, then by length).
         for a in gone {
-            if self.take(a).is_some() {
-                counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            if self.take(key, a).is_some() {
+                route.counters.cancelled.fetch_add(1, Ordering::Relaxed);
             }
         }
-        picked.into_iter().filter_map(|a| self.take(a)).collect()
+        let batch: Vec<Queued> = picked
+            .into_iter()
+            .filter_map(|a| self.take(key, a))
+            .collect();
+        let tokens: u64 = batch.iter().map(Queued::tokens).sum::<u64>().max(1);
+        if let Some(q) = self.queues.get_mut(&key) {
+            let share = tokens.saturating_mul(SHARE_SCALE) / u64::from(route.opts.weight.max(1));
+            q.served[l] = q.served[l].saturating_add(share);
+        }
+        // The worker holds `route` for the batch, so a pruned engine is let go outside the lock.
+        drop(self.prune(key));
+        Some((route, batch))
     }
 
-    /// Everything still queued, oldest first.
-    pub fn drain_all(&mut self) -> Vec<Queued> {
-        let mut all: Vec<Queued> = self.jobs.drain().map(|(_, q)| q).collect();
-        all.sort_by_key(|q| q.arrival);
-        self.index = Default::default();
-        self.deadlines = Default::default();
-        all
+    /// Everything still queued of `key` (or of every model when `None`), oldest first.
+    pub fn drain(&mut self, key: Option<u64>) -> Vec<Queued> {
+        self.drain_where(|k, _| key.is_none_or(|key| key == k))
     }
 
     /// Everything still queued in `lane`, oldest first.
     pub fn drain_lane(&mut self, lane: Lane) -> Vec<Queued> {
-        let mut arrivals: Vec<u64> = self
-            .jobs
-            .values()
-            .filter(|q| q.lane == lane)
-            .map(|q| q.arrival)
+        self.drain_where(|_, q| q.lane == lane)
+    }
+
+    fn drain_where(&mut self, keep: impl Fn(u64, &Queued) -> bool) -> Vec<Queued> {
+        let mut picked: Vec<(u64, u64)> = self
+            .queues
+            .iter()
+            .flat_map(|(&k, q)| q.jobs.values().map(move |j| (k, j)))
+            .filter(|(k, j)| keep(*k, j))
+            .map(|(k, j)| (j.arrival, k))
+            .map(|(a, k)| (k, a))
             .collect();
-        arrivals.sort_unstable();
-        arrivals.into_iter().filter_map(|a| self.take(a)).collect()
+        picked.sort_unstable_by_key(|&(_, a)| a);
+        let all: Vec<Queued> = picked
+            .into_iter()
+            .filter_map(|(k, a)| self.take(k, a))
+            .collect();
+        let keys: Vec<u64> = self.queues.keys().copied().collect();
+        for k in keys {
+            drop(self.prune(k));
+        }
+        all
     }
 }
 
-/// What [`Scheduler::stats`] reports, kept in atomics so that metrics scrapes, `Info` and
-/// the worker's bookkeeping never contend with `submit` for the queue lock.
+/// What the scheduler as a whole reports: its workers' state, for the drain and the watchdog.
+/// The counts of each model are its route's [`ModelCounters`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub batches: AtomicU64,
-    pub computed: AtomicU64,
-    pub rows: AtomicU64,
-    pub expired: AtomicU64,
-    pub cancelled: AtomicU64,
-    pub overloaded: AtomicU64,
-    /// Mirrors the queue's length; written under the lock, read without it.
-    pub queued: AtomicUsize,
     /// Per [`Lane`]: its worker is computing a batch.
     pub busy: [AtomicBool; 2],
 }
 
 impl Counters {
-    pub(crate) fn snapshot(&self) -> Stats {
-        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Stats {
-            batches: r(&self.batches),
-            computed: r(&self.computed),
-            rows: r(&self.rows),
-            expired: r(&self.expired),
-            cancelled: r(&self.cancelled),
-            overloaded: r(&self.overloaded),
-            queued: self.queued.load(Ordering::Relaxed),
-            busy: self.any_busy(),
-        }
-    }
-
     pub fn any_busy(&self) -> bool {
         self.busy.iter().any(|b| b.load(Ordering::Acquire))
     }
@@ -388,17 +493,14 @@ pub(crate) struct Shared {
     pub pushed: [AtomicU64; 2],
     /// Per [`Lane`]: its worker sleeps on its condvar (and a wake-up must notify it).
     pub sleeping: [AtomicBool; 2],
-    /// Why the engine is unhealthy, once it is: a forward pass failed and so did the tiny
-    /// probe pass after it (a sticky device fault: on CUDA every later launch fails too). Never
-    /// cleared; the service stops answering ready and feeding the watchdog, so systemd
-    /// restarts it (a reload builds a new scheduler and engine).
-    pub unhealthy: OnceLock<String>,
+    /// The key of the next route added.
+    pub next_key: AtomicU64,
     #[cfg(test)]
     pub gate: crate::sched::gate::Gate,
 }
 
-/// Called with (rows, padded tokens) after each forward pass; must be cheap.
-pub type BatchObserver = Box<dyn Fn(usize, usize) + Send + Sync>;
+/// Called with (model name, rows, padded tokens) after each forward pass; must be cheap.
+pub type BatchObserver = Box<dyn Fn(&str, usize, usize) + Send + Sync>;
 
 impl Shared {
     /// A panic elsewhere while holding the lock leaves the queue consistent (every mutation is a
@@ -407,15 +509,10 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Answers every job still waiting with `error()`, emptying the queue (the batch being
-    /// computed finishes). Does not close the queue by itself.
-    pub fn answer_queued(&self, error: impl Fn() -> JobError) {
-        let queued: Vec<Queued> = {
-            let mut st = self.lock();
-            let all = st.drain_all();
-            self.counters.queued.store(0, Ordering::Relaxed);
-            all
-        };
+    /// Answers every job still waiting for `key` (every model's when `None`) with `error()`
+    /// (the batch being computed finishes). Does not close the queue by itself.
+    pub fn answer_queued(&self, key: Option<u64>, error: impl Fn() -> JobError) {
+        let queued: Vec<Queued> = self.lock().drain(key);
         for q in queued {
             let _ = q.reply.send(Err(error()));
         }
@@ -567,7 +664,7 @@ mod tests {
     #[test]
     fn idle_worker_starts_a_lone_job_at_once_and_empty_jobs_need_no_pass() {
         let e = engine();
-        let s = Scheduler::start(e.clone(), SchedulerConfig::default());
+        let s = Scheduler::start_one(e.clone(), SchedulerConfig::default());
         let rx = s.submit(job(vec![encode(&e, "solo")])).expect("admitted");
         assert_eq!(
             rx.blocking_recv()

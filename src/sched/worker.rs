@@ -17,22 +17,22 @@ use crate::engine::error::EngineError;
 use crate::engine::passes::{self, PassShape, PlanRow};
 use crate::engine::tokenize::Encoded;
 use crate::engine::Engine;
-use crate::sched::batch::Budget;
 use crate::sched::hooks;
 use crate::sched::hot::EngineThreads;
 use crate::sched::queue::{Job, JobError, JobOutput, Lane, Priority, Queued, Reply, Shared};
+use crate::sched::route::Route;
 
 /// Starts both lanes' engine threads: each lane's loop runs inside its own pool (see
 /// [`crate::sched::hot`]), the bulk lane's at background priority. The thread that starts a
 /// loop (`classifyd-lane-*`) waits for it, so a panic that escapes the loop still ends in
 /// [`ExitGuard`].
-pub(crate) fn spawn(engine: Arc<Engine>, shared: Arc<Shared>) -> std::io::Result<()> {
+pub(crate) fn spawn(engines: &[&Engine], shared: Arc<Shared>) -> std::io::Result<()> {
     for (lane, name) in [
         (Lane::Fast, "classifyd-engine"),
         (Lane::Bulk, "classifyd-bulk"),
     ] {
         let bulk = lane == Lane::Bulk;
-        let threads = EngineThreads::for_engine(name, &shared.cfg.threads, &engine, bulk)?;
+        let threads = EngineThreads::for_engines(name, &shared.cfg.threads, engines, bulk)?;
         // Started once per scheduler; a second call keeps the first lane's threads.
         let _ = shared.threads[lane as usize].set(threads);
     }
@@ -40,11 +40,11 @@ pub(crate) fn spawn(engine: Arc<Engine>, shared: Arc<Shared>) -> std::io::Result
         (Lane::Fast, "classifyd-lane-fast"),
         (Lane::Bulk, "classifyd-lane-bulk"),
     ] {
-        let (e, s) = (engine.clone(), shared.clone());
+        let s = shared.clone();
         thread::Builder::new().name(name.into()).spawn(move || {
             let _exit = ExitGuard(&s, lane);
             if let Some(threads) = s.threads[lane as usize].get() {
-                threads.run(|| run(&e, &s, lane, threads));
+                threads.run(|| run(&s, lane, threads));
             }
         })?;
     }
@@ -61,9 +61,7 @@ impl Drop for ExitGuard<'_> {
             let mut st = self.0.lock();
             st.closed = true;
             self.0.counters.busy[self.1 as usize].store(false, Ordering::Release);
-            let orphans = st.drain_lane(self.1);
-            self.0.counters.queued.store(st.len(), Ordering::Relaxed);
-            orphans
+            st.drain_lane(self.1)
         };
         for w in &self.0.work {
             w.notify_all();
@@ -75,24 +73,29 @@ impl Drop for ExitGuard<'_> {
     }
 }
 
-fn run(engine: &Engine, shared: &Shared, lane: Lane, threads: &EngineThreads) {
-    let budget = shared.cfg.budget();
-    let shape = shared.cfg.pass_shape(engine.pads_batches());
-    while let Some(batch) = next_batch(shared, lane, budget, threads) {
+fn run(shared: &Shared, lane: Lane, threads: &EngineThreads) {
+    while let Some((route, batch)) = next_batch(shared, lane, threads) {
+        let engine = &route.engine;
+        let shape = PassShape {
+            max_tokens: route.budget.max_tokens,
+            ..shared.cfg.pass_shape(engine.pads_batches())
+        };
         shared.beat(lane);
         #[cfg(test)]
         shared.gate.pass();
         hooks::hold(shared, lane);
         // Counted before any of its jobs is answered, as each pass's rows are (in `run_batch`),
         // so a client holding its answer sees its batch counted.
-        let c = &shared.counters;
-        c.batches.fetch_add(1, Ordering::Relaxed);
+        route.counters.batches.fetch_add(1, Ordering::Relaxed);
         threads.pass_started();
-        run_batch(engine, shared, lane, shape, batch);
+        run_batch(&route, shared, lane, shape, batch);
         threads.pass_ended();
         shared.beat(lane);
         // Idle only after answering, so `drained()` never resolves ahead of a reply.
-        c.busy[lane as usize].store(false, Ordering::Release);
+        shared.counters.busy[lane as usize].store(false, Ordering::Release);
+        // The route may hold the last reference to a replaced engine: let go of it before
+        // the lock is taken again.
+        drop(route);
         shared.idle.notify_waiters();
     }
 }
@@ -104,9 +107,8 @@ fn run(engine: &Engine, shared: &Shared, lane: Lane, threads: &EngineThreads) {
 fn next_batch(
     shared: &Shared,
     lane: Lane,
-    budget: Budget,
     threads: &EngineThreads,
-) -> Option<Vec<Queued>> {
+) -> Option<(Arc<Route>, Vec<Queued>)> {
     let mut st = shared.lock();
     // Never 0: wait_timeout(0) would spin.
     let heartbeat = shared.cfg.idle_heartbeat.max(Duration::from_millis(10));
@@ -119,15 +121,17 @@ fn next_batch(
         shared.beat(lane);
         // Expired at pick time so a deadline is judged when the job would start, not when it
         // arrived.
-        st.expire(lane, Instant::now(), &shared.counters);
-        if st.lane_len(lane) > 0 {
-            let batch = st.pick(lane, budget, &shared.counters);
-            shared.counters.queued.store(st.len(), Ordering::Relaxed);
+        st.expire(lane, Instant::now());
+        if let Some((route, batch)) = st.pick(lane) {
             if !batch.is_empty() {
                 shared.counters.busy[lane as usize].store(true, Ordering::Release);
-                return Some(batch);
+                return Some((route, batch));
             }
-            // Everything it met had been cancelled; look again.
+            // Everything it met had been cancelled; look again (without the lock held while
+            // `route` goes, which may be a replaced engine's last reference).
+            drop(st);
+            drop(route);
+            st = shared.lock();
             continue;
         }
         if st.closed {
@@ -176,7 +180,8 @@ impl Progress {
 
 /// Runs one batch as [`passes::passes`] cuts it, answering each job the moment its last row
 /// is computed. Returns (rows, padded tokens) over all passes.
-fn run_batch(engine: &Engine, shared: &Shared, lane: Lane, shape: PassShape, batch: Vec<Queued>) {
+fn run_batch(route: &Route, shared: &Shared, lane: Lane, shape: PassShape, batch: Vec<Queued>) {
+    let engine = &route.engine;
     let started = Instant::now();
     let batch_size =
         u32::try_from(batch.iter().map(|q| q.job.inputs.len()).sum::<usize>()).unwrap_or(u32::MAX);
@@ -218,7 +223,7 @@ fn run_batch(engine: &Engine, shared: &Shared, lane: Lane, shape: PassShape, bat
             .iter()
             .map(|p| p.len() * p.iter().map(|&i| plan[i].len).max().unwrap_or(0))
             .sum();
-        observe(plan.len(), padded);
+        observe(route.name(), plan.len(), padded);
     }
     let mut jobs: Vec<Progress> = batch
         .into_iter()
@@ -239,10 +244,10 @@ fn run_batch(engine: &Engine, shared: &Shared, lane: Lane, shape: PassShape, bat
         if live.is_empty() {
             continue;
         }
-        if let Some(why) = shared.unhealthy.get() {
+        if let Some(why) = route.unhealthy.get() {
             for &i in &live {
                 finish(
-                    shared,
+                    route,
                     &mut jobs[rows[i].0],
                     Err(JobError::Unhealthy(why.clone())),
                 );
@@ -256,7 +261,7 @@ fn run_batch(engine: &Engine, shared: &Shared, lane: Lane, shape: PassShape, bat
         let result = forward(engine, &inputs, false);
         drop(inputs);
         shared.beat(lane);
-        shared
+        route
             .counters
             .rows
             .fetch_add(live.len() as u64, Ordering::Relaxed);
@@ -273,12 +278,12 @@ fn run_batch(engine: &Engine, shared: &Shared, lane: Lane, shape: PassShape, bat
                 tracing::warn!(rows = live.len(), "batch failed: a forward pass: {e}");
                 for &i in &live {
                     finish(
-                        shared,
+                        route,
                         &mut jobs[rows[i].0],
                         Err(JobError::Engine(e.clone())),
                     );
                 }
-                check_health(engine, shared, &e);
+                check_health(route, shared, &e);
                 continue;
             }
         }
@@ -295,13 +300,13 @@ fn run_batch(engine: &Engine, shared: &Shared, lane: Lane, shape: PassShape, bat
                     inference_us: micros(started.elapsed()),
                     batch_size,
                 };
-                finish(shared, p, Ok(out));
+                finish(route, p, Ok(out));
             }
         }
     }
     // Whoever is left unanswered had gone before its rows ran: counted, not answered.
     let gone = jobs.iter().filter(|p| p.reply.is_some()).count();
-    shared
+    route
         .counters
         .cancelled
         .fetch_add(gone as u64, Ordering::Relaxed);
@@ -309,9 +314,9 @@ fn run_batch(engine: &Engine, shared: &Shared, lane: Lane, shape: PassShape, bat
 
 /// Answers one job whose rows ran (or failed), once: a later call for the same job does
 /// nothing. Counted before the reply, so a client holding its answer sees its job counted.
-fn finish(shared: &Shared, p: &mut Progress, answer: Result<JobOutput, JobError>) {
+fn finish(route: &Route, p: &mut Progress, answer: Result<JobOutput, JobError>) {
     if let Some(reply) = p.reply.take() {
-        shared.counters.computed.fetch_add(1, Ordering::Relaxed);
+        route.counters.computed.fetch_add(1, Ordering::Relaxed);
         // The client may have gone during the pass; nothing else to do for it.
         let _ = reply.send(answer);
     }
@@ -320,21 +325,25 @@ fn finish(shared: &Shared, p: &mut Progress, answer: Result<JobOutput, JobError>
 /// After a failed pass: one tiny probe pass (one row of two tokens). A pass can fail on its
 /// own inputs (a kernel refusing a shape) and the engine is fine, and the probe passes; after a
 /// sticky device fault (on CUDA an illegal access poisons the context) every later pass fails,
-/// the probe too, and the engine is marked unhealthy: every queued job is answered
-/// UNAVAILABLE, later submissions are refused, and the service stops reporting ready and
-/// feeding the watchdog.
-fn check_health(engine: &Engine, shared: &Shared, failure: &EngineError) {
+/// the probe too, and the model is marked unhealthy: its queued jobs are answered UNAVAILABLE,
+/// its later submissions are refused, and the service reports it not ready (the other models
+/// go on; each finds out for itself with its own probe).
+fn check_health(route: &Route, shared: &Shared, failure: &EngineError) {
+    let engine = &route.engine;
     let probe = engine.synthetic_input(2);
     let Err(e) = forward(engine, &[&probe], true) else {
         tracing::info!("health probe passed after the failed batch; the engine goes on");
         return;
     };
     let why = format!("a forward pass failed ({failure}) and so did the health probe ({e})");
-    if shared.unhealthy.set(why.clone()).is_err() {
+    if route.unhealthy.set(why.clone()).is_err() {
         return;
     }
-    tracing::error!("engine unhealthy: {why}; answering UNAVAILABLE until restarted");
-    shared.answer_queued(|| JobError::Unhealthy(why.clone()));
+    tracing::error!(
+        model = route.name(),
+        "engine unhealthy: {why}; answering UNAVAILABLE until reloaded or restarted"
+    );
+    shared.answer_queued(Some(route.key), || JobError::Unhealthy(why.clone()));
 }
 
 /// One forward pass. A panic in a kernel must cost this pass, not every later request.
@@ -378,7 +387,7 @@ pub(crate) mod tests {
     use crate::engine::tokenize::Input;
     use crate::engine::{DTypeChoice, DeviceChoice};
     use crate::sched::queue::{Job, Priority, SchedulerConfig};
-    use crate::sched::Scheduler;
+    use crate::sched::{ModelQueue, Scheduler};
     use std::path::Path;
 
     pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -409,8 +418,8 @@ pub(crate) mod tests {
     }
 
     /// A scheduler whose worker has picked a first job and is held before computing it.
-    pub fn held(engine: &Arc<Engine>, cfg: SchedulerConfig) -> (Scheduler, Rx) {
-        let s = Scheduler::start(engine.clone(), cfg);
+    pub fn held(engine: &Arc<Engine>, cfg: SchedulerConfig) -> (ModelQueue, Rx) {
+        let s = Scheduler::start_one(engine.clone(), cfg);
         s.gate().shut();
         let first = s
             .submit(job(vec![encode(engine, "hold")]))
@@ -434,7 +443,7 @@ pub(crate) mod tests {
     #[test]
     fn concurrent_submits_match_each_computed_alone() {
         let e = engine();
-        let s = Scheduler::start(e.clone(), SchedulerConfig::default());
+        let s = Scheduler::start_one(e.clone(), SchedulerConfig::default());
         let handles: Vec<_> = (0..4)
             .map(|t| {
                 let (s, e) = (s.clone(), e.clone());

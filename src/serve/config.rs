@@ -11,20 +11,84 @@ use std::time::Duration;
 use crate::engine::{DTypeChoice, DeviceChoice, LoadOptions};
 use crate::sched::hot::ThreadsConfig;
 use crate::sched::queue::SchedulerConfig;
+use crate::sched::route::{Class, RouteOptions};
 use crate::serve::limits::ConnectionLimits;
 use crate::serve::quic::QuicOptions;
 use crate::serve::unix::{self, UnixOptions};
-use crate::settings::{Settings, Source};
+use crate::settings::{ModelConfig, Settings, Source};
 use crate::wire::protocol::RequestLimits;
+
+/// One model `serve` serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedModel {
+    /// As requests, responses and metrics name it.
+    pub name: String,
+    pub path: PathBuf,
+    pub dtype: DTypeChoice,
+    pub class: Class,
+    pub weight: u32,
+    /// `None`: the daemon's.
+    pub queue_capacity: Option<usize>,
+    /// `None`: the daemon's (sized for the device).
+    pub max_batch_tokens: Option<usize>,
+}
+
+impl ServedModel {
+    /// `dir` served alone, as a bare `--model DIR` serves it.
+    pub fn single(dir: &std::path::Path, dtype: DTypeChoice) -> ServedModel {
+        ServedModel {
+            name: crate::service::ModelIdentity::dir_name(dir),
+            path: dir.to_path_buf(),
+            dtype,
+            class: Class::Normal,
+            weight: 1,
+            queue_capacity: None,
+            max_batch_tokens: None,
+        }
+    }
+
+    fn of(m: &ModelConfig, dtype: DTypeChoice) -> ServedModel {
+        ServedModel {
+            name: m
+                .name
+                .clone()
+                .unwrap_or_else(|| crate::service::ModelIdentity::dir_name(&m.path)),
+            path: m.path.clone(),
+            dtype: m.dtype.unwrap_or(dtype),
+            class: m.priority,
+            weight: m.weight,
+            queue_capacity: m.queue_capacity,
+            max_batch_tokens: m.max_batch_tokens,
+        }
+    }
+
+    /// How the scheduler serves it, under the daemon's limits for its device.
+    pub fn route(&self, sched: &SchedulerConfig) -> RouteOptions {
+        RouteOptions {
+            name: self.name.clone(),
+            class: self.class,
+            weight: self.weight,
+            queue_capacity: self.queue_capacity.unwrap_or(sched.queue_capacity),
+            max_batch_tokens: self.max_batch_tokens.unwrap_or(sched.max_batch_tokens),
+        }
+    }
+}
+
+/// The models of `s`, named, in order (the default first).
+pub fn served_models(models: &[ModelConfig], dtype: DTypeChoice) -> Vec<ServedModel> {
+    models.iter().map(|m| ServedModel::of(m, dtype)).collect()
+}
 
 /// Everything `serve` needs, validated.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub model: PathBuf,
-    /// The config file `model` was read from (no `--model` flag given); a reload reads the
-    /// model path from it again.
+    /// Never empty; the default model first.
+    pub models: Vec<ServedModel>,
+    /// The config file the models were read from (no `--model` flag given); a reload reads
+    /// their paths from it again.
     pub model_from_file: Option<PathBuf>,
     pub device: DeviceChoice,
+    /// The daemon's dtype, for models that set none.
     pub dtype: DTypeChoice,
     /// How loads (at start and on reload) use the weights cache.
     pub load: LoadOptions,
@@ -87,7 +151,7 @@ impl ServeConfig {
             }
         }
         Ok(ServeConfig {
-            model: s.model_dir().to_path_buf(),
+            models: served_models(&s.models, s.dtype),
             model_from_file: s.model_from_file(),
             device: s.device,
             dtype: s.dtype,

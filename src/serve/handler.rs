@@ -61,7 +61,8 @@ impl Handler for Service {
     fn refused_busy(&self, message: String) -> Framed {
         let status = pb::Status::Overloaded;
         if let Some(m) = self.metrics() {
-            m.record(status, None);
+            // Refused before it was read: counted against the default model.
+            m.record(&self.model().identity.name, status, None);
         }
         Framed::message(&protocol::status(0, status, message))
     }

@@ -60,6 +60,55 @@ pub async fn serve(
     }
 }
 
+/// What a scrape reads of each model.
+fn model_states(service: &Service) -> Vec<crate::service::metrics::ModelState> {
+    service
+        .models()
+        .iter()
+        .map(|m| crate::service::metrics::ModelState {
+            labels: m.labels(),
+            stats: m.queue.stats(),
+            ready: m.queue.unhealthy().is_none(),
+        })
+        .collect()
+}
+
+/// `/readyz`: 200 when every model is ready, else 503 naming those that are not;
+/// `/readyz?model=NAME`: that one model's readiness (404 for a name not served).
+fn readyz(service: &Service, query: &str) -> (u16, &'static str, String) {
+    let unhealthy = service.unhealthy();
+    let started = service.started();
+    let named = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("model="))
+        .filter(|n| !n.is_empty());
+    if let Some(name) = named {
+        if !service.models().iter().any(|m| m.identity.name == name) {
+            return (404, "text/plain", format!("no model named {name:?}\n"));
+        }
+        return match unhealthy.iter().find(|(n, _)| n == name) {
+            _ if !started => (503, "text/plain", "not ready\n".to_string()),
+            Some((_, why)) => (503, "text/plain", format!("not ready: {name}: {why}\n")),
+            None => (200, "text/plain", "ready\n".to_string()),
+        };
+    }
+    if !started {
+        return (503, "text/plain", "not ready\n".to_string());
+    }
+    if unhealthy.is_empty() {
+        return (200, "text/plain", "ready\n".to_string());
+    }
+    let each: Vec<String> = unhealthy
+        .iter()
+        .map(|(n, why)| format!("{n}: {why}"))
+        .collect();
+    (
+        503,
+        "text/plain",
+        format!("not ready: {}\n", each.join("; ")),
+    )
+}
+
 async fn answer(
     mut stream: TcpStream,
     metrics: &Metrics,
@@ -84,19 +133,19 @@ async fn answer(
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next(), parts.next());
-    let path = target.map(|t| t.split('?').next().unwrap_or(t));
+    let (path, query) = match target.map(|t| t.split_once('?').unwrap_or((t, ""))) {
+        Some((p, q)) => (Some(p), q),
+        None => (None, ""),
+    };
     let (code, ctype, body) = match (complete, method, path) {
         (false, ..) => (400, "text/plain", "bad request\n".to_string()),
         (true, Some("GET"), Some("/metrics")) => {
             (200, "text/plain; version=0.0.4; charset=utf-8", {
-                metrics.render(service.lifetime_stats(), service.model().labels())
+                metrics.render(model_states(service))
             })
         }
         (true, Some("GET"), Some("/healthz")) => (200, "text/plain", "ok\n".to_string()),
-        (true, Some("GET"), Some("/readyz")) if service.is_ready() => {
-            (200, "text/plain", "ready\n".to_string())
-        }
-        (true, Some("GET"), Some("/readyz")) => (503, "text/plain", "not ready\n".to_string()),
+        (true, Some("GET"), Some("/readyz")) => readyz(service, query),
         (true, Some("GET"), _) => (404, "text/plain", "not found\n".to_string()),
         _ => (405, "text/plain", "method not allowed\n".to_string()),
     };

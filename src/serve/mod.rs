@@ -6,6 +6,7 @@ mod connection;
 pub mod handler;
 pub mod http;
 pub mod limits;
+mod load;
 pub mod quic;
 mod reload;
 pub mod systemd;
@@ -20,8 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::engine::error::LoadError;
-use crate::engine::tokenize::Input;
-use crate::engine::{DTypeChoice, DeviceChoice, Engine, LoadOptions};
+use crate::engine::Engine;
 use crate::sched::queue::SchedulerConfig;
 use crate::sched::Scheduler;
 use crate::service::metrics::Metrics;
@@ -29,6 +29,7 @@ use crate::service::tokenize_pool::TokenizePool;
 use crate::service::{Model, ModelIdentity, Service};
 pub use config::ServeConfig;
 pub use limits::ConnectionLimits;
+use load::load_warm;
 pub use quic::QuicOptions;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,125 +46,32 @@ pub enum ServerError {
     WarmUp(String),
     #[error("socket activation: {0}")]
     SocketActivation(std::io::Error),
+    /// One of several models failed to start: which one.
+    #[error("model {name} ({}): {source}", path.display())]
+    InModel {
+        name: String,
+        path: PathBuf,
+        source: Box<ServerError>,
+    },
 }
 
 /// The least input bytes that may wait for a tokenizer thread at once (see
 /// [`TokenizePool`]); raised to four frames when `--max-frame-bytes` is larger.
 const TOKENIZE_BUDGET_BYTES: usize = 32 << 20;
 
-/// Rows the CPU warm-up stops at. The CPU kernels have one code path whatever the batch: what
-/// a warm-up pass buys there is the thread team's first fork, the allocator's first growth and
-/// the weights' pages. Passes of 1, 2 and 4 rows take all of that (the matmul tiles of one row
-/// and of many, split across threads) in ~25 ms; going on to 32 rows took ~210 ms of a
-/// 250 ms start (BENCHMARKS.md) and bought the first large batch a few page faults.
-const CPU_WARM_UP_ROWS: usize = 4;
-
-/// Runs one forward pass per batch-size bucket the scheduler can form (on the CPU, up to
-/// [`CPU_WARM_UP_ROWS`]), so the first real request finds every allocation and kernel path
-/// already taken.
-fn warm_up(engine: &Engine, max_batch: usize) -> Result<usize, ServerError> {
-    let max_batch = if engine.pads_batches() {
-        max_batch
-    } else {
-        max_batch.min(CPU_WARM_UP_ROWS)
-    };
-    let text =
-        Input::Text("warm up the model with a short sentence of about sixteen tokens".into());
-    let one = engine
-        .tokenize(&text, true)
-        .map_err(|e| ServerError::WarmUp(e.to_string()))?;
-    let mut size = 1;
-    let mut runs = 0;
-    loop {
-        let batch: Vec<_> = std::iter::repeat_n(&one, size).collect();
-        engine
-            .logits(&batch)
-            .map_err(|e| ServerError::WarmUp(e.to_string()))?;
-        runs += 1;
-        if size >= max_batch {
-            break;
-        }
-        size = (size * 2).min(max_batch);
-    }
-    if engine.pads_batches() {
-        // A GPU picks GEMM algorithms per shape and its kernels per size class: one row at each
-        // longer length too, so that the first long request does not pay for that choice.
-        for len in GPU_WARM_UP_LENGTHS
-            .into_iter()
-            .filter(|&l| l <= engine.info().max_length)
-        {
-            let row = engine.synthetic_input(len);
-            engine
-                .logits(&[&row])
-                .map_err(|e| ServerError::WarmUp(e.to_string()))?;
-            runs += 1;
-        }
-    }
-    Ok(runs)
-}
-
-/// Lengths a GPU warm-up also runs one row at (besides the ~16-token rows at every batch size).
-const GPU_WARM_UP_LENGTHS: [usize; 4] = [64, 128, 256, 512];
-
-/// Loads the model directory and warms it up, on a blocking thread.
-async fn load_warm(
-    model: PathBuf,
-    device: DeviceChoice,
-    dtype: DTypeChoice,
-    load: LoadOptions,
-    sched: SchedulerConfig,
-    beside: Option<Arc<Engine>>,
-) -> Result<(Engine, usize), ServerError> {
-    tokio::task::spawn_blocking(move || -> Result<(Engine, usize), ServerError> {
-        // A reload on a GPU: the old model, the new one and the new one's warm-up share the
-        // card for a while, so a model that would not fit is refused before anything loads
-        // (engine::budget). Reading its weights' sizes is file I/O, hence here.
-        if let Some(old) = beside {
-            let rows = sched.for_device(old.pads_batches()).max_batch_size;
-            old.room_for_reload(&model, rows)
-                .map_err(ServerError::Config)?;
-        }
-        let warming = crate::engine::heap::Phase::warm_up();
-        let t0 = Instant::now();
-        let engine = Engine::load_with(&model, device, dtype, &load)?;
-        let load_ms = t0.elapsed().as_millis() as u64;
-        match engine.cache_status() {
-            s @ (crate::engine::cache::CacheStatus::Unwritable { .. }
-            | crate::engine::cache::CacheStatus::Untrusted { .. }) => {
-                warn!(weights_cache = %s, load_ms, "weights cache not used")
-            }
-            s => {
-                let (in_place, entries) = engine.cache_views();
-                info!(weights_cache = %s, in_place, entries, load_ms, "loaded")
-            }
-        }
-        let t1 = Instant::now();
-        let max_batch = sched
-            .for_device(engine.pads_batches())
-            .max_batch_size
-            .max(1);
-        let runs = warm_up(&engine, max_batch)?;
-        info!(
-            batches = runs,
-            warm_up_ms = t1.elapsed().as_millis() as u64,
-            "warmed up"
-        );
-        drop(warming);
-        // Loading and warming up free more than they keep: hand it back now, not at the next
-        // reload (see `heap`).
-        crate::engine::heap::trim();
-        Ok((engine, runs))
-    })
-    .await
-    .map_err(|e| ServerError::WarmUp(e.to_string()))?
-}
-
-/// `STATUS=` for `systemctl status`: the model, its revision and where it serves.
-fn status_line(model: &Model, serving_on: &str) -> String {
-    let info = model.engine.info();
+/// `STATUS=` for `systemctl status`: the models, their revisions and where they serve.
+fn status_line(service: &Service, serving_on: &str) -> String {
+    let models = service.models();
+    let info = models[0].engine.info();
+    let each: Vec<String> = models
+        .iter()
+        .map(|m| format!("{} revision {}", m.identity.name, m.identity.revision))
+        .collect();
     format!(
-        "{} revision {} on {} ({}), serving on {serving_on}",
-        model.identity.name, model.identity.revision, info.device, info.compute_dtype
+        "{} on {} ({}), serving on {serving_on}",
+        each.join(", "),
+        info.device,
+        info.compute_dtype
     )
 }
 
@@ -190,7 +98,7 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
 /// What [`start`] leaves ready to serve.
 struct Started {
     service: Arc<Service>,
-    /// The scheduler settings for this device, which a reload starts its scheduler with.
+    /// The scheduler settings for this device, which a reload's routes are sized by.
     sched_cfg: SchedulerConfig,
     watchdog: Option<std::time::Duration>,
     warm_runs: usize,
@@ -198,31 +106,62 @@ struct Started {
     at: Instant,
 }
 
-/// Loads and warms up the model, and starts its scheduler, the tokenizer threads and the
-/// metrics.
+/// Loads and warms up every model, one after the other, and starts the one scheduler they
+/// share, the tokenizer threads and the metrics.
 async fn start(cfg: &ServeConfig) -> Result<Started, ServerError> {
     let at = Instant::now();
-    let (model, device, dtype) = (cfg.model.clone(), cfg.device, cfg.dtype);
-    let (engine, warm_runs) = load_warm(
-        model,
-        device,
-        dtype,
-        cfg.load.clone(),
-        cfg.scheduler.clone(),
-        None,
-    )
-    .await?;
-    let engine = Arc::new(engine);
-    let identity = ModelIdentity::of(&cfg.model);
+    let several = cfg.models.len() > 1;
+    let mut loaded = Vec::with_capacity(cfg.models.len());
+    let mut warm_runs = 0;
+    for m in &cfg.models {
+        let load = load_warm(
+            m.path.clone(),
+            cfg.device,
+            m.dtype,
+            cfg.load.clone(),
+            cfg.scheduler.clone(),
+            None,
+        )
+        .await;
+        let (engine, runs) = match load {
+            Ok(l) => l,
+            // With one model the error reads as it always has.
+            Err(e) if !several => return Err(e),
+            Err(e) => {
+                return Err(ServerError::InModel {
+                    name: m.name.clone(),
+                    path: m.path.clone(),
+                    source: Box::new(e),
+                })
+            }
+        };
+        warm_runs += runs;
+        loaded.push((m, Arc::new(engine)));
+    }
     let watchdog = systemd::watchdog_interval();
-    let mut sched_cfg = cfg.scheduler.for_device(engine.pads_batches());
+    // Every model runs on the daemon's one device.
+    let pads = loaded.iter().any(|(_, e)| e.pads_batches());
+    let mut sched_cfg = cfg.scheduler.for_device(pads);
     if let Some(w) = watchdog {
         // An idle worker must beat several times per watchdog interval.
         sched_cfg.idle_heartbeat = sched_cfg.idle_heartbeat.min(w / 4);
     }
-    let scheduler = Scheduler::start(engine.clone(), sched_cfg.clone());
-    // The engine moves into the service: a copy kept here would outlive a reload and keep the
-    // first model's ~90 MB resident for the life of the process (found by the soak).
+    let engines: Vec<&Engine> = loaded.iter().map(|(_, e)| e.as_ref()).collect();
+    let scheduler = Scheduler::start(&engines, sched_cfg.clone());
+    // The engines move into the service: a copy kept here would outlive a reload and keep the
+    // first version's ~90 MB resident for the life of the process (found by the soak).
+    let mut models = loaded.into_iter().map(|(m, engine)| {
+        Arc::new(Model {
+            queue: scheduler.add(engine.clone(), m.route(&sched_cfg), None),
+            identity: ModelIdentity::of(&m.name, &m.path),
+            files: ModelIdentity::files(&m.path),
+            engine,
+        })
+    });
+    let Some(default) = models.next() else {
+        return Err(ServerError::Config("no model to serve".into()));
+    };
+    let others: Vec<Arc<Model>> = models.collect();
     // Texts waiting for a tokenizer: room for several of the largest requests at once.
     let budget = cfg
         .connections
@@ -239,10 +178,16 @@ async fn start(cfg: &ServeConfig) -> Result<Started, ServerError> {
         TokenizePool::INLINE_BYTES,
     )
     .map_err(|e| ServerError::Config(format!("cannot start the tokenizer threads: {e}")))?;
-    let mut service = Service::new(engine, scheduler, cfg.requests, identity, tokenizer);
+    let mut service = Service::new(scheduler, default, others, cfg.requests, tokenizer);
     if cfg.metrics_addr.is_some() {
-        let m = Arc::new(Metrics::new(service.model().labels()));
-        count_batches(&service.scheduler(), &m);
+        let labels = service.models().iter().map(|m| m.labels()).collect();
+        let m = Arc::new(Metrics::new(labels));
+        let observer = m.clone();
+        service
+            .scheduler()
+            .observe_batches(Box::new(move |model, rows, tokens| {
+                observer.record_batch(model, rows, tokens)
+            }));
         service = service.with_metrics(m);
     }
     Ok(Started {
@@ -252,15 +197,6 @@ async fn start(cfg: &ServeConfig) -> Result<Started, ServerError> {
         warm_runs,
         at,
     })
-}
-
-/// Feeds every batch `scheduler` runs into the batch metrics (at start, and for each reloaded
-/// model's scheduler).
-fn count_batches(scheduler: &Scheduler, metrics: &Arc<Metrics>) {
-    let observer = metrics.clone();
-    scheduler.observe_batches(Box::new(move |rows, tokens| {
-        observer.record_batch(rows, tokens)
-    }));
 }
 
 /// The sockets [`bind`] opened, not yet served.
@@ -463,35 +399,56 @@ fn serve(cfg: &ServeConfig, started: Started, bound: Bound) -> Serving {
         listeners.spawn(http::serve(listener, m, service.clone(), token.clone()));
     }
     service.set_ready(true);
-    let model = service.model();
-    let info = model.engine.info();
+    for model in service.models() {
+        let info = model.engine.info();
+        info!(
+            model = %model.identity.name,
+            revision = %model.identity.revision,
+            device = %info.device,
+            dtype = %info.compute_dtype,
+            "serving"
+        );
+    }
+    // (Not held past here, for the same reason as the engines in `start`.)
+    let default = service.model();
+    let info = default.engine.info();
     info!(
-        model = %model.identity.name,
-        revision = %model.identity.revision,
+        model = %default.identity.name,
+        revision = %default.identity.revision,
+        models = service.models().len(),
         device = %info.device,
         dtype = %info.compute_dtype,
         warm_up_batches = warm_runs,
         startup_ms = at.elapsed().as_millis() as u64,
         "ready"
     );
-    // Not held past here, for the same reason as the engine in `start`.
-    drop(model);
+    drop(default);
     let serving_on = bound.serving_on;
-    systemd::ready(&status_line(&service.model(), &serving_on));
+    systemd::ready(&status_line(&service, &serving_on));
     let mut notifiers = Vec::new();
     if let Some(interval) = watchdog {
         info!("feeding the systemd watchdog ({interval:?}) from the engine heartbeat");
         let service = service.clone();
         notifiers.push(systemd::spawn_watchdog(
-            move || service.scheduler(),
+            move || watchdog_state(&service),
             interval,
         ));
     }
     {
         let (service, serving_on) = (service.clone(), serving_on.clone());
-        notifiers.extend(systemd::spawn_status(move || {
-            let model = service.model();
-            (status_line(&model, &serving_on), model.scheduler.clone())
+        notifiers.extend(systemd::spawn_status(move || systemd::StatusNow {
+            base: status_line(&service, &serving_on),
+            computed: service
+                .models()
+                .iter()
+                .map(|m| m.queue.stats().computed)
+                .sum(),
+            queued: service
+                .models()
+                .iter()
+                .map(|m| m.queue.stats().queued)
+                .sum(),
+            unhealthy: unhealthy_line(&service),
         }));
     }
     // Reloads run one at a time in this task; SIGHUPs arriving meanwhile coalesce into one more.
@@ -543,6 +500,28 @@ async fn drain(serving: Serving, timeout: std::time::Duration) {
     scheduler.close();
     scheduler.drained().await;
     info!("drained; exiting");
+}
+
+/// What the watchdog goes by: why it is to be withheld when every model is unhealthy (one
+/// model's fault leaves the others serving, and a SIGHUP reloads it), and the engine threads'
+/// heartbeat age.
+fn watchdog_state(service: &Service) -> (Option<String>, std::time::Duration) {
+    let unhealthy = service.unhealthy();
+    let all = unhealthy.len() == service.models().len();
+    let why = all.then(|| unhealthy_line(service)).flatten();
+    (why, service.scheduler().heartbeat_age())
+}
+
+/// The unhealthy models and why, in one line; `None` when all are healthy.
+fn unhealthy_line(service: &Service) -> Option<String> {
+    let unhealthy = service.unhealthy();
+    (!unhealthy.is_empty()).then(|| {
+        unhealthy
+            .iter()
+            .map(|(name, why)| format!("{name}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -1,5 +1,7 @@
-//! SIGHUP: the model directory loaded and warmed up again beside the serving one, swapped in
-//! for new requests, and the replaced one freed once its last request is answered.
+//! SIGHUP: each model whose files changed (or whose engine is unhealthy) loaded and warmed up
+//! again beside the serving one, one model at a time, swapped in for new requests, and the
+//! replaced one freed once its last request is answered. When nothing changed, every model is
+//! reloaded: a SIGHUP always re-reads what it names.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,26 +9,60 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::{count_batches, load_warm, status_line, systemd, ServeConfig};
+use super::config::ServedModel;
+use super::{load_warm, status_line, systemd, ServeConfig};
 use crate::sched::queue::SchedulerConfig;
-use crate::sched::Scheduler;
 use crate::service::{Model, ModelIdentity, Service};
 
-/// The model directory a reload loads: read again from the config file when the model path
-/// came from there, else the one given at start. Other settings (listeners, limits) are bound
-/// at start and change only with a restart.
-fn reload_model_path(cfg: &ServeConfig) -> Result<PathBuf, String> {
-    match &cfg.model_from_file {
-        None => Ok(cfg.model.clone()),
-        Some(file) => crate::settings::FileValues::from_path(file)
-            .and_then(|f| f.model())
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{}: no model", file.display())),
+/// The models a reload loads from: read again from the config file when they came from there
+/// (a model's path may have changed), else those given at start. Models added to or removed
+/// from the file take a restart; other settings (listeners, limits) too.
+fn reload_models(cfg: &ServeConfig) -> Result<Vec<ServedModel>, String> {
+    let Some(file) = &cfg.model_from_file else {
+        return Ok(cfg.models.clone());
+    };
+    let now = crate::settings::FileValues::from_path(file)
+        .and_then(|f| f.models())
+        .map_err(|e| e.to_string())?;
+    if now.is_empty() {
+        return Err(format!("{}: no model", file.display()));
     }
+    let mut now = super::config::served_models(&now, cfg.dtype);
+    // One unnamed model (`model = "DIR"`): the file may point it at another directory, and it
+    // stays the same model, under the name it started with.
+    if let ([old], [new]) = (cfg.models.as_slice(), now.as_mut_slice()) {
+        new.name.clone_from(&old.name);
+    }
+    let mut models = Vec::with_capacity(cfg.models.len());
+    for m in &cfg.models {
+        match now.iter().find(|n| n.name == m.name) {
+            // Only the path is taken from the file: the rest was set up with the queue.
+            Some(n) => models.push(ServedModel {
+                path: n.path.clone(),
+                ..m.clone()
+            }),
+            None => {
+                warn!(
+                    model = %m.name,
+                    "{} no longer names this model; it keeps serving until a restart",
+                    file.display()
+                );
+                models.push(m.clone());
+            }
+        }
+    }
+    for n in now
+        .iter()
+        .filter(|n| !cfg.models.iter().any(|m| m.name == n.name))
+    {
+        warn!(model = %n.name, "{} names a new model; it is served after a restart", file.display());
+    }
+    Ok(models)
 }
 
-/// Reloads the model directory and swaps the new model in. On failure the old model keeps
-/// serving. Either way systemd hears `READY=1` again.
+/// Reloads the models that changed, one at a time, swapping each in as it is ready. A model
+/// that fails to load keeps its old version serving; the others are not touched. Either way
+/// systemd hears `READY=1` again.
 pub(super) async fn reload(
     service: &Service,
     cfg: &ServeConfig,
@@ -34,70 +70,119 @@ pub(super) async fn reload(
     serving_on: &str,
 ) {
     systemd::reloading();
-    let started = Instant::now();
-    let old = service.model();
-    let path = match reload_model_path(cfg) {
-        Ok(p) => p,
-        Err(e) => return failed(service, &old, serving_on, e),
+    let models = match reload_models(cfg) {
+        Ok(m) => m,
+        Err(e) => {
+            for old in service.models() {
+                failed(service, &old, &e);
+            }
+            systemd::ready(&status_line(service, serving_on));
+            return;
+        }
     };
-    info!(revision = %old.identity.revision, "SIGHUP: reloading {}", path.display());
-    match load_warm(
+    let current = service.models();
+    let changed = |m: &ServedModel| {
+        current
+            .iter()
+            .find(|c| c.identity.name == m.name)
+            .is_none_or(|c| {
+                ModelIdentity::files(&m.path) != c.files
+                    || ModelIdentity::of(&m.name, &m.path).revision != c.identity.revision
+                    || c.queue.unhealthy().is_some()
+            })
+    };
+    let due: Vec<&ServedModel> = match models.iter().filter(|m| changed(m)).collect::<Vec<_>>() {
+        none if none.is_empty() => models.iter().collect(),
+        some => some,
+    };
+    drop(current);
+    for m in due {
+        reload_one(service, cfg, &sched_cfg, m).await;
+    }
+    systemd::ready(&status_line(service, serving_on));
+}
+
+/// Loads `m` beside its serving version and swaps it in, or leaves the old one serving.
+async fn reload_one(
+    service: &Service,
+    cfg: &ServeConfig,
+    sched_cfg: &SchedulerConfig,
+    m: &ServedModel,
+) {
+    let started = Instant::now();
+    let Some(old) = service
+        .models()
+        .into_iter()
+        .find(|o| o.identity.name == m.name)
+    else {
+        return;
+    };
+    let path: PathBuf = m.path.clone();
+    info!(
+        model = %m.name,
+        revision = %old.identity.revision,
+        "SIGHUP: reloading {}",
+        path.display()
+    );
+    let loaded = load_warm(
         path.clone(),
         cfg.device,
-        cfg.dtype,
+        m.dtype,
         cfg.load.clone(),
         sched_cfg.clone(),
         Some(old.engine.clone()),
     )
-    .await
-    {
-        Ok((engine, warm_runs)) => {
-            let engine = Arc::new(engine);
-            let identity = ModelIdentity::of(&path);
-            let scheduler = Scheduler::start(engine.clone(), sched_cfg.clone());
-            if let Some(m) = service.metrics() {
-                count_batches(&scheduler, m);
-            }
-            let new = Arc::new(Model {
-                engine,
-                scheduler,
-                identity,
-            });
-            let status = status_line(&new, serving_on);
-            let revision = new.identity.revision.clone();
-            // The old model's scheduler closes once the requests still holding it finish;
-            // then what it held goes back to the kernel.
-            let old_revision = old.identity.revision.clone();
-            let retired = service.swap_model(new);
-            drop(old);
-            tokio::spawn(retire(retired));
-            if let Some(m) = service.metrics() {
-                m.record_reload(true);
-            }
-            info!(
-                old_revision = %old_revision,
-                revision = %revision,
-                warm_up_batches = warm_runs,
-                reload_ms = started.elapsed().as_millis() as u64,
-                "reloaded"
-            );
-            systemd::ready(&status);
-        }
-        Err(e) => failed(service, &old, serving_on, e),
+    .await;
+    let (engine, warm_runs) = match loaded {
+        Ok(l) => l,
+        Err(e) => return failed(service, &old, e),
+    };
+    let engine = Arc::new(engine);
+    let queue = service.scheduler().add(
+        engine.clone(),
+        m.route(sched_cfg),
+        // Its counts go on from the old version's.
+        Some(old.queue.counters()),
+    );
+    let new = Arc::new(Model {
+        engine,
+        queue,
+        identity: ModelIdentity::of(&m.name, &path),
+        files: ModelIdentity::files(&path),
+    });
+    let revision = new.identity.revision.clone();
+    let old_revision = old.identity.revision.clone();
+    drop(old);
+    // The old version's queue goes once the requests still holding it finish; then what it
+    // held goes back to the kernel.
+    let Some(retired) = service.swap_model(new) else {
+        return;
+    };
+    tokio::spawn(retire(retired));
+    if let Some(metrics) = service.metrics() {
+        metrics.record_reload(&m.name, true);
     }
+    info!(
+        model = %m.name,
+        old_revision = %old_revision,
+        revision = %revision,
+        warm_up_batches = warm_runs,
+        reload_ms = started.elapsed().as_millis() as u64,
+        "reloaded"
+    );
 }
 
-/// A reload that failed: said in the log and the metrics, and systemd hears `READY=1` again
-/// with the old model, which keeps serving.
-fn failed(service: &Service, old: &Model, serving_on: &str, e: impl std::fmt::Display) {
+/// A reload of `old`'s model that failed: said in the log and the metrics; the old version
+/// keeps serving.
+fn failed(service: &Service, old: &Model, e: impl std::fmt::Display) {
     error!(
+        model = %old.identity.name,
         "reload failed, still serving revision {}: {e}",
         old.identity.revision
     );
-    if let Some(m) = service.metrics() {
-        m.record_reload(false);
+    if let Some(metrics) = service.metrics() {
+        metrics.record_reload(&old.identity.name, false);
     }
-    systemd::ready(&status_line(old, serving_on));
 }
 
 /// How long a retired model waits for the requests still holding it before it is let go
@@ -106,9 +191,9 @@ const RETIRE_WAIT: Duration = Duration::from_secs(60);
 
 /// Waits until the requests that still hold the replaced model have finished, then frees it
 /// and trims the heap. The trim after the load ran while the old model was alive, so what the
-/// old one freed (its scratch buffers, its queue, its threads' allocations) would otherwise
-/// stay in malloc's free lists and in RSS until some later reload: the soak's RSS wandered by
-/// a few MiB from one reload to the next.
+/// old one freed (its scratch buffers, its queue, its allocations) would otherwise stay in
+/// malloc's free lists and in RSS until some later reload: the soak's RSS wandered by a few
+/// MiB from one reload to the next.
 async fn retire(model: Arc<Model>) {
     let started = Instant::now();
     while Arc::strong_count(&model) > 1 && started.elapsed() < RETIRE_WAIT {
@@ -116,7 +201,7 @@ async fn retire(model: Arc<Model>) {
     }
     let last = Arc::strong_count(&model) == 1;
     let revision = model.identity.revision.clone();
-    // Dropping the last reference joins the old engine threads: not on an I/O thread.
+    // Dropping the last reference may unmap the old engine's weights: not on an I/O thread.
     let _ = tokio::task::spawn_blocking(move || {
         drop(model);
         if last {

@@ -15,8 +15,6 @@ use sd_notify::NotifyState;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::sched::Scheduler;
-
 /// How often `STATUS=` is refreshed with the request rate.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
@@ -63,13 +61,14 @@ pub fn watchdog_interval() -> Option<Duration> {
 }
 
 /// Sends `WATCHDOG=1` every half `interval`, but only while the engine is not unhealthy (see
-/// [`Scheduler::unhealthy`]) and its thread's heartbeat is younger than `interval`: a forward pass stuck on a hung device or a wedged worker stops the
+/// [`crate::sched::ModelQueue::unhealthy`]) and its thread's heartbeat is younger than `interval`: a forward pass stuck on a hung device or a wedged worker stops the
 /// pings, and systemd kills and restarts the service. (So `WatchdogSec=` must exceed the
 /// longest forward pass of the fast lane; the bulk lane's passes, at background priority, are
-/// not timed, only its loop between them: see [`Scheduler::heartbeat_age`].)
-/// `current` gives the scheduler serving now, which a reload replaces.
+/// not timed, only its loop between them: see [`crate::sched::Scheduler::heartbeat_age`].)
+/// `current` gives why every model is unhealthy, when every one is (one model's fault alone
+/// leaves the others serving), and the engine threads' heartbeat age.
 pub fn spawn_watchdog(
-    current: impl Fn() -> Scheduler + Send + 'static,
+    current: impl Fn() -> (Option<String>, Duration) + Send + 'static,
     interval: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -78,15 +77,14 @@ pub fn spawn_watchdog(
         let mut stale = false;
         loop {
             tick.tick().await;
-            let scheduler = current();
-            if let Some(why) = scheduler.unhealthy() {
+            let (unhealthy, age) = current();
+            if let Some(why) = unhealthy {
                 if !stale {
                     warn!("engine unhealthy ({why}); withholding WATCHDOG=1 so systemd restarts the service");
                     stale = true;
                 }
                 continue;
             }
-            let age = scheduler.heartbeat_age();
             if age < interval {
                 if stale {
                     info!("engine heartbeat is back; feeding the systemd watchdog again");
@@ -104,27 +102,36 @@ pub fn spawn_watchdog(
     })
 }
 
-/// Refreshes `STATUS=` every few seconds with `base` and the rate of computed requests, when
-/// running under systemd. `current` gives the status base and the scheduler serving now.
-pub fn spawn_status(
-    current: impl Fn() -> (String, Scheduler) + Send + 'static,
-) -> Option<JoinHandle<()>> {
+/// What `STATUS=` says now.
+pub struct StatusNow {
+    /// The models and where they serve.
+    pub base: String,
+    /// Requests computed since start, every model's.
+    pub computed: u64,
+    pub queued: usize,
+    /// The unhealthy models and why, if any.
+    pub unhealthy: Option<String>,
+}
+
+/// Refreshes `STATUS=` every few seconds with the base and the rate of computed requests, when
+/// running under systemd. `current` gives the state now.
+pub fn spawn_status(current: impl Fn() -> StatusNow + Send + 'static) -> Option<JoinHandle<()>> {
     if !under_systemd() {
         return None;
     }
     Some(tokio::spawn(async move {
-        let mut last = (Instant::now(), current().1.stats().computed);
+        let mut last = (Instant::now(), current().computed);
         loop {
             tokio::time::sleep(STATUS_EVERY).await;
-            let (base, scheduler) = current();
-            let stats = scheduler.stats();
+            let now_state = current();
             let now = Instant::now();
             let secs = now.duration_since(last.0).as_secs_f64().max(1e-3);
-            let rate = stats.computed.saturating_sub(last.1) as f64 / secs;
-            last = (now, stats.computed);
-            let status = match scheduler.unhealthy() {
-                Some(why) => format!("engine unhealthy, not ready: {why}"),
-                None => format!("{base}; {rate:.1} requests/s, {} queued", stats.queued),
+            let rate = now_state.computed.saturating_sub(last.1) as f64 / secs;
+            last = (now, now_state.computed);
+            let (base, queued) = (now_state.base, now_state.queued);
+            let status = match now_state.unhealthy {
+                Some(why) => format!("engine unhealthy, not ready: {why}; {base}"),
+                None => format!("{base}; {rate:.1} requests/s, {queued} queued"),
             };
             notify(&[NotifyState::Status(&status)]);
         }

@@ -79,7 +79,7 @@ impl Service {
     ) -> Result<(Vec<Input>, Admitted), ServiceError> {
         let inputs = convert::inputs(&req, &self.limits).map_err(ServiceError::Invalid)?;
         // The engine threads wake while the texts are tokenized, not after.
-        model.scheduler.wake();
+        model.queue.wake();
         // From here on the texts live in `inputs` only.
         drop(std::mem::take(&mut req.inputs));
         let options = req.options.unwrap_or_default();
@@ -133,7 +133,7 @@ impl Service {
             .tokenizer
             .encode(model.engine.clone(), inputs, truncate)
             .await?;
-        let budget = model.scheduler.config().max_attention_bytes;
+        let budget = model.queue.config().max_attention_bytes;
         let mut plan = Vec::with_capacity(encoded.len());
         let mut rows = Vec::with_capacity(encoded.len());
         for (i, e) in encoded.into_iter().enumerate() {
@@ -190,7 +190,7 @@ fn submit(
         deadline: admitted.deadline,
         received,
     };
-    Ok(model.scheduler.submit(job)?)
+    Ok(model.queue.submit(job)?)
 }
 
 /// The logits turned into results, one per input in input order, refused inputs included.

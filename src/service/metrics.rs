@@ -5,6 +5,7 @@
 //! [`Stats`] and the process RSS. The HTTP side is a deliberately tiny HTTP/1.1 responder: one
 //! request per connection, a size-limited and time-limited request head, `Connection: close`.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use prometheus_client::encoding::prometheus_text;
@@ -37,8 +38,6 @@ const STATUSES: [(pb::Status, &str); 6] = [
     (pb::Status::Internal, "internal"),
 ];
 
-type StatusLabel = Vec<(&'static str, &'static str)>;
-
 /// The listener a connection came in on (`classifyd_connections{transport}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -55,10 +54,10 @@ impl Transport {
     }
 }
 
-pub struct Metrics {
-    registry: Registry,
-    /// One counter per status, indexed as [`STATUSES`]; clones of the family's, so recording
-    /// needs no family lookup (and no lock).
+/// The series of one model, each a clone of its family's, so that recording needs no family
+/// lookup (and no lock).
+struct ModelSeries {
+    /// One counter per status, indexed as [`STATUSES`].
     requests: Vec<Counter>,
     queue: Histogram,
     tokenize: Histogram,
@@ -66,20 +65,36 @@ pub struct Metrics {
     total: Histogram,
     batch_rows: Histogram,
     batch_tokens: Histogram,
+    queue_depth: Gauge,
+    batches: Counter,
+    computed: Counter,
+    /// `classifyd_reloads_total{model,result}`: `[ok, failed]`.
+    reloads: [Counter; 2],
+    ready: Gauge,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// By model name; the names are fixed for the daemon's life (a reload keeps its model's).
+    models: HashMap<String, ModelSeries>,
     in_flight: Gauge,
     /// Open connections, indexed by `Transport as usize`.
     connections: [Gauge; 2],
-    queue_depth: Gauge,
     rss: Gauge,
-    batches: Counter,
-    computed: Counter,
-    /// `classifyd_reloads_total{result="ok"|"failed"}`, indexed by `ok as usize` reversed:
-    /// `[ok, failed]`.
-    reloads: [Counter; 2],
-    /// `classifyd_model_info`: one series, relabelled at each scrape so a reload shows.
+    /// `classifyd_model_info`: one series per model, relabelled at each scrape so a reload
+    /// shows.
     model_info: Family<Vec<(String, String)>, Gauge>,
     /// Serialises scrapes, which turn the service's absolute counts into counter increments.
     scrape: Mutex<()>,
+}
+
+/// What a scrape reads of one model.
+pub struct ModelState {
+    pub labels: ModelLabels,
+    /// Counts since start, across reloads.
+    pub stats: Stats,
+    /// Its engine is healthy.
+    pub ready: bool,
 }
 
 impl ModelLabels {
@@ -100,20 +115,152 @@ fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(25e-6, 2.0, 20))
 }
 
-impl Metrics {
-    pub fn new(model: ModelLabels) -> Self {
-        let mut registry = Registry::default();
-        let family = Family::<StatusLabel, Counter>::default();
-        let requests = STATUSES
-            .iter()
-            .map(|(_, name)| family.get_or_create(&vec![("status", *name)]).clone())
-            .collect();
-        registry.register(
+type Labels = Vec<(&'static str, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// The per-model families, registered once, from which each model's series are taken.
+struct Families {
+    requests: Family<Labels, Counter>,
+    seconds: [HistogramFamily; 4],
+    batch_rows: HistogramFamily,
+    batch_tokens: HistogramFamily,
+    queue_depth: Family<Labels, Gauge>,
+    batches: Family<Labels, Counter>,
+    computed: Family<Labels, Counter>,
+    reloads: Family<Labels, Counter>,
+    ready: Family<Labels, Gauge>,
+}
+
+/// Histogram families' help, in [`Families::seconds`]' order.
+const SECONDS: [(&str, &str); 4] = [
+    (
+        "classifyd_queue_seconds",
+        "Time OK requests waited in the queue",
+    ),
+    (
+        "classifyd_tokenize_seconds",
+        "Time from receipt to tokenized, OK requests",
+    ),
+    (
+        "classifyd_inference_seconds",
+        "Time from the start of OK requests' batches until their own rows were computed",
+    ),
+    (
+        "classifyd_request_seconds",
+        "Total time of OK requests, receipt to reply",
+    ),
+];
+
+impl Families {
+    fn new() -> Families {
+        let rows: fn() -> Histogram = || Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let tokens: fn() -> Histogram = || Histogram::new(exponential_buckets(16.0, 2.0, 16));
+        Families {
+            requests: Family::default(),
+            seconds: std::array::from_fn(|_| {
+                Family::new_with_constructor(seconds_histogram as fn() -> Histogram)
+            }),
+            batch_rows: Family::new_with_constructor(rows),
+            batch_tokens: Family::new_with_constructor(tokens),
+            queue_depth: Family::default(),
+            batches: Family::default(),
+            computed: Family::default(),
+            reloads: Family::default(),
+            ready: Family::default(),
+        }
+    }
+
+    /// `model`'s series, created now so that a dashboard sees 0 rather than nothing.
+    fn series(&self, model: &str) -> ModelSeries {
+        let m = || vec![("model", model.to_string())];
+        let with = |k: &'static str, v: &str| {
+            let mut l = m();
+            l.push((k, v.to_string()));
+            l
+        };
+        let [queue, tokenize, inference, total] =
+            std::array::from_fn(|i| self.seconds[i].get_or_create(&m()).clone());
+        ModelSeries {
+            requests: STATUSES
+                .iter()
+                .map(|(_, s)| self.requests.get_or_create(&with("status", s)).clone())
+                .collect(),
+            queue,
+            tokenize,
+            inference,
+            total,
+            batch_rows: self.batch_rows.get_or_create(&m()).clone(),
+            batch_tokens: self.batch_tokens.get_or_create(&m()).clone(),
+            queue_depth: self.queue_depth.get_or_create(&m()).clone(),
+            batches: self.batches.get_or_create(&m()).clone(),
+            computed: self.computed.get_or_create(&m()).clone(),
+            // Both results from the start, so `increase(...{result="failed"}[..]) > 0` can
+            // fire on the first failure.
+            reloads: ["ok", "failed"]
+                .map(|r| self.reloads.get_or_create(&with("result", r)).clone()),
+            ready: self.ready.get_or_create(&m()).clone(),
+        }
+    }
+
+    fn register(self, reg: &mut Registry) {
+        reg.register(
             "classifyd_requests",
-            "Classify requests answered, by status",
-            family,
+            "Classify requests answered, by model and status",
+            self.requests,
         );
-        let open = Family::<StatusLabel, Gauge>::default();
+        for ((name, help), family) in SECONDS.into_iter().zip(self.seconds) {
+            reg.register(name, help, family);
+        }
+        reg.register(
+            "classifyd_batch_rows",
+            "Rows per batch (one or more forward passes)",
+            self.batch_rows,
+        );
+        reg.register(
+            "classifyd_batch_padded_tokens",
+            "Padded tokens (rows x longest row of each pass, summed) per batch",
+            self.batch_tokens,
+        );
+        reg.register(
+            "classifyd_queue_depth",
+            "Jobs waiting in the queue",
+            self.queue_depth,
+        );
+        reg.register(
+            "classifyd_batches",
+            "Batches run (each one or more forward passes)",
+            self.batches,
+        );
+        reg.register(
+            "classifyd_computed",
+            "Jobs (requests) computed",
+            self.computed,
+        );
+        reg.register(
+            "classifyd_reloads",
+            "SIGHUP reloads since start, by model and result (a failed one leaves the old \
+             version serving)",
+            self.reloads,
+        );
+        reg.register(
+            "classifyd_model_ready",
+            "1 while the model answers, 0 once its engine failed its health probe",
+            self.ready,
+        );
+    }
+}
+
+impl Metrics {
+    /// The metrics of a daemon serving `models` (their names are fixed from here on).
+    pub fn new(models: Vec<ModelLabels>) -> Self {
+        let mut registry = Registry::default();
+        let families = Families::new();
+        let series = models
+            .iter()
+            .map(|l| (l.model.clone(), families.series(&l.model)))
+            .collect();
+        families.register(&mut registry);
+        let open = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
         // Both series from the start, so a dashboard sees 0 rather than nothing.
         let connections = [Transport::Unix, Transport::Quic]
             .map(|t| open.get_or_create(&vec![("transport", t.label())]).clone());
@@ -122,128 +269,70 @@ impl Metrics {
             "Connections open now, by transport",
             open,
         );
-        let reloads = Family::<StatusLabel, Counter>::default();
-        // Both series from the start, so `increase(...{result="failed"}[..]) > 0` can fire on
-        // the first failure.
-        let reload_counters =
-            ["ok", "failed"].map(|r| reloads.get_or_create(&vec![("result", r)]).clone());
-        registry.register(
-            "classifyd_reloads",
-            "SIGHUP reloads since start, by result (a failed one leaves the old model serving)",
-            reloads,
-        );
         let m = Self {
-            requests,
+            models: series,
             connections,
-            queue: seconds_histogram(),
-            tokenize: seconds_histogram(),
-            inference: seconds_histogram(),
-            total: seconds_histogram(),
-            batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
-            batch_tokens: Histogram::new(exponential_buckets(16.0, 2.0, 16)),
             in_flight: Gauge::default(),
-            queue_depth: Gauge::default(),
             rss: Gauge::default(),
-            batches: Counter::default(),
-            computed: Counter::default(),
-            reloads: reload_counters,
             model_info: Family::default(),
             scrape: Mutex::new(()),
-            registry: Registry::default(),
+            registry,
         };
-        let reg = &mut registry;
-        let seconds = [
-            (
-                "classifyd_queue_seconds",
-                "Time OK requests waited in the queue",
-                &m.queue,
-            ),
-            (
-                "classifyd_tokenize_seconds",
-                "Time from receipt to tokenized, OK requests",
-                &m.tokenize,
-            ),
-            (
-                "classifyd_inference_seconds",
-                "Time from the start of OK requests' batches until their own rows were computed",
-                &m.inference,
-            ),
-            (
-                "classifyd_request_seconds",
-                "Total time of OK requests, receipt to reply",
-                &m.total,
-            ),
-        ];
-        for (name, help, h) in seconds {
-            reg.register(name, help, h.clone());
-        }
-        reg.register(
-            "classifyd_batch_rows",
-            "Rows per batch (one or more forward passes)",
-            m.batch_rows.clone(),
-        );
-        reg.register(
-            "classifyd_batch_padded_tokens",
-            "Padded tokens (rows x longest row of each pass, summed) per batch",
-            m.batch_tokens.clone(),
-        );
+        let mut m = m;
+        let reg = &mut m.registry;
         reg.register(
             "classifyd_requests_in_flight",
             "Requests being handled",
             m.in_flight.clone(),
         );
         reg.register(
-            "classifyd_queue_depth",
-            "Jobs waiting in the queue",
-            m.queue_depth.clone(),
-        );
-        reg.register(
-            "classifyd_batches",
-            "Batches run (each one or more forward passes)",
-            m.batches.clone(),
-        );
-        reg.register(
-            "classifyd_computed",
-            "Jobs (requests) computed",
-            m.computed.clone(),
-        );
-        reg.register(
             "classifyd_process_resident_memory_bytes",
             "Resident set size of the process",
             m.rss.clone(),
         );
-        m.model_info.get_or_create(&model.pairs()).set(1);
+        for labels in models {
+            m.model_info.get_or_create(&labels.pairs()).set(1);
+        }
         reg.register(
             "classifyd_model_info",
-            "The model being served (value 1)",
+            "The models being served (value 1)",
             m.model_info.clone(),
         );
-        Self { registry, ..m }
+        m
     }
 
-    /// One SIGHUP reload, swapped in (`ok`) or failed with the old model still serving.
-    pub fn record_reload(&self, ok: bool) {
-        self.reloads[usize::from(!ok)].inc();
+    /// One SIGHUP reload of `model`, swapped in (`ok`) or failed with the old version still
+    /// serving.
+    pub fn record_reload(&self, model: &str, ok: bool) {
+        if let Some(s) = self.models.get(model) {
+            s.reloads[usize::from(!ok)].inc();
+        }
     }
 
-    /// One answered classify request; `timings` only for OK answers.
-    pub fn record(&self, status: pb::Status, timings: Option<&pb::Timings>) {
-        if let Some(i) = STATUSES.iter().position(|(s, _)| *s == status) {
-            self.requests[i].inc();
+    /// One answered classify request of `model`; `timings` only for OK answers.
+    pub fn record(&self, model: &str, status: pb::Status, timings: Option<&pb::Timings>) {
+        let Some(s) = self.models.get(model) else {
+            return;
+        };
+        if let Some(i) = STATUSES.iter().position(|(st, _)| *st == status) {
+            s.requests[i].inc();
         }
         if let Some(t) = timings {
             let secs = |us: u64| us as f64 / 1e6;
-            self.queue.observe(secs(t.queue_us));
-            self.tokenize.observe(secs(t.tokenize_us));
-            self.inference.observe(secs(t.inference_us));
-            self.total.observe(secs(t.total_us));
+            s.queue.observe(secs(t.queue_us));
+            s.tokenize.observe(secs(t.tokenize_us));
+            s.inference.observe(secs(t.inference_us));
+            s.total.observe(secs(t.total_us));
         }
     }
 
-    /// One batch: its rows and padded tokens, on the engine thread before any of its answers.
-    pub fn record_batch(&self, rows: usize, padded_tokens: usize) {
-        self.batch_rows.observe(rows as f64);
-        self.batch_tokens.observe(padded_tokens as f64);
+    /// One batch of `model`: its rows and padded tokens, on the engine thread before any of
+    /// its answers.
+    pub fn record_batch(&self, model: &str, rows: usize, padded_tokens: usize) {
+        if let Some(s) = self.models.get(model) {
+            s.batch_rows.observe(rows as f64);
+            s.batch_tokens.observe(padded_tokens as f64);
+        }
     }
 
     /// Counts a connection as open until the guard drops; the guard is `Send`, so it can live
@@ -260,17 +349,21 @@ impl Metrics {
         InFlight(&self.in_flight)
     }
 
-    /// The Prometheus text exposition (format 0.0.4). `stats` counts since start across
-    /// reloads ([`crate::service::Service::lifetime_stats`]); `labels` describe the model serving now.
-    pub fn render(&self, stats: Stats, labels: ModelLabels) -> String {
+    /// The Prometheus text exposition (format 0.0.4), with each model's state now.
+    pub fn render(&self, models: Vec<ModelState>) -> String {
         let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
-        self.queue_depth.set(stats.queued as i64);
-        self.batches
-            .inc_by(stats.batches.saturating_sub(self.batches.get()));
-        self.computed
-            .inc_by(stats.computed.saturating_sub(self.computed.get()));
         self.model_info.clear();
-        self.model_info.get_or_create(&labels.pairs()).set(1);
+        for m in models {
+            if let Some(s) = self.models.get(&m.labels.model) {
+                s.queue_depth.set(m.stats.queued as i64);
+                s.batches
+                    .inc_by(m.stats.batches.saturating_sub(s.batches.get()));
+                s.computed
+                    .inc_by(m.stats.computed.saturating_sub(s.computed.get()));
+                s.ready.set(i64::from(m.ready));
+            }
+            self.model_info.get_or_create(&m.labels.pairs()).set(1);
+        }
         self.rss.set(rss_bytes().unwrap_or(0) as i64);
         let mut out = String::new();
         // Writing to a String cannot fail.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{SettingsError, Value, SPECS};
 
 /// 1-based line of byte offset `at` in `text`.
-fn line_of(text: &str, at: usize) -> usize {
+pub(super) fn line_of(text: &str, at: usize) -> usize {
     text.as_bytes()[..at.min(text.len())]
         .iter()
         .filter(|b| **b == b'\n')
@@ -15,37 +15,63 @@ fn line_of(text: &str, at: usize) -> usize {
         + 1
 }
 
+/// The line of the top-level `key = …` in `text` (1 when it cannot be found, which only a key
+/// written in an unusual form would be).
+fn key_line(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            let quoted = format!("\"{key}\"");
+            let rest = l
+                .strip_prefix(key)
+                .or_else(|| l.strip_prefix(quoted.as_str()));
+            rest.is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map_or(1, |i| i + 1)
+}
+
 /// The `--config` file, parsed: each key with its value and line. Unknown keys are refused.
 #[derive(Debug, Clone, Default)]
 pub struct FileValues {
     pub path: Option<PathBuf>,
     values: BTreeMap<String, (toml::Value, usize)>,
+    /// The `[models.NAME]` tables, in file order, with their lines.
+    tables: Vec<(super::ModelConfig, usize)>,
 }
 
 impl FileValues {
     /// Parses TOML text; errors are one line (`line N: message`), without the file name.
     pub fn parse(text: &str) -> Result<FileValues, String> {
-        let table: BTreeMap<String, toml::Spanned<toml::Value>> =
-            toml::from_str(text).map_err(|e| {
-                let message = e.message().trim().replace('\n', " ");
-                match e.span() {
-                    Some(span) => format!("line {}: {message}", line_of(text, span.start)),
-                    None => message,
-                }
-            })?;
+        // A plain table: toml's `Spanned` cannot sit above the `[models.NAME]` tables, so a
+        // key's line is found in the text instead (`key_line`).
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => format!("line {}: {message}", line_of(text, span.start)),
+                None => message,
+            }
+        })?;
         let mut values = BTreeMap::new();
         for (key, v) in table {
-            let line = line_of(text, v.span().start);
+            let line = key_line(text, &key);
+            if key == "models" {
+                continue;
+            }
             if !SPECS.iter().any(|s| s.key == key) {
                 let known: Vec<&str> = SPECS.iter().map(|s| s.key).collect();
                 return Err(format!(
-                    "line {line}: unknown key `{key}`, expected one of {}",
+                    "line {line}: unknown key `{key}`, expected one of {} or [models.NAME] tables",
                     known.join(", ")
                 ));
             }
-            values.insert(key, (v.into_inner(), line));
+            values.insert(key, (v, line));
         }
-        Ok(FileValues { path: None, values })
+        let tables = super::models::tables(text)?;
+        Ok(FileValues {
+            path: None,
+            values,
+            tables,
+        })
     }
 
     /// Reads and parses `path`. Errors name the file.
@@ -59,7 +85,18 @@ impl FileValues {
             message,
         })?;
         file.path = Some(path.to_path_buf());
+        let base = path.parent().unwrap_or(Path::new("."));
+        for (m, _) in &mut file.tables {
+            if m.path.is_relative() {
+                m.path = base.join(&m.path);
+            }
+        }
         Ok(file)
+    }
+
+    /// The `[models.NAME]` tables, in file order, with their lines.
+    pub fn model_tables(&self) -> &[(super::ModelConfig, usize)] {
+        &self.tables
     }
 
     /// The file's value of `key`, made relative to the file's directory where it is a path.
@@ -90,10 +127,16 @@ impl FileValues {
         }
     }
 
-    /// The model directory the file names, for a reload that re-reads it.
+    /// The first model directory the file names.
     pub fn model(&self) -> Result<Option<PathBuf>, SettingsError> {
-        self.get::<Option<PathBuf>>("model")
-            .transpose()
-            .map(Option::flatten)
+        Ok(self.models()?.into_iter().next().map(|m| m.path))
+    }
+
+    /// The models the file names (its `model` key or its tables), for a reload that re-reads
+    /// them.
+    pub fn models(&self) -> Result<Vec<super::ModelConfig>, SettingsError> {
+        let key = self.get::<super::ModelList>("model").transpose()?;
+        super::models::resolve(None, key.as_ref(), &self.tables, self.path.as_deref())
+            .map_err(SettingsError::Models)
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 
@@ -20,10 +20,12 @@ use crate::sched::queue::{GPU_DEFAULT_ROWS, GPU_DEFAULT_TOKENS};
 
 mod file;
 mod local;
+mod models;
 mod value;
 
 pub use file::FileValues;
 pub use local::{CacheArgs, EngineArgs};
+pub use models::{check_name, ModelArg, ModelConfig, ModelList};
 pub use value::{parse_mode, CpuList, Mode, Scalar, Shape, Value};
 
 /// Where a setting's value came from.
@@ -133,7 +135,9 @@ impl Spec {
 /// The `--help` section a setting is listed under, so that `serve`'s flags read in groups.
 fn heading(key: &str) -> &'static str {
     match key {
-        "model" | "device" | "dtype" | "cache_dir" | "no_weights_cache" => "Model",
+        "model" | "default_model" | "device" | "dtype" | "cache_dir" | "no_weights_cache" => {
+            "Model"
+        }
         "uds" | "uds_mode" | "uds_group" | "allow_uid" | "allow_gid" | "quic" | "metrics_addr" => {
             "Listeners"
         }
@@ -171,6 +175,10 @@ pub enum SettingsError {
     Range(String),
     #[error("no model: give --model DIR or --config FILE")]
     NoModel,
+    /// The models given do not go together (a name twice, an unnamed one among several, a
+    /// default that is not served).
+    #[error("{0}")]
+    Models(String),
     #[error("{}: no model: give --model DIR or `model = \"DIR\"` in the file", .0.display())]
     NoModelInFile(PathBuf),
 }
@@ -200,6 +208,9 @@ macro_rules! settings {
         pub struct Settings {
             /// The config file these came from, if any.
             pub config: Option<PathBuf>,
+            /// The models to serve, the default first: from `model` or the file's
+            /// `[models.NAME]` tables (see [`models`]). Empty until [`Settings::resolve`].
+            pub models: Vec<ModelConfig>,
             /// Where each value came from, by key.
             pub sources: BTreeMap<&'static str, Source>,
             $(
@@ -263,6 +274,7 @@ macro_rules! settings {
                 )*
                 Ok(Settings {
                     config: file.path.clone(),
+                    models: Vec::new(),
                     sources,
                     $($key,)*
                     #[cfg(feature = "test-hooks")]
@@ -280,8 +292,11 @@ macro_rules! settings {
 
 settings! {
     /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json); required
-    /// unless the config file names it.
-    model: Option<PathBuf> = "", "DIR";
+    /// unless the config file names it. Repeatable as NAME=DIR to serve several models, each
+    /// under its name (a-z, 0-9, _ and -); a bare DIR is named after its directory.
+    model: ModelList = "", "[NAME=]DIR";
+    /// The model a request that names none gets, when several are served; unset: the first.
+    default_model: Option<String> = "", "NAME";
     /// Where the model runs: auto is CUDA when built with it and a GPU is present, else the
     /// CPU; cuda:N picks a GPU.
     device: DeviceChoice = "auto", "DEVICE";
@@ -373,13 +388,40 @@ impl Settings {
             Some(path) => FileValues::from_path(path)?,
             None => FileValues::default(),
         };
-        let s = Settings::merge(a, &file)?;
-        if s.model.is_none() {
+        let mut s = Settings::merge(a, &file)?;
+        let from = |source| (s.sources.get("model") == Some(&source)).then_some(&s.model);
+        let mut models = models::resolve(
+            from(Source::Flag),
+            from(Source::File),
+            file.model_tables(),
+            file.path.as_deref(),
+        )
+        .map_err(SettingsError::Models)?;
+        if models.is_empty() {
             return Err(match &a.config {
                 Some(p) => SettingsError::NoModelInFile(p.clone()),
                 None => SettingsError::NoModel,
             });
         }
+        if let Some(name) = &s.default_model {
+            let Some(at) = models.iter().position(|m| m.name.as_ref() == Some(name)) else {
+                let served: Vec<String> = models
+                    .iter()
+                    .map(|m| {
+                        m.name
+                            .clone()
+                            .unwrap_or_else(|| m.path.display().to_string())
+                    })
+                    .collect();
+                return Err(SettingsError::Models(format!(
+                    "default_model {name:?} is not a model served here ({})",
+                    served.join(", ")
+                )));
+            };
+            let default = models.remove(at);
+            models.insert(0, default);
+        }
+        s.models = models;
         Ok(s)
     }
 
@@ -390,15 +432,10 @@ impl Settings {
             .unwrap_or_else(|e| panic!("a built-in default does not parse: {e}"))
     }
 
-    /// The model directory: always set once [`Settings::resolve`] succeeded.
-    pub fn model_dir(&self) -> &Path {
-        self.model.as_deref().unwrap_or(Path::new("."))
-    }
-
-    /// The config file to read the model path from again on reload: set when the model came
+    /// The config file to read the models' paths from again on reload: set when they came
     /// from the file (no `--model` flag).
     pub fn model_from_file(&self) -> Option<PathBuf> {
-        match self.sources.get("model") {
+        match self.models.first().map(|m| m.source) {
             Some(Source::File) => self.config.clone(),
             _ => None,
         }
@@ -413,6 +450,12 @@ impl Settings {
             match value {
                 Some(v) => out.push_str(&format!("{key} = {v}  # {source}\n")),
                 None => out.push_str(&format!("# {key} unset  # {source}\n")),
+            }
+        }
+        // The tables last: in TOML, keys after a table would belong to it.
+        for m in self.models.iter().filter(|m| m.source == Source::File) {
+            if let (Some(name), Some(Source::Default)) = (&m.name, self.sources.get("model")) {
+                out.push_str(&m.report(name));
             }
         }
         out
@@ -516,6 +559,7 @@ pub struct HookArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn parse(argv: &[&str]) -> ServeArgs {
         let cmd = ServeArgs::augment_args(Command::new("serve").no_binary_name(true));
@@ -586,7 +630,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let defaults = Settings::defaults();
         let values: BTreeMap<_, _> = defaults.values().into_iter().collect();
-        for spec in SPECS {
+        // `default_model` must name a model served: the daemon test of several models sets it.
+        for spec in SPECS.iter().filter(|s| s.key != "default_model") {
             let default = spec.default();
             // An example value for the unset ones, of the right type.
             let example = match spec.key {
@@ -646,7 +691,7 @@ mod tests {
         let s = Settings::resolve(&parse(&["--config", &p])).unwrap();
         assert_eq!(s.frame_timeout_secs, 3);
         assert_eq!(s.uds_mode, Mode(0o640));
-        assert_eq!(s.model.as_deref(), Some(dir.path().join("m").as_path()));
+        assert_eq!(s.models[0].path, dir.path().join("m"));
         assert_eq!(s.model_from_file(), Some(path.clone()));
         assert_eq!(s.idle_timeout_secs, 60);
         assert_eq!(s.sources["idle_timeout_secs"], Source::Default);

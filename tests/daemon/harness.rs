@@ -290,17 +290,38 @@ pub fn metrics_addr() -> std::net::SocketAddr {
     ([127, 0, 0, 1], crate::metrics::free_port()).into()
 }
 
-/// The value of the sample `series` (name and labels exactly as exposed, e.g.
-/// `classifyd_connections{transport="quic"}`) in a scrape of `addr`'s `/metrics`.
+/// The value of `series` (a name and some of its labels, as a query would select them, e.g.
+/// `classifyd_connections{transport="quic"}`) in a scrape of `addr`'s `/metrics`: the sum of
+/// the samples it selects, as `sum()` would give it.
 pub fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
     let (code, body) = crate::metrics::get(addr, "/metrics").unwrap();
     assert_eq!(code, 200, "{body}");
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in {body}"))
-        .trim()
-        .parse()
-        .unwrap()
+    sample(&body, series).unwrap_or_else(|| panic!("no {series} in {body}"))
+}
+
+/// The sum of the samples in a scrape `body` whose name is `series`' and whose labels include
+/// each of its labels; `None` when none does.
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    let (name, want) = match series.split_once('{') {
+        Some((n, rest)) => (n, rest.trim_end_matches('}')),
+        None => (series, ""),
+    };
+    let want: Vec<&str> = want.split(',').filter(|l| !l.is_empty()).collect();
+    let mut total = None;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((head, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, labels) = match head.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (head, ""),
+        };
+        let have: Vec<&str> = labels.split(',').collect();
+        if n == name && want.iter().all(|w| have.contains(w)) {
+            *total.get_or_insert(0.0) += value.trim().parse::<f64>().ok()?;
+        }
+    }
+    total
 }
 
 /// The daemon's Info response over a fresh connection.

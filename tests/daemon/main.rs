@@ -9,6 +9,7 @@ mod faults;
 mod harness;
 mod lifecycle;
 mod metrics;
+mod models;
 mod quic;
 mod reload;
 mod security;

@@ -13,7 +13,7 @@ use crate::harness::*;
 
 /// Replaces `dir`'s files with `from`'s, each written under a temp name and renamed over, so
 /// the daemon never reads a half-written file.
-fn install(from: &Path, dir: &Path) {
+pub(crate) fn install(from: &Path, dir: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let src = entry.unwrap().path();
         let name = src.file_name().unwrap().to_owned();
@@ -186,19 +186,13 @@ fn sighup_reloads_under_load_and_a_broken_model_keeps_the_old_one() {
                 .count(),
             1
         );
-        let computed: f64 = body
-            .lines()
-            .find_map(|l| l.strip_prefix("classifyd_computed_total "))
-            .expect("computed counter")
-            .parse()
-            .unwrap();
+        let computed = sample(&body, "classifyd_computed_total").expect("computed counter");
         // Every round above waited for 8 more answers, 4 rounds: counted across reloads.
         assert!(computed >= 32.0, "computed {computed}");
         // Three reloads swapped in, one failed.
-        for (result, n) in [("ok", "3"), ("failed", "1")] {
-            let series = format!("classifyd_reloads_total{{result=\"{result}\"}} ");
-            let got = body.lines().find_map(|l| l.strip_prefix(series.as_str()));
-            assert_eq!(got, Some(n), "{series}in {body}");
+        for (result, n) in [("ok", 3.0), ("failed", 1.0)] {
+            let series = format!("classifyd_reloads_total{{result=\"{result}\"}}");
+            assert_eq!(sample(&body, &series), Some(n), "{series} in {body}");
         }
     });
     let failures = load.failures.lock().unwrap();
