@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -53,11 +53,14 @@ def http_get(addr: str, path: str, timeout: float = 5.0) -> tuple[int, str]:
 
 
 class Daemon:
-    """A `classifyd serve` child on a fresh socket in a temp dir (or on `uds`); `with` stops it."""
+    """A `classifyd serve` child on a fresh socket in a temp dir (or on `uds`); `with` stops it.
+
+    `model` is what `--model` takes: a directory, or `NAME=DIR`; more models go in `args`
+    (`"--model", "tok=DIR"`)."""
 
     def __init__(
         self,
-        model: Path = DEFAULT_MODEL,
+        model: Union[Path, str] = DEFAULT_MODEL,
         *args: str,
         metrics: bool = False,
         quic_pki: Optional[Path] = None,
@@ -116,12 +119,23 @@ class Daemon:
         return body
 
     def metric(self, series: str) -> float:
-        """The value of one sample, named exactly as exposed (e.g. `classifyd_queue_depth` or
-        `classifyd_connections{transport="unix"}`)."""
+        """The value of `series`: a name and some of its labels, as a query selects them (e.g.
+        `classifyd_queue_depth` or `classifyd_connections{transport="unix"}`); the sum of the
+        samples it selects, as `sum()` gives it (a per-model series carries `model` too)."""
+        name, _, want = series.partition("{")
+        wanted = [w for w in want.rstrip("}").split(",") if w]
+        total = None
         for line in self.metrics().splitlines():
-            if line.startswith(series + " "):
-                return float(line.split()[-1])
-        raise AssertionError(f"no {series} in the scrape")
+            if line.startswith("#") or " " not in line:
+                continue
+            head, value = line.rsplit(" ", 1)
+            n, _, labels = head.partition("{")
+            have = labels.rstrip("}").split(",")
+            if n == name and all(w in have for w in wanted):
+                total = (total or 0.0) + float(value)
+        if total is None:
+            raise AssertionError(f"no {series} in the scrape")
+        return total
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

@@ -1,5 +1,6 @@
 """Every Python example in clients/python/README.md runs, against a real daemon serving the
-default model (the token-classification example: the tok-bert fixture), with the README's
+default model and the tok-bert fixture as "sentiment" and "pii" (the token-classification
+example: a daemon of the tok-bert fixture alone), with the README's
 paths pointed at the test's sockets, QUIC port and PKI; and the first examples ("Three lines")
 run exactly as pasted, against a daemon on the very socket they name."""
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from daemon import DEFAULT_MODEL, Daemon, dev_pki
+from daemon import DEFAULT_MODEL, FIXTURES, Daemon, dev_pki
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
@@ -27,8 +28,10 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Path]]:
+    """The default model as "sentiment" (the default, listed first) beside the tok-bert fixture
+    as "pii", the names of the "Several models in one daemon" example."""
     pki = dev_pki(tmp_path_factory.mktemp("pki"))
-    with Daemon(DEFAULT_MODEL, quic_pki=pki) as d:
+    with Daemon(f"sentiment={DEFAULT_MODEL}", "--model", f"pii={FIXTURES / 'tok-bert'}", quic_pki=pki) as d:
         yield d, pki
 
 

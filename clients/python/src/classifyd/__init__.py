@@ -20,7 +20,7 @@ from ._errors import (
     Timeout,
     Unavailable,
 )
-from ._types import Entity, Info, Result, Results, Timings
+from ._types import Entity, Info, ModelInfo, Result, Results, Timings
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "Info",
     "InternalError",
     "InvalidArgument",
+    "ModelInfo",
     "Overloaded",
     "ProtocolError",
     "Result",

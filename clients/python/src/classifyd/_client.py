@@ -133,6 +133,7 @@ class Client(_Base):
         self,
         texts: Iterable[str],
         *,
+        model: str = "",
         top_k: int = 0,
         logits: bool = False,
         no_truncate: bool = False,
@@ -144,6 +145,10 @@ class Client(_Base):
         timeout: Timeout = DEFAULT,
     ) -> Results:
         """Classifies each text; one Result per text, in order.
+
+        ``model``: which of the daemon's models answers, by the name it serves it under
+        (``info().models``); "" (the default) is the daemon's default model. A name the daemon
+        does not serve raises InvalidArgument naming the served ones.
 
         ``top_k``: only the k best labels in ``scores`` (0 = all). ``logits``: include the raw
         logits. ``no_truncate``: refuse over-long texts instead of truncating them.
@@ -166,13 +171,14 @@ class Client(_Base):
         """
         return self._classify(
             _codec.text_inputs(texts), top_k, logits, no_truncate, deadline_ms, priority, timeout,
-            aggregation=aggregation, redact=redact, min_score=min_score,
+            aggregation=aggregation, redact=redact, min_score=min_score, model=model,
         )
 
     def classify_pairs(
         self,
         pairs: Iterable[Pair],
         *,
+        model: str = "",
         top_k: int = 0,
         logits: bool = False,
         no_truncate: bool = False,
@@ -181,12 +187,15 @@ class Client(_Base):
         timeout: Timeout = DEFAULT,
     ) -> Results:
         """Classifies text pairs (text, text_pair), as cross-encoders and NLI models take them."""
-        return self._classify(_codec.pair_inputs(pairs), top_k, logits, no_truncate, deadline_ms, priority, timeout)
+        return self._classify(
+            _codec.pair_inputs(pairs), top_k, logits, no_truncate, deadline_ms, priority, timeout, model=model
+        )
 
     def classify_ids(
         self,
         ids: Iterable[Sequence[int]],
         *,
+        model: str = "",
         top_k: int = 0,
         logits: bool = False,
         no_truncate: bool = False,
@@ -196,7 +205,9 @@ class Client(_Base):
     ) -> Results:
         """Classifies pre-tokenized inputs: ids from the model's own tokenizer, special tokens
         included. An empty row of ids is refused, as a text with no tokens is."""
-        return self._classify(_codec.id_inputs(ids), top_k, logits, no_truncate, deadline_ms, priority, timeout)
+        return self._classify(
+            _codec.id_inputs(ids), top_k, logits, no_truncate, deadline_ms, priority, timeout, model=model
+        )
 
     def _classify(
         self,
@@ -211,6 +222,7 @@ class Client(_Base):
         aggregation: str = "simple",
         redact: bool = False,
         min_score: float = 0.0,
+        model: str = "",
     ) -> Results:
         req_id = next(self._ids)
         data = _codec.classify_request(
@@ -224,11 +236,13 @@ class Client(_Base):
             aggregation=aggregation,
             redact=redact,
             min_score=min_score,
+            model=model,
         )
         return _codec.results(self._t.request(req_id, data, self._deadline(timeout)), logits)
 
     def info(self, *, timeout: Timeout = DEFAULT) -> Info:
-        """The model being served and the daemon's counters."""
+        """The models being served (the default one at the top level, every one in
+        ``models``) and the daemon's counters."""
         req_id = next(self._ids)
         return _codec.info(self._t.request(req_id, _codec.info_request(req_id), self._deadline(timeout)))
 
@@ -316,6 +330,7 @@ class AsyncClient(_Base):
         self,
         texts: Iterable[str],
         *,
+        model: str = "",
         top_k: int = 0,
         logits: bool = False,
         no_truncate: bool = False,
@@ -329,13 +344,14 @@ class AsyncClient(_Base):
         """As Client.classify."""
         return await self._classify(
             _codec.text_inputs(texts), top_k, logits, no_truncate, deadline_ms, priority, timeout,
-            aggregation=aggregation, redact=redact, min_score=min_score,
+            aggregation=aggregation, redact=redact, min_score=min_score, model=model,
         )
 
     async def classify_pairs(
         self,
         pairs: Iterable[Pair],
         *,
+        model: str = "",
         top_k: int = 0,
         logits: bool = False,
         no_truncate: bool = False,
@@ -345,13 +361,14 @@ class AsyncClient(_Base):
     ) -> Results:
         """As Client.classify_pairs."""
         return await self._classify(
-            _codec.pair_inputs(pairs), top_k, logits, no_truncate, deadline_ms, priority, timeout
+            _codec.pair_inputs(pairs), top_k, logits, no_truncate, deadline_ms, priority, timeout, model=model
         )
 
     async def classify_ids(
         self,
         ids: Iterable[Sequence[int]],
         *,
+        model: str = "",
         top_k: int = 0,
         logits: bool = False,
         no_truncate: bool = False,
@@ -361,7 +378,7 @@ class AsyncClient(_Base):
     ) -> Results:
         """As Client.classify_ids."""
         return await self._classify(
-            _codec.id_inputs(ids), top_k, logits, no_truncate, deadline_ms, priority, timeout
+            _codec.id_inputs(ids), top_k, logits, no_truncate, deadline_ms, priority, timeout, model=model
         )
 
     async def _classify(
@@ -377,6 +394,7 @@ class AsyncClient(_Base):
         aggregation: str = "simple",
         redact: bool = False,
         min_score: float = 0.0,
+        model: str = "",
     ) -> Results:
         if self._wait is not None:
             await self._ready()
@@ -392,6 +410,7 @@ class AsyncClient(_Base):
             aggregation=aggregation,
             redact=redact,
             min_score=min_score,
+            model=model,
         )
         return _codec.results(await self._t.request(req_id, data, self._deadline(timeout)), logits)
 

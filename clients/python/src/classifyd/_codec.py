@@ -8,7 +8,7 @@ from typing import Any, Union
 
 from . import _errors
 from ._pb import classifyd_pb2 as pb
-from ._types import Entity, Info, Result, Results, Timings
+from ._types import Entity, Info, ModelInfo, Result, Results, Timings
 
 VERSION = 1
 PREFIX = struct.Struct(">I")
@@ -125,9 +125,12 @@ def classify_request(
     aggregation: str = "simple",
     redact: bool = False,
     min_score: float = 0.0,
+    model: str = "",
 ) -> bytes:
     opts = _options(top_k, logits, no_truncate, deadline_ms, priority, aggregation, redact, min_score)
-    body = pb.ClassifyRequest(inputs=inputs, **opts)
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a str (a served model's name, '' for the default), not {model!r}")
+    body = pb.ClassifyRequest(inputs=inputs, model=model, **opts)
     return frame(pb.Request(version=VERSION, id=req_id, classify=body).SerializeToString())
 
 
@@ -208,6 +211,24 @@ def info(resp: pb.Response) -> Info:
         server_version=i.server_version,
         batches=i.batches,
         computed=i.computed,
+        models=[
+            ModelInfo(
+                name=m.name,
+                revision=m.revision,
+                architecture=m.architecture,
+                labels=list(m.labels),
+                max_length=m.max_length,
+                device=m.device,
+                dtype=m.dtype,
+                ready=m.ready,
+                problem_type=m.problem_type,
+                task=m.task,
+                batches=m.batches,
+                computed=m.computed,
+                default=m.default,
+            )
+            for m in i.models
+        ],
     )
 
 

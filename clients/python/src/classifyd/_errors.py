@@ -28,8 +28,8 @@ class InvalidArgument(ClassifydError):
     empty list), too many, a text over the server's byte limit, a frame over the size limit;
     or every input refused: one with no tokens (an empty list of ids, or a text that
     tokenizes to none), an over-long input with ``no_truncate``, an id outside the
-    vocabulary. An empty text is not refused: it is classified. Do not retry; fix the
-    request."""
+    vocabulary; a ``model=`` the daemon does not serve (the message lists the served names).
+    An empty text is not refused: it is classified. Do not retry; fix the request."""
 
     status = "INVALID_ARGUMENT"
 
@@ -60,7 +60,9 @@ class Timeout(DeadlineExceeded, TimeoutError):
 
 class Unavailable(ClassifydError):
     """The server is shutting down, or cannot be reached (no socket, connection refused or
-    lost, TLS handshake refused). Retry later or elsewhere."""
+    lost, TLS handshake refused), or the model asked for is unhealthy (its engine failed its
+    health probe; ``info().models`` shows it not ready while the others serve). Retry later
+    or elsewhere."""
 
     status = "UNAVAILABLE"
 

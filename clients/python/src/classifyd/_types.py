@@ -97,8 +97,41 @@ class Results(list[Result]):
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """One model the daemon serves: an item of ``Info.models``.
+
+    ``name`` is what ``classify(..., model=name)`` selects it by; ``default`` is True for the
+    model a call without ``model=`` gets. ``ready`` is False while the model's engine is
+    unhealthy (its requests are answered Unavailable; the daemon's other models still serve).
+    ``batches`` and ``computed`` count this model's batches and computed requests since the
+    daemon started.
+    """
+
+    name: str
+    revision: str
+    architecture: str
+    labels: list[str]
+    max_length: int
+    device: str
+    dtype: str
+    ready: bool
+    problem_type: str
+    # "sequence" (a Result.label per text) or "token" (Result.entities per text).
+    task: str
+    batches: int
+    computed: int
+    default: bool
+
+
+@dataclass(frozen=True)
 class Info:
-    """What the daemon serves: ``Client.info()``."""
+    """What the daemon serves: ``Client.info()``.
+
+    ``model`` to ``task`` describe the default model (the daemon's only one, or the one its
+    configuration names ``default_model``), as they did before a daemon served several;
+    ``models`` lists every model it serves, the default first (empty from a daemon older than
+    that).
+    """
 
     model: str
     revision: str
@@ -116,3 +149,4 @@ class Info:
     # Batches run (each one or more forward passes) and requests computed since the daemon started.
     batches: int
     computed: int
+    models: list[ModelInfo] = field(default_factory=list)

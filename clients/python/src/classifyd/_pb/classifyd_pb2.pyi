@@ -62,16 +62,18 @@ class Request(_message.Message):
     def __init__(self, version: _Optional[int] = ..., id: _Optional[int] = ..., classify: _Optional[_Union[ClassifyRequest, _Mapping]] = ..., info: _Optional[_Union[InfoRequest, _Mapping]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("inputs", "options", "deadline_us", "priority")
+    __slots__ = ("inputs", "options", "deadline_us", "priority", "model")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_US_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     options: Options
     deadline_us: int
     priority: Priority
-    def __init__(self, inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., deadline_us: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+    model: str
+    def __init__(self, inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., deadline_us: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Input(_message.Message):
     __slots__ = ("text", "pair", "ids")
@@ -232,8 +234,38 @@ class Timings(_message.Message):
     batch_size: int
     def __init__(self, queue_us: _Optional[int] = ..., tokenize_us: _Optional[int] = ..., inference_us: _Optional[int] = ..., total_us: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "revision", "architecture", "labels", "max_length", "device", "dtype", "ready", "problem_type", "task", "batches", "computed", "default")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    revision: str
+    architecture: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    max_length: int
+    device: str
+    dtype: str
+    ready: bool
+    problem_type: str
+    task: str
+    batches: int
+    computed: int
+    default: bool
+    def __init__(self, name: _Optional[str] = ..., revision: _Optional[str] = ..., architecture: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., ready: bool = ..., problem_type: _Optional[str] = ..., task: _Optional[str] = ..., batches: _Optional[int] = ..., computed: _Optional[int] = ..., default: bool = ...) -> None: ...
+
 class InfoResponse(_message.Message):
-    __slots__ = ("model", "revision", "architecture", "labels", "max_length", "device", "dtype", "ready", "problem_type", "protocol_version", "server_version", "batches", "computed", "task")
+    __slots__ = ("model", "revision", "architecture", "labels", "max_length", "device", "dtype", "ready", "problem_type", "protocol_version", "server_version", "batches", "computed", "task", "models")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +280,7 @@ class InfoResponse(_message.Message):
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     COMPUTED_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     model: str
     revision: str
     architecture: str
@@ -262,4 +295,5 @@ class InfoResponse(_message.Message):
     batches: int
     computed: int
     task: str
-    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., architecture: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., ready: bool = ..., problem_type: _Optional[str] = ..., protocol_version: _Optional[int] = ..., server_version: _Optional[str] = ..., batches: _Optional[int] = ..., computed: _Optional[int] = ..., task: _Optional[str] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., architecture: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., ready: bool = ..., problem_type: _Optional[str] = ..., protocol_version: _Optional[int] = ..., server_version: _Optional[str] = ..., batches: _Optional[int] = ..., computed: _Optional[int] = ..., task: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
