@@ -104,8 +104,8 @@ owner=$(in_root stat -c '%U:%G %a' /var/lib/classifyd)
 
 # ---- 4. the installed units ------------------------------------------------------------------
 say "systemd-analyze verify"
-units=$(in_root dpkg -L classifyd | grep -E '/systemd/system/classifyd\.(service|socket)$')
-[ "$(echo "$units" | wc -l)" = 2 ] || fail "expected two installed units, found: $units"
+units=$(in_root dpkg -L classifyd | grep -E '/systemd/system/classifyd@?\.(service|socket)$')
+[ "$(echo "$units" | wc -l)" = 3 ] || fail "expected three installed units (the template too), found: $units"
 # shellcheck disable=SC2086
 out=$(in_root env SYSTEMD_COLORS=0 systemd-analyze verify $units 2>&1) || fail "systemd-analyze verify: $out"
 [ -z "$out" ] || fail "systemd-analyze verify said: $out"
