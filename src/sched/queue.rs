@@ -214,6 +214,11 @@ struct Queue {
     /// virtual time). A model whose lane was idle catches up to the busy ones when work
     /// arrives, so idleness is not saved up as credit.
     served: [u64; 2],
+    /// Per [`Lane`]: when this model's jobs were last picked there (the lane's pick count),
+    /// so that between models equally served the one that waited longest goes first: a model
+    /// waking up next to a busy one has caught up to its virtual time, and must not lose the
+    /// tie to it.
+    last_pick: [u64; 2],
     /// No handle is left: nothing more arrives, and the queue goes once empty.
     retired: bool,
 }
@@ -226,6 +231,7 @@ impl Queue {
             index: Default::default(),
             deadlines: Default::default(),
             served: [0; 2],
+            last_pick: [0; 2],
             retired: false,
         }
     }
@@ -239,6 +245,8 @@ pub(crate) struct State {
     queues: BTreeMap<u64, Queue>,
     len: usize,
     next_arrival: u64,
+    /// Per [`Lane`]: batches picked, for [`Queue::last_pick`].
+    picks: [u64; 2],
     pub closed: bool,
 }
 
@@ -370,7 +378,7 @@ impl State {
     }
 
     /// The model whose jobs `lane` runs next: the best class, then the soonest deadline, then
-    /// the least served for its weight, then the oldest route.
+    /// the least served for its weight, then the one picked longest ago.
     fn next_model(&self, lane: Lane) -> Option<u64> {
         let l = lane as usize;
         self.queues
@@ -383,6 +391,7 @@ impl State {
                     deadline.is_none(),
                     deadline,
                     q.served[l],
+                    q.last_pick[l],
                     q.route.key,
                 )
             })
@@ -417,9 +426,11 @@ impl State {
             .filter_map(|a| self.take(key, a))
             .collect();
         let tokens: u64 = batch.iter().map(Queued::tokens).sum::<u64>().max(1);
+        self.picks[l] += 1;
         if let Some(q) = self.queues.get_mut(&key) {
             let share = tokens.saturating_mul(SHARE_SCALE) / u64::from(route.opts.weight.max(1));
             q.served[l] = q.served[l].saturating_add(share);
+            q.last_pick[l] = self.picks[l];
         }
         // The worker holds `route` for the batch, so a pruned engine is let go outside the lock.
         drop(self.prune(key));
@@ -695,6 +706,71 @@ mod tests {
         shared.counters.busy[Lane::Bulk as usize].store(false, Ordering::Release);
         shared.beat(Lane::Bulk);
         assert!(shared.heartbeat_age() < Duration::from_millis(30));
+    }
+
+    /// Three models, one pass at a time: the high class goes first, then the model that was
+    /// idle (level with the busy one's share, and served longest ago), then the busy one.
+    #[test]
+    fn between_models_the_class_goes_first_then_the_least_served() {
+        use crate::sched::route::{Class, RouteOptions};
+        let e = engine();
+        let cfg = SchedulerConfig {
+            max_batch_size: 1,
+            ..SchedulerConfig::default()
+        };
+        let s = Scheduler::start(&[&e], cfg.clone());
+        let opts = |name: &str| RouteOptions::single(name, 64, cfg.max_batch_tokens);
+        let busy = s.add(e.clone(), opts("busy"), None);
+        let idle = s.add(e.clone(), opts("idle"), None);
+        let high = s.add(
+            e.clone(),
+            RouteOptions {
+                class: Class::High,
+                ..opts("high")
+            },
+            None,
+        );
+        s.gate().shut();
+        let first = busy
+            .submit(job(vec![encode(&e, "first")]))
+            .expect("admitted");
+        s.gate().wait_batches(1);
+        let mut rest: Vec<Rx> = (0..2)
+            .map(|i| {
+                busy.submit(job(vec![encode(&e, &format!("busy {i}"))]))
+                    .expect("admitted")
+            })
+            .collect();
+        let mut idle_rx = idle
+            .submit(job(vec![encode(&e, "idle")]))
+            .expect("admitted");
+        let mut high_rx = high
+            .submit(job(vec![encode(&e, "high")]))
+            .expect("admitted");
+        // Each step computes the batch held at the gate; the next one is then picked and held.
+        s.gate().step();
+        s.gate().wait_batches(2);
+        s.gate().step();
+        s.gate().wait_batches(3);
+        assert!(first.blocking_recv().expect("answered").is_ok());
+        assert!(high_rx.try_recv().is_ok(), "the high class went first");
+        assert!(idle_rx.try_recv().is_err(), "the idle model waits its turn");
+        s.gate().step();
+        s.gate().wait_batches(4);
+        assert!(
+            idle_rx.try_recv().is_ok(),
+            "then the idle model, ahead of the busy one"
+        );
+        assert!(rest.iter_mut().all(|rx| rx.try_recv().is_err()));
+        s.gate().open();
+        for rx in rest {
+            assert!(rx.blocking_recv().expect("answered").is_ok());
+        }
+        let computed = |q: &crate::sched::ModelQueue| q.stats().computed;
+        assert_eq!(
+            (computed(&busy), computed(&idle), computed(&high)),
+            (3, 1, 1)
+        );
     }
 
     #[test]
