@@ -38,19 +38,9 @@ mkdir -p "$dir/a" "$dir/b"
 cp -r "$MODEL_A"/. "$dir/a/"
 cp -r "$MODEL_B"/. "$dir/b/"
 
-# Starts `serve` with the given arguments on socket $1, logging to $1.log; prints its pid.
-serve() {
-    local sock=$1
-    shift
-    # stdout closed: this runs in a command substitution, which waits for its pipe to close.
-    CACHE_DIRECTORY="$dir/cache" "$BIN" serve --uds "$sock" "$@" >/dev/null 2>"$sock.log" &
-    local pid=$!
-    for _ in $(seq 1200); do
-        grep -q '"ready"\|ready' "$sock.log" 2>/dev/null && [[ -S $sock ]] && break
-        sleep 0.05
-    done
-    echo "$pid"
-}
+# serve, stop, cpu, memory.
+# shellcheck source=benches/daemons.sh
+source benches/daemons.sh
 
 # Sporadic client on socket $1 naming model $2 (may be empty): its JSON run.
 sporadic() {
@@ -60,50 +50,19 @@ sporadic() {
         --duration-secs "$SECS" --texts "$TEXTS" --quiet --json
 }
 
-# CPU seconds (user + system) of the pids given.
-cpu() {
-    python3 - "$@" <<'EOF'
-import os, sys
-tick = os.sysconf("SC_CLK_TCK")
-total = 0
-for pid in sys.argv[1:]:
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    total += int(f[11]) + int(f[12])
-print(total / tick)
-EOF
-}
-
-# Private_Dirty and Pss in MiB, summed over the pids given: Private_Dirty is what each process
-# costs on its own (heap, stacks), Pss everything with shared pages split between their
-# sharers. Not Private_Clean: the weights are mapped from the cache file, whose pages count
-# as private to a process only while no other maps them, which charges one daemon with two
-# models for what two daemons share.
-private() {
-    python3 - "$@" <<'EOF'
-import sys
-dirty = pss = 0
-for pid in sys.argv[1:]:
-    for line in open(f"/proc/{pid}/smaps_rollup"):
-        k, v = line.split(":", 1)
-        if k == "Private_Dirty":
-            dirty += int(v.split()[0])
-        elif k == "Pss":
-            pss += int(v.split()[0])
-print(round(dirty / 1024, 1), round(pss / 1024, 1))
-EOF
-}
-
 p50p99() {
     python3 -c 'import json,sys; r=json.load(sys.stdin)["runs"][0]["latency_us"]; print(r["p50"], r["p99"])'
 }
 
-# Stops the daemons given (started in command substitutions, so not this shell's children)
-# and waits until they are gone.
-stop() {
-    kill "$@" 2>/dev/null || true
-    for p in "$@"; do
-        while kill -0 "$p" 2>/dev/null; do sleep 0.05; done
-    done
+# b's sporadic client on the daemon at $1 while 8 clients send to a back to back: b's run in
+# flooded.json, the flood's in flood.json.
+flooded() {
+    "$BIN" bench --uds "$1" --name a --concurrency 8 --warmup-secs 1 \
+        --duration-secs "$((SECS + 3))" --texts "$TEXTS" --quiet --json > "$dir/flood.json" &
+    local jf=$!
+    sleep 1
+    sporadic "$1" b > "$dir/flooded.json"
+    wait "$jf"
 }
 
 measure() {
@@ -129,7 +88,7 @@ measure() {
     c1=$(cpu "$@")
     local idle dirty pss
     idle=$(python3 -c "print(round(($c1 - $c0) / 10 * 100, 2))")
-    read -r dirty pss < <(private "$@")
+    read -r dirty pss _ < <(memory "$@")
     echo "{\"setup\":\"$setup\",\"round\":$round,\"a_p50_us\":$a50,\"a_p99_us\":$a99,\"b_p50_us\":$b50,\"b_p99_us\":$b99,\"cpu_ms_per_request\":$per,\"idle_cpu_pct\":$idle,\"private_dirty_mib\":$dirty,\"pss_mib\":$pss}" | tee -a "$dir/results.jsonl"
 }
 
@@ -139,12 +98,7 @@ for round in $(seq "$ROUNDS"); do
     measure one "$round" "$dir/one.sock" "$dir/one.sock" a b "$pid"
     # b's sporadic client alone, then under a flood on a.
     sporadic "$dir/one.sock" b > "$dir/alone.json"
-    "$BIN" bench --uds "$dir/one.sock" --name a --concurrency 8 --warmup-secs 1 \
-        --duration-secs "$((SECS + 3))" --texts "$TEXTS" --quiet --json > "$dir/flood.json" &
-    jf=$!
-    sleep 1
-    sporadic "$dir/one.sock" b > "$dir/flooded.json"
-    wait "$jf"
+    flooded "$dir/one.sock"
     read -r _ alone99 < <(p50p99 < "$dir/alone.json")
     read -r _ flooded99 < <(p50p99 < "$dir/flooded.json")
     flood_rps=$(python3 -c 'import json,sys; print(round(json.load(sys.stdin)["runs"][0]["throughput_rps"],1))' < "$dir/flood.json")
@@ -156,12 +110,7 @@ for round in $(seq "$ROUNDS"); do
         "$dir/a" "$dir/b" > "$dir/high.toml"
     pid=$(serve "$dir/high.sock" --config "$dir/high.toml")
     pids+=("$pid")
-    "$BIN" bench --uds "$dir/high.sock" --name a --concurrency 8 --warmup-secs 1 \
-        --duration-secs "$((SECS + 3))" --texts "$TEXTS" --quiet --json > "$dir/flood.json" &
-    jf=$!
-    sleep 1
-    sporadic "$dir/high.sock" b > "$dir/flooded.json"
-    wait "$jf"
+    flooded "$dir/high.sock"
     read -r _ high99 < <(p50p99 < "$dir/flooded.json")
     echo "{\"setup\":\"flood-high\",\"round\":$round,\"b_flooded_p99_us\":$high99}" | tee -a "$dir/results.jsonl"
     stop "$pid"

@@ -25,24 +25,9 @@ for m in m1 m2 m3; do
     cp -r "$MODEL"/. "$dir/$m/"
 done
 
-serve() {
-    local sock=$1
-    shift
-    CACHE_DIRECTORY="$dir/cache" "$BIN" serve --uds "$sock" "$@" >/dev/null 2>"$sock.log" &
-    local pid=$!
-    for _ in $(seq 1200); do
-        grep -q ready "$sock.log" 2>/dev/null && [[ -S $sock ]] && break
-        sleep 0.05
-    done
-    echo "$pid"
-}
-
-stop() {
-    kill "$@" 2>/dev/null || true
-    for p in "$@"; do
-        while kill -0 "$p" 2>/dev/null; do sleep 0.05; done
-    done
-}
+# serve, stop, memory.
+# shellcheck source=benches/daemons.sh
+source benches/daemons.sh
 
 # 20 requests to model $2 (empty: the default) of the daemon on $1.
 exercise() {
@@ -50,19 +35,6 @@ exercise() {
     [[ -n $2 ]] && name=(--name "$2")
     for i in $(seq 20); do echo "text number $i about a film we saw"; done |
         "$BIN" classify --uds "$1" "${name[@]}" --quiet >/dev/null
-}
-
-memory() {
-    python3 - "$@" <<'EOF'
-import sys
-t = {"Private_Dirty": 0, "Pss": 0, "Rss": 0}
-for pid in sys.argv[1:]:
-    for line in open(f"/proc/{pid}/smaps_rollup"):
-        k, v = line.split(":", 1)
-        if k in t:
-            t[k] += int(v.split()[0])
-print(" ".join(str(round(t[k] / 1024, 1)) for k in ("Private_Dirty", "Pss", "Rss")))
-EOF
 }
 
 for n in 1 2 3; do
