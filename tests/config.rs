@@ -232,3 +232,67 @@ fn shipped_example_parses() {
     );
     assert!(unit.contains("--config /etc/classifyd/classifyd.toml"));
 }
+
+/// A file with `[models.NAME]` tables: check-config loads every model and prints each table
+/// with its keys' sources; a table's bad directory, a bad name and a duplicate name on the
+/// command line each fail naming the model.
+#[test]
+fn model_tables_are_checked_and_reported_with_their_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tok-bert");
+    let text = format!(
+        "uds = \"s.sock\"\ndefault_model = \"pii\"\n\
+         [models.seq]\npath = {:?}\nweight = 3\n\
+         [models.pii]\npath = {:?}\npriority = \"high\"\nqueue_capacity = 16\n",
+        bert().display().to_string(),
+        tok.display().to_string()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let out = check(&path, &[]);
+    let report = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        report.starts_with("ok: ") && report.contains("models pii: "),
+        "{report}"
+    );
+    for line in [
+        "[models.seq]  # file",
+        "weight = 3  # file",
+        "priority = \"normal\"  # default",
+        "[models.pii]  # file",
+        "priority = \"high\"  # file",
+        "queue_capacity = 16  # file",
+        "default_model = \"pii\"  # file",
+    ] {
+        assert!(report.contains(line), "{line:?} not in {report}");
+    }
+
+    let missing = dir.path().join("gone");
+    std::fs::write(
+        &path,
+        text.replace(&tok.display().to_string(), &missing.display().to_string()),
+    )
+    .unwrap();
+    assert_fails(&check(&path, &[]), &path, &["model pii", "not a directory"]);
+
+    std::fs::write(&path, "uds = \"s.sock\"\n[models.Pii]\npath = \"x\"\n").unwrap();
+    assert_fails(&check(&path, &[]), &path, &["models.Pii", "a-z"]);
+
+    let bert = format!("a={}", bert().display());
+    let out = classifyd(&[
+        "check-config",
+        "--uds",
+        "s.sock",
+        "--model",
+        &bert,
+        "--model",
+        &bert,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("\"a\" is given twice"),
+        "{}",
+        stderr(&out)
+    );
+}
