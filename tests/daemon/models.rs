@@ -138,18 +138,21 @@ fn three_models_interleave_over_uds_and_quic_and_unknown_names_are_refused() {
             jobs.push(interleave(client, &engines, w));
         }
         let counts = futures::future::join_all(jobs).await;
-        // A name not served: refused, naming it and what is served.
+        // A name not served: refused over either transport, naming it and what is served.
+        let quic_client = Client::Quic(QuicClient::connect(&quic).await.unwrap());
+        for client in [daemon.client().await, quic_client] {
+            let r = client
+                .classify_model("nosuch", vec![text("hello")], logits_opts())
+                .await
+                .unwrap();
+            assert_eq!(status(&r), pb::Status::InvalidArgument);
+            assert!(
+                r.message.contains("\"nosuch\"") && r.message.contains("seq, tok, dec"),
+                "{}",
+                r.message
+            );
+        }
         let client = daemon.client().await;
-        let r = client
-            .classify_model("nosuch", vec![text("hello")], logits_opts())
-            .await
-            .unwrap();
-        assert_eq!(status(&r), pb::Status::InvalidArgument);
-        assert!(
-            r.message.contains("\"nosuch\"") && r.message.contains("seq, tok, dec"),
-            "{}",
-            r.message
-        );
         // No name: the default model.
         let r = client
             .classify(vec![text("a fine film")], logits_opts())
@@ -285,15 +288,25 @@ fn a_flood_on_one_model_is_refused_overloaded_from_its_share_while_another_is_an
     )
     .unwrap();
     std::fs::write(&hold, b"").unwrap();
-    let daemon = Daemon::start(
-        Path::new("unused"),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--test-hold-batches-while",
-            hold.to_str().unwrap(),
-        ],
-    );
+    let pki = tempfile::tempdir().unwrap();
+    dev_pki(pki.path());
+    let addr = free_udp_port();
+    let mut extra: Vec<String> = vec![
+        "--config".into(),
+        config.to_str().unwrap().into(),
+        "--test-hold-batches-while".into(),
+        hold.to_str().unwrap().into(),
+    ];
+    extra.extend(quic_flags(pki.path(), addr));
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let daemon = Daemon::start(Path::new("unused"), &extra);
+    let quic = QuicClientConfig {
+        addr,
+        server_name: "localhost".into(),
+        ca: pki.path().join("ca.pem"),
+        cert: Some(pki.path().join("client.pem")),
+        key: Some(pki.path().join("client-key.pem")),
+    };
     let info = info(&daemon);
     let names: Vec<&str> = info.models.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["calm", "flood"], "default_model comes first");
@@ -317,25 +330,28 @@ fn a_flood_on_one_model_is_refused_overloaded_from_its_share_while_another_is_an
         daemon.stderr().contains("holding a batch")
     });
     let outcome = rt.block_on(async {
+        // The calm model's requests come over QUIC, the flood over the Unix socket.
+        let calm_client = Client::Quic(QuicClient::connect(&quic).await.unwrap());
         let floods = (0..8).map(|i| {
             client.classify_model("flood", vec![text(format!("flood {i}"))], logits_opts())
         });
         let calms = (0..3).map(|i| {
-            client.classify_model(
+            calm_client.classify_model(
                 "calm",
                 vec![text(format!("Maria in Madrid {i}"))],
                 logits_opts(),
             )
         });
-        let (floods, calms) = tokio::join!(futures::future::join_all(floods), async {
-            // After the flood has filled its share.
+        tokio::join!(futures::future::join_all(floods), async {
+            // Sent once the flood has filled its share, while the engine is still held: they
+            // must be admitted, and answered once it is let go.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let calms = futures::future::join_all(calms);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            std::fs::remove_file(&hold).unwrap();
-            calms.await
-        });
-        (floods, calms)
+            let (calms, ()) = tokio::join!(futures::future::join_all(calms), async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                std::fs::remove_file(&hold).unwrap();
+            });
+            calms
+        })
     });
     let (floods, calms) = outcome;
     let statuses: Vec<pb::Status> = floods.iter().map(|r| status(r.as_ref().unwrap())).collect();
@@ -353,7 +369,11 @@ fn a_flood_on_one_model_is_refused_overloaded_from_its_share_while_another_is_an
     for r in calms {
         let r = r.unwrap();
         assert_eq!(status(&r), pb::Status::Ok, "{}", r.message);
-        assert_eq!(classify_body(r).model, "calm");
+        let body = classify_body(r);
+        assert_eq!(body.model, "calm");
+        // Admitted while the engine was held (and the flood's share full), not sent after.
+        let queued = body.timings.unwrap().queue_us;
+        assert!(queued >= 150_000, "queued {queued} µs");
     }
     let first = rt.block_on(first).unwrap();
     assert_eq!(status(&first), pb::Status::Ok);
