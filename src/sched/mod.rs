@@ -107,12 +107,18 @@ impl Scheduler {
     ) -> ModelQueue {
         let shared = self.shared();
         let key = shared.next_key.fetch_add(1, Ordering::Relaxed);
+        // The scheduler's bulk threshold (a GPU's when sized for one), unless this model has
+        // passes of its own size.
+        let bulk_tokens = match opts.max_batch_tokens == shared.cfg.max_batch_tokens {
+            true => shared.cfg.bulk_tokens,
+            false => SchedulerConfig::bulk_tokens_for(opts.max_batch_tokens),
+        };
         let route = Arc::new(Route::new(
             key,
             engine,
             opts,
-            shared.cfg.budget(),
-            shared.cfg.bulk_tokens,
+            shared.cfg.max_batch_size,
+            bulk_tokens,
             counters.unwrap_or_default(),
         ));
         shared.lock().add(route.clone());
@@ -174,11 +180,7 @@ impl Scheduler {
             return Err(SubmitError::Overloaded { capacity });
         }
         let tokens: usize = job.inputs.iter().map(Encoded::len).sum();
-        let lane = if tokens > route.bulk_tokens {
-            Lane::Bulk
-        } else {
-            Lane::Fast
-        };
+        let lane = Lane::of(tokens, route.bulk_tokens);
         st.push(route.key, job, reply, now, lane);
         shared.pushed[lane as usize].fetch_add(1, Ordering::SeqCst);
         drop(st);

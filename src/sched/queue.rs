@@ -115,9 +115,10 @@ pub enum Lane {
 impl Lane {
     pub const ALL: [Lane; 2] = [Lane::Fast, Lane::Bulk];
 
-    /// The lane of a job of `tokens` tokens under `cfg`.
-    pub fn of(tokens: usize, cfg: &SchedulerConfig) -> Lane {
-        if tokens > cfg.bulk_tokens {
+    /// The lane of a job of `tokens` tokens, when jobs of more than `bulk_tokens` are bulk
+    /// work (a model's [`crate::sched::route::Route::bulk_tokens`]).
+    pub fn of(tokens: usize, bulk_tokens: usize) -> Lane {
+        if tokens > bulk_tokens {
             Lane::Bulk
         } else {
             Lane::Fast
@@ -329,26 +330,29 @@ impl State {
     /// Answers and removes the jobs of `lane` whose deadline has passed: they could no longer
     /// be on time, and must take neither a batch slot nor a queue slot.
     pub fn expire(&mut self, lane: Lane, now: Instant) {
-        let keys: Vec<u64> = self.queues.keys().copied().collect();
-        for key in keys {
-            self.expire_in(key, lane, now);
-        }
+        self.expire_where(lane, now, |_| true);
     }
 
-    fn expire_in(&mut self, key: u64, lane: Lane, now: Instant) {
-        loop {
-            let Some(q) = self.queues.get(&key) else {
-                return;
-            };
-            let Some(&(d, arrival)) = q.deadlines[lane as usize].first() else {
-                return;
-            };
-            if d > now {
-                return;
-            }
-            let counters = q.route.counters.clone();
+    /// [`State::expire`] for the queues whose key passes `of`. Allocates only when something
+    /// is due: the worker runs it before every pick.
+    fn expire_where(&mut self, lane: Lane, now: Instant, of: impl Fn(u64) -> bool) {
+        let l = lane as usize;
+        let due: Vec<(u64, u64)> = self
+            .queues
+            .iter()
+            .filter(|(k, _)| of(**k))
+            .flat_map(|(&k, q)| {
+                q.deadlines[l]
+                    .iter()
+                    .take_while(move |(d, _)| *d <= now)
+                    .map(move |&(_, a)| (k, a))
+            })
+            .collect();
+        for (key, arrival) in due {
             if let Some(q) = self.take(key, arrival) {
-                counters.expired.fetch_add(1, Ordering::Relaxed);
+                if let Some(route) = self.queues.get(&key).map(|q| &q.route) {
+                    route.counters.expired.fetch_add(1, Ordering::Relaxed);
+                }
                 let _ = q.reply.send(Err(JobError::DeadlineExceeded));
             }
         }
@@ -359,7 +363,7 @@ impl State {
     /// it keeps dead entries from turning live requests away.
     pub(crate) fn make_room(&mut self, key: u64, now: Instant) {
         for lane in Lane::ALL {
-            self.expire_in(key, lane, now);
+            self.expire_where(lane, now, |k| k == key);
         }
         let Some(q) = self.queues.get(&key) else {
             return;
@@ -453,8 +457,7 @@ impl State {
             .iter()
             .flat_map(|(&k, q)| q.jobs.values().map(move |j| (k, j)))
             .filter(|(k, j)| keep(*k, j))
-            .map(|(k, j)| (j.arrival, k))
-            .map(|(a, k)| (k, a))
+            .map(|(k, j)| (k, j.arrival))
             .collect();
         picked.sort_unstable_by_key(|&(_, a)| a);
         let all: Vec<Queued> = picked
@@ -776,7 +779,7 @@ mod tests {
     #[test]
     fn jobs_over_a_quarter_of_a_full_pass_are_bulk_work() {
         let cfg = SchedulerConfig::default();
-        assert_eq!(Lane::of(cfg.bulk_tokens, &cfg), Lane::Fast);
-        assert_eq!(Lane::of(cfg.bulk_tokens + 1, &cfg), Lane::Bulk);
+        assert_eq!(Lane::of(cfg.bulk_tokens, cfg.bulk_tokens), Lane::Fast);
+        assert_eq!(Lane::of(cfg.bulk_tokens + 1, cfg.bulk_tokens), Lane::Bulk);
     }
 }

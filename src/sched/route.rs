@@ -135,14 +135,12 @@ pub struct Route {
 }
 
 impl Route {
-    /// `budget`: the scheduler's pass limits, whose tokens this model's own replace;
-    /// `bulk_tokens`: the scheduler's bulk threshold, kept unless this model has passes of its
-    /// own size (then a quarter of them, as [`crate::sched::queue::SchedulerConfig::bulk_tokens_for`]).
+    /// `max_rows`: the scheduler's rows per pass; `bulk_tokens`: this model's bulk threshold.
     pub(crate) fn new(
         key: u64,
         engine: Arc<Engine>,
         opts: RouteOptions,
-        budget: Budget,
+        max_rows: usize,
         bulk_tokens: usize,
         counters: Arc<ModelCounters>,
     ) -> Route {
@@ -151,13 +149,9 @@ impl Route {
             engine,
             budget: Budget {
                 max_tokens: opts.max_batch_tokens,
-                max_rows: budget.max_rows,
+                max_rows,
             },
-            bulk_tokens: if opts.max_batch_tokens == budget.max_tokens {
-                bulk_tokens
-            } else {
-                (opts.max_batch_tokens / 4).max(1)
-            },
+            bulk_tokens,
             opts,
             counters,
             unhealthy: OnceLock::new(),

@@ -95,18 +95,10 @@ fn readyz(service: &Service, query: &str) -> (u16, &'static str, String) {
     if !started {
         return (503, "text/plain", "not ready\n".to_string());
     }
-    if unhealthy.is_empty() {
-        return (200, "text/plain", "ready\n".to_string());
+    match Service::unhealthy_line(&unhealthy) {
+        None => (200, "text/plain", "ready\n".to_string()),
+        Some(line) => (503, "text/plain", format!("not ready: {line}\n")),
     }
-    let each: Vec<String> = unhealthy
-        .iter()
-        .map(|(n, why)| format!("{n}: {why}"))
-        .collect();
-    (
-        503,
-        "text/plain",
-        format!("not ready: {}\n", each.join("; ")),
-    )
 }
 
 async fn answer(

@@ -436,19 +436,14 @@ fn serve(cfg: &ServeConfig, started: Started, bound: Bound) -> Serving {
     }
     {
         let (service, serving_on) = (service.clone(), serving_on.clone());
-        notifiers.extend(systemd::spawn_status(move || systemd::StatusNow {
-            base: status_line(&service, &serving_on),
-            computed: service
-                .models()
-                .iter()
-                .map(|m| m.queue.stats().computed)
-                .sum(),
-            queued: service
-                .models()
-                .iter()
-                .map(|m| m.queue.stats().queued)
-                .sum(),
-            unhealthy: unhealthy_line(&service),
+        notifiers.extend(systemd::spawn_status(move || {
+            let stats: Vec<_> = service.models().iter().map(|m| m.queue.stats()).collect();
+            systemd::StatusNow {
+                base: status_line(&service, &serving_on),
+                computed: stats.iter().map(|s| s.computed).sum(),
+                queued: stats.iter().map(|s| s.queued).sum(),
+                unhealthy: Service::unhealthy_line(&service.unhealthy()),
+            }
         }));
     }
     // Reloads run one at a time in this task; SIGHUPs arriving meanwhile coalesce into one more.
@@ -508,20 +503,8 @@ async fn drain(serving: Serving, timeout: std::time::Duration) {
 fn watchdog_state(service: &Service) -> (Option<String>, std::time::Duration) {
     let unhealthy = service.unhealthy();
     let all = unhealthy.len() == service.models().len();
-    let why = all.then(|| unhealthy_line(service)).flatten();
+    let why = all.then(|| Service::unhealthy_line(&unhealthy)).flatten();
     (why, service.scheduler().heartbeat_age())
-}
-
-/// The unhealthy models and why, in one line; `None` when all are healthy.
-fn unhealthy_line(service: &Service) -> Option<String> {
-    let unhealthy = service.unhealthy();
-    (!unhealthy.is_empty()).then(|| {
-        unhealthy
-            .iter()
-            .map(|(name, why)| format!("{name}: {why}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

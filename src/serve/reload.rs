@@ -85,10 +85,10 @@ pub(super) async fn reload(
         current
             .iter()
             .find(|c| c.identity.name == m.name)
+            // The fingerprint covers every file's path, size and time: the weights' (all a
+            // revision is made of) among them, and a new directory.
             .is_none_or(|c| {
-                ModelIdentity::files(&m.path) != c.files
-                    || ModelIdentity::of(&m.name, &m.path).revision != c.identity.revision
-                    || c.queue.unhealthy().is_some()
+                ModelIdentity::files(&m.path) != c.files || c.queue.unhealthy().is_some()
             })
     };
     let due: Vec<&ServedModel> = match models.iter().filter(|m| changed(m)).collect::<Vec<_>>() {

@@ -269,7 +269,7 @@ impl Metrics {
             "Connections open now, by transport",
             open,
         );
-        let m = Self {
+        let mut m = Self {
             models: series,
             connections,
             in_flight: Gauge::default(),
@@ -278,7 +278,6 @@ impl Metrics {
             scrape: Mutex::new(()),
             registry,
         };
-        let mut m = m;
         let reg = &mut m.registry;
         reg.register(
             "classifyd_requests_in_flight",

@@ -191,17 +191,24 @@ impl Service {
         self
     }
 
-    /// Started, warmed up and not draining, with every model's engine healthy.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.unhealthy().is_empty()
-    }
-
     /// The models whose engine is unhealthy, and why (see [`ModelQueue::unhealthy`]).
     pub fn unhealthy(&self) -> Vec<(String, String)> {
         self.models()
             .iter()
             .filter_map(|m| Some((m.identity.name.clone(), m.queue.unhealthy()?)))
             .collect()
+    }
+
+    /// [`Service::unhealthy`] in one line (`name: why; …`), for `/readyz`, `STATUS=` and the
+    /// watchdog's log; `None` when every model is healthy.
+    pub fn unhealthy_line(unhealthy: &[(String, String)]) -> Option<String> {
+        (!unhealthy.is_empty()).then(|| {
+            unhealthy
+                .iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
     }
 
     /// Started and not draining.

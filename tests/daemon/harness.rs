@@ -346,6 +346,21 @@ pub fn dev_pki(dir: &Path) {
     );
 }
 
+/// A QUIC client of the daemon [`quic_flags`] starts: `addr`, its CA and the client
+/// certificate from `pki` (as [`dev_pki`] names the files).
+pub fn quic_client(
+    pki: &Path,
+    addr: std::net::SocketAddr,
+) -> classifyd::client::quic::QuicClientConfig {
+    classifyd::client::quic::QuicClientConfig {
+        addr,
+        server_name: "localhost".into(),
+        ca: pki.join("ca.pem"),
+        cert: Some(pki.join("client.pem")),
+        key: Some(pki.join("client-key.pem")),
+    }
+}
+
 /// `serve` flags for QUIC on `addr` with the server certificate in `pki` (as [`dev_pki`] names
 /// the files), requiring client certificates from its CA.
 pub fn quic_flags(pki: &Path, addr: std::net::SocketAddr) -> Vec<String> {

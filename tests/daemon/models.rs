@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use classifyd::client::quic::{QuicClient, QuicClientConfig};
+use classifyd::client::quic::QuicClient;
 use classifyd::client::{text, Client};
 use classifyd::engine::tokenize::Input;
 use classifyd::engine::{Answer, Engine, TokenOptions};
@@ -120,13 +120,7 @@ fn three_models_interleave_over_uds_and_quic_and_unknown_names_are_refused() {
     assert!(info.models[0].default && !info.models[1].default);
     assert_eq!(info.models[1].task, "token");
     assert!(info.models.iter().all(|m| m.ready));
-    let quic = QuicClientConfig {
-        addr,
-        server_name: "localhost".into(),
-        ca: pki.path().join("ca.pem"),
-        cert: Some(pki.path().join("client.pem")),
-        key: Some(pki.path().join("client-key.pem")),
-    };
+    let quic = quic_client(pki.path(), addr);
     let done = runtime().block_on(async {
         let mut jobs = Vec::new();
         for w in 0..6 {
@@ -300,13 +294,7 @@ fn a_flood_on_one_model_is_refused_overloaded_from_its_share_while_another_is_an
     extra.extend(quic_flags(pki.path(), addr));
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let daemon = Daemon::start(Path::new("unused"), &extra);
-    let quic = QuicClientConfig {
-        addr,
-        server_name: "localhost".into(),
-        ca: pki.path().join("ca.pem"),
-        cert: Some(pki.path().join("client.pem")),
-        key: Some(pki.path().join("client-key.pem")),
-    };
+    let quic = quic_client(pki.path(), addr);
     let info = info(&daemon);
     let names: Vec<&str> = info.models.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["calm", "flood"], "default_model comes first");

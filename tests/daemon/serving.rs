@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use candle_core::DType;
-use classifyd::client::quic::{QuicClient, QuicClientConfig};
+use classifyd::client::quic::QuicClient;
 use classifyd::client::{text, Client};
 use classifyd::engine::entities::Aggregation;
 use classifyd::engine::tokenize::Input;
@@ -51,13 +51,7 @@ fn a_request_computing_past_the_idle_timeout_keeps_its_quic_and_unix_connections
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let daemon = Daemon::start(&fixture("bert"), &flags);
     let rt = runtime();
-    let cfg = QuicClientConfig {
-        addr,
-        server_name: "localhost".into(),
-        ca: scratch.path().join("ca.pem"),
-        cert: Some(scratch.path().join("client.pem")),
-        key: Some(scratch.path().join("client-key.pem")),
-    };
+    let cfg = quic_client(scratch.path(), addr);
     let quic = Client::Quic(rt.block_on(QuicClient::connect(&cfg)).unwrap());
     let unix = rt.block_on(daemon.client());
 
